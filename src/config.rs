@@ -1,0 +1,756 @@
+//! The run configuration: TOML on disk, `--set key=value` overrides, then validation.
+//!
+//! Every field is documented where it is declared, with its default; `validate` checks ranges
+//! and names the offending key (`train.lr: must be > 0 (got -1)`). Unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The whole, resolved configuration of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub run: RunConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub mixer: MixerConfig,
+    #[serde(default)]
+    pub target: TargetConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Directory the run writes into (config.toml, metrics.jsonl, ratios.csv, checkpoints/).
+    /// Default "runs/default".
+    pub out_dir: PathBuf,
+    /// Seed of model initialisation and of the data sampler. Default 42.
+    pub seed: u64,
+    /// Compute backend: "cpu" (the faster CPU backend, flex), "flex", "ndarray", "wgpu"
+    /// (needs `--features wgpu`), "cuda" (needs `--features cuda`). Default "cpu".
+    pub backend: BackendKind,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            out_dir: PathBuf::from("runs/default"),
+            seed: 42,
+            backend: BackendKind::Cpu,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Cpu,
+    Flex,
+    Ndarray,
+    Wgpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// "bytes" (byte-level, vocab 256 + end-of-document) or "bpe:PATH" (a tokenizer.json, e.g.
+    /// from `mixtrain prepare --train-bpe`). Default "bytes".
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// Tokens per training sequence. Default 128.
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// Where tokenised sources are cached, keyed by content hash and tokenizer.
+    /// Default ".mixtrain-cache".
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// The data sources; at least one. Each is `{ name, path, val_fraction }`.
+    pub sources: Vec<SourceConfig>,
+}
+
+fn default_tokenizer() -> String {
+    "bytes".into()
+}
+fn default_seq_len() -> usize {
+    128
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from(".mixtrain-cache")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name used in logs, ratios.csv and mixture.json: letters, digits, '_' and '-'.
+    pub name: String,
+    /// A `.txt` file (one document), a `.jsonl` file (one document per line, in its "text"
+    /// field), a directory of them (searched recursively), a glob, or a directory of prepared
+    /// shards (`train.bin`, `val.bin`, `meta.json`, as `mixtrain prepare` writes).
+    pub path: String,
+    /// Fraction of documents held out for validation, chosen by a hash of each document's
+    /// text (deterministic, independent of file order). Default 0.05.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+}
+
+fn default_val_fraction() -> f64 {
+    0.05
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlpKind {
+    Swiglu,
+    Gelu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Width of the residual stream. Default 128.
+    pub d_model: usize,
+    /// Number of transformer blocks. Default 4.
+    pub n_layers: usize,
+    /// Attention heads; must divide d_model, and d_model / n_heads must be even (RoPE).
+    /// Default 4.
+    pub n_heads: usize,
+    /// Hidden width of the MLP. Default 384.
+    pub d_ff: usize,
+    /// "swiglu" or "gelu". Default "swiglu".
+    pub mlp: MlpKind,
+    /// Share the token embedding with the LM head. Default true.
+    pub tie_embeddings: bool,
+    /// RoPE base frequency. Default 10000.
+    pub rope_theta: f64,
+    /// RMSNorm epsilon. Default 1e-5.
+    pub norm_eps: f64,
+    /// Standard deviation of the normal initialisation (output projections are further scaled by
+    /// 1/sqrt(2 n_layers)). Default 0.02.
+    pub init_std: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            d_ff: 384,
+            mlp: MlpKind::Swiglu,
+            tie_embeddings: true,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+            init_std: 0.02,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps. Default 300.
+    pub steps: usize,
+    /// Sequences per micro-batch. Default 16.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (gradient accumulation). Default 1.
+    pub grad_accum: usize,
+    /// Peak learning rate of AdamW. Default 3e-3.
+    pub lr: f64,
+    /// Final learning rate as a fraction of `lr` (cosine decay). Default 0.1.
+    pub min_lr_ratio: f64,
+    /// Steps of linear warmup from 0 to `lr`. Default 30.
+    pub warmup_steps: usize,
+    /// Decoupled weight decay, applied to matrices and embeddings only. Default 0.1.
+    pub weight_decay: f64,
+    /// AdamW beta1. Default 0.9.
+    pub beta1: f64,
+    /// AdamW beta2. Default 0.95.
+    pub beta2: f64,
+    /// AdamW epsilon. Default 1e-8.
+    pub adam_eps: f64,
+    /// Clip the global gradient norm to this value; 0 turns clipping off. Default 1.0.
+    pub grad_clip: f64,
+    /// Evaluate per-source validation loss every this many steps (and at step 0 and the end).
+    /// Default 50.
+    pub eval_every: usize,
+    /// Validation batches (of `batch_size` sequences) per source in each evaluation; the same
+    /// fixed sequences every time. Default 4.
+    pub eval_batches: usize,
+    /// Write a checkpoint every this many steps (and at the end); 0 writes only the final one.
+    /// Default 100.
+    pub checkpoint_every: usize,
+    /// Complete checkpoints kept; older ones are deleted once a newer one is complete. Default 2.
+    pub keep_checkpoints: usize,
+    /// Write a training line to metrics.jsonl every this many steps. Default 10.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 300,
+            batch_size: 16,
+            grad_accum: 1,
+            lr: 3e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 30,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            adam_eps: 1e-8,
+            grad_clip: 1.0,
+            eval_every: 50,
+            eval_batches: 4,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
+            log_every: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MixerKind {
+    Static,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyMode {
+    /// Draw each sequence's source with probability p_k.
+    Sample,
+    /// Draw sources uniformly (balanced per batch) and weight each sequence's loss by p_k.
+    Reweight,
+}
+
+/// `mixer.init`: a named rule, or explicit weights by source name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InitSpec {
+    Named(String),
+    Explicit(BTreeMap<String, f64>),
+}
+
+/// How the initial mixture is computed, resolved from `InitSpec` by `validate`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MixtureInit {
+    Uniform,
+    /// p ∝ training tokens of each source.
+    Proportional,
+    /// p ∝ n_k^τ with τ = `mixer.temperature`.
+    Temperature(f64),
+    /// Weights by source name (normalised to sum 1).
+    Explicit(BTreeMap<String, f64>),
+    /// The "final" weights of a mixture.json written by an earlier run.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixerConfig {
+    /// The mixer: "static" (more come with the online-mixers work). Default "static".
+    pub kind: MixerKind,
+    /// "sample" or "reweight" (see ApplyMode). Default "reweight".
+    pub apply: ApplyMode,
+    /// Steps between mixer updates. Default 10.
+    pub every: usize,
+    /// Weight floor ε for online mixers, p ← (1−Kε)p + ε; must satisfy Kε < 1. Default 0.2/K.
+    /// The static mixer uses its weights exactly as given.
+    pub min_weight: Option<f64>,
+    /// Exponent τ of `init = "temperature"` (p ∝ tokens^τ). Default 0.5.
+    pub temperature: f64,
+    /// Initial mixture: "uniform", "proportional", "temperature", "file:PATH/mixture.json",
+    /// or a table of weights by source name (`{ code = 2, prose = 1 }`, normalised).
+    /// Default "uniform".
+    pub init: InitSpec,
+}
+
+impl Default for MixerConfig {
+    fn default() -> Self {
+        MixerConfig {
+            kind: MixerKind::Static,
+            apply: ApplyMode::Reweight,
+            every: 10,
+            min_weight: None,
+            temperature: 0.5,
+            init: InitSpec::Named("uniform".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// Sources whose validation loss is the target of online mixers: names, or ["all"].
+    /// Default ["all"].
+    pub sources: Vec<String>,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            sources: vec!["all".into()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `--set` overrides (`key=value`, value in TOML syntax or a bare
+    /// string), deserialises and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        Self::from_toml_str(&text, &path.display().to_string(), overrides)
+    }
+
+    pub fn from_toml_str(text: &str, file: &str, overrides: &[String]) -> Result<Config> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| Error::ConfigParse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let message = e.into_inner().to_string();
+                let message = message.trim_end();
+                Error::ConfigParse {
+                    file: file.to_string(),
+                    message: if key == "." {
+                        message.to_string()
+                    } else {
+                        format!("{key}: {message}")
+                    },
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The resolved config as TOML, as written to `out_dir/config.toml`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a Config always serialises to TOML")
+    }
+
+    /// Hash of everything that determines the run's numbers: the whole config except
+    /// `run.out_dir` (a run directory may be moved and resumed).
+    pub fn hash(&self) -> String {
+        let mut hashed = self.clone();
+        hashed.run.out_dir = PathBuf::new();
+        let json = serde_json::to_string(&hashed).expect("a Config always serialises to JSON");
+        let digest = Sha256::digest(json.as_bytes());
+        hex(&digest[..16])
+    }
+
+    pub fn source_names(&self) -> Vec<String> {
+        self.data.sources.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Indices of the `[target]` sources.
+    pub fn target_indices(&self) -> Vec<usize> {
+        if self.target.sources.iter().any(|s| s == "all") {
+            return (0..self.data.sources.len()).collect();
+        }
+        self.target
+            .sources
+            .iter()
+            .filter_map(|t| self.data.sources.iter().position(|s| &s.name == t))
+            .collect()
+    }
+
+    /// The weight floor ε of online mixers (default 0.2/K).
+    pub fn min_weight(&self) -> f64 {
+        self.mixer
+            .min_weight
+            .unwrap_or(0.2 / self.data.sources.len() as f64)
+    }
+
+    /// Parses `mixer.init`.
+    pub fn mixture_init(&self) -> Result<MixtureInit> {
+        match &self.mixer.init {
+            InitSpec::Named(name) => match name.as_str() {
+                "uniform" => Ok(MixtureInit::Uniform),
+                "proportional" => Ok(MixtureInit::Proportional),
+                "temperature" => Ok(MixtureInit::Temperature(self.mixer.temperature)),
+                other => match other.strip_prefix("file:") {
+                    Some(path) if !path.is_empty() => Ok(MixtureInit::File(PathBuf::from(path))),
+                    _ => Err(Error::value(
+                        "mixer.init",
+                        format!(
+                            "unknown mixture {other:?}; expected \"uniform\", \"proportional\", \
+                             \"temperature\", \"file:PATH/mixture.json\" or a table of weights \
+                             by source name"
+                        ),
+                    )),
+                },
+            },
+            InitSpec::Explicit(weights) => Ok(MixtureInit::Explicit(weights.clone())),
+        }
+    }
+
+    /// Range and consistency checks; each error names its key.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |key: &str, v: f64| -> Result<()> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::value(key, format!("must be > 0 (got {v})")))
+            }
+        };
+        let at_least_one = |key: &str, v: usize| -> Result<()> {
+            if v >= 1 {
+                Ok(())
+            } else {
+                Err(Error::value(key, format!("must be at least 1 (got {v})")))
+            }
+        };
+        let unit_open = |key: &str, v: f64| -> Result<()> {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::value(key, format!("must be in [0, 1) (got {v})")))
+            }
+        };
+
+        // [data]
+        at_least_one("data.seq_len", self.data.seq_len)?;
+        if self.data.sources.is_empty() {
+            return Err(Error::value(
+                "data.sources",
+                "at least one source is needed ([[data.sources]] with name and path)",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, source) in self.data.sources.iter().enumerate() {
+            let key = format!("data.sources[{i}]");
+            if source.name.is_empty()
+                || !source
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(Error::value(
+                    format!("{key}.name"),
+                    format!(
+                        "must be non-empty and use only letters, digits, '_' and '-' (got {:?})",
+                        source.name
+                    ),
+                ));
+            }
+            if source.name == "all" || source.name == "step" {
+                return Err(Error::value(
+                    format!("{key}.name"),
+                    format!("{:?} is reserved", source.name),
+                ));
+            }
+            if !seen.insert(source.name.clone()) {
+                return Err(Error::value(
+                    format!("{key}.name"),
+                    format!("duplicate source name {:?}", source.name),
+                ));
+            }
+            if source.path.is_empty() {
+                return Err(Error::value(format!("{key}.path"), "must not be empty"));
+            }
+            if !(source.val_fraction > 0.0 && source.val_fraction < 1.0) {
+                return Err(Error::value(
+                    format!("{key}.val_fraction"),
+                    format!("must be in (0, 1) (got {})", source.val_fraction),
+                ));
+            }
+        }
+
+        // [model]
+        let m = &self.model;
+        at_least_one("model.d_model", m.d_model)?;
+        at_least_one("model.n_layers", m.n_layers)?;
+        at_least_one("model.n_heads", m.n_heads)?;
+        at_least_one("model.d_ff", m.d_ff)?;
+        if m.d_model % m.n_heads != 0 {
+            return Err(Error::value(
+                "model.n_heads",
+                format!(
+                    "must divide model.d_model = {} (got {})",
+                    m.d_model, m.n_heads
+                ),
+            ));
+        }
+        if (m.d_model / m.n_heads) % 2 != 0 {
+            return Err(Error::value(
+                "model.n_heads",
+                format!(
+                    "head size d_model / n_heads = {} must be even for RoPE",
+                    m.d_model / m.n_heads
+                ),
+            ));
+        }
+        positive("model.rope_theta", m.rope_theta)?;
+        positive("model.norm_eps", m.norm_eps)?;
+        positive("model.init_std", m.init_std)?;
+
+        // [train]
+        let t = &self.train;
+        at_least_one("train.steps", t.steps)?;
+        at_least_one("train.batch_size", t.batch_size)?;
+        at_least_one("train.grad_accum", t.grad_accum)?;
+        positive("train.lr", t.lr)?;
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return Err(Error::value(
+                "train.min_lr_ratio",
+                format!("must be in [0, 1] (got {})", t.min_lr_ratio),
+            ));
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return Err(Error::value(
+                "train.weight_decay",
+                format!("must be >= 0 (got {})", t.weight_decay),
+            ));
+        }
+        unit_open("train.beta1", t.beta1)?;
+        unit_open("train.beta2", t.beta2)?;
+        positive("train.adam_eps", t.adam_eps)?;
+        if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
+            return Err(Error::value(
+                "train.grad_clip",
+                format!("must be >= 0 (0 turns clipping off) (got {})", t.grad_clip),
+            ));
+        }
+        at_least_one("train.eval_every", t.eval_every)?;
+        at_least_one("train.eval_batches", t.eval_batches)?;
+        at_least_one("train.keep_checkpoints", t.keep_checkpoints)?;
+        at_least_one("train.log_every", t.log_every)?;
+
+        // [mixer]
+        at_least_one("mixer.every", self.mixer.every)?;
+        let k = self.data.sources.len() as f64;
+        if let Some(eps) = self.mixer.min_weight {
+            if !(eps >= 0.0 && eps * k < 1.0) {
+                return Err(Error::value(
+                    "mixer.min_weight",
+                    format!(
+                        "must be >= 0 and below 1/K = {} (got {eps})",
+                        1.0 / k
+                    ),
+                ));
+            }
+        }
+        if !self.mixer.temperature.is_finite() {
+            return Err(Error::value(
+                "mixer.temperature",
+                format!("must be finite (got {})", self.mixer.temperature),
+            ));
+        }
+        if let MixtureInit::Explicit(weights) = self.mixture_init()? {
+            for (name, w) in &weights {
+                if !seen.contains(name) {
+                    return Err(Error::value(
+                        format!("mixer.init.{name}"),
+                        format!(
+                            "no source named {name:?} (sources: {})",
+                            self.source_names().join(", ")
+                        ),
+                    ));
+                }
+                if !(w.is_finite() && *w >= 0.0) {
+                    return Err(Error::value(
+                        format!("mixer.init.{name}"),
+                        format!("must be >= 0 (got {w})"),
+                    ));
+                }
+            }
+            if weights.values().sum::<f64>() <= 0.0 {
+                return Err(Error::value(
+                    "mixer.init",
+                    "explicit weights must have a positive sum",
+                ));
+            }
+        }
+
+        // [target]
+        if self.target.sources.is_empty() {
+            return Err(Error::value(
+                "target.sources",
+                "must name at least one source, or [\"all\"]",
+            ));
+        }
+        for name in &self.target.sources {
+            if name != "all" && !seen.contains(name) {
+                return Err(Error::value(
+                    "target.sources",
+                    format!(
+                        "no source named {name:?} (sources: {})",
+                        self.source_names().join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies one `key=value` override to the parsed TOML table. The value is read as TOML
+/// (`3e-4`, `true`, `"x"`, `{ a = 1 }`); anything that does not parse is taken as a string,
+/// so `--set run.out_dir=runs/x` works unquoted.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let (key, raw) = item.split_once('=').ok_or_else(|| Error::ConfigParse {
+        file: "--set".into(),
+        message: format!("expected key=value (got {item:?})"),
+    })?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut parsed) => parsed.remove("v").expect("the parsed table has key v"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::ConfigParse {
+            file: "--set".into(),
+            message: format!("malformed key {key:?}"),
+        });
+    }
+    let mut current = table;
+    for (depth, part) in parts.iter().enumerate() {
+        let last = depth + 1 == parts.len();
+        if last {
+            current.insert(part.to_string(), value);
+            return Ok(());
+        }
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                // data.sources.0.path: index into an array of tables.
+                let index: usize = parts[depth + 1].parse().map_err(|_| Error::ConfigParse {
+                    file: "--set".into(),
+                    message: format!(
+                        "{}: is an array; the next part of the key must be an index",
+                        parts[..=depth].join(".")
+                    ),
+                })?;
+                let len = items.len();
+                let item = items.get_mut(index).ok_or_else(|| Error::ConfigParse {
+                    file: "--set".into(),
+                    message: format!(
+                        "{}: index {index} out of range (the array has {len} entries)",
+                        parts[..=depth].join(".")
+                    ),
+                })?;
+                if depth + 2 == parts.len() {
+                    *item = value;
+                    return Ok(());
+                }
+                match item {
+                    toml::Value::Table(t) => {
+                        // Skip the index part on the next iteration by recursing.
+                        let rest = parts[depth + 2..].join(".");
+                        let mut sub = std::mem::take(t);
+                        let result = apply_override(&mut sub, &format!("{rest}={raw}"));
+                        *t = sub;
+                        return result;
+                    }
+                    _ => {
+                        return Err(Error::ConfigParse {
+                            file: "--set".into(),
+                            message: format!("{key}: not a table"),
+                        })
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::ConfigParse {
+                    file: "--set".into(),
+                    message: format!("{}: is not a table", parts[..=depth].join(".")),
+                })
+            }
+        };
+    }
+    unreachable!("the loop returns at the last part")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[data]
+[[data.sources]]
+name = "a"
+path = "x"
+[[data.sources]]
+name = "b"
+path = "y"
+"#;
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = Config::from_toml_str(MINIMAL, "t.toml", &[]).unwrap();
+        assert_eq!(c.train.steps, 300);
+        assert_eq!(c.data.sources[0].val_fraction, 0.05);
+        assert_eq!(c.mixture_init().unwrap(), MixtureInit::Uniform);
+        assert!((c.min_weight() - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let sets = [
+            "train.steps=40".to_string(),
+            "train.lr=1e-3".into(),
+            "run.out_dir=runs/x".into(),
+            "mixer.init={a = 3, b = 1}".into(),
+            "data.sources.1.val_fraction=0.2".into(),
+        ];
+        let c = Config::from_toml_str(MINIMAL, "t.toml", &sets).unwrap();
+        assert_eq!(c.train.steps, 40);
+        assert_eq!(c.train.lr, 1e-3);
+        assert_eq!(c.run.out_dir, PathBuf::from("runs/x"));
+        assert_eq!(c.data.sources[1].val_fraction, 0.2);
+        match c.mixture_init().unwrap() {
+            MixtureInit::Explicit(w) => assert_eq!(w["a"], 3.0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let err = Config::from_toml_str(MINIMAL, "t.toml", &["train.stepz=3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train") && err.contains("stepz"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let err = Config::from_toml_str(MINIMAL, "t.toml", &["train.lr=-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "train.lr: must be > 0 (got -1)");
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let sets = ["mixer.init={a = 3, b = 1}".to_string()];
+        let c = Config::from_toml_str(MINIMAL, "t.toml", &sets).unwrap();
+        let again = Config::from_toml_str(&c.to_toml(), "resolved.toml", &[]).unwrap();
+        assert_eq!(c, again);
+        assert_eq!(c.hash(), again.hash());
+    }
+}

@@ -1,0 +1,226 @@
+//! The sampler: mixture weights → which sources fill a step → token windows.
+//!
+//! Each source's training stream is cut into non-overlapping windows of `seq_len + 1` tokens,
+//! visited in a fresh random order each epoch (an epoch = every window of that source once).
+//! The whole state is the RNG and, per source, (epoch, position); the visiting order is
+//! recomputed from (seed, source, epoch), so a checkpoint restores the exact batch stream.
+
+use serde::{Deserialize, Serialize};
+
+use super::source::Source;
+use crate::config::ApplyMode;
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: u64,
+    pub position: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplerState {
+    pub rng: Rng,
+    pub cursors: Vec<Cursor>,
+}
+
+/// Sequences of one micro-batch: `tokens` is [n, seq_len + 1] row-major (inputs are the first
+/// seq_len, targets the last seq_len), `sources[i]` is the source of row i.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub tokens: Vec<i32>,
+    pub sources: Vec<usize>,
+    pub seq_len: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+}
+
+pub struct Sampler {
+    seed: u64,
+    seq_len: usize,
+    windows_per_source: Vec<u64>,
+    state: SamplerState,
+    /// Per source: (epoch, window order) of the current epoch; derived, not state.
+    orders: Vec<Option<(u64, Vec<u32>)>>,
+}
+
+impl Sampler {
+    pub fn new(seed: u64, seq_len: usize, sources: &[Source]) -> Sampler {
+        let windows_per_source = sources
+            .iter()
+            .map(|s| ((s.train.len() - 1) / seq_len) as u64)
+            .collect();
+        Sampler {
+            seed,
+            seq_len,
+            windows_per_source,
+            state: SamplerState {
+                rng: Rng::new(seed, 0x5A4D_504C),
+                cursors: vec![
+                    Cursor {
+                        epoch: 0,
+                        position: 0
+                    };
+                    sources.len()
+                ],
+            },
+            orders: vec![None; sources.len()],
+        }
+    }
+
+    pub fn state(&self) -> &SamplerState {
+        &self.state
+    }
+
+    /// Restores a checkpointed state; false if it does not fit these sources.
+    pub fn restore(&mut self, state: SamplerState) -> bool {
+        let fits = state.cursors.len() == self.windows_per_source.len()
+            && state
+                .cursors
+                .iter()
+                .zip(&self.windows_per_source)
+                .all(|(c, n)| c.position < *n);
+        if fits {
+            self.state = state;
+        }
+        fits
+    }
+
+    /// Sources of the `n` sequences of one step, grouped by source (ascending).
+    /// `sample`: each drawn with probability `weights[k]`. `reweight`: as balanced as possible
+    /// (n / K each, the remainder to distinct random sources); the loss carries the weights.
+    pub fn draw_sources(&mut self, weights: &[f64], apply: ApplyMode, n: usize) -> Vec<usize> {
+        let k = weights.len();
+        let rng = &mut self.state.rng;
+        let mut sources = match apply {
+            ApplyMode::Sample => (0..n).map(|_| rng.categorical(weights)).collect::<Vec<_>>(),
+            ApplyMode::Reweight => {
+                let mut out: Vec<usize> = (0..n / k).flat_map(|_| 0..k).collect();
+                let mut order: Vec<usize> = (0..k).collect();
+                rng.shuffle(&mut order);
+                out.extend(order.into_iter().take(n % k));
+                out
+            }
+        };
+        sources.sort_unstable();
+        sources
+    }
+
+    /// The next training window of each listed source, as one batch.
+    pub fn fill(&mut self, sources: &[usize], data: &[Source]) -> Batch {
+        let window = self.seq_len + 1;
+        let mut tokens = Vec::with_capacity(sources.len() * window);
+        for &k in sources {
+            let index = self.next_window(k);
+            data[k]
+                .train
+                .extend_window(index as usize * self.seq_len, window, &mut tokens);
+        }
+        Batch {
+            tokens,
+            sources: sources.to_vec(),
+            seq_len: self.seq_len,
+        }
+    }
+
+    fn next_window(&mut self, k: usize) -> u32 {
+        let n = self.windows_per_source[k];
+        let cursor = &mut self.state.cursors[k];
+        let epoch = cursor.epoch;
+        let stale = !matches!(&self.orders[k], Some((e, _)) if *e == epoch);
+        if stale {
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            let mut rng = Rng::new(self.seed, 1 + (k as u64) * 0x1_0000_0000 + epoch);
+            rng.shuffle(&mut order);
+            self.orders[k] = Some((epoch, order));
+        }
+        let (_, order) = self.orders[k].as_ref().expect("order computed above");
+        let index = order[cursor.position as usize];
+        cursor.position += 1;
+        if cursor.position == n {
+            cursor.epoch += 1;
+            cursor.position = 0;
+        }
+        index
+    }
+}
+
+/// Fixed validation windows of one source: up to `count` windows spread evenly over its
+/// validation stream, the same every evaluation.
+pub fn validation_windows(source: &Source, seq_len: usize, count: usize) -> Vec<usize> {
+    let available = (source.val.len() - 1) / seq_len;
+    let count = count.min(available);
+    (0..count).map(|i| i * available / count * seq_len).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler_with(windows: Vec<u64>) -> Sampler {
+        let k = windows.len();
+        Sampler {
+            seed: 1,
+            seq_len: 4,
+            windows_per_source: windows,
+            state: SamplerState {
+                rng: Rng::new(1, 0),
+                cursors: vec![
+                    Cursor {
+                        epoch: 0,
+                        position: 0
+                    };
+                    k
+                ],
+            },
+            orders: vec![None; k],
+        }
+    }
+
+    #[test]
+    fn reweight_is_balanced() {
+        let mut s = sampler_with(vec![10, 10, 10]);
+        let drawn = s.draw_sources(&[0.9, 0.05, 0.05], ApplyMode::Reweight, 7);
+        let counts: Vec<usize> = (0..3).map(|k| drawn.iter().filter(|&&x| x == k).count()).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 7);
+        assert!(counts.iter().all(|&c| c == 2 || c == 3), "{counts:?}");
+        assert!(drawn.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn epoch_visits_every_window_once() {
+        let mut s = sampler_with(vec![5]);
+        let mut seen: Vec<u32> = (0..5).map(|_| s.next_window(0)).collect();
+        seen.sort();
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert_eq!(s.state.cursors[0], Cursor { epoch: 1, position: 0 });
+    }
+
+    #[test]
+    fn restored_state_continues_identically() {
+        let mut a = sampler_with(vec![7, 3]);
+        for _ in 0..5 {
+            a.draw_sources(&[0.5, 0.5], ApplyMode::Sample, 4);
+            a.next_window(0);
+            a.next_window(1);
+        }
+        let saved = a.state().clone();
+        let mut b = sampler_with(vec![7, 3]);
+        assert!(b.restore(saved));
+        for _ in 0..10 {
+            assert_eq!(
+                a.draw_sources(&[0.3, 0.7], ApplyMode::Sample, 4),
+                b.draw_sources(&[0.3, 0.7], ApplyMode::Sample, 4)
+            );
+            assert_eq!(a.next_window(0), b.next_window(0));
+            assert_eq!(a.next_window(1), b.next_window(1));
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Tokenizers: byte-level (vocab 256 + end-of-document) or any `tokenizer.json`.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::hex;
+use crate::error::{Error, IoContext, Result};
+
+pub enum Tokenizer {
+    /// Bytes 0..=255 are tokens; 256 ends a document.
+    Bytes,
+    /// A Hugging Face `tokenizer.json` (BPE, WordPiece, ...). `eod` is its end-of-text
+    /// special token if it has one, else a new id one past the vocabulary.
+    File {
+        inner: Box<tokenizers::Tokenizer>,
+        eod: u32,
+        vocab_size: usize,
+        /// "bpe:" + hash of the file's bytes: what the shard cache is keyed by.
+        id: String,
+    },
+}
+
+const EOD_NAMES: [&str; 3] = ["<|endoftext|>", "</s>", "<eos>"];
+
+impl Tokenizer {
+    /// Builds the tokenizer named by `data.tokenizer`.
+    pub fn from_spec(spec: &str) -> Result<Tokenizer> {
+        if spec == "bytes" {
+            return Ok(Tokenizer::Bytes);
+        }
+        let Some(path) = spec.strip_prefix("bpe:") else {
+            return Err(Error::value(
+                "data.tokenizer",
+                format!("unknown tokenizer {spec:?}; expected \"bytes\" or \"bpe:PATH/tokenizer.json\""),
+            ));
+        };
+        let path = PathBuf::from(path);
+        let bytes = std::fs::read(&path).at(&path)?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
+            spec: spec.to_string(),
+            message: format!("not a valid tokenizer.json: {e}"),
+        })?;
+        let base_vocab = inner.get_vocab_size(true);
+        let eod = EOD_NAMES
+            .iter()
+            .find_map(|name| inner.token_to_id(name))
+            .unwrap_or(base_vocab as u32);
+        let vocab_size = base_vocab.max(eod as usize + 1);
+        let id = format!("bpe:{}", hex(&Sha256::digest(&bytes)[..8]));
+        Ok(Tokenizer::File {
+            inner: Box::new(inner),
+            eod,
+            vocab_size,
+            id,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Bytes => 257,
+            Tokenizer::File { vocab_size, .. } => *vocab_size,
+        }
+    }
+
+    pub fn eod(&self) -> u32 {
+        match self {
+            Tokenizer::Bytes => 256,
+            Tokenizer::File { eod, .. } => *eod,
+        }
+    }
+
+    /// Identifies the tokenizer in cache keys and shard metadata.
+    pub fn id(&self) -> String {
+        match self {
+            Tokenizer::Bytes => "bytes".into(),
+            Tokenizer::File { id, .. } => id.clone(),
+        }
+    }
+
+    /// Token ids of `text`, without the end-of-document token.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Tokenizer::File { inner, id, .. } => inner
+                .encode(text, false)
+                .map(|enc| enc.get_ids().to_vec())
+                .map_err(|e| Error::Tokenizer {
+                    spec: id.clone(),
+                    message: e.to_string(),
+                }),
+        }
+    }
+}
+
+/// Trains a byte-level BPE with `vocab_size` tokens (including `<|endoftext|>`) on `texts` and
+/// writes it as a tokenizer.json to `out`.
+pub fn train_bpe<'a>(
+    texts: impl Iterator<Item = &'a str> + Send,
+    vocab_size: usize,
+    out: &Path,
+) -> Result<()> {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::{AddedToken, NormalizerWrapper, PostProcessorWrapper, TokenizerBuilder, TokenizerImpl};
+
+    let spec = format!("bpe:{}", out.display());
+    let fail = |message: String| Error::Tokenizer {
+        spec: spec.clone(),
+        message,
+    };
+    if vocab_size < 257 + 1 {
+        return Err(Error::value(
+            "--train-bpe",
+            format!("vocabulary must exceed 257 (256 bytes + end-of-text) (got {vocab_size})"),
+        ));
+    }
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
+        .build();
+    let mut tokenizer: TokenizerImpl<
+        BPE,
+        NormalizerWrapper,
+        ByteLevel,
+        PostProcessorWrapper,
+        ByteLevel,
+    > = TokenizerBuilder::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(ByteLevel::default()))
+        .with_decoder(Some(ByteLevel::default()))
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    tokenizer
+        .train(&mut trainer, texts)
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(parent) = out.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).at(parent)?;
+        }
+    }
+    tokenizer
+        .save(out, false)
+        .map_err(|e| fail(format!("could not write: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_numbers() {
+        let t = Tokenizer::Bytes;
+        assert_eq!(t.encode("hé").unwrap(), vec![104, 195, 169]);
+        assert_eq!(t.vocab_size(), 257);
+        assert_eq!(t.eod(), 256);
+    }
+
+    #[test]
+    fn trained_bpe_loads_and_compresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("tok.json");
+        let text = "the quick brown fox jumps over the lazy dog. ".repeat(200);
+        let texts = vec![text.as_str(); 4];
+        train_bpe(texts.into_iter(), 300, &out).unwrap();
+        let tok = Tokenizer::from_spec(&format!("bpe:{}", out.display())).unwrap();
+        let ids = tok.encode("the quick brown fox").unwrap();
+        assert!(ids.len() < "the quick brown fox".len(), "{ids:?}");
+        assert!(tok.vocab_size() <= 300);
+        assert!((tok.eod() as usize) < tok.vocab_size());
+    }
+}

@@ -1,0 +1,117 @@
+//! `mixtrain eval`: per-source validation loss of a checkpoint, on the run's fixed
+//! validation windows.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::backend::{dispatch, BackendTask};
+use crate::checkpoint;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::rundir::CONFIG_FILE;
+use crate::train::Session;
+
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    pub checkpoint: PathBuf,
+    pub step: usize,
+    pub sources: Vec<String>,
+    pub val_loss: Vec<f64>,
+}
+
+impl EvalReport {
+    pub fn mean(&self) -> f64 {
+        self.val_loss.iter().sum::<f64>() / self.val_loss.len() as f64
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut out = format!(
+            "checkpoint {} (step {})\n{:<16} {:>10}\n",
+            self.checkpoint.display(),
+            self.step,
+            "source",
+            "val_loss"
+        );
+        for (name, loss) in self.sources.iter().zip(&self.val_loss) {
+            out += &format!("{name:<16} {loss:>10.4}\n");
+        }
+        out += &format!("{:<16} {:>10.4}\n", "mean", self.mean());
+        out
+    }
+
+    pub fn to_json(&self) -> String {
+        let by_source: serde_json::Map<String, serde_json::Value> = self
+            .sources
+            .iter()
+            .cloned()
+            .zip(self.val_loss.iter().map(|&v| v.into()))
+            .collect();
+        serde_json::json!({
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "val_loss": self.mean(),
+            "val_loss_by_source": by_source,
+        })
+        .to_string()
+    }
+}
+
+/// `path` is a run directory (its newest complete checkpoint is used) or a checkpoint
+/// directory inside one.
+pub fn evaluate_path(path: &Path) -> Result<EvalReport> {
+    let (run_dir, checkpoint_dir) = if path.join(CONFIG_FILE).is_file() {
+        let checkpoints = checkpoint::complete_checkpoints(&path.join("checkpoints"))?;
+        let (_, newest) = checkpoints.last().cloned().ok_or_else(|| Error::RunDir {
+            path: path.to_path_buf(),
+            message: "has no complete checkpoint to evaluate".into(),
+        })?;
+        (path.to_path_buf(), newest)
+    } else {
+        let run_dir = path
+            .parent()
+            .and_then(Path::parent)
+            .filter(|run| run.join(CONFIG_FILE).is_file())
+            .ok_or_else(|| Error::RunDir {
+                path: path.to_path_buf(),
+                message: "is neither a run directory (with config.toml) nor a checkpoint inside one".into(),
+            })?;
+        (run_dir.to_path_buf(), path.to_path_buf())
+    };
+    let config = Config::load(&run_dir.join(CONFIG_FILE), &[])?;
+    let state = checkpoint::read_state(&checkpoint_dir)?;
+    if state.config_hash != config.hash() {
+        return Err(Error::checkpoint(
+            &checkpoint_dir,
+            "was written with a different config than the run's config.toml",
+        ));
+    }
+    dispatch(
+        config.run.backend,
+        EvalTask {
+            config,
+            checkpoint_dir,
+            step: state.step,
+        },
+    )
+}
+
+struct EvalTask {
+    config: Config,
+    checkpoint_dir: PathBuf,
+    step: usize,
+}
+
+impl BackendTask for EvalTask {
+    type Output = EvalReport;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &'static str) -> Result<EvalReport> {
+        let mut session = Session::<B>::build(self.config, device)?;
+        checkpoint::load_model(&self.checkpoint_dir, &mut session)?;
+        Ok(EvalReport {
+            checkpoint: self.checkpoint_dir,
+            step: self.step,
+            sources: session.source_names(),
+            val_loss: session.evaluate(),
+        })
+    }
+}

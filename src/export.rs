@@ -1,0 +1,132 @@
+//! safetensors files: checkpoints (burn's layout) and the exported final model (PyTorch's
+//! layout: Linear weights [out, in], RMSNorm gains named `weight`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, IoContext, Result};
+use crate::params::NamedTensor;
+
+/// Writes `tensors` (f32) with optional string metadata to `path`.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            let view = TensorView::new(Dtype::F32, t.shape.clone(), b)
+                .expect("shape and byte length agree by construction");
+            (t.name.clone(), view)
+        })
+        .collect();
+    let serialized = safetensors::serialize(views, &metadata)
+        .map_err(|e| Error::data(path, format!("could not serialise safetensors: {e}")))?;
+    std::fs::write(path, serialized).at(path)
+}
+
+/// Reads an f32 safetensors file into named tensors. Any malformed or truncated file is an
+/// error naming `path`.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, NamedTensor>> {
+    let bytes = std::fs::read(path).at(path)?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("corrupt safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor {name} is {:?}, expected F32", view.dtype()),
+            ));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("chunks of 4")))
+            .collect();
+        out.insert(
+            name.clone(),
+            NamedTensor {
+                name,
+                shape: view.shape().to_vec(),
+                data,
+                is_linear_weight: false,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The parameters renamed and laid out as a PyTorch model of the same architecture expects.
+pub fn to_pytorch_layout(params: &[NamedTensor]) -> Vec<NamedTensor> {
+    params
+        .iter()
+        .map(|p| {
+            let name = match p.name.strip_suffix(".gamma") {
+                Some(stem) => format!("{stem}.weight"),
+                None => p.name.clone(),
+            };
+            if p.is_linear_weight && p.shape.len() == 2 {
+                let (rows, cols) = (p.shape[0], p.shape[1]); // burn: [in, out]
+                let mut data = vec![0f32; p.data.len()];
+                for r in 0..rows {
+                    for c in 0..cols {
+                        data[c * rows + r] = p.data[r * cols + c];
+                    }
+                }
+                NamedTensor {
+                    name,
+                    shape: vec![cols, rows],
+                    data,
+                    is_linear_weight: true,
+                }
+            } else {
+                NamedTensor {
+                    name,
+                    ..p.clone()
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_transpose() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let lin = NamedTensor {
+            name: "blocks.0.attn.q_proj.weight".into(),
+            shape: vec![2, 3],
+            data: vec![1., 2., 3., 4., 5., 6.],
+            is_linear_weight: true,
+        };
+        let gain = NamedTensor {
+            name: "norm_f.gamma".into(),
+            shape: vec![3],
+            data: vec![1., 1., 1.],
+            is_linear_weight: false,
+        };
+        let exported = to_pytorch_layout(&[lin, gain]);
+        write_safetensors(&path, &exported, None).unwrap();
+        let back = read_safetensors(&path).unwrap();
+        let w = &back["blocks.0.attn.q_proj.weight"];
+        assert_eq!(w.shape, vec![3, 2]);
+        assert_eq!(w.data, vec![1., 4., 2., 5., 3., 6.]);
+        assert!(back.contains_key("norm_f.weight"));
+
+        std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+        assert!(read_safetensors(&path).is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! mixtrain: train a GPT-style language model on several data sources while learning the data
+//! mixture online. See README.md for the commands and design.md for the architecture.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod export;
+pub mod mixer;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod plot;
+pub mod prepare;
+pub mod rng;
+pub mod rundir;
+pub mod train;
+
+pub use error::{Error, Result};

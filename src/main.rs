@@ -1,0 +1,147 @@
+//! The `mixtrain` command line: parse, build, run, report. Errors print once, with context,
+//! and exit non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use mixtrain::config::Config;
+
+#[derive(Parser)]
+#[command(name = "mixtrain", version, about = "Train a GPT on several data sources while learning the data mixture online")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// The run's config file (TOML).
+    config: PathBuf,
+    /// Override a config key: --set train.steps=40 (value in TOML syntax; bare strings allowed).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model, writing metrics, ratios and checkpoints into run.out_dir.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Continue from the newest complete checkpoint in run.out_dir.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Tokenise and cache every source (what `run` does on first use), or train a BPE tokenizer.
+    Prepare {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Train a byte-level BPE with this many tokens on the sources' training documents,
+        /// instead of tokenising.
+        #[arg(long, value_name = "VOCAB")]
+        train_bpe: Option<usize>,
+        /// Where --train-bpe writes tokenizer.json (default: data.cache_dir/bpe-VOCAB.json).
+        #[arg(long, value_name = "PATH", requires = "train_bpe")]
+        tokenizer_out: Option<PathBuf>,
+    },
+    /// Per-source validation loss of a run's newest checkpoint, or of a given checkpoint.
+    Eval {
+        /// A run directory or a checkpoints/step_XXXXXXXX directory.
+        path: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write ratios.svg and val_loss.svg into a run directory.
+    Plot {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config, resume } => {
+            let cfg = Config::load(&config.config, &config.set)?;
+            let summary = mixtrain::train::run(
+                cfg.clone(),
+                mixtrain::train::RunOptions {
+                    resume,
+                    ..Default::default()
+                },
+            )?;
+            println!("run finished: {} steps in {}", summary.steps, cfg.run.out_dir.display());
+            println!("{:<16} {:>10} {:>10} {:>8}", "source", "val@0", "val@end", "weight");
+            for (i, name) in summary.sources.iter().enumerate() {
+                let initial = summary
+                    .initial_val_loss
+                    .as_ref()
+                    .map_or("-".to_string(), |v| format!("{:.4}", v[i]));
+                println!(
+                    "{:<16} {:>10} {:>10.4} {:>8.4}",
+                    name, initial, summary.final_val_loss[i], summary.final_weights[i]
+                );
+            }
+            Ok(())
+        }
+        Command::Prepare {
+            config,
+            train_bpe,
+            tokenizer_out,
+        } => {
+            let cfg = Config::load(&config.config, &config.set)?;
+            match train_bpe {
+                Some(vocab) => {
+                    let out = tokenizer_out.unwrap_or_else(|| {
+                        cfg.data.cache_dir.join(format!("bpe-{vocab}.json"))
+                    });
+                    mixtrain::prepare::train_tokenizer(&cfg, vocab, &out)?;
+                    println!("wrote {}", out.display());
+                    println!("use it with: --set data.tokenizer=\"bpe:{}\"", out.display());
+                }
+                None => {
+                    for line in mixtrain::prepare::prepare_sources(&cfg)? {
+                        println!("{line}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Eval { path, json } => {
+            let report = mixtrain::evaluate::evaluate_path(&path)?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            Ok(())
+        }
+        Command::Plot { run_dir } => {
+            for written in mixtrain::plot::plot_run(&run_dir)? {
+                println!("wrote {}", written.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Initial mixtures and the weight floor.
+
+use std::path::Path;
+
+use crate::config::MixtureInit;
+use crate::error::{Error, IoContext, Result};
+
+/// Weights for `init` over sources `names` with `train_tokens[k]` training tokens; sums to 1.
+pub fn resolve_init(init: &MixtureInit, names: &[String], train_tokens: &[usize]) -> Result<Vec<f64>> {
+    let k = names.len();
+    let raw: Vec<f64> = match init {
+        MixtureInit::Uniform => vec![1.0; k],
+        MixtureInit::Proportional => train_tokens.iter().map(|&n| n as f64).collect(),
+        MixtureInit::Temperature(tau) => train_tokens.iter().map(|&n| (n as f64).powf(*tau)).collect(),
+        MixtureInit::Explicit(weights) => names
+            .iter()
+            .map(|n| weights.get(n).copied().unwrap_or(0.0))
+            .collect(),
+        MixtureInit::File(path) => read_mixture_file(path, names)?,
+    };
+    Ok(normalise(&raw))
+}
+
+fn read_mixture_file(path: &Path, names: &[String]) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::data(path, format!("mixer.init: not valid JSON: {e}")))?;
+    let weights = value
+        .get("final")
+        .and_then(|v| v.as_object())
+        .ok_or_else(|| Error::data(path, "mixer.init: expected an object with a \"final\" table of weights"))?;
+    names
+        .iter()
+        .map(|name| {
+            weights
+                .get(name)
+                .and_then(|w| w.as_f64())
+                .filter(|w| w.is_finite() && *w >= 0.0)
+                .ok_or_else(|| {
+                    Error::data(
+                        path,
+                        format!("mixer.init: no non-negative weight for source {name:?} in \"final\""),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Scales non-negative weights to sum to 1.
+pub fn normalise(weights: &[f64]) -> Vec<f64> {
+    let total: f64 = weights.iter().sum();
+    weights.iter().map(|w| w / total).collect()
+}
+
+/// p ← (1 − Kε) p + ε: every source keeps at least ε.
+pub fn apply_floor(weights: &[f64], eps: f64) -> Vec<f64> {
+    let k = weights.len() as f64;
+    weights.iter().map(|p| (1.0 - k * eps) * p + eps).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn temperature_interpolates_uniform_and_proportional() {
+        let tokens = [100, 400];
+        let p = resolve_init(&MixtureInit::Proportional, &names(), &tokens).unwrap();
+        assert_eq!(p, vec![0.2, 0.8]);
+        // τ = 0.5: √100 : √400 = 10 : 20.
+        let t = resolve_init(&MixtureInit::Temperature(0.5), &names(), &tokens).unwrap();
+        assert!((t[0] - 1.0 / 3.0).abs() < 1e-12);
+        let u = resolve_init(&MixtureInit::Uniform, &names(), &tokens).unwrap();
+        assert_eq!(u, vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn floor_keeps_simplex() {
+        let p = apply_floor(&[1.0, 0.0, 0.0, 0.0], 0.05);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(p.iter().all(|&x| x >= 0.05 - 1e-15));
+        assert!((p[0] - 0.85).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,203 @@
+//! Decoder-only GPT: token embedding, RoPE, pre-norm RMSNorm blocks with causal self-attention
+//! and a SwiGLU or GELU MLP, final RMSNorm, LM head (optionally tied to the embedding).
+
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, silu, softmax};
+
+use crate::config::{MlpKind, ModelConfig};
+
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    pub tok_emb: Embedding<B>,
+    pub blocks: Vec<Block<B>>,
+    pub norm_f: RmsNorm<B>,
+    /// None when the head is tied to `tok_emb`.
+    pub lm_head: Option<Linear<B>>,
+    n_heads: usize,
+    rope_theta: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub attn_norm: RmsNorm<B>,
+    pub attn: Attention<B>,
+    pub mlp_norm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// SwiGLU's gate; None for the GELU MLP.
+    pub gate_proj: Option<Linear<B>>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
+impl ModelConfig {
+    /// Builds the model for a vocabulary of `vocab_size` tokens.
+    pub fn init<B: Backend>(&self, vocab_size: usize, device: &B::Device) -> Gpt<B> {
+        let d = self.d_model;
+        let std = self.init_std;
+        // GPT-2: residual output projections scaled by 1/sqrt(2 · n_layers).
+        let out_std = std / (2.0 * self.n_layers as f64).sqrt();
+        let norm = || {
+            RmsNormConfig::new(d)
+                .with_epsilon(self.norm_eps)
+                .init(device)
+        };
+        let blocks = (0..self.n_layers)
+            .map(|_| Block {
+                attn_norm: norm(),
+                attn: Attention {
+                    q_proj: linear(d, d, std, device),
+                    k_proj: linear(d, d, std, device),
+                    v_proj: linear(d, d, std, device),
+                    o_proj: linear(d, d, out_std, device),
+                },
+                mlp_norm: norm(),
+                mlp: Mlp {
+                    gate_proj: (self.mlp == MlpKind::Swiglu)
+                        .then(|| linear(d, self.d_ff, std, device)),
+                    up_proj: linear(d, self.d_ff, std, device),
+                    down_proj: linear(self.d_ff, d, out_std, device),
+                },
+            })
+            .collect();
+        Gpt {
+            tok_emb: EmbeddingConfig::new(vocab_size, d)
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
+                .init(device),
+            blocks,
+            norm_f: norm(),
+            lm_head: (!self.tie_embeddings).then(|| linear(d, vocab_size, std, device)),
+            n_heads: self.n_heads,
+            rope_theta: self.rope_theta,
+        }
+    }
+}
+
+/// cos and sin of RoPE's rotation angles, [seq, head_dim / 2] each.
+fn rope_tables<B: Backend>(
+    seq: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(seq * half);
+    let mut sin = Vec::with_capacity(seq * half);
+    for pos in 0..seq {
+        for i in 0..half {
+            let freq = theta.powf(-(2.0 * i as f64) / head_dim as f64);
+            let angle = pos as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [seq, half]), device),
+        Tensor::from_data(TensorData::new(sin, [seq, half]), device),
+    )
+}
+
+/// Rotates the two halves of each head (GPT-NeoX layout). x: [batch, heads, seq, head_dim].
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [_, _, _, head_dim] = x.dims();
+    let half = head_dim / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let rotated1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let rotated2 = x1 * sin.clone() + x2 * cos.clone();
+    Tensor::cat(vec![rotated1, rotated2], 3)
+}
+
+impl<B: Backend> Gpt<B> {
+    /// Logits for `tokens` [batch, seq] → [batch · seq, vocab] (row b · seq + t).
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [batch, seq] = tokens.dims();
+        let device = tokens.device();
+        let d_model = self.tok_emb.weight.dims()[1];
+        let head_dim = d_model / self.n_heads;
+        let (cos, sin) = rope_tables::<B>(seq, head_dim, self.rope_theta, &device);
+        let cos = cos.unsqueeze::<4>(); // [1, 1, seq, head_dim / 2]
+        let sin = sin.unsqueeze::<4>();
+        // Additive causal mask: -1e9 above the diagonal. [1, 1, seq, seq]
+        let mask = Tensor::<B, 2>::zeros([seq, seq], &device)
+            .mask_fill(Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device), -1e9)
+            .unsqueeze::<4>();
+
+        let mut x = self.tok_emb.forward(tokens); // [batch, seq, d_model]
+        for block in &self.blocks {
+            let h = block.attn_norm.forward(x.clone());
+            x = x + block.attn.forward(h, self.n_heads, &cos, &sin, &mask);
+            let h = block.mlp_norm.forward(x.clone());
+            x = x + block.mlp.forward(h);
+        }
+        let x = self.norm_f.forward(x).reshape([batch * seq, d_model]); // [batch · seq, d_model]
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.tok_emb.weight.val().transpose()), // [batch · seq, vocab]
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        Module::num_params(self)
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        n_heads: usize,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        mask: &Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, d_model] = x.dims();
+        let head_dim = d_model / n_heads;
+        let heads = |t: Tensor<B, 3>| t.reshape([batch, seq, n_heads, head_dim]).swap_dims(1, 2); // [batch, heads, seq, head_dim]
+        let q = apply_rope(heads(self.q_proj.forward(x.clone())), cos, sin);
+        let k = apply_rope(heads(self.k_proj.forward(x.clone())), cos, sin);
+        let v = heads(self.v_proj.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt() + mask.clone(); // [batch, heads, seq, seq]
+        let attn = softmax(scores, 3);
+        let out = attn
+            .matmul(v) // [batch, heads, seq, head_dim]
+            .swap_dims(1, 2)
+            .reshape([batch, seq, d_model]);
+        self.o_proj.forward(out)
+    }
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let up = self.up_proj.forward(x.clone()); // [batch, seq, d_ff]
+        let hidden = match &self.gate_proj {
+            Some(gate) => silu(gate.forward(x)) * up,
+            None => gelu(up),
+        };
+        self.down_proj.forward(hidden)
+    }
+}
+
+/// Per-token cross-entropy of `logits` [n, vocab] against `targets` [n] → [n].
+pub fn token_losses<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    mixtrain_kernels::reference::cross_entropy_per_token(logits, targets)
+}

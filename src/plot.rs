@@ -1,0 +1,138 @@
+//! `mixtrain plot`: ratios.svg (every source's weight over steps, held between updates) and
+//! val_loss.svg (per-source validation loss at each evaluation) in a run directory.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::error::{Error, IoContext, Result};
+use crate::rundir::{METRICS_FILE, RATIOS_FILE};
+
+/// One line per source: (name, points).
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+
+/// Writes both plots; returns their paths.
+pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let (names, rows) = read_ratios(&run_dir.join(RATIOS_FILE))?;
+    let (last_step, val) = read_val_losses(&run_dir.join(METRICS_FILE), &names)?;
+    let end = last_step.max(rows.last().map_or(0.0, |r| r.0));
+
+    // Weights hold from one row to the next: draw steps.
+    let ratios: Series = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let mut points = Vec::new();
+            for (i, (step, weights)) in rows.iter().enumerate() {
+                let next = rows.get(i + 1).map_or(end, |r| r.0);
+                points.push((*step, weights[k]));
+                points.push((next, weights[k]));
+            }
+            (name.clone(), points)
+        })
+        .collect();
+    let ratios_path = run_dir.join("ratios.svg");
+    draw(&ratios_path, "Mixture weights", "weight", &ratios, Some((0.0, 1.0)))?;
+    let val_path = run_dir.join("val_loss.svg");
+    draw(&val_path, "Validation loss per source", "loss (nats/token)", &val, None)?;
+    Ok(vec![ratios_path, val_path])
+}
+
+fn read_ratios(path: &Path) -> Result<(Vec<String>, Vec<(f64, Vec<f64>)>)> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .filter(|h| h.starts_with("step,"))
+        .ok_or_else(|| Error::data(path, "line 1: expected a header starting with \"step,\""))?;
+    let names: Vec<String> = header.split(',').skip(1).map(str::to_string).collect();
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let values: std::result::Result<Vec<f64>, _> = line.split(',').map(str::parse::<f64>).collect();
+        match values {
+            Ok(v) if v.len() == names.len() + 1 => rows.push((v[0], v[1..].to_vec())),
+            _ => {
+                return Err(Error::data(
+                    path,
+                    format!("line {}: expected a step and {} numbers", i + 2, names.len()),
+                ))
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Err(Error::data(path, "has no rows yet"));
+    }
+    Ok((names, rows))
+}
+
+/// The last logged step and each source's (step, validation loss) points.
+fn read_val_losses(path: &Path, names: &[String]) -> Result<(f64, Series)> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let mut series: Series = names.iter().map(|n| (n.clone(), Vec::new())).collect();
+    let mut last_step = 0.0;
+    for (i, line) in text.lines().enumerate() {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::data(path, format!("line {}: invalid JSON: {e}", i + 1)))?;
+        let step = record["step"].as_f64().unwrap_or(0.0);
+        last_step = f64::max(last_step, step);
+        if let Some(by_source) = record.get("val_loss_by_source") {
+            for (name, points) in series.iter_mut() {
+                if let Some(v) = by_source[name.as_str()].as_f64() {
+                    points.push((step, v));
+                }
+            }
+        }
+    }
+    Ok((last_step, series))
+}
+
+fn draw(path: &Path, title: &str, y_label: &str, series: &Series, y_range: Option<(f64, f64)>) -> Result<()> {
+    let fail = |e: String| Error::data(path, format!("could not draw: {e}"));
+    let points = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in points {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    let (y_min, y_max) = match y_range {
+        Some(range) => range,
+        None if y_min.is_finite() => {
+            let pad = ((y_max - y_min) * 0.05).max(1e-3);
+            (y_min - pad, y_max + pad)
+        }
+        None => (0.0, 1.0),
+    };
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, y_min..y_max)
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| fail(e.to_string()))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `mixtrain prepare`: tokenise and cache sources ahead of a run, or train a BPE tokenizer.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::data::{is_validation, load_sources, read_documents, resolve_files, train_bpe, Tokenizer};
+use crate::error::Result;
+
+/// Tokenises every source into the cache; one line per source saying where its shards are.
+/// The printed directory can be used as a source `path` (prepared shards).
+pub fn prepare_sources(config: &Config) -> Result<Vec<String>> {
+    let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
+    let sources = load_sources(&config.data, &tokenizer)?;
+    Ok(sources
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: {} train tokens, {} validation tokens in {}",
+                s.name,
+                s.train.len(),
+                s.val.len(),
+                s.dir.display()
+            )
+        })
+        .collect())
+}
+
+/// Trains a byte-level BPE of `vocab` tokens on every source's training documents (validation
+/// documents are left out, so validation loss stays honest) and writes it to `out`.
+pub fn train_tokenizer(config: &Config, vocab: usize, out: &Path) -> Result<()> {
+    let mut texts = Vec::new();
+    for (i, source) in config.data.sources.iter().enumerate() {
+        for file in resolve_files(i, source)? {
+            texts.extend(
+                read_documents(&file)?
+                    .into_iter()
+                    .filter(|doc| !is_validation(doc, source.val_fraction)),
+            );
+        }
+    }
+    tracing::info!(documents = texts.len(), vocab, "training BPE");
+    train_bpe(texts.iter().map(String::as_str), vocab, out)
+}

@@ -1,0 +1,7 @@
+//! The inner loop (one training step, evaluation) and the run loop around it.
+
+mod run;
+mod session;
+
+pub use run::{run, RunOptions, RunSummary};
+pub use session::{Session, StepReport};

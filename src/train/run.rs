@@ -1,0 +1,318 @@
+//! `mixtrain run`: the loop. Periodic work first (evaluate, update the mixture, log,
+//! checkpoint), each a call to a named function, then the training step.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
+
+use super::session::{Session, StepReport};
+use crate::backend::{dispatch, BackendTask};
+use crate::checkpoint;
+use crate::config::Config;
+use crate::error::Result;
+use crate::export::{to_pytorch_layout, write_safetensors};
+use crate::mixer::MixerUpdate;
+use crate::params::collect_params;
+use crate::rundir::{RunDir, MIXTURE_FILE, MODEL_FILE};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Continue from the newest complete checkpoint in `run.out_dir`.
+    pub resume: bool,
+    /// Show a progress bar (else plain log lines every `train.log_every` steps).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            resume: false,
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub sources: Vec<String>,
+    /// Per-source validation loss at step 0 of this run (None when resumed past it).
+    pub initial_val_loss: Option<Vec<f64>>,
+    pub final_val_loss: Vec<f64>,
+    pub final_weights: Vec<f64>,
+}
+
+/// Runs (or resumes) the training run described by `config` on its backend.
+pub fn run(config: Config, options: RunOptions) -> Result<RunSummary> {
+    dispatch(config.run.backend, RunTask { config, options })
+}
+
+struct RunTask {
+    config: Config,
+    options: RunOptions,
+}
+
+impl BackendTask for RunTask {
+    type Output = RunSummary;
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &'static str) -> Result<RunSummary> {
+        train_loop::<B>(self.config, self.options, device, backend)
+    }
+}
+
+fn provenance(config: &Config, backend: &str, device: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "# mixtrain {} (git {}), backend {backend}, device {device}, started at unix time {now}\n\
+         # resolved config (hash {}); every key is listed with its value",
+        env!("CARGO_PKG_VERSION"),
+        env!("MIXTRAIN_GIT_HASH"),
+        config.hash()
+    )
+}
+
+fn by_name(names: &[String], values: impl IntoIterator<Item = Option<f64>>) -> Value {
+    let map: Map<String, Value> = names
+        .iter()
+        .cloned()
+        .zip(values.into_iter().map(|v| v.map_or(Value::Null, Value::from)))
+        .collect();
+    Value::Object(map)
+}
+
+fn train_loop<B: AutodiffBackend>(
+    config: Config,
+    options: RunOptions,
+    device: B::Device,
+    backend: &'static str,
+) -> Result<RunSummary> {
+    let device_name = format!("{device:?}");
+    // Open or create the run directory before loading data, so a refused out_dir costs nothing.
+    let mut run_dir = if options.resume {
+        RunDir::open_for_resume(&config)?
+    } else {
+        RunDir::create(&config, &provenance(&config, backend, &device_name))?
+    };
+    let mut session = Session::<B>::build(config.clone(), device)?;
+    let names = session.source_names();
+    let total = config.train.steps;
+    let train = &config.train;
+
+    // On resume, the periodic work of the checkpoint's step is already in the logs.
+    let mut resumed_at = None;
+    if options.resume {
+        let checkpoints = checkpoint::complete_checkpoints(&run_dir.checkpoints_dir())?;
+        match checkpoints.last() {
+            Some((_, dir)) => {
+                let state = checkpoint::load(dir, &mut session)?;
+                run_dir.truncate_logs(state.metrics_bytes, state.ratios_bytes)?;
+                tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
+                resumed_at = Some(state.step);
+            }
+            None => {
+                tracing::info!("no complete checkpoint yet: restarting the run from step 0");
+                run_dir.restart(&config)?;
+            }
+        }
+    }
+    tracing::info!(
+        backend,
+        device = %device_name,
+        params = session.model.num_params(),
+        sources = %names.join(","),
+        "training"
+    );
+
+    let progress = make_progress(options.progress, total, session.step);
+    let started = Instant::now();
+    let start_step = session.step;
+    let mut initial_val_loss = None;
+    let mut last_val_loss = None;
+    let mut pending_train: Option<StepReport> = None;
+    let mut last_lr = 0.0;
+    loop {
+        let step = session.step;
+        if resumed_at != Some(step) {
+            let mut record = Map::new();
+            record.insert("step".into(), json!(step));
+            record.insert("tokens".into(), json!(session.tokens));
+            if let Some(report) = pending_train.take() {
+                add_train_fields(&mut record, &report, &names);
+            }
+            if step % train.eval_every == 0 || step == total {
+                let val = session.evaluate();
+                add_eval_fields(&mut record, &val, &names, &config.target_indices());
+                if step == 0 {
+                    initial_val_loss = Some(val.clone());
+                }
+                last_val_loss = Some(val);
+            }
+            if step == 0 {
+                run_dir.write_ratios(0, session.mixer.weights())?;
+            } else if step < total && step % config.mixer.every == 0 {
+                if let Some(update) = session.mixer_update(last_lr, None) {
+                    run_dir.write_ratios(step, &update.weights)?;
+                    add_mixer_fields(&mut record, &update, &names);
+                }
+            }
+            if record.len() > 2 {
+                let elapsed = started.elapsed().as_secs_f64();
+                let tokens_done = (session.tokens - session.tokens.min(tokens_at(&config, start_step))) as f64;
+                record.insert(
+                    "wall".into(),
+                    json!({ "elapsed_s": elapsed, "tokens_per_s": tokens_done / elapsed.max(1e-9) }),
+                );
+                run_dir.write_metrics(&Value::Object(record))?;
+            }
+            let checkpoint_due = step == total
+                || (train.checkpoint_every > 0 && step > 0 && step % train.checkpoint_every == 0);
+            if checkpoint_due {
+                let lengths = run_dir.flush()?;
+                checkpoint::save(&session, &run_dir.checkpoints_dir(), lengths, train.keep_checkpoints)?;
+            }
+        }
+        if step == total {
+            break;
+        }
+        let report = session.train_step()?;
+        last_lr = report.lr;
+        report_progress(&progress, &session, &report, started, start_step, &config);
+        if session.step % train.log_every == 0 {
+            pending_train = Some(report);
+        }
+    }
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    run_dir.flush()?;
+    write_mixture(&run_dir, &session, &names)?;
+    export_model(&run_dir, &session)?;
+
+    let final_val_loss = match last_val_loss {
+        Some(v) => v,
+        None => session.evaluate(),
+    };
+    for (name, loss) in names.iter().zip(&final_val_loss) {
+        tracing::info!(source = %name, val_loss = format!("{loss:.4}"), "final");
+    }
+    Ok(RunSummary {
+        steps: total,
+        sources: names,
+        initial_val_loss,
+        final_val_loss,
+        final_weights: session.mixer.weights().to_vec(),
+    })
+}
+
+/// Tokens consumed after `step` steps (every step draws the same number of sequences).
+fn tokens_at(config: &Config, step: usize) -> u64 {
+    (step * config.train.batch_size * config.train.grad_accum * config.data.seq_len) as u64
+}
+
+fn add_train_fields(record: &mut Map<String, Value>, report: &StepReport, names: &[String]) {
+    record.insert("lr".into(), json!(report.lr));
+    record.insert("train_loss".into(), json!(report.loss));
+    record.insert(
+        "train_loss_by_source".into(),
+        by_name(names, report.loss_by_source.iter().copied()),
+    );
+    record.insert("grad_norm".into(), json!(report.grad_norm));
+}
+
+fn add_eval_fields(record: &mut Map<String, Value>, val: &[f64], names: &[String], target: &[usize]) {
+    let mean = val.iter().sum::<f64>() / val.len() as f64;
+    record.insert("val_loss".into(), json!(mean));
+    record.insert("val_loss_by_source".into(), by_name(names, val.iter().map(|v| Some(*v))));
+    if target.len() != val.len() {
+        let target_mean = target.iter().map(|&k| val[k]).sum::<f64>() / target.len() as f64;
+        record.insert("target_val_loss".into(), json!(target_mean));
+    }
+}
+
+fn add_mixer_fields(record: &mut Map<String, Value>, update: &MixerUpdate, names: &[String]) {
+    let mut mixer = Map::new();
+    mixer.insert("weights".into(), by_name(names, update.weights.iter().map(|w| Some(*w))));
+    if let Some((signal, values)) = &update.signal {
+        mixer.insert((*signal).into(), by_name(names, values.iter().map(|v| Some(*v))));
+    }
+    record.insert("mixer".into(), Value::Object(mixer));
+}
+
+fn write_mixture<B: AutodiffBackend>(run_dir: &RunDir, session: &Session<B>, names: &[String]) -> Result<()> {
+    let steps = session.step.max(1) as f64;
+    let mixture = json!({
+        "sources": names,
+        "final": by_name(names, session.mixer.weights().iter().map(|w| Some(*w))),
+        "time_averaged": by_name(names, session.weight_sums.iter().map(|w| Some(w / steps))),
+        "steps": session.step,
+    });
+    let path = run_dir.path.join(MIXTURE_FILE);
+    let text = serde_json::to_string_pretty(&mixture).expect("JSON serialises");
+    std::fs::write(&path, text + "\n").map_err(|e| crate::Error::io(path, e))
+}
+
+/// The final model as safetensors in PyTorch's layout, with the model config as metadata.
+fn export_model<B: AutodiffBackend>(run_dir: &RunDir, session: &Session<B>) -> Result<()> {
+    let params = to_pytorch_layout(&collect_params(&session.model));
+    let metadata = [
+        ("format".to_string(), "pt".to_string()),
+        (
+            "mixtrain_model".to_string(),
+            serde_json::to_string(&session.config.model).expect("JSON serialises"),
+        ),
+        ("vocab_size".to_string(), session.vocab_size.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    write_safetensors(&run_dir.path.join(MODEL_FILE), &params, Some(metadata))
+}
+
+fn make_progress(enabled: bool, total: usize, start: usize) -> Option<ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  elapsed {elapsed_precise}  eta {eta_precise}",
+        )
+        .expect("the template is valid"),
+    );
+    bar.set_position(start as u64);
+    Some(bar)
+}
+
+fn report_progress<B: AutodiffBackend>(
+    bar: &Option<ProgressBar>,
+    session: &Session<B>,
+    report: &StepReport,
+    started: Instant,
+    start_step: usize,
+    config: &Config,
+) {
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let tokens_per_s = (session.step - start_step) as f64
+        * (config.train.batch_size * config.train.grad_accum * config.data.seq_len) as f64
+        / elapsed;
+    match bar {
+        Some(bar) => {
+            bar.set_position(session.step as u64);
+            bar.set_message(format!("loss {:.4}  {:.0} tok/s", report.loss, tokens_per_s));
+        }
+        None if session.step % config.train.log_every == 0 => {
+            tracing::info!(
+                step = session.step,
+                loss = format!("{:.4}", report.loss),
+                tokens_per_s = format!("{tokens_per_s:.0}"),
+                lr = format!("{:.2e}", report.lr),
+                "train"
+            );
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,266 @@
+//! A training session: model, optimizer, sampler and mixer over K loaded sources, with the
+//! training step and the per-source evaluation.
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::config::{ApplyMode, Config};
+use crate::data::{load_sources, validation_windows, Batch, Sampler, Source, Tokenizer};
+use crate::error::{Error, Result};
+use crate::mixer::{self, Mixer, SourceStats};
+use crate::model::{token_losses, Gpt};
+use crate::optim::{global_grad_norm, lr_at, AdamW};
+
+pub struct Session<B: AutodiffBackend> {
+    pub config: Config,
+    pub device: B::Device,
+    pub sources: Vec<Source>,
+    pub vocab_size: usize,
+    pub sampler: Sampler,
+    pub model: Gpt<B>,
+    pub optim: AdamW<B::InnerBackend>,
+    pub mixer: Box<dyn Mixer>,
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Training tokens consumed (inputs, all micro-batches).
+    pub tokens: u64,
+    /// Σ over steps of the weights in force at each step, for the time-averaged mixture.
+    pub weight_sums: Vec<f64>,
+    /// Per source: (Σ sequence losses, sequences) since the last mixer update.
+    pub loss_since_update: Vec<(f64, u64)>,
+    /// Start offsets of each source's fixed validation windows.
+    val_windows: Vec<Vec<usize>>,
+}
+
+/// What one training step measured.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// The optimised (mixture-weighted) loss.
+    pub loss: f64,
+    /// Mean sequence loss per source in this step; None for a source with no sequence.
+    pub loss_by_source: Vec<Option<f64>>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub tokens: usize,
+}
+
+impl<B: AutodiffBackend> Session<B> {
+    /// Loads the tokenizer and sources (tokenising them on first use), seeds and builds the
+    /// model, optimizer, sampler and mixer.
+    pub fn build(config: Config, device: B::Device) -> Result<Self> {
+        let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
+        let sources = load_sources(&config.data, &tokenizer)?;
+        let vocab_size = tokenizer.vocab_size();
+        let train_tokens: Vec<usize> = sources.iter().map(|s| s.train.len()).collect();
+        let mixer = mixer::build(&config, &train_tokens)?;
+        B::seed(&device, config.run.seed);
+        let model = config.model.init::<B>(vocab_size, &device);
+        let seq_len = config.data.seq_len;
+        let eval_sequences = config.train.eval_batches * config.train.batch_size;
+        let val_windows = sources
+            .iter()
+            .map(|s| validation_windows(s, seq_len, eval_sequences))
+            .collect();
+        let k = sources.len();
+        Ok(Session {
+            sampler: Sampler::new(config.run.seed, seq_len, &sources),
+            optim: AdamW::new(&config.train),
+            config,
+            device,
+            sources,
+            vocab_size,
+            model,
+            mixer,
+            step: 0,
+            tokens: 0,
+            weight_sums: vec![0.0; k],
+            loss_since_update: vec![(0.0, 0); k],
+            val_windows,
+        })
+    }
+
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// [n, seq_len + 1] tokens → inputs [n, seq_len] and targets [n · seq_len].
+    fn batch_tensors<BB: Backend>(
+        batch: &Batch,
+        device: &BB::Device,
+    ) -> (Tensor<BB, 2, Int>, Tensor<BB, 1, Int>) {
+        let n = batch.len();
+        let seq = batch.seq_len;
+        let tokens = Tensor::<BB, 2, Int>::from_data(
+            TensorData::new(batch.tokens.clone(), [n, seq + 1]),
+            device,
+        );
+        let inputs = tokens.clone().narrow(1, 0, seq); // [n, seq]
+        let targets = tokens.narrow(1, 1, seq).reshape([n * seq]); // [n · seq]
+        (inputs, targets)
+    }
+
+    /// One optimizer step: draw the step's sequences from the mixture, forward/backward each
+    /// micro-batch with per-sequence loss weights, accumulate, clip, AdamW.
+    pub fn train_step(&mut self) -> Result<StepReport> {
+        let train = &self.config.train;
+        let apply = self.config.mixer.apply;
+        let lr = lr_at(self.step, train);
+        let weights = self.mixer.weights().to_vec();
+        let k = weights.len();
+        let sources = self.sampler.draw_sources(
+            &weights,
+            apply,
+            train.batch_size * train.grad_accum,
+        );
+        // Per-sequence loss weights, normalised over the whole step so micro-batches add up to
+        // the step's weighted mean: Σ_i w_i ℓ_i / Σ_i w_i.
+        let seq_weights: Vec<f64> = sources
+            .iter()
+            .map(|&s| match apply {
+                ApplyMode::Sample => 1.0,
+                ApplyMode::Reweight => weights[s],
+            })
+            .collect();
+        let weight_total: f64 = seq_weights.iter().sum();
+
+        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+        let mut loss = 0.0;
+        let mut sums = vec![(0.0f64, 0u64); k];
+        for (micro, micro_weights) in sources
+            .chunks(train.batch_size)
+            .zip(seq_weights.chunks(train.batch_size))
+        {
+            let batch = self.sampler.fill(micro, &self.sources);
+            let n = batch.len();
+            let seq = batch.seq_len;
+            let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
+            let logits = self.model.forward(inputs); // [n · seq, vocab]
+            let seq_loss = token_losses(logits, targets)
+                .reshape([n, seq])
+                .mean_dim(1)
+                .reshape([n]); // [n]
+            let w: Vec<f32> = micro_weights
+                .iter()
+                .map(|w| (w / weight_total) as f32)
+                .collect();
+            let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), &self.device);
+            let micro_loss = (seq_loss.clone() * w).sum();
+            let grads = GradientsParams::from_grads(micro_loss.backward(), &self.model);
+            accumulator.accumulate(&self.model, grads);
+
+            // Host sync: per-sequence losses for the per-source report.
+            let seq_loss: Vec<f32> = seq_loss
+                .inner()
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("converted to f32");
+            for ((&s, &l), &w) in micro.iter().zip(&seq_loss).zip(micro_weights) {
+                sums[s].0 += l as f64;
+                sums[s].1 += 1;
+                loss += l as f64 * w / weight_total;
+            }
+        }
+        if !loss.is_finite() {
+            return Err(Error::Training(format!(
+                "loss is {loss} at step {}; lower train.lr or raise train.warmup_steps",
+                self.step + 1
+            )));
+        }
+
+        let mut grads = accumulator.grads();
+        let grad_norm = global_grad_norm(&self.model, &grads);
+        let clip = train.grad_clip;
+        let scale = if clip > 0.0 && grad_norm > clip {
+            clip / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        let model = self.model.clone();
+        self.model = self.optim.step(model, &mut grads, lr, scale);
+
+        let step_tokens = sources.len() * self.config.data.seq_len;
+        self.step += 1;
+        self.tokens += step_tokens as u64;
+        for (sum, w) in self.weight_sums.iter_mut().zip(&weights) {
+            *sum += w;
+        }
+        for (acc, (s, n)) in self.loss_since_update.iter_mut().zip(&sums) {
+            acc.0 += s;
+            acc.1 += n;
+        }
+        Ok(StepReport {
+            loss,
+            loss_by_source: sums
+                .iter()
+                .map(|&(s, n)| (n > 0).then(|| s / n as f64))
+                .collect(),
+            grad_norm,
+            lr,
+            tokens: step_tokens,
+        })
+    }
+
+    /// Mean token loss of each source on its fixed validation windows.
+    pub fn evaluate(&self) -> Vec<f64> {
+        let model = self.model.valid();
+        let device = &self.device;
+        let seq = self.config.data.seq_len;
+        let batch_size = self.config.train.batch_size;
+        self.sources
+            .iter()
+            .zip(&self.val_windows)
+            .map(|(source, starts)| {
+                let mut total = 0.0f64;
+                for chunk in starts.chunks(batch_size) {
+                    let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
+                    for &start in chunk {
+                        source.val.extend_window(start, seq + 1, &mut tokens);
+                    }
+                    let batch = Batch {
+                        tokens,
+                        sources: vec![0; chunk.len()],
+                        seq_len: seq,
+                    };
+                    let (inputs, targets) =
+                        Self::batch_tensors::<B::InnerBackend>(&batch, device);
+                    let sum = token_losses(model.forward(inputs), targets).sum();
+                    total += sum.into_scalar().elem::<f64>();
+                }
+                total / (starts.len() * seq) as f64
+            })
+            .collect()
+    }
+
+    /// Asks the mixer for an update with the statistics it requested. Resets the running
+    /// training-loss means.
+    pub fn mixer_update(&mut self, lr: f64, val_loss: Option<&[f64]>) -> Option<mixer::MixerUpdate> {
+        let needs = self.mixer.needs();
+        let val_loss = if needs.val_losses {
+            Some(match val_loss {
+                Some(v) => v.to_vec(),
+                None => self.evaluate(),
+            })
+        } else {
+            None
+        };
+        let stats = SourceStats {
+            step: self.step,
+            lr,
+            train_loss: self
+                .loss_since_update
+                .iter()
+                .map(|&(s, n)| (n > 0).then(|| s / n as f64))
+                .collect(),
+            val_loss,
+            grad_dot_val: None,
+            reference_loss: None,
+        };
+        let k = self.sources.len();
+        self.loss_since_update = vec![(0.0, 0); k];
+        self.mixer.update(&stats)
+    }
+}
