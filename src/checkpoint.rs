@@ -94,10 +94,10 @@ pub fn save<B: AutodiffBackend>(
     std::fs::create_dir_all(&tmp).at(&tmp)?;
 
     let model_path = tmp.join(MODEL);
-    write_safetensors(&model_path, &collect_params(&session.model), None)?;
+    write_safetensors(&model_path, &collect_params(&session.model), &[])?;
     std::fs::File::open(&model_path).and_then(|f| f.sync_all()).at(&model_path)?;
     let optim_path = tmp.join(OPTIMIZER);
-    write_safetensors(&optim_path, &session.optim.to_named(), None)?;
+    write_safetensors(&optim_path, &session.optim.to_named(), &[])?;
     std::fs::File::open(&optim_path).and_then(|f| f.sync_all()).at(&optim_path)?;
 
     let state = TrainState {

@@ -1,36 +1,49 @@
 //! safetensors files: checkpoints (burn's layout) and the exported final model (PyTorch's
 //! layout: Linear weights [out, in], RMSNorm gains named `weight`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{Error, IoContext, Result};
 use crate::params::NamedTensor;
 
-/// Writes `tensors` (f32) with optional string metadata to `path`.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[NamedTensor],
-    metadata: Option<HashMap<String, String>>,
-) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|(t, b)| {
-            let view = TensorView::new(Dtype::F32, t.shape.clone(), b)
-                .expect("shape and byte length agree by construction");
-            (t.name.clone(), view)
-        })
-        .collect();
-    let serialized = safetensors::serialize(views, &metadata)
-        .map_err(|e| Error::data(path, format!("could not serialise safetensors: {e}")))?;
-    std::fs::write(path, serialized).at(path)
+/// Writes `tensors` (f32) with string metadata to `path` in the safetensors format. The header
+/// is built here rather than by the safetensors crate so its key order (and so the file's
+/// bytes) is deterministic: metadata in the given order, tensors in the given order.
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], metadata: &[(&str, String)]) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str())))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        let bytes = t.data.len() * 4;
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({ "dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + bytes] }),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    // The data starts 8-byte aligned: pad the header with spaces.
+    while (8 + header.len()) % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for t in tensors {
+        for x in &t.data {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(path, out).at(path)
 }
 
 /// Reads an f32 safetensors file into named tensors. Any malformed or truncated file is an
@@ -119,7 +132,7 @@ mod tests {
             is_linear_weight: false,
         };
         let exported = to_pytorch_layout(&[lin, gain]);
-        write_safetensors(&path, &exported, None).unwrap();
+        write_safetensors(&path, &exported, &[("format", "pt".into())]).unwrap();
         let back = read_safetensors(&path).unwrap();
         let w = &back["blocks.0.attn.q_proj.weight"];
         assert_eq!(w.shape, vec![3, 2]);

@@ -260,16 +260,14 @@ fn write_mixture<B: AutodiffBackend>(run_dir: &RunDir, session: &Session<B>, nam
 fn export_model<B: AutodiffBackend>(run_dir: &RunDir, session: &Session<B>) -> Result<()> {
     let params = to_pytorch_layout(&collect_params(&session.model));
     let metadata = [
-        ("format".to_string(), "pt".to_string()),
+        ("format", "pt".to_string()),
         (
-            "mixtrain_model".to_string(),
+            "mixtrain_model",
             serde_json::to_string(&session.config.model).expect("JSON serialises"),
         ),
-        ("vocab_size".to_string(), session.vocab_size.to_string()),
-    ]
-    .into_iter()
-    .collect();
-    write_safetensors(&run_dir.path.join(MODEL_FILE), &params, Some(metadata))
+        ("vocab_size", session.vocab_size.to_string()),
+    ];
+    write_safetensors(&run_dir.path.join(MODEL_FILE), &params, &metadata)
 }
 
 fn make_progress(enabled: bool, total: usize, start: usize) -> Option<ProgressBar> {
