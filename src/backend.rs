@@ -13,13 +13,15 @@ pub trait BackendTask {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &'static str) -> Result<Self::Output>;
 }
 
-/// Runs `task` on the backend `kind`. "cpu" is flex, measured faster than ndarray for our
-/// model on a 2-core machine (see README, "Measured").
+/// Runs `task` on the backend `kind`. "cpu" is ndarray, measured 1.7x faster than flex on the
+/// quickstart model on a 2-core machine (`cargo bench --bench train_step`; README, "Measured").
 pub fn dispatch<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output> {
     use burn::backend::{flex::FlexDevice, ndarray::NdArrayDevice, Flex, NdArray};
     match kind {
-        BackendKind::Cpu | BackendKind::Flex => task.run::<Autodiff<Flex>>(FlexDevice, "flex"),
-        BackendKind::Ndarray => task.run::<Autodiff<NdArray>>(NdArrayDevice::Cpu, "ndarray"),
+        BackendKind::Cpu | BackendKind::Ndarray => {
+            task.run::<Autodiff<NdArray>>(NdArrayDevice::Cpu, "ndarray")
+        }
+        BackendKind::Flex => task.run::<Autodiff<Flex>>(FlexDevice, "flex"),
         BackendKind::Wgpu => run_wgpu(task),
         BackendKind::Cuda => run_cuda(task),
     }

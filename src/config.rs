@@ -36,7 +36,7 @@ pub struct RunConfig {
     pub out_dir: PathBuf,
     /// Seed of model initialisation and of the data sampler. Default 42.
     pub seed: u64,
-    /// Compute backend: "cpu" (the faster CPU backend, flex), "flex", "ndarray", "wgpu"
+    /// Compute backend: "cpu" (the faster CPU backend, ndarray), "ndarray", "flex", "wgpu"
     /// (needs `--features wgpu`), "cuda" (needs `--features cuda`). Default "cpu".
     pub backend: BackendKind,
 }

@@ -290,10 +290,16 @@ fn build_shards(
         serde_json::to_string_pretty(&meta).expect("ShardMeta serialises"),
     )
     .at(&meta_path)?;
-    if dir.exists() {
+    if dir.exists() && !dir.join("meta.json").is_file() {
         // A stale entry without meta.json (an interrupted older build): replace it.
         std::fs::remove_dir_all(dir).at(dir)?;
     }
-    std::fs::rename(&tmp, dir).at(dir)?;
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        // Another process built the same entry meanwhile: theirs is identical, use it.
+        std::fs::remove_dir_all(&tmp).at(&tmp)?;
+        if !dir.join("meta.json").is_file() {
+            return Err(Error::io(dir, e));
+        }
+    }
     Ok(())
 }
