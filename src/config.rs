@@ -324,7 +324,13 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
+                // toml's value deserialiser appends "in `key`": the key is already in front.
                 let message = e.into_inner().to_string();
+                let message = message
+                    .lines()
+                    .filter(|l| !l.starts_with("in `"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 let message = message.trim_end();
                 Error::ConfigParse {
                     file: file.to_string(),

@@ -34,17 +34,23 @@ fn open_append(path: &Path) -> Result<BufWriter<File>> {
 }
 
 impl RunDir {
-    /// Starts a new run in `config.run.out_dir`; refuses a directory that already holds one.
-    pub fn create(config: &Config, provenance: &str) -> Result<RunDir> {
-        let path = config.run.out_dir.clone();
-        if holds_run(&path) {
+    /// Errors if `path` already holds a run (a new run must not overwrite it).
+    pub fn check_free(path: &Path) -> Result<()> {
+        if holds_run(path) {
             return Err(Error::RunDir {
-                path,
+                path: path.to_path_buf(),
                 message: "already holds a run; pass --resume to continue it, or set another \
                           run.out_dir (e.g. --set run.out_dir=runs/new)"
                     .into(),
             });
         }
+        Ok(())
+    }
+
+    /// Starts a new run in `config.run.out_dir`; refuses a directory that already holds one.
+    pub fn create(config: &Config, provenance: &str) -> Result<RunDir> {
+        let path = config.run.out_dir.clone();
+        Self::check_free(&path)?;
         std::fs::create_dir_all(&path).at(&path)?;
         let config_path = path.join(CONFIG_FILE);
         std::fs::write(&config_path, format!("{provenance}\n{}", config.to_toml()))

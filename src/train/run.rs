@@ -92,13 +92,17 @@ fn train_loop<B: AutodiffBackend>(
     backend: &'static str,
 ) -> Result<RunSummary> {
     let device_name = format!("{device:?}");
-    // Open or create the run directory before loading data, so a refused out_dir costs nothing.
-    let mut run_dir = if options.resume {
-        RunDir::open_for_resume(&config)?
-    } else {
-        RunDir::create(&config, &provenance(&config, backend, &device_name))?
-    };
+    // Refuse a wrong out_dir before the (slow) data loading, and create nothing until the data
+    // and tokenizer have loaded, so a bad source leaves no half-made run behind.
+    if !options.resume {
+        RunDir::check_free(&config.run.out_dir)?;
+    }
+    let resumed_dir = options.resume.then(|| RunDir::open_for_resume(&config)).transpose()?;
     let mut session = Session::<B>::build(config.clone(), device)?;
+    let mut run_dir = match resumed_dir {
+        Some(dir) => dir,
+        None => RunDir::create(&config, &provenance(&config, backend, &device_name))?,
+    };
     let names = session.source_names();
     let total = config.train.steps;
     let train = &config.train;

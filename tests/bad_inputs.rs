@@ -1,0 +1,200 @@
+//! Bad inputs: each gives a non-zero exit, one message naming what is wrong, no panic, and
+//! leaves existing run files as they were.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{mixtrain, run_ok, tiny_config};
+
+/// Runs `cmd`, expects failure with `needle` in stderr and no panic.
+fn expect_error(cmd: &mut Command, needle: &str) -> String {
+    let out = cmd.output().expect("spawn mixtrain");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected failure for {needle:?}; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked at"), "panic for {needle:?}:\n{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "expected {needle:?} in the error; stderr:\n{stderr}"
+    );
+    stderr
+}
+
+fn run_with(config: &Path, sets: &[&str]) -> Command {
+    let mut cmd = mixtrain();
+    cmd.arg("run").arg(config);
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    cmd
+}
+
+#[test]
+fn config_errors_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let cases: &[(&[&str], &str)] = &[
+        (&["train.stepz=3"], "train.stepz: unknown field `stepz`"),
+        (&["model.widht=3"], "unknown field `widht`"),
+        (&["train.steps=\"ten\""], "train.steps"),
+        (&["train.lr=-1"], "train.lr: must be > 0 (got -1)"),
+        (&["model.n_heads=3"], "model.n_heads: must divide model.d_model"),
+        (&["mixer.kind=magic"], "mixer.kind: unknown variant `magic`"),
+        (&["mixer.init={nope = 1.0}"], "mixer.init.nope: no source named \"nope\""),
+        (&["mixer.init=fancy"], "mixer.init: unknown mixture \"fancy\""),
+        (&["data.sources.0.val_fraction=0"], "data.sources[0].val_fraction: must be in (0, 1)"),
+        (&["data.sources.1.name=prose"], "duplicate source name"),
+        (&["data.tokenizer=gpt9"], "data.tokenizer: unknown tokenizer"),
+        (&["data.tokenizer=bpe:/no/such/tokenizer.json"], "/no/such/tokenizer.json"),
+        (&["run.backend=wgpu"], "run.backend: \"wgpu\" is not compiled in"),
+        (&["target.sources=[\"math\"]"], "target.sources: no source named \"math\""),
+        (&["mixer.min_weight=0.5"], "mixer.min_weight"),
+        (&["train.beta2=1.5"], "train.beta2: must be in [0, 1)"),
+        (&["data.sources.9.path=x"], "index 9 out of range"),
+        (&["novalue"], "expected key=value"),
+    ];
+    for (sets, needle) in cases {
+        expect_error(&mut run_with(&config, sets), needle);
+    }
+    // None of them created a run.
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn file_errors_name_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+
+    // Missing config file.
+    let missing = dir.path().join("missing.toml");
+    expect_error(&mut run_with(&missing, &[]), "missing.toml");
+
+    // Malformed TOML: the parser's line is named.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[train]\nsteps = = 3\n").unwrap();
+    expect_error(&mut run_with(&broken, &[]), "line 2");
+
+    // Missing source path.
+    expect_error(
+        &mut run_with(&config, &["data.sources.0.path=/no/such/corpus"]),
+        "/no/such/corpus",
+    );
+
+    // An empty source.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let set = format!("data.sources.0.path={}", empty.display());
+    expect_error(&mut run_with(&config, &[&set]), "is empty");
+
+    // A jsonl line that is not JSON: file and line named.
+    let bad_json = dir.path().join("bad.jsonl");
+    std::fs::write(&bad_json, "{\"text\": \"fine\"}\n{\"text\": oops}\n").unwrap();
+    let set = format!("data.sources.0.path={}", bad_json.display());
+    expect_error(&mut run_with(&config, &[&set]), "bad.jsonl: line 2: invalid JSON");
+
+    // A jsonl line without a text field.
+    let no_text = dir.path().join("notext.jsonl");
+    std::fs::write(&no_text, "{\"body\": \"x\"}\n").unwrap();
+    let set = format!("data.sources.0.path={}", no_text.display());
+    expect_error(&mut run_with(&config, &[&set]), "line 1: expected an object with a string field \"text\"");
+
+    // A source too small for one validation window.
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "tiny").unwrap();
+    let set = format!("data.sources.0.path={}", small.display());
+    expect_error(&mut run_with(&config, &[&set]), "fewer than data.seq_len + 1");
+}
+
+#[test]
+fn corrupt_shard_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    // Prepare shards, copy one source's shards, truncate the copy, use it as a prepared source.
+    let out = run_ok(mixtrain().arg("prepare").arg(&config));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let prepared = stdout
+        .lines()
+        .find(|l| l.starts_with("prose:"))
+        .and_then(|l| l.rsplit(" in ").next())
+        .expect("prepare prints where the shards are")
+        .to_string();
+    let copy = dir.path().join("prepared");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["train.bin", "val.bin", "meta.json"] {
+        std::fs::copy(Path::new(&prepared).join(f), copy.join(f)).unwrap();
+    }
+    let set = format!("data.sources.0.path={}", copy.display());
+    // Intact copy works as a source (a short run).
+    run_ok(&mut run_with(&config, &[&set, "train.steps=2"]));
+    let train = copy.join("train.bin");
+    let bytes = std::fs::read(&train).unwrap();
+    std::fs::write(&train, &bytes[..bytes.len() - 7]).unwrap();
+    let set_out = format!("run.out_dir={}", dir.path().join("run2").display());
+    expect_error(&mut run_with(&config, &[&set, &set_out]), "truncated or corrupt");
+    // Garbage instead of a shard.
+    std::fs::write(&train, b"not a shard at all, just some text here").unwrap();
+    expect_error(&mut run_with(&config, &[&set, &set_out]), "bad magic");
+}
+
+#[test]
+fn run_directory_and_checkpoint_errors_keep_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    run_ok(&mut run_with(&config, &["train.steps=10"]));
+    let run = dir.path().join("run");
+    let snapshot = |name: &str| std::fs::read(run.join(name)).unwrap();
+    let before: Vec<Vec<u8>> = ["metrics.jsonl", "ratios.csv", "config.toml"].iter().map(|f| snapshot(f)).collect();
+    let unchanged = || {
+        let now: Vec<Vec<u8>> = ["metrics.jsonl", "ratios.csv", "config.toml"].iter().map(|f| snapshot(f)).collect();
+        assert!(now == before, "run files changed");
+    };
+
+    // A second run into the same out_dir without --resume is refused.
+    expect_error(&mut run_with(&config, &["train.steps=10"]), "already holds a run; pass --resume");
+    unchanged();
+
+    // Resuming with another config is refused.
+    let mut cmd = run_with(&config, &["train.steps=10", "train.lr=1e-3"]);
+    cmd.arg("--resume");
+    expect_error(&mut cmd, "differs from the given config");
+    unchanged();
+
+    // A corrupt checkpoint: truncated model weights.
+    let newest = run.join("checkpoints/step_00000010");
+    let model = newest.join("model.safetensors");
+    let weights = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &weights[..weights.len() / 2]).unwrap();
+    let mut cmd = run_with(&config, &["train.steps=10"]);
+    cmd.arg("--resume");
+    expect_error(&mut cmd, "corrupt safetensors file");
+    unchanged();
+    std::fs::write(&model, &weights).unwrap();
+
+    // A corrupt checkpoint state.
+    let state = newest.join("state.json");
+    let state_bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, b"{\"format\": 1, \"step\": ").unwrap();
+    let mut cmd = run_with(&config, &["train.steps=10"]);
+    cmd.arg("--resume");
+    expect_error(&mut cmd, "state.json: corrupt state");
+    unchanged();
+    std::fs::write(&state, &state_bytes).unwrap();
+
+    // eval on a checkpoint whose state was tampered with to another config hash.
+    let tampered = String::from_utf8(state_bytes.clone()).unwrap().replace("\"config_hash\": \"", "\"config_hash\": \"00");
+    std::fs::write(&state, tampered).unwrap();
+    expect_error(mixtrain().arg("eval").arg(&newest), "different config");
+    std::fs::write(&state, &state_bytes).unwrap();
+
+    // --resume where there is no run.
+    let elsewhere = format!("run.out_dir={}", dir.path().join("nothing-here").display());
+    let mut cmd = run_with(&config, &[&elsewhere]);
+    cmd.arg("--resume");
+    expect_error(&mut cmd, "holds no run to resume");
+
+    // eval / plot on something that is not a run.
+    let empty = tempfile::tempdir().unwrap();
+    expect_error(mixtrain().arg("eval").arg(empty.path()), "is neither a run directory");
+    expect_error(mixtrain().arg("plot").arg(empty.path()), "ratios.csv");
+}
