@@ -21,7 +21,11 @@ struct Bench {
 
 impl BackendTask for Bench {
     type Output = f64;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &'static str) -> mixtrain::Result<f64> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: &'static str,
+    ) -> mixtrain::Result<f64> {
         let mut session = Session::<B>::build(self.config, device)?;
         // Warm-up: first steps allocate and (on ndarray) spin up the thread pool.
         for _ in 0..3 {
@@ -45,7 +49,10 @@ impl BackendTask for Bench {
 }
 
 fn main() -> mixtrain::Result<()> {
-    let steps: usize = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let steps: usize = std::env::var("STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
     let mut rates = Vec::new();
     for kind in [BackendKind::Flex, BackendKind::Ndarray] {

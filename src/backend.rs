@@ -10,7 +10,11 @@ use crate::error::{Error, Result};
 /// Work generic over the backend (training, evaluation, benches).
 pub trait BackendTask {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &'static str) -> Result<Self::Output>;
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: &'static str,
+    ) -> Result<Self::Output>;
 }
 
 /// Runs `task` on the backend `kind`. "cpu" is ndarray, measured 1.7x faster than flex on the

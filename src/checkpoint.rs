@@ -64,7 +64,9 @@ pub fn complete_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
 }
 
 fn sync_dir(path: &Path) -> Result<()> {
-    std::fs::File::open(path).and_then(|d| d.sync_all()).at(path)
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .at(path)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -95,10 +97,14 @@ pub fn save<B: AutodiffBackend>(
 
     let model_path = tmp.join(MODEL);
     write_safetensors(&model_path, &collect_params(&session.model), &[])?;
-    std::fs::File::open(&model_path).and_then(|f| f.sync_all()).at(&model_path)?;
+    std::fs::File::open(&model_path)
+        .and_then(|f| f.sync_all())
+        .at(&model_path)?;
     let optim_path = tmp.join(OPTIMIZER);
     write_safetensors(&optim_path, &session.optim.to_named(), &[])?;
-    std::fs::File::open(&optim_path).and_then(|f| f.sync_all()).at(&optim_path)?;
+    std::fs::File::open(&optim_path)
+        .and_then(|f| f.sync_all())
+        .at(&optim_path)?;
 
     let state = TrainState {
         format: FORMAT,
@@ -147,7 +153,10 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     if state.format != FORMAT {
         return Err(Error::checkpoint(
             &path,
-            format!("format {}, this mixtrain reads format {FORMAT}", state.format),
+            format!(
+                "format {}, this mixtrain reads format {FORMAT}",
+                state.format
+            ),
         ));
     }
     Ok(state)
@@ -179,7 +188,10 @@ pub fn load<B: AutodiffBackend>(dir: &Path, session: &mut Session<B>) -> Result<
     let optim_path = dir.join(OPTIMIZER);
     let moments = read_safetensors(&optim_path)?;
     if !session.optim.load_named(&moments, &session.device) {
-        return Err(Error::checkpoint(&optim_path, "optimizer moments are incomplete"));
+        return Err(Error::checkpoint(
+            &optim_path,
+            "optimizer moments are incomplete",
+        ));
     }
     session.optim.steps = state.optimizer_steps;
     let k = session.sources.len();

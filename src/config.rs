@@ -321,8 +321,8 @@ impl Config {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 // toml's value deserialiser appends "in `key`": the key is already in front.
                 let message = e.into_inner().to_string();
@@ -484,7 +484,7 @@ impl Config {
         at_least_one("model.n_layers", m.n_layers)?;
         at_least_one("model.n_heads", m.n_heads)?;
         at_least_one("model.d_ff", m.d_ff)?;
-        if m.d_model % m.n_heads != 0 {
+        if !m.d_model.is_multiple_of(m.n_heads) {
             return Err(Error::value(
                 "model.n_heads",
                 format!(
@@ -493,7 +493,7 @@ impl Config {
                 ),
             ));
         }
-        if (m.d_model / m.n_heads) % 2 != 0 {
+        if !(m.d_model / m.n_heads).is_multiple_of(2) {
             return Err(Error::value(
                 "model.n_heads",
                 format!(
@@ -545,10 +545,7 @@ impl Config {
             if !(eps >= 0.0 && eps * k < 1.0) {
                 return Err(Error::value(
                     "mixer.min_weight",
-                    format!(
-                        "must be >= 0 and below 1/K = {} (got {eps})",
-                        1.0 / k
-                    ),
+                    format!("must be >= 0 and below 1/K = {} (got {eps})", 1.0 / k),
                 ));
             }
         }

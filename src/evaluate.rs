@@ -74,7 +74,9 @@ pub fn evaluate_path(path: &Path) -> Result<EvalReport> {
             .filter(|run| run.join(CONFIG_FILE).is_file())
             .ok_or_else(|| Error::RunDir {
                 path: path.to_path_buf(),
-                message: "is neither a run directory (with config.toml) nor a checkpoint inside one".into(),
+                message:
+                    "is neither a run directory (with config.toml) nor a checkpoint inside one"
+                        .into(),
             })?;
         (run_dir.to_path_buf(), path.to_path_buf())
     };
@@ -104,7 +106,11 @@ struct EvalTask {
 
 impl BackendTask for EvalTask {
     type Output = EvalReport;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &'static str) -> Result<EvalReport> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        _backend: &'static str,
+    ) -> Result<EvalReport> {
         let mut session = Session::<B>::build(self.config, device)?;
         checkpoint::load_model(&self.checkpoint_dir, &mut session)?;
         Ok(EvalReport {

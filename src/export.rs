@@ -12,7 +12,11 @@ use crate::params::NamedTensor;
 /// Writes `tensors` (f32) with string metadata to `path` in the safetensors format. The header
 /// is built here rather than by the safetensors crate so its key order (and so the file's
 /// bytes) is deterministic: metadata in the given order, tensors in the given order.
-pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], metadata: &[(&str, String)]) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: &[(&str, String)],
+) -> Result<()> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         let meta: serde_json::Map<String, serde_json::Value> = metadata
@@ -32,7 +36,7 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], metadata: &[(&str
     }
     let mut header = serde_json::Value::Object(header).to_string().into_bytes();
     // The data starts 8-byte aligned: pad the header with spaces.
-    while (8 + header.len()) % 8 != 0 {
+    while !(8 + header.len()).is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + header.len() + offset);
@@ -102,10 +106,7 @@ pub fn to_pytorch_layout(params: &[NamedTensor]) -> Vec<NamedTensor> {
                     is_linear_weight: true,
                 }
             } else {
-                NamedTensor {
-                    name,
-                    ..p.clone()
-                }
+                NamedTensor { name, ..p.clone() }
             }
         })
         .collect()

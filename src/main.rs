@@ -1,6 +1,7 @@
 //! The `mixtrain` command line: parse, build, run, report. Errors print once, with context,
 //! and exit non-zero.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use mixtrain::config::Config;
 
 #[derive(Parser)]
-#[command(name = "mixtrain", version, about = "Train a GPT on several data sources while learning the data mixture online")]
+#[command(
+    name = "mixtrain",
+    version,
+    about = "Train a GPT on several data sources while learning the data mixture online"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     let cli = Cli::parse();
@@ -91,8 +97,15 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             )?;
-            println!("run finished: {} steps in {}", summary.steps, cfg.run.out_dir.display());
-            println!("{:<16} {:>10} {:>10} {:>8}", "source", "val@0", "val@end", "weight");
+            println!(
+                "run finished: {} steps in {}",
+                summary.steps,
+                cfg.run.out_dir.display()
+            );
+            println!(
+                "{:<16} {:>10} {:>10} {:>8}",
+                "source", "val@0", "val@end", "weight"
+            );
             for (i, name) in summary.sources.iter().enumerate() {
                 let initial = summary
                     .initial_val_loss
@@ -113,12 +126,14 @@ fn execute(command: Command) -> anyhow::Result<()> {
             let cfg = Config::load(&config.config, &config.set)?;
             match train_bpe {
                 Some(vocab) => {
-                    let out = tokenizer_out.unwrap_or_else(|| {
-                        cfg.data.cache_dir.join(format!("bpe-{vocab}.json"))
-                    });
+                    let out = tokenizer_out
+                        .unwrap_or_else(|| cfg.data.cache_dir.join(format!("bpe-{vocab}.json")));
                     mixtrain::prepare::train_tokenizer(&cfg, vocab, &out)?;
                     println!("wrote {}", out.display());
-                    println!("use it with: --set data.tokenizer=\"bpe:{}\"", out.display());
+                    println!(
+                        "use it with: --set data.tokenizer=\"bpe:{}\"",
+                        out.display()
+                    );
                 }
                 None => {
                     for line in mixtrain::prepare::prepare_sources(&cfg)? {

@@ -1,7 +1,9 @@
 //! Decoder-only GPT: token embedding, RoPE, pre-norm RMSNorm blocks with causal self-attention
 //! and a SwiGLU or GELU MLP, final RMSNorm, LM head (optionally tied to the embedding).
 
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{
+    Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
+};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, silu, softmax};
 
@@ -139,7 +141,10 @@ impl<B: Backend> Gpt<B> {
         let sin = sin.unsqueeze::<4>();
         // Additive causal mask: -1e9 above the diagonal. [1, 1, seq, seq]
         let mask = Tensor::<B, 2>::zeros([seq, seq], &device)
-            .mask_fill(Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device), -1e9)
+            .mask_fill(
+                Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device),
+                -1e9,
+            )
             .unsqueeze::<4>();
 
         let mut x = self.tok_emb.forward(tokens); // [batch, seq, d_model]

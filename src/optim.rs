@@ -55,7 +55,13 @@ impl<B: Backend> AdamW<B> {
 
     /// One update of every parameter that has a gradient in `grads` (which it consumes), with
     /// the gradients multiplied by `grad_scale` (clipping) first.
-    pub fn step<AB, M>(&mut self, model: M, grads: &mut GradientsParams, lr: f64, grad_scale: f64) -> M
+    pub fn step<AB, M>(
+        &mut self,
+        model: M,
+        grads: &mut GradientsParams,
+        lr: f64,
+        grad_scale: f64,
+    ) -> M
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
@@ -94,7 +100,11 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Restores moments saved by `to_named`; false if the set is inconsistent.
-    pub fn load_named(&mut self, tensors: &BTreeMap<String, NamedTensor>, device: &B::Device) -> bool {
+    pub fn load_named(
+        &mut self,
+        tensors: &BTreeMap<String, NamedTensor>,
+        device: &B::Device,
+    ) -> bool {
         let mut moments = BTreeMap::new();
         for (key, m) in tensors {
             let Some(name) = key.strip_prefix("m.") else {

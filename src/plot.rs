@@ -10,6 +10,8 @@ use crate::rundir::{METRICS_FILE, RATIOS_FILE};
 
 /// One line per source: (name, points).
 type Series = Vec<(String, Vec<(f64, f64)>)>;
+/// (step, weight per source) rows of ratios.csv.
+type RatioRows = Vec<(f64, Vec<f64>)>;
 
 /// Writes both plots; returns their paths.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
@@ -32,13 +34,25 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
         })
         .collect();
     let ratios_path = run_dir.join("ratios.svg");
-    draw(&ratios_path, "Mixture weights", "weight", &ratios, Some((0.0, 1.0)))?;
+    draw(
+        &ratios_path,
+        "Mixture weights",
+        "weight",
+        &ratios,
+        Some((0.0, 1.0)),
+    )?;
     let val_path = run_dir.join("val_loss.svg");
-    draw(&val_path, "Validation loss per source", "loss (nats/token)", &val, None)?;
+    draw(
+        &val_path,
+        "Validation loss per source",
+        "loss (nats/token)",
+        &val,
+        None,
+    )?;
     Ok(vec![ratios_path, val_path])
 }
 
-fn read_ratios(path: &Path) -> Result<(Vec<String>, Vec<(f64, Vec<f64>)>)> {
+fn read_ratios(path: &Path) -> Result<(Vec<String>, RatioRows)> {
     let text = std::fs::read_to_string(path).at(path)?;
     let mut lines = text.lines();
     let header = lines
@@ -48,13 +62,18 @@ fn read_ratios(path: &Path) -> Result<(Vec<String>, Vec<(f64, Vec<f64>)>)> {
     let names: Vec<String> = header.split(',').skip(1).map(str::to_string).collect();
     let mut rows = Vec::new();
     for (i, line) in lines.enumerate() {
-        let values: std::result::Result<Vec<f64>, _> = line.split(',').map(str::parse::<f64>).collect();
+        let values: std::result::Result<Vec<f64>, _> =
+            line.split(',').map(str::parse::<f64>).collect();
         match values {
             Ok(v) if v.len() == names.len() + 1 => rows.push((v[0], v[1..].to_vec())),
             _ => {
                 return Err(Error::data(
                     path,
-                    format!("line {}: expected a step and {} numbers", i + 2, names.len()),
+                    format!(
+                        "line {}: expected a step and {} numbers",
+                        i + 2,
+                        names.len()
+                    ),
                 ))
             }
         }
@@ -86,7 +105,13 @@ fn read_val_losses(path: &Path, names: &[String]) -> Result<(f64, Series)> {
     Ok((last_step, series))
 }
 
-fn draw(path: &Path, title: &str, y_label: &str, series: &Series, y_range: Option<(f64, f64)>) -> Result<()> {
+fn draw(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &Series,
+    y_range: Option<(f64, f64)>,
+) -> Result<()> {
     let fail = |e: String| Error::data(path, format!("could not draw: {e}"));
     let points = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
@@ -121,10 +146,15 @@ fn draw(path: &Path, title: &str, y_label: &str, series: &Series, y_range: Optio
     for (i, (name, points)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|e| fail(e.to_string()))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::data::{is_validation, load_sources, read_documents, resolve_files, train_bpe, Tokenizer};
+use crate::data::{
+    is_validation, load_sources, read_documents, resolve_files, train_bpe, Tokenizer,
+};
 use crate::error::Result;
 
 /// Tokenises every source into the cache; one line per source saying where its shards are.

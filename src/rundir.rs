@@ -67,8 +67,9 @@ impl RunDir {
         if !config_path.is_file() {
             return Err(Error::RunDir {
                 path,
-                message: "holds no run to resume (no config.toml); run without --resume to start one"
-                    .into(),
+                message:
+                    "holds no run to resume (no config.toml); run without --resume to start one"
+                        .into(),
             });
         }
         let saved = Config::load(&config_path, &[])?;
@@ -101,7 +102,11 @@ impl RunDir {
         let metrics = path.join(METRICS_FILE);
         std::fs::write(&metrics, "").at(&metrics)?;
         let ratios = path.join(RATIOS_FILE);
-        std::fs::write(&ratios, format!("step,{}\n", config.source_names().join(","))).at(&ratios)?;
+        std::fs::write(
+            &ratios,
+            format!("step,{}\n", config.source_names().join(",")),
+        )
+        .at(&ratios)?;
         Ok(())
     }
 

@@ -12,8 +12,14 @@ use common::{mixtrain, run_ok, tiny_config};
 fn expect_error(cmd: &mut Command, needle: &str) -> String {
     let out = cmd.output().expect("spawn mixtrain");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected failure for {needle:?}; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked at"), "panic for {needle:?}:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure for {needle:?}; stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked at"),
+        "panic for {needle:?}:\n{stderr}"
+    );
     assert!(
         stderr.contains(needle),
         "expected {needle:?} in the error; stderr:\n{stderr}"
@@ -39,16 +45,40 @@ fn config_errors_name_their_key() {
         (&["model.widht=3"], "unknown field `widht`"),
         (&["train.steps=\"ten\""], "train.steps"),
         (&["train.lr=-1"], "train.lr: must be > 0 (got -1)"),
-        (&["model.n_heads=3"], "model.n_heads: must divide model.d_model"),
+        (
+            &["model.n_heads=3"],
+            "model.n_heads: must divide model.d_model",
+        ),
         (&["mixer.kind=magic"], "mixer.kind: unknown variant `magic`"),
-        (&["mixer.init={nope = 1.0}"], "mixer.init.nope: no source named \"nope\""),
-        (&["mixer.init=fancy"], "mixer.init: unknown mixture \"fancy\""),
-        (&["data.sources.0.val_fraction=0"], "data.sources[0].val_fraction: must be in (0, 1)"),
+        (
+            &["mixer.init={nope = 1.0}"],
+            "mixer.init.nope: no source named \"nope\"",
+        ),
+        (
+            &["mixer.init=fancy"],
+            "mixer.init: unknown mixture \"fancy\"",
+        ),
+        (
+            &["data.sources.0.val_fraction=0"],
+            "data.sources[0].val_fraction: must be in (0, 1)",
+        ),
         (&["data.sources.1.name=prose"], "duplicate source name"),
-        (&["data.tokenizer=gpt9"], "data.tokenizer: unknown tokenizer"),
-        (&["data.tokenizer=bpe:/no/such/tokenizer.json"], "/no/such/tokenizer.json"),
-        (&["run.backend=wgpu"], "run.backend: \"wgpu\" is not compiled in"),
-        (&["target.sources=[\"math\"]"], "target.sources: no source named \"math\""),
+        (
+            &["data.tokenizer=gpt9"],
+            "data.tokenizer: unknown tokenizer",
+        ),
+        (
+            &["data.tokenizer=bpe:/no/such/tokenizer.json"],
+            "/no/such/tokenizer.json",
+        ),
+        (
+            &["run.backend=wgpu"],
+            "run.backend: \"wgpu\" is not compiled in",
+        ),
+        (
+            &["target.sources=[\"math\"]"],
+            "target.sources: no source named \"math\"",
+        ),
         (&["mixer.min_weight=0.5"], "mixer.min_weight"),
         (&["train.beta2=1.5"], "train.beta2: must be in [0, 1)"),
         (&["data.sources.9.path=x"], "index 9 out of range"),
@@ -91,19 +121,28 @@ fn file_errors_name_their_path() {
     let bad_json = dir.path().join("bad.jsonl");
     std::fs::write(&bad_json, "{\"text\": \"fine\"}\n{\"text\": oops}\n").unwrap();
     let set = format!("data.sources.0.path={}", bad_json.display());
-    expect_error(&mut run_with(&config, &[&set]), "bad.jsonl: line 2: invalid JSON");
+    expect_error(
+        &mut run_with(&config, &[&set]),
+        "bad.jsonl: line 2: invalid JSON",
+    );
 
     // A jsonl line without a text field.
     let no_text = dir.path().join("notext.jsonl");
     std::fs::write(&no_text, "{\"body\": \"x\"}\n").unwrap();
     let set = format!("data.sources.0.path={}", no_text.display());
-    expect_error(&mut run_with(&config, &[&set]), "line 1: expected an object with a string field \"text\"");
+    expect_error(
+        &mut run_with(&config, &[&set]),
+        "line 1: expected an object with a string field \"text\"",
+    );
 
     // A source too small for one validation window.
     let small = dir.path().join("small.txt");
     std::fs::write(&small, "tiny").unwrap();
     let set = format!("data.sources.0.path={}", small.display());
-    expect_error(&mut run_with(&config, &[&set]), "fewer than data.seq_len + 1");
+    expect_error(
+        &mut run_with(&config, &[&set]),
+        "fewer than data.seq_len + 1",
+    );
 }
 
 #[test]
@@ -131,7 +170,10 @@ fn corrupt_shard_is_reported() {
     let bytes = std::fs::read(&train).unwrap();
     std::fs::write(&train, &bytes[..bytes.len() - 7]).unwrap();
     let set_out = format!("run.out_dir={}", dir.path().join("run2").display());
-    expect_error(&mut run_with(&config, &[&set, &set_out]), "truncated or corrupt");
+    expect_error(
+        &mut run_with(&config, &[&set, &set_out]),
+        "truncated or corrupt",
+    );
     // Garbage instead of a shard.
     std::fs::write(&train, b"not a shard at all, just some text here").unwrap();
     expect_error(&mut run_with(&config, &[&set, &set_out]), "bad magic");
@@ -144,14 +186,23 @@ fn run_directory_and_checkpoint_errors_keep_existing_files() {
     run_ok(&mut run_with(&config, &["train.steps=10"]));
     let run = dir.path().join("run");
     let snapshot = |name: &str| std::fs::read(run.join(name)).unwrap();
-    let before: Vec<Vec<u8>> = ["metrics.jsonl", "ratios.csv", "config.toml"].iter().map(|f| snapshot(f)).collect();
+    let before: Vec<Vec<u8>> = ["metrics.jsonl", "ratios.csv", "config.toml"]
+        .iter()
+        .map(|f| snapshot(f))
+        .collect();
     let unchanged = || {
-        let now: Vec<Vec<u8>> = ["metrics.jsonl", "ratios.csv", "config.toml"].iter().map(|f| snapshot(f)).collect();
+        let now: Vec<Vec<u8>> = ["metrics.jsonl", "ratios.csv", "config.toml"]
+            .iter()
+            .map(|f| snapshot(f))
+            .collect();
         assert!(now == before, "run files changed");
     };
 
     // A second run into the same out_dir without --resume is refused.
-    expect_error(&mut run_with(&config, &["train.steps=10"]), "already holds a run; pass --resume");
+    expect_error(
+        &mut run_with(&config, &["train.steps=10"]),
+        "already holds a run; pass --resume",
+    );
     unchanged();
 
     // Resuming with another config is refused.
@@ -182,7 +233,9 @@ fn run_directory_and_checkpoint_errors_keep_existing_files() {
     std::fs::write(&state, &state_bytes).unwrap();
 
     // eval on a checkpoint whose state was tampered with to another config hash.
-    let tampered = String::from_utf8(state_bytes.clone()).unwrap().replace("\"config_hash\": \"", "\"config_hash\": \"00");
+    let tampered = String::from_utf8(state_bytes.clone())
+        .unwrap()
+        .replace("\"config_hash\": \"", "\"config_hash\": \"00");
     std::fs::write(&state, tampered).unwrap();
     expect_error(mixtrain().arg("eval").arg(&newest), "different config");
     std::fs::write(&state, &state_bytes).unwrap();
@@ -195,6 +248,9 @@ fn run_directory_and_checkpoint_errors_keep_existing_files() {
 
     // eval / plot on something that is not a run.
     let empty = tempfile::tempdir().unwrap();
-    expect_error(mixtrain().arg("eval").arg(empty.path()), "is neither a run directory");
+    expect_error(
+        mixtrain().arg("eval").arg(empty.path()),
+        "is neither a run directory",
+    );
     expect_error(mixtrain().arg("plot").arg(empty.path()), "ratios.csv");
 }

@@ -14,7 +14,7 @@ fn last_logged_step(metrics: &std::path::Path) -> Option<u64> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["step"].as_u64())
-        .last()
+        .next_back()
 }
 
 fn kill_and_resume(backend: &str, more_sets: &[&str]) {
@@ -29,7 +29,9 @@ fn kill_and_resume(backend: &str, more_sets: &[&str]) {
                 .subsec_nanos() as u64;
             3 + nanos % 45
         });
-    eprintln!("{backend}: killing at step {kill_step} (replay with MIXTRAIN_KILL_STEP={kill_step})");
+    eprintln!(
+        "{backend}: killing at step {kill_step} (replay with MIXTRAIN_KILL_STEP={kill_step})"
+    );
 
     let whole = tempfile::tempdir().unwrap();
     let cut = tempfile::tempdir().unwrap();
@@ -52,21 +54,33 @@ fn kill_and_resume(backend: &str, more_sets: &[&str]) {
 
     let cut_cfg = tiny_config(cut.path(), "");
     let mut cmd = mixtrain();
-    cmd.arg("run").arg(&cut_cfg).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("run")
+        .arg(&cut_cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     with_sets(&mut cmd);
     let mut child = cmd.spawn().expect("spawn mixtrain");
     let metrics = cut.path().join("run/metrics.jsonl");
     let deadline = Instant::now() + Duration::from_secs(120);
     while last_logged_step(&metrics).is_none_or(|s| s < kill_step) {
-        assert!(child.try_wait().unwrap().is_none(), "run ended before the kill step");
-        assert!(Instant::now() < deadline, "run did not reach step {kill_step}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before the kill step"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "run did not reach step {kill_step}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
     let status = child.wait().unwrap();
     assert!(!status.success(), "the run was killed, not finished");
     let logged = last_logged_step(&metrics).unwrap();
-    assert!(logged < steps as u64, "killed before the end (last logged step {logged})");
+    assert!(
+        logged < steps as u64,
+        "killed before the end (last logged step {logged})"
+    );
 
     let mut cmd = mixtrain();
     cmd.arg("run").arg(&cut_cfg).arg("--resume");

@@ -18,7 +18,11 @@ pub fn cross_entropy_per_token<B: Backend>(
 }
 
 /// out[k] = Σ_{i: seg_i = k} values_i, for `values` [n], `seg` [n] with ids in 0..k.
-pub fn segment_sum<B: Backend>(values: Tensor<B, 1>, seg: Tensor<B, 1, Int>, k: usize) -> Tensor<B, 1> {
+pub fn segment_sum<B: Backend>(
+    values: Tensor<B, 1>,
+    seg: Tensor<B, 1, Int>,
+    k: usize,
+) -> Tensor<B, 1> {
     let [n] = values.dims();
     let device = values.device();
     // One-hot [k, n] from seg, then a mat-vec: fine for the small k of data sources.
@@ -41,7 +45,10 @@ mod tests {
         // Row 1: logits [0, 0] → p = [1/2, 1/2], target 0 → ln 2.
         let logits = Tensor::<B, 2>::from_floats([[0.0, 3f32.ln()], [0.0, 0.0]], &device);
         let targets = Tensor::<B, 1, Int>::from_ints([1, 0], &device);
-        let loss: Vec<f32> = cross_entropy_per_token(logits, targets).into_data().to_vec().unwrap();
+        let loss: Vec<f32> = cross_entropy_per_token(logits, targets)
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert!((loss[0] - (-(0.75f32).ln())).abs() < 1e-6);
         assert!((loss[1] - 2f32.ln()).abs() < 1e-6);
     }

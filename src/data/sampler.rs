@@ -157,7 +157,9 @@ impl Sampler {
 pub fn validation_windows(source: &Source, seq_len: usize, count: usize) -> Vec<usize> {
     let available = (source.val.len() - 1) / seq_len;
     let count = count.min(available);
-    (0..count).map(|i| i * available / count * seq_len).collect()
+    (0..count)
+        .map(|i| i * available / count * seq_len)
+        .collect()
 }
 
 #[cfg(test)]
@@ -188,7 +190,9 @@ mod tests {
     fn reweight_is_balanced() {
         let mut s = sampler_with(vec![10, 10, 10]);
         let drawn = s.draw_sources(&[0.9, 0.05, 0.05], ApplyMode::Reweight, 7);
-        let counts: Vec<usize> = (0..3).map(|k| drawn.iter().filter(|&&x| x == k).count()).collect();
+        let counts: Vec<usize> = (0..3)
+            .map(|k| drawn.iter().filter(|&&x| x == k).count())
+            .collect();
         assert_eq!(counts.iter().sum::<usize>(), 7);
         assert!(counts.iter().all(|&c| c == 2 || c == 3), "{counts:?}");
         assert!(drawn.windows(2).all(|w| w[0] <= w[1]));
@@ -200,7 +204,13 @@ mod tests {
         let mut seen: Vec<u32> = (0..5).map(|_| s.next_window(0)).collect();
         seen.sort();
         assert_eq!(seen, vec![0, 1, 2, 3, 4]);
-        assert_eq!(s.state.cursors[0], Cursor { epoch: 1, position: 0 });
+        assert_eq!(
+            s.state.cursors[0],
+            Cursor {
+                epoch: 1,
+                position: 0
+            }
+        );
     }
 
     #[test]

@@ -51,7 +51,9 @@ impl Shard {
         }
         let token_bytes = word(12) as usize;
         if token_bytes != 2 && token_bytes != 4 {
-            return Err(bad(format!("token width {token_bytes} bytes (expected 2 or 4)")));
+            return Err(bad(format!(
+                "token width {token_bytes} bytes (expected 2 or 4)"
+            )));
         }
         let shard_vocab = word(16) as usize;
         if shard_vocab != vocab_size {
@@ -94,7 +96,10 @@ impl Shard {
     }
 
     pub fn token(&self, i: usize) -> u32 {
-        let map = self.map.as_ref().expect("token() is only called on a non-empty shard");
+        let map = self
+            .map
+            .as_ref()
+            .expect("token() is only called on a non-empty shard");
         let at = SHARD_HEADER_BYTES + i * self.token_bytes;
         match self.token_bytes {
             2 => u16::from_le_bytes([map[at], map[at + 1]]) as u32,

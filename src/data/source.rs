@@ -127,7 +127,10 @@ pub fn resolve_files(index: usize, source: &SourceConfig) -> Result<Vec<PathBuf>
         let entries = glob::glob(&source.path)
             .map_err(|e| Error::value(&key, format!("bad glob {:?}: {e}", source.path)))?;
         for entry in entries {
-            let entry = entry.map_err(|e| { let path = e.path().to_path_buf(); Error::io(path, e.into()) })?;
+            let entry = entry.map_err(|e| {
+                let path = e.path().to_path_buf();
+                Error::io(path, e.into())
+            })?;
             if entry.is_file() {
                 files.push(entry);
             }
@@ -139,7 +142,10 @@ pub fn resolve_files(index: usize, source: &SourceConfig) -> Result<Vec<PathBuf>
     } else {
         return Err(Error::data(
             path,
-            format!("{key}: no such file or directory (source {:?})", source.name),
+            format!(
+                "{key}: no such file or directory (source {:?})",
+                source.name
+            ),
         ));
     }
     files.retain(|f| is_text_file(f));
@@ -214,7 +220,10 @@ pub fn read_documents(file: &Path) -> Result<Vec<String>> {
             _ => {
                 return Err(Error::data(
                     file,
-                    format!("line {}: expected an object with a string field \"text\"", i + 1),
+                    format!(
+                        "line {}: expected an object with a string field \"text\"",
+                        i + 1
+                    ),
                 ))
             }
         }
@@ -262,7 +271,9 @@ fn build_shards(
         ));
     }
     // Write into a temporary directory and rename, so a half-built cache entry is never used.
-    let parent = dir.parent().expect("cache entries live inside data.cache_dir");
+    let parent = dir
+        .parent()
+        .expect("cache entries live inside data.cache_dir");
     std::fs::create_dir_all(parent).at(parent)?;
     let tmp = parent.join(format!(
         ".tmp-{}-{}",

@@ -32,7 +32,9 @@ impl Tokenizer {
         let Some(path) = spec.strip_prefix("bpe:") else {
             return Err(Error::value(
                 "data.tokenizer",
-                format!("unknown tokenizer {spec:?}; expected \"bytes\" or \"bpe:PATH/tokenizer.json\""),
+                format!(
+                    "unknown tokenizer {spec:?}; expected \"bytes\" or \"bpe:PATH/tokenizer.json\""
+                ),
             ));
         };
         let path = PathBuf::from(path);
@@ -102,7 +104,9 @@ pub fn train_bpe<'a>(
 ) -> Result<()> {
     use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::{AddedToken, NormalizerWrapper, PostProcessorWrapper, TokenizerBuilder, TokenizerImpl};
+    use tokenizers::{
+        AddedToken, NormalizerWrapper, PostProcessorWrapper, TokenizerBuilder, TokenizerImpl,
+    };
 
     let spec = format!("bpe:{}", out.display());
     let fail = |message: String| Error::Tokenizer {

@@ -6,12 +6,19 @@ use crate::config::MixtureInit;
 use crate::error::{Error, IoContext, Result};
 
 /// Weights for `init` over sources `names` with `train_tokens[k]` training tokens; sums to 1.
-pub fn resolve_init(init: &MixtureInit, names: &[String], train_tokens: &[usize]) -> Result<Vec<f64>> {
+pub fn resolve_init(
+    init: &MixtureInit,
+    names: &[String],
+    train_tokens: &[usize],
+) -> Result<Vec<f64>> {
     let k = names.len();
     let raw: Vec<f64> = match init {
         MixtureInit::Uniform => vec![1.0; k],
         MixtureInit::Proportional => train_tokens.iter().map(|&n| n as f64).collect(),
-        MixtureInit::Temperature(tau) => train_tokens.iter().map(|&n| (n as f64).powf(*tau)).collect(),
+        MixtureInit::Temperature(tau) => train_tokens
+            .iter()
+            .map(|&n| (n as f64).powf(*tau))
+            .collect(),
         MixtureInit::Explicit(weights) => names
             .iter()
             .map(|n| weights.get(n).copied().unwrap_or(0.0))
@@ -28,7 +35,12 @@ fn read_mixture_file(path: &Path, names: &[String]) -> Result<Vec<f64>> {
     let weights = value
         .get("final")
         .and_then(|v| v.as_object())
-        .ok_or_else(|| Error::data(path, "mixer.init: expected an object with a \"final\" table of weights"))?;
+        .ok_or_else(|| {
+            Error::data(
+                path,
+                "mixer.init: expected an object with a \"final\" table of weights",
+            )
+        })?;
     names
         .iter()
         .map(|name| {
@@ -39,7 +51,9 @@ fn read_mixture_file(path: &Path, names: &[String]) -> Result<Vec<f64>> {
                 .ok_or_else(|| {
                     Error::data(
                         path,
-                        format!("mixer.init: no non-negative weight for source {name:?} in \"final\""),
+                        format!(
+                            "mixer.init: no non-negative weight for source {name:?} in \"final\""
+                        ),
                     )
                 })
         })

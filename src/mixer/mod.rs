@@ -68,7 +68,11 @@ pub trait Mixer: Send {
 
 /// Builds the mixer named by `mixer.kind`. `train_tokens[k]` is source k's training size.
 pub fn build(config: &Config, train_tokens: &[usize]) -> Result<Box<dyn Mixer>> {
-    let init = resolve_init(&config.mixture_init()?, &config.source_names(), train_tokens)?;
+    let init = resolve_init(
+        &config.mixture_init()?,
+        &config.source_names(),
+        train_tokens,
+    )?;
     Ok(match config.mixer.kind {
         MixerKind::Static => Box::new(StaticMixer::new(init)),
     })

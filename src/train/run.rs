@@ -57,7 +57,11 @@ struct RunTask {
 
 impl BackendTask for RunTask {
     type Output = RunSummary;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &'static str) -> Result<RunSummary> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: &'static str,
+    ) -> Result<RunSummary> {
         train_loop::<B>(self.config, self.options, device, backend)
     }
 }
@@ -80,7 +84,11 @@ fn by_name(names: &[String], values: impl IntoIterator<Item = Option<f64>>) -> V
     let map: Map<String, Value> = names
         .iter()
         .cloned()
-        .zip(values.into_iter().map(|v| v.map_or(Value::Null, Value::from)))
+        .zip(
+            values
+                .into_iter()
+                .map(|v| v.map_or(Value::Null, Value::from)),
+        )
         .collect();
     Value::Object(map)
 }
@@ -97,7 +105,10 @@ fn train_loop<B: AutodiffBackend>(
     if !options.resume {
         RunDir::check_free(&config.run.out_dir)?;
     }
-    let resumed_dir = options.resume.then(|| RunDir::open_for_resume(&config)).transpose()?;
+    let resumed_dir = options
+        .resume
+        .then(|| RunDir::open_for_resume(&config))
+        .transpose()?;
     let mut session = Session::<B>::build(config.clone(), device)?;
     let mut run_dir = match resumed_dir {
         Some(dir) => dir,
@@ -166,7 +177,8 @@ fn train_loop<B: AutodiffBackend>(
             }
             if record.len() > 2 {
                 let elapsed = started.elapsed().as_secs_f64();
-                let tokens_done = (session.tokens - session.tokens.min(tokens_at(&config, start_step))) as f64;
+                let tokens_done =
+                    (session.tokens - session.tokens.min(tokens_at(&config, start_step))) as f64;
                 record.insert(
                     "wall".into(),
                     json!({ "elapsed_s": elapsed, "tokens_per_s": tokens_done / elapsed.max(1e-9) }),
@@ -177,7 +189,12 @@ fn train_loop<B: AutodiffBackend>(
                 || (train.checkpoint_every > 0 && step > 0 && step % train.checkpoint_every == 0);
             if checkpoint_due {
                 let lengths = run_dir.flush()?;
-                checkpoint::save(&session, &run_dir.checkpoints_dir(), lengths, train.keep_checkpoints)?;
+                checkpoint::save(
+                    &session,
+                    &run_dir.checkpoints_dir(),
+                    lengths,
+                    train.keep_checkpoints,
+                )?;
             }
         }
         if step == total {
@@ -228,10 +245,18 @@ fn add_train_fields(record: &mut Map<String, Value>, report: &StepReport, names:
     record.insert("grad_norm".into(), json!(report.grad_norm));
 }
 
-fn add_eval_fields(record: &mut Map<String, Value>, val: &[f64], names: &[String], target: &[usize]) {
+fn add_eval_fields(
+    record: &mut Map<String, Value>,
+    val: &[f64],
+    names: &[String],
+    target: &[usize],
+) {
     let mean = val.iter().sum::<f64>() / val.len() as f64;
     record.insert("val_loss".into(), json!(mean));
-    record.insert("val_loss_by_source".into(), by_name(names, val.iter().map(|v| Some(*v))));
+    record.insert(
+        "val_loss_by_source".into(),
+        by_name(names, val.iter().map(|v| Some(*v))),
+    );
     if target.len() != val.len() {
         let target_mean = target.iter().map(|&k| val[k]).sum::<f64>() / target.len() as f64;
         record.insert("target_val_loss".into(), json!(target_mean));
@@ -240,14 +265,24 @@ fn add_eval_fields(record: &mut Map<String, Value>, val: &[f64], names: &[String
 
 fn add_mixer_fields(record: &mut Map<String, Value>, update: &MixerUpdate, names: &[String]) {
     let mut mixer = Map::new();
-    mixer.insert("weights".into(), by_name(names, update.weights.iter().map(|w| Some(*w))));
+    mixer.insert(
+        "weights".into(),
+        by_name(names, update.weights.iter().map(|w| Some(*w))),
+    );
     if let Some((signal, values)) = &update.signal {
-        mixer.insert((*signal).into(), by_name(names, values.iter().map(|v| Some(*v))));
+        mixer.insert(
+            (*signal).into(),
+            by_name(names, values.iter().map(|v| Some(*v))),
+        );
     }
     record.insert("mixer".into(), Value::Object(mixer));
 }
 
-fn write_mixture<B: AutodiffBackend>(run_dir: &RunDir, session: &Session<B>, names: &[String]) -> Result<()> {
+fn write_mixture<B: AutodiffBackend>(
+    run_dir: &RunDir,
+    session: &Session<B>,
+    names: &[String],
+) -> Result<()> {
     let steps = session.step.max(1) as f64;
     let mixture = json!({
         "sources": names,
@@ -304,9 +339,12 @@ fn report_progress<B: AutodiffBackend>(
     match bar {
         Some(bar) => {
             bar.set_position(session.step as u64);
-            bar.set_message(format!("loss {:.4}  {:.0} tok/s", report.loss, tokens_per_s));
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} tok/s",
+                report.loss, tokens_per_s
+            ));
         }
-        None if session.step % config.train.log_every == 0 => {
+        None if session.step.is_multiple_of(config.train.log_every) => {
             tracing::info!(
                 step = session.step,
                 loss = format!("{:.4}", report.loss),

@@ -110,11 +110,9 @@ impl<B: AutodiffBackend> Session<B> {
         let lr = lr_at(self.step, train);
         let weights = self.mixer.weights().to_vec();
         let k = weights.len();
-        let sources = self.sampler.draw_sources(
-            &weights,
-            apply,
-            train.batch_size * train.grad_accum,
-        );
+        let sources =
+            self.sampler
+                .draw_sources(&weights, apply, train.batch_size * train.grad_accum);
         // Per-sequence loss weights, normalised over the whole step so micro-batches add up to
         // the step's weighted mean: Σ_i w_i ℓ_i / Σ_i w_i.
         let seq_weights: Vec<f64> = sources
@@ -225,8 +223,7 @@ impl<B: AutodiffBackend> Session<B> {
                         sources: vec![0; chunk.len()],
                         seq_len: seq,
                     };
-                    let (inputs, targets) =
-                        Self::batch_tensors::<B::InnerBackend>(&batch, device);
+                    let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(&batch, device);
                     let sum = token_losses(model.forward(inputs), targets).sum();
                     total += sum.into_scalar().elem::<f64>();
                 }
@@ -237,7 +234,11 @@ impl<B: AutodiffBackend> Session<B> {
 
     /// Asks the mixer for an update with the statistics it requested. Resets the running
     /// training-loss means.
-    pub fn mixer_update(&mut self, lr: f64, val_loss: Option<&[f64]>) -> Option<mixer::MixerUpdate> {
+    pub fn mixer_update(
+        &mut self,
+        lr: f64,
+        val_loss: Option<&[f64]>,
+    ) -> Option<mixer::MixerUpdate> {
         let needs = self.mixer.needs();
         let val_loss = if needs.val_losses {
             Some(match val_loss {

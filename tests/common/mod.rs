@@ -80,7 +80,8 @@ pub fn metrics_without_wall(path: &Path) -> Vec<serde_json::Value> {
         .expect("read metrics.jsonl")
         .lines()
         .map(|line| {
-            let mut v: serde_json::Value = serde_json::from_str(line).expect("metrics line is JSON");
+            let mut v: serde_json::Value =
+                serde_json::from_str(line).expect("metrics line is JSON");
             v.as_object_mut().expect("object").remove("wall");
             v
         })

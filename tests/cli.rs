@@ -1,0 +1,180 @@
+//! The CLI end to end on small configs: --set keys, seeds, mixture application, BPE, eval, plot.
+
+mod common;
+
+use common::{metrics_without_wall, mixtrain, run_ok, tiny_config};
+use mixtrain::config::Config;
+
+#[test]
+fn set_keys_reach_the_resolved_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let out = dir.path().join("elsewhere");
+    let sets = [
+        format!("run.out_dir={}", out.display()),
+        "run.seed=11".into(),
+        "data.seq_len=24".into(),
+        "model.n_heads=4".into(),
+        "train.steps=6".into(),
+        "train.lr=2e-3".into(),
+        "train.eval_every=3".into(),
+        "train.checkpoint_every=2".into(),
+        "mixer.kind=static".into(),
+        "mixer.init={prose = 2, code = 1, legal = 1}".into(),
+    ];
+    let mut cmd = mixtrain();
+    cmd.arg("run").arg(&config);
+    for s in &sets {
+        cmd.arg("--set").arg(s);
+    }
+    run_ok(&mut cmd);
+    let resolved = Config::load(&out.join("config.toml"), &[]).unwrap();
+    assert_eq!(resolved.run.seed, 11);
+    assert_eq!(resolved.data.seq_len, 24);
+    assert_eq!(resolved.model.n_heads, 4);
+    assert_eq!(resolved.train.steps, 6);
+    assert_eq!(resolved.train.lr, 2e-3);
+    assert_eq!(resolved.train.eval_every, 3);
+    assert_eq!(resolved.train.checkpoint_every, 2);
+    // Evaluations at 0, 3, 6; checkpoints at 2, 4, 6 with the newest 2 kept.
+    let metrics = metrics_without_wall(&out.join("metrics.jsonl"));
+    let evals: Vec<u64> = metrics
+        .iter()
+        .filter(|m| m.get("val_loss").is_some())
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(evals, vec![0, 3, 6]);
+    let mut kept: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, vec!["step_00000004", "step_00000006"]);
+    let ratios = std::fs::read_to_string(out.join("ratios.csv")).unwrap();
+    assert_eq!(ratios, "step,prose,code,legal\n0,0.5,0.25,0.25\n");
+    for file in [
+        "DONE",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        assert!(
+            out.join("checkpoints/step_00000006").join(file).is_file(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_numbers_other_seed_other_numbers() {
+    let runs: Vec<Vec<serde_json::Value>> = [5, 5, 6]
+        .iter()
+        .map(|seed| {
+            let dir = tempfile::tempdir().unwrap();
+            let config = tiny_config(dir.path(), "");
+            run_ok(mixtrain().arg("run").arg(&config).args([
+                "--set",
+                &format!("run.seed={seed}"),
+                "--set",
+                "train.steps=8",
+            ]));
+            metrics_without_wall(&dir.path().join("run/metrics.jsonl"))
+        })
+        .collect();
+    assert_eq!(runs[0], runs[1]);
+    assert_ne!(runs[0], runs[2]);
+}
+
+#[test]
+fn sample_mode_draws_only_sources_with_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    run_ok(mixtrain().arg("run").arg(&config).args([
+        "--set",
+        "mixer.apply=sample",
+        "--set",
+        "mixer.init={prose = 1, code = 0, legal = 0}",
+        "--set",
+        "train.steps=6",
+    ]));
+    let metrics = metrics_without_wall(&dir.path().join("run/metrics.jsonl"));
+    let train_lines: Vec<_> = metrics
+        .iter()
+        .filter(|m| m.get("train_loss").is_some())
+        .collect();
+    assert_eq!(train_lines.len(), 6);
+    for m in train_lines {
+        let by_source = &m["train_loss_by_source"];
+        assert!(by_source["prose"].is_f64());
+        assert!(
+            by_source["code"].is_null() && by_source["legal"].is_null(),
+            "{m}"
+        );
+        // Only prose sequences: the optimised loss is prose's loss.
+        let diff = m["train_loss"].as_f64().unwrap() - by_source["prose"].as_f64().unwrap();
+        assert!(diff.abs() < 1e-9, "{m}");
+    }
+}
+
+#[test]
+fn reweight_mode_weights_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    run_ok(mixtrain().arg("run").arg(&config).args([
+        "--set",
+        "mixer.apply=reweight",
+        "--set",
+        "mixer.init={prose = 0, code = 1, legal = 0}",
+        "--set",
+        "train.steps=4",
+    ]));
+    let metrics = metrics_without_wall(&dir.path().join("run/metrics.jsonl"));
+    for m in metrics.iter().filter(|m| m.get("train_loss").is_some()) {
+        // Every source is drawn (balanced: 2 sequences each of the batch of 6) ...
+        let by_source = &m["train_loss_by_source"];
+        assert!(
+            ["prose", "code", "legal"]
+                .iter()
+                .all(|s| by_source[*s].is_f64()),
+            "{m}"
+        );
+        // ... but only code's loss is optimised.
+        let diff = m["train_loss"].as_f64().unwrap() - by_source["code"].as_f64().unwrap();
+        assert!(diff.abs() < 1e-9, "{m}");
+    }
+}
+
+#[test]
+fn trained_bpe_tokenizer_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let tokenizer = dir.path().join("tok.json");
+    run_ok(mixtrain().arg("prepare").arg(&config).args([
+        "--train-bpe",
+        "512",
+        "--tokenizer-out",
+        tokenizer.to_str().unwrap(),
+    ]));
+    let spec = format!("data.tokenizer=bpe:{}", tokenizer.display());
+    let out = run_ok(
+        mixtrain()
+            .arg("prepare")
+            .arg(&config)
+            .args(["--set", &spec]),
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listing.contains("prose:") && listing.contains("train tokens"),
+        "{listing}"
+    );
+    run_ok(
+        mixtrain()
+            .arg("run")
+            .arg(&config)
+            .args(["--set", &spec, "--set", "train.steps=3"]),
+    );
+    let model =
+        mixtrain::export::read_safetensors(&dir.path().join("run/model.safetensors")).unwrap();
+    // The BPE vocabulary (512 including <|endoftext|>) sizes the embedding.
+    assert_eq!(model["tok_emb.weight"].shape, vec![512, 32]);
+}
