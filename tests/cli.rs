@@ -65,6 +65,8 @@ fn set_keys_reach_the_resolved_config() {
     }
 }
 
+/// Also the regression test for burn-ndarray's `simd` feature, which made two processes with
+/// the same seed differ in the last bits (and so broke bit-identical resume).
 #[test]
 fn same_seed_same_numbers_other_seed_other_numbers() {
     let runs: Vec<Vec<serde_json::Value>> = [5, 5, 6]
