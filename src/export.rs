@@ -6,8 +6,26 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors};
 
+use burn::tensor::backend::AutodiffBackend;
+
 use crate::error::{Error, IoContext, Result};
-use crate::params::NamedTensor;
+use crate::params::{collect_params, NamedTensor};
+use crate::train::Session;
+
+/// Writes the session's model as safetensors in PyTorch's layout, with the model config
+/// (`mixtrain_model`, JSON) and `vocab_size` as metadata.
+pub fn export_model<B: AutodiffBackend>(path: &Path, session: &Session<B>) -> Result<()> {
+    let params = to_pytorch_layout(&collect_params(&session.model));
+    let metadata = [
+        ("format", "pt".to_string()),
+        (
+            "mixtrain_model",
+            serde_json::to_string(&session.config.model).expect("JSON serialises"),
+        ),
+        ("vocab_size", session.vocab_size.to_string()),
+    ];
+    write_safetensors(path, &params, &metadata)
+}
 
 /// Writes `tensors` (f32) with string metadata to `path` in the safetensors format. The header
 /// is built here rather than by the safetensors crate so its key order (and so the file's

@@ -13,9 +13,8 @@ use crate::backend::{dispatch, BackendTask};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::error::Result;
-use crate::export::{to_pytorch_layout, write_safetensors};
+use crate::export::export_model;
 use crate::mixer::MixerUpdate;
-use crate::params::collect_params;
 use crate::rundir::{RunDir, MIXTURE_FILE, MODEL_FILE};
 
 #[derive(Debug, Clone)]
@@ -212,7 +211,7 @@ fn train_loop<B: AutodiffBackend>(
     }
     run_dir.flush()?;
     write_mixture(&run_dir, &session, &names)?;
-    export_model(&run_dir, &session)?;
+    export_model(&run_dir.path.join(MODEL_FILE), &session)?;
 
     let final_val_loss = match last_val_loss {
         Some(v) => v,
@@ -293,20 +292,6 @@ fn write_mixture<B: AutodiffBackend>(
     let path = run_dir.path.join(MIXTURE_FILE);
     let text = serde_json::to_string_pretty(&mixture).expect("JSON serialises");
     std::fs::write(&path, text + "\n").map_err(|e| crate::Error::io(path, e))
-}
-
-/// The final model as safetensors in PyTorch's layout, with the model config as metadata.
-fn export_model<B: AutodiffBackend>(run_dir: &RunDir, session: &Session<B>) -> Result<()> {
-    let params = to_pytorch_layout(&collect_params(&session.model));
-    let metadata = [
-        ("format", "pt".to_string()),
-        (
-            "mixtrain_model",
-            serde_json::to_string(&session.config.model).expect("JSON serialises"),
-        ),
-        ("vocab_size", session.vocab_size.to_string()),
-    ];
-    write_safetensors(&run_dir.path.join(MODEL_FILE), &params, &metadata)
 }
 
 fn make_progress(enabled: bool, total: usize, start: usize) -> Option<ProgressBar> {
