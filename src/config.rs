@@ -223,6 +223,97 @@ impl Default for TrainConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum MixerKind {
     Static,
+    Fastmix,
+    Tikmix,
+    Odm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeKind {
+    /// The LM head only (the embedding when tied), as FastMix's reference code.
+    Head,
+    /// Every parameter.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluenceNorm {
+    /// Ĩ = I / std(I).
+    Std,
+    /// Ĩ = I / max |I|.
+    Max,
+}
+
+/// `[mixer.fastmix]`: validation-gradient hypergradient on softmax logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastMixConfig {
+    /// Adam learning rate of the mixture logits. Default 0.1.
+    pub lr: f64,
+    /// Parameters of ⟨g_val, g_k⟩: "all" or "head". Default "all".
+    pub scope: ScopeKind,
+    /// Use ⟨P g_val, g_k⟩ with AdamW's diagonal preconditioner P. Default true.
+    pub precondition: bool,
+    /// EMA factor of s_k across updates (0 = none). Default 0.5.
+    pub ema: f64,
+    /// Fresh validation batches behind g_val at each update. Default 2.
+    pub val_batches: usize,
+}
+
+impl Default for FastMixConfig {
+    fn default() -> Self {
+        FastMixConfig {
+            lr: 0.1,
+            scope: ScopeKind::All,
+            precondition: true,
+            ema: 0.5,
+            val_batches: 2,
+        }
+    }
+}
+
+/// `[mixer.tikmix]`: group influence, entropy-regularised argmax, blended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TikMixConfig {
+    /// Sequences of each source behind G_k. Default 32.
+    pub samples_per_source: usize,
+    /// Entropy temperature τ: p_new = softmax(Ĩ / τ). Default 1.0.
+    pub tau: f64,
+    /// Blend β: p ← (1 − β) p + β p_new. Default 0.5.
+    pub blend: f64,
+    /// Normalisation of I: "std" or "max". Default "std".
+    pub normalise: InfluenceNorm,
+    /// Fresh validation batches behind g_val at each update. Default 2.
+    pub val_batches: usize,
+}
+
+impl Default for TikMixConfig {
+    fn default() -> Self {
+        TikMixConfig {
+            samples_per_source: 32,
+            tau: 1.0,
+            blend: 0.5,
+            normalise: InfluenceNorm::Std,
+            val_batches: 2,
+        }
+    }
+}
+
+/// `[mixer.odm]`: EXP3 bandit on importance-weighted training loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OdmConfig {
+    /// Reward smoothing a: R ← a R + (1 − a) L̄_k / p_k. Default 0.9.
+    pub alpha: f64,
+}
+
+impl Default for OdmConfig {
+    fn default() -> Self {
+        OdmConfig { alpha: 0.9 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,7 +350,7 @@ pub enum MixtureInit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixerConfig {
-    /// The mixer: "static" (more come with the online-mixers work). Default "static".
+    /// The mixer: "static", "fastmix", "tikmix" or "odm". Default "static".
     pub kind: MixerKind,
     /// "sample" or "reweight" (see ApplyMode). Default "reweight".
     pub apply: ApplyMode,
@@ -274,6 +365,9 @@ pub struct MixerConfig {
     /// or a table of weights by source name (`{ code = 2, prose = 1 }`, normalised).
     /// Default "uniform".
     pub init: InitSpec,
+    pub fastmix: FastMixConfig,
+    pub tikmix: TikMixConfig,
+    pub odm: OdmConfig,
 }
 
 impl Default for MixerConfig {
@@ -285,6 +379,9 @@ impl Default for MixerConfig {
             min_weight: None,
             temperature: 0.5,
             init: InitSpec::Named("uniform".into()),
+            fastmix: FastMixConfig::default(),
+            tikmix: TikMixConfig::default(),
+            odm: OdmConfig::default(),
         }
     }
 }
@@ -580,6 +677,22 @@ impl Config {
                 ));
             }
         }
+
+        let fm = &self.mixer.fastmix;
+        positive("mixer.fastmix.lr", fm.lr)?;
+        unit_open("mixer.fastmix.ema", fm.ema)?;
+        at_least_one("mixer.fastmix.val_batches", fm.val_batches)?;
+        let tm = &self.mixer.tikmix;
+        at_least_one("mixer.tikmix.samples_per_source", tm.samples_per_source)?;
+        positive("mixer.tikmix.tau", tm.tau)?;
+        if !(tm.blend > 0.0 && tm.blend <= 1.0) {
+            return Err(Error::value(
+                "mixer.tikmix.blend",
+                format!("must be in (0, 1] (got {})", tm.blend),
+            ));
+        }
+        at_least_one("mixer.tikmix.val_batches", tm.val_batches)?;
+        unit_open("mixer.odm.alpha", self.mixer.odm.alpha)?;
 
         // [target]
         if self.target.sources.is_empty() {

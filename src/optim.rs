@@ -77,6 +77,14 @@ impl<B: Backend> AdamW<B> {
         model.map(&mut mapper)
     }
 
+    /// AdamW's diagonal preconditioner of parameter `name`, flattened:
+    /// 1 / (sqrt(v / (1 − β2^t)) + eps), [numel]. None before the first step.
+    pub fn preconditioner(&self, name: &str) -> Option<Tensor<B, 1>> {
+        let moments = self.moments.get(name)?;
+        let bias2 = 1.0 - self.beta2.powi(self.steps as i32);
+        Some(((moments.v.clone() / bias2).sqrt() + self.eps).recip())
+    }
+
     /// The moments as named host tensors ("m.<param>", "v.<param>"), for checkpoints.
     pub fn to_named(&self) -> Vec<NamedTensor> {
         let mut out = Vec::with_capacity(self.moments.len() * 2);

@@ -130,3 +130,39 @@ fn kill_9_then_resume_is_bit_identical_sampling_with_grad_accum() {
         ],
     );
 }
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_fastmix() {
+    kill_and_resume("ndarray", &["mixer.kind=fastmix", "mixer.every=3"]);
+}
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_fastmix_head_scope_sampling() {
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=fastmix",
+            "mixer.every=4",
+            "mixer.apply=sample",
+            "mixer.fastmix.scope=head",
+            "mixer.fastmix.precondition=false",
+        ],
+    );
+}
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_tikmix() {
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=tikmix",
+            "mixer.every=3",
+            "mixer.tikmix.samples_per_source=6",
+        ],
+    );
+}
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_odm() {
+    kill_and_resume("ndarray", &["mixer.kind=odm", "mixer.every=2"]);
+}

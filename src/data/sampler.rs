@@ -21,6 +21,9 @@ pub struct Cursor {
 pub struct SamplerState {
     pub rng: Rng,
     pub cursors: Vec<Cursor>,
+    /// Draws the random windows of mixer probes (fresh validation batches, per-source
+    /// gradient samples); separate so probing never shifts the training stream.
+    pub probe_rng: Rng,
 }
 
 /// Sequences of one micro-batch: `tokens` is [n, seq_len + 1] row-major (inputs are the first
@@ -63,6 +66,7 @@ impl Sampler {
             windows_per_source,
             state: SamplerState {
                 rng: Rng::new(seed, 0x5A4D_504C),
+                probe_rng: Rng::new(seed, 0x5052_4F42),
                 cursors: vec![
                     Cursor {
                         epoch: 0,
@@ -130,6 +134,39 @@ impl Sampler {
         }
     }
 
+    /// `n` windows at random offsets of the listed sources' validation (or training) streams,
+    /// the sources taken in turn: fresh batches for mixer probes.
+    pub fn probe_batch(
+        &mut self,
+        sources: &[usize],
+        n: usize,
+        data: &[Source],
+        validation: bool,
+    ) -> Batch {
+        let window = self.seq_len + 1;
+        let mut tokens = Vec::with_capacity(n * window);
+        let mut drawn = Vec::with_capacity(n);
+        for i in 0..n {
+            let k = sources[i % sources.len()];
+            let stream = if validation {
+                &data[k].val
+            } else {
+                &data[k].train
+            };
+            let start = self
+                .state
+                .probe_rng
+                .below((stream.len() - window + 1) as u64) as usize;
+            stream.extend_window(start, window, &mut tokens);
+            drawn.push(k);
+        }
+        Batch {
+            tokens,
+            sources: drawn,
+            seq_len: self.seq_len,
+        }
+    }
+
     fn next_window(&mut self, k: usize) -> u32 {
         let n = self.windows_per_source[k];
         let cursor = &mut self.state.cursors[k];
@@ -174,6 +211,7 @@ mod tests {
             windows_per_source: windows,
             state: SamplerState {
                 rng: Rng::new(1, 0),
+                probe_rng: Rng::new(1, 1),
                 cursors: vec![
                     Cursor {
                         epoch: 0,

@@ -66,6 +66,14 @@ pub fn normalise(weights: &[f64]) -> Vec<f64> {
     weights.iter().map(|w| w / total).collect()
 }
 
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = logits.iter().map(|z| (z - max).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / total).collect()
+}
+
 /// p ← (1 − Kε) p + ε: every source keeps at least ε.
 pub fn apply_floor(weights: &[f64], eps: f64) -> Vec<f64> {
     let k = weights.len() as f64;

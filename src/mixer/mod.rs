@@ -2,11 +2,17 @@
 //! statistics the trainer gathers for it, and returns weights on the simplex. It never touches
 //! files; its state is serialisable into checkpoints.
 
+mod fastmix;
 mod init;
+mod odm;
 mod static_mixer;
+mod tikmix;
 
-pub use init::{apply_floor, resolve_init};
+pub use fastmix::FastMix;
+pub use init::{apply_floor, resolve_init, softmax};
+pub use odm::Odm;
 pub use static_mixer::StaticMixer;
+pub use tikmix::TikMix;
 
 use crate::config::{Config, MixerKind};
 use crate::error::Result;
@@ -20,20 +26,38 @@ pub enum GradScope {
     All,
 }
 
+/// How to measure ⟨g_val, g_k⟩ in a probed training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub scope: GradScope,
+    /// Use ⟨P g_val, g_k⟩ with AdamW's diagonal preconditioner P.
+    pub precondition: bool,
+    /// Fresh validation batches (of train.batch_size sequences) behind g_val.
+    pub val_batches: usize,
+}
+
+/// How to measure group influence I_k = ⟨g_val, G_k⟩ with extra passes at an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InfluenceSpec {
+    /// Sequences of each source behind G_k.
+    pub samples_per_source: usize,
+    pub val_batches: usize,
+}
+
 /// What a mixer needs the trainer to measure before each update.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsRequest {
-    /// Mean training loss per source since the last update (always gathered; free).
-    pub train_losses: bool,
     /// Per-source validation loss on the fixed validation batches.
     pub val_losses: bool,
-    /// ⟨g_val, g_k⟩ per source over this scope, g_val the gradient of the target validation loss.
-    pub grad_dot_val: Option<GradScope>,
-    /// Per-source loss of a reference model.
-    pub reference_losses: bool,
+    /// s_k = ⟨g_val, g_k⟩ from the training step just before the update, g_k the gradient of
+    /// source k's mean loss in that step (domain-homogeneous micro-batches, no extra backward).
+    pub grad_probe: Option<ProbeSpec>,
+    /// I_k = ⟨g_val, G_k⟩ with G_k from extra per-source passes.
+    pub group_influence: Option<InfluenceSpec>,
 }
 
 /// Statistics handed to `Mixer::update`. Entries the mixer did not request are None.
+/// Mean training losses since the last update are always there (they cost nothing).
 #[derive(Debug, Clone)]
 pub struct SourceStats {
     /// Optimizer steps completed.
@@ -43,8 +67,9 @@ pub struct SourceStats {
     /// Mean training loss per source since the last update; None where a source had no sequence.
     pub train_loss: Vec<Option<f64>>,
     pub val_loss: Option<Vec<f64>>,
-    pub grad_dot_val: Option<Vec<f64>>,
-    pub reference_loss: Option<Vec<f64>>,
+    /// s_k; None for a source absent from the probed step.
+    pub grad_dot_val: Option<Vec<Option<f64>>>,
+    pub influence: Option<Vec<f64>>,
 }
 
 /// New weights from an update, and the raw per-source signal behind them (logged).
@@ -75,5 +100,16 @@ pub fn build(config: &Config, train_tokens: &[usize]) -> Result<Box<dyn Mixer>> 
     )?;
     Ok(match config.mixer.kind {
         MixerKind::Static => Box::new(StaticMixer::new(init)),
+        MixerKind::Fastmix => Box::new(FastMix::new(
+            config.mixer.fastmix.clone(),
+            &init,
+            config.min_weight(),
+        )),
+        MixerKind::Tikmix => Box::new(TikMix::new(
+            config.mixer.tikmix.clone(),
+            &init,
+            config.min_weight(),
+        )),
+        MixerKind::Odm => Box::new(Odm::new(config.mixer.odm.clone(), &init)),
     })
 }

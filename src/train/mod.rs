@@ -1,5 +1,6 @@
 //! The inner loop (one training step, evaluation) and the run loop around it.
 
+mod probe;
 mod run;
 mod session;
 

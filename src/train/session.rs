@@ -6,10 +6,11 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use super::probe::{grad_dot, GradProbe};
 use crate::config::{ApplyMode, Config};
 use crate::data::{load_sources, validation_windows, Batch, Sampler, Source, Tokenizer};
 use crate::error::{Error, Result};
-use crate::mixer::{self, Mixer, SourceStats};
+use crate::mixer::{self, GradScope, Mixer, SourceStats};
 use crate::model::{token_losses, Gpt};
 use crate::optim::{global_grad_norm, lr_at, AdamW};
 
@@ -32,6 +33,8 @@ pub struct Session<B: AutodiffBackend> {
     pub loss_since_update: Vec<(f64, u64)>,
     /// Start offsets of each source's fixed validation windows.
     val_windows: Vec<Vec<usize>>,
+    /// s_k measured by the probed step just before a mixer update; consumed by the update.
+    pending_grad_dot: Option<Vec<Option<f64>>>,
 }
 
 /// What one training step measured.
@@ -79,6 +82,7 @@ impl<B: AutodiffBackend> Session<B> {
             weight_sums: vec![0.0; k],
             loss_since_update: vec![(0.0, 0); k],
             val_windows,
+            pending_grad_dot: None,
         })
     }
 
@@ -102,9 +106,80 @@ impl<B: AutodiffBackend> Session<B> {
         (inputs, targets)
     }
 
+    /// Name of the LM head's weight (the embedding when tied).
+    pub fn head_name(&self) -> &'static str {
+        if self.model.lm_head.is_some() {
+            "lm_head.weight"
+        } else {
+            "tok_emb.weight"
+        }
+    }
+
+    /// The probe the next training step runs, if the mixer updates right after it.
+    fn probe_for_next_step(&mut self) -> Option<GradProbe> {
+        let spec = self.mixer.needs().grad_probe?;
+        let next = self.step + 1;
+        let every = self.config.mixer.every;
+        if !next.is_multiple_of(every) || next >= self.config.train.steps {
+            return None;
+        }
+        Some(GradProbe {
+            g_val: self.validation_gradient(spec.val_batches),
+            scope: spec.scope,
+            precondition: spec.precondition,
+        })
+    }
+
+    /// Gradient of the mean token loss of the target sources on `batches` fresh validation
+    /// batches (random windows, equal numbers per target source).
+    pub fn validation_gradient(&mut self, batches: usize) -> GradientsParams {
+        let target = self.config.target_indices();
+        let batch_size = self.config.train.batch_size;
+        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+        for _ in 0..batches {
+            let batch = self
+                .sampler
+                .probe_batch(&target, batch_size, &self.sources, true);
+            let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
+            let loss = token_losses(self.model.forward(inputs), targets).mean() / batches as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            accumulator.accumulate(&self.model, grads);
+        }
+        accumulator.grads()
+    }
+
+    /// ⟨g_val, G_k⟩ for every source, G_k the gradient of source k's mean loss over
+    /// `samples` random training windows (extra forward/backward passes; TiKMiX).
+    pub fn group_influence(&mut self, g_val: &GradientsParams, samples: usize) -> Vec<f64> {
+        let batch_size = self.config.train.batch_size;
+        let head = self.head_name();
+        (0..self.sources.len())
+            .map(|k| {
+                let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+                let chunks = samples.div_ceil(batch_size);
+                let mut left = samples;
+                for _ in 0..chunks {
+                    let n = left.min(batch_size);
+                    left -= n;
+                    let batch = self.sampler.probe_batch(&[k], n, &self.sources, false);
+                    let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
+                    let loss = token_losses(self.model.forward(inputs), targets).sum()
+                        / (samples * batch.seq_len) as f64;
+                    let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+                    accumulator.accumulate(&self.model, grads);
+                }
+                let g_k = accumulator.grads();
+                grad_dot(&self.model, g_val, &g_k, GradScope::All, head, None)
+            })
+            .collect()
+    }
+
     /// One optimizer step: draw the step's sequences from the mixture, forward/backward each
-    /// micro-batch with per-sequence loss weights, accumulate, clip, AdamW.
+    /// micro-batch with per-sequence loss weights, accumulate, clip, AdamW. Before a mixer
+    /// update whose mixer asks for ⟨g_val, g_k⟩, micro-batches are domain-homogeneous and each
+    /// one's gradient is dotted with g_val before it joins the accumulation buffer.
     pub fn train_step(&mut self) -> Result<StepReport> {
+        let probe = self.probe_for_next_step();
         let train = &self.config.train;
         let apply = self.config.mixer.apply;
         let lr = lr_at(self.step, train);
@@ -123,14 +198,17 @@ impl<B: AutodiffBackend> Session<B> {
             })
             .collect();
         let weight_total: f64 = seq_weights.iter().sum();
+        let micro_batches = micro_batch_ranges(&sources, train.batch_size, probe.is_some());
 
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         let mut loss = 0.0;
         let mut sums = vec![(0.0f64, 0u64); k];
-        for (micro, micro_weights) in sources
-            .chunks(train.batch_size)
-            .zip(seq_weights.chunks(train.batch_size))
-        {
+        // Per source: Σ ⟨g_val, Δ buffer⟩ and Σ w_i of its sequences.
+        let mut dots = vec![(0.0f64, 0.0f64); k];
+        let head = self.head_name();
+        for range in micro_batches {
+            let micro = &sources[range.clone()];
+            let micro_weights = &seq_weights[range];
             let batch = self.sampler.fill(micro, &self.sources);
             let n = batch.len();
             let seq = batch.seq_len;
@@ -147,6 +225,13 @@ impl<B: AutodiffBackend> Session<B> {
             let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), &self.device);
             let micro_loss = (seq_loss.clone() * w).sum();
             let grads = GradientsParams::from_grads(micro_loss.backward(), &self.model);
+            if let Some(probe) = &probe {
+                let optim = probe.precondition.then_some(&self.optim);
+                let dot = grad_dot(&self.model, &probe.g_val, &grads, probe.scope, head, optim);
+                let source = micro[0];
+                dots[source].0 += dot;
+                dots[source].1 += micro_weights.iter().sum::<f64>();
+            }
             accumulator.accumulate(&self.model, grads);
 
             // Host sync: per-sequence losses for the per-source report.
@@ -167,6 +252,15 @@ impl<B: AutodiffBackend> Session<B> {
                 "loss is {loss} at step {}; lower train.lr or raise train.warmup_steps",
                 self.step + 1
             )));
+        }
+        if probe.is_some() {
+            // The buffer grew by (Σ_{i∈k} w_i / W) ∇(mean loss of k) when source k's sequences
+            // share one weight: undo that factor to get ⟨g_val, g_k⟩.
+            self.pending_grad_dot = Some(
+                dots.iter()
+                    .map(|&(dot, w)| (w > 0.0).then(|| dot * weight_total / w))
+                    .collect(),
+            );
         }
 
         let mut grads = accumulator.grads();
@@ -248,6 +342,10 @@ impl<B: AutodiffBackend> Session<B> {
         } else {
             None
         };
+        let influence = needs.group_influence.map(|spec| {
+            let g_val = self.validation_gradient(spec.val_batches);
+            self.group_influence(&g_val, spec.samples_per_source)
+        });
         let stats = SourceStats {
             step: self.step,
             lr,
@@ -257,11 +355,35 @@ impl<B: AutodiffBackend> Session<B> {
                 .map(|&(s, n)| (n > 0).then(|| s / n as f64))
                 .collect(),
             val_loss,
-            grad_dot_val: None,
-            reference_loss: None,
+            grad_dot_val: self.pending_grad_dot.take(),
+            influence,
         };
         let k = self.sources.len();
         self.loss_since_update = vec![(0.0, 0); k];
         self.mixer.update(&stats)
     }
+}
+
+/// Index ranges of a step's micro-batches over `sources` (sorted by source): chunks of
+/// `batch_size`, or, when `homogeneous`, chunks that never mix two sources.
+fn micro_batch_ranges(
+    sources: &[usize],
+    batch_size: usize,
+    homogeneous: bool,
+) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < sources.len() {
+        let mut end = (start + batch_size).min(sources.len());
+        if homogeneous {
+            end = start
+                + sources[start..end]
+                    .iter()
+                    .take_while(|&&s| s == sources[start])
+                    .count();
+        }
+        ranges.push(start..end);
+        start = end;
+    }
+    ranges
 }

@@ -1,0 +1,187 @@
+//! FastMix: the mixture is softmax(z); every update takes the one-step unrolled hypergradient
+//! h_k = −η_t s_k (s_k = ⟨g_val, g_k⟩, optionally AdamW-preconditioned and EMA-smoothed),
+//! ∇_z = p ⊙ (h − ⟨p, h⟩), and an Adam step on z (β = 0.9, 0.95).
+
+use serde::{Deserialize, Serialize};
+
+use super::init::{apply_floor, softmax};
+use super::{GradScope, Mixer, MixerUpdate, ProbeSpec, SourceStats, StatsRequest};
+use crate::config::{FastMixConfig, ScopeKind};
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.95;
+const EPS: f64 = 1e-8;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    logits: Vec<f64>,
+    m: Vec<f64>,
+    v: Vec<f64>,
+    updates: u32,
+    /// EMA of s_k (None before the first measurement of k).
+    signal_ema: Vec<Option<f64>>,
+    weights: Vec<f64>,
+}
+
+pub struct FastMix {
+    config: FastMixConfig,
+    floor: f64,
+    state: State,
+}
+
+impl FastMix {
+    /// Starts from `init` (on the simplex): z = ln p.
+    pub fn new(config: FastMixConfig, init: &[f64], floor: f64) -> Self {
+        let k = init.len();
+        let logits: Vec<f64> = init.iter().map(|p| p.max(1e-12).ln()).collect();
+        let weights = apply_floor(&softmax(&logits), floor);
+        FastMix {
+            config,
+            floor,
+            state: State {
+                logits,
+                m: vec![0.0; k],
+                v: vec![0.0; k],
+                updates: 0,
+                signal_ema: vec![None; k],
+                weights,
+            },
+        }
+    }
+}
+
+impl Mixer for FastMix {
+    fn weights(&self) -> &[f64] {
+        &self.state.weights
+    }
+
+    fn needs(&self) -> StatsRequest {
+        StatsRequest {
+            grad_probe: Some(ProbeSpec {
+                scope: match self.config.scope {
+                    ScopeKind::Head => GradScope::Head,
+                    ScopeKind::All => GradScope::All,
+                },
+                precondition: self.config.precondition,
+                val_batches: self.config.val_batches,
+            }),
+            ..StatsRequest::default()
+        }
+    }
+
+    fn update(&mut self, stats: &SourceStats) -> Option<MixerUpdate> {
+        let raw = stats.grad_dot_val.as_ref()?;
+        let st = &mut self.state;
+        let beta = self.config.ema;
+        // Smoothed signal; a source absent from the probed step keeps its last value (or 0).
+        for (ema, s) in st.signal_ema.iter_mut().zip(raw) {
+            if let Some(s) = s {
+                *ema = Some(match *ema {
+                    Some(prev) => beta * prev + (1.0 - beta) * s,
+                    None => *s,
+                });
+            }
+        }
+        let signal: Vec<f64> = st.signal_ema.iter().map(|s| s.unwrap_or(0.0)).collect();
+        let p = softmax(&st.logits);
+        let h: Vec<f64> = signal.iter().map(|s| -stats.lr * s).collect();
+        let mean_h: f64 = p.iter().zip(&h).map(|(p, h)| p * h).sum();
+        st.updates += 1;
+        let t = st.updates as i32;
+        for k in 0..p.len() {
+            let grad = p[k] * (h[k] - mean_h);
+            st.m[k] = BETA1 * st.m[k] + (1.0 - BETA1) * grad;
+            st.v[k] = BETA2 * st.v[k] + (1.0 - BETA2) * grad * grad;
+            let m_hat = st.m[k] / (1.0 - BETA1.powi(t));
+            let v_hat = st.v[k] / (1.0 - BETA2.powi(t));
+            st.logits[k] -= self.config.lr * m_hat / (v_hat.sqrt() + EPS);
+        }
+        st.weights = apply_floor(&softmax(&st.logits), self.floor);
+        Some(MixerUpdate {
+            weights: st.weights.clone(),
+            signal: Some(("s", raw.iter().map(|s| s.unwrap_or(f64::NAN)).collect())),
+        })
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).expect("state serialises")
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let restored: State =
+            serde_json::from_value(state.clone()).map_err(|e| format!("fastmix state: {e}"))?;
+        if restored.logits.len() != self.state.logits.len() {
+            return Err("fastmix state is for another number of sources".into());
+        }
+        self.state = restored;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(s: Vec<Option<f64>>, lr: f64) -> SourceStats {
+        SourceStats {
+            step: 10,
+            lr,
+            train_loss: vec![None; s.len()],
+            val_loss: None,
+            grad_dot_val: Some(s),
+            influence: None,
+        }
+    }
+
+    /// Golden numbers (Python, independent of this code):
+    ///   p = softmax(0,0,0); h = -0.01 * (2, 0, -1); g = p * (h - <p,h>)
+    ///   = (-0.0055556, 0.0011111, 0.0044444); Adam step 1 (lr 0.1): z = -0.1 * g/(|g| + 1e-8)
+    ///   = (0.0999998, -0.0999991, -0.0999998); w = 0.85 softmax(z) + 0.05
+    ///   = (0.37227943656659945, 0.31386037076854345, 0.313860192664857)
+    #[test]
+    fn one_update_matches_hand_computation() {
+        let config = FastMixConfig {
+            lr: 0.1,
+            ema: 0.0,
+            ..FastMixConfig::default()
+        };
+        let mut mixer = FastMix::new(config, &[1.0 / 3.0; 3], 0.05);
+        let update = mixer
+            .update(&stats(vec![Some(2.0), Some(0.0), Some(-1.0)], 0.01))
+            .unwrap();
+        let expected = [0.37227943656659945, 0.31386037076854345, 0.313860192664857];
+        for (w, e) in update.weights.iter().zip(expected) {
+            assert!((w - e).abs() < 1e-9, "{:?}", update.weights);
+        }
+        assert_eq!(update.signal.unwrap().1, vec![2.0, 0.0, -1.0]);
+    }
+
+    #[test]
+    fn weights_stay_on_the_simplex_above_the_floor_and_are_deterministic() {
+        let run = || {
+            let mut mixer = FastMix::new(FastMixConfig::default(), &[0.1, 0.2, 0.3, 0.4], 0.02);
+            let mut all = Vec::new();
+            for i in 0..200 {
+                let s: Vec<Option<f64>> = (0..4)
+                    .map(|k| (i % 7 != k).then(|| ((i * 31 + k * 17) % 13) as f64 - 4.0 + k as f64))
+                    .collect();
+                let w = mixer.update(&stats(s, 3e-3)).unwrap().weights;
+                assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+                assert!(w.iter().all(|&x| x >= 0.02 - 1e-12));
+                all.push(w);
+            }
+            all
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let mut a = FastMix::new(FastMixConfig::default(), &[0.5, 0.5], 0.1);
+        a.update(&stats(vec![Some(1.0), None], 0.01));
+        let mut b = FastMix::new(FastMixConfig::default(), &[0.5, 0.5], 0.1);
+        b.restore(&a.state()).unwrap();
+        let s = stats(vec![Some(-1.0), Some(2.0)], 0.01);
+        assert_eq!(a.update(&s), b.update(&s));
+    }
+}

@@ -1,0 +1,149 @@
+//! TiKMiX-D: group influence I_k = ⟨g_val, G_k⟩ (G_k from `samples_per_source` sequences of
+//! source k), normalised, turned into the entropy-regularised argmax softmax(Ĩ / τ) and
+//! blended into the mixture: p ← (1 − β) p + β p_new, then the floor.
+
+use serde::{Deserialize, Serialize};
+
+use super::init::{apply_floor, softmax};
+use super::{InfluenceSpec, Mixer, MixerUpdate, SourceStats, StatsRequest};
+use crate::config::{InfluenceNorm, TikMixConfig};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    /// The blended mixture before the floor.
+    base: Vec<f64>,
+    weights: Vec<f64>,
+}
+
+pub struct TikMix {
+    config: TikMixConfig,
+    floor: f64,
+    state: State,
+}
+
+impl TikMix {
+    pub fn new(config: TikMixConfig, init: &[f64], floor: f64) -> Self {
+        TikMix {
+            config,
+            floor,
+            state: State {
+                base: init.to_vec(),
+                weights: apply_floor(init, floor),
+            },
+        }
+    }
+}
+
+impl Mixer for TikMix {
+    fn weights(&self) -> &[f64] {
+        &self.state.weights
+    }
+
+    fn needs(&self) -> StatsRequest {
+        StatsRequest {
+            group_influence: Some(InfluenceSpec {
+                samples_per_source: self.config.samples_per_source,
+                val_batches: self.config.val_batches,
+            }),
+            ..StatsRequest::default()
+        }
+    }
+
+    fn update(&mut self, stats: &SourceStats) -> Option<MixerUpdate> {
+        let influence = stats.influence.as_ref()?;
+        let k = influence.len() as f64;
+        let scale = match self.config.normalise {
+            InfluenceNorm::Std => {
+                let mean = influence.iter().sum::<f64>() / k;
+                (influence.iter().map(|i| (i - mean).powi(2)).sum::<f64>() / k).sqrt()
+            }
+            InfluenceNorm::Max => influence.iter().fold(0.0f64, |m, i| m.max(i.abs())),
+        };
+        if !(scale.is_finite() && scale > 0.0) {
+            // All sources equally influential: nothing to prefer.
+            return None;
+        }
+        let scores: Vec<f64> = influence
+            .iter()
+            .map(|i| i / scale / self.config.tau)
+            .collect();
+        let target = softmax(&scores);
+        let beta = self.config.blend;
+        let st = &mut self.state;
+        for (b, t) in st.base.iter_mut().zip(&target) {
+            *b = (1.0 - beta) * *b + beta * t;
+        }
+        st.weights = apply_floor(&st.base, self.floor);
+        Some(MixerUpdate {
+            weights: st.weights.clone(),
+            signal: Some(("influence", influence.clone())),
+        })
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).expect("state serialises")
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let restored: State =
+            serde_json::from_value(state.clone()).map_err(|e| format!("tikmix state: {e}"))?;
+        if restored.base.len() != self.state.base.len() {
+            return Err("tikmix state is for another number of sources".into());
+        }
+        self.state = restored;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(influence: Vec<f64>) -> SourceStats {
+        SourceStats {
+            step: 10,
+            lr: 1e-3,
+            train_loss: vec![None; influence.len()],
+            val_loss: None,
+            grad_dot_val: None,
+            influence: Some(influence),
+        }
+    }
+
+    /// Golden numbers (Python): I = (3, 1, -1), population std = 1.632993161855452,
+    /// p_new = softmax(I / std / 0.5) = (0.91425076, 0.07893424, 0.00681500),
+    /// base = 0.5/3 + 0.5 p_new, w = 0.85 base + 0.05
+    /// = (0.580223240047721, 0.2252137202013394, 0.19456303975093958)
+    #[test]
+    fn one_update_matches_hand_computation() {
+        let config = TikMixConfig {
+            tau: 0.5,
+            blend: 0.5,
+            ..TikMixConfig::default()
+        };
+        let mut mixer = TikMix::new(config, &[1.0 / 3.0; 3], 0.05);
+        let update = mixer.update(&stats(vec![3.0, 1.0, -1.0])).unwrap();
+        let expected = [0.580223240047721, 0.2252137202013394, 0.19456303975093958];
+        for (w, e) in update.weights.iter().zip(expected) {
+            assert!((w - e).abs() < 1e-12, "{:?}", update.weights);
+        }
+    }
+
+    #[test]
+    fn weights_stay_on_the_simplex_above_the_floor() {
+        let mut mixer = TikMix::new(TikMixConfig::default(), &[0.25; 4], 0.03);
+        for i in 0..100 {
+            let influence: Vec<f64> = (0..4)
+                .map(|k| ((i * 7 + k * 5) % 11) as f64 - 5.0)
+                .collect();
+            if let Some(update) = mixer.update(&stats(influence)) {
+                assert!((update.weights.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+                assert!(update.weights.iter().all(|&w| w >= 0.03 - 1e-12));
+            }
+        }
+        assert!(
+            mixer.update(&stats(vec![1.0; 4])).is_none(),
+            "equal influence changes nothing"
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Gradient probes for the online mixers: the validation gradient g_val, and inner products
+//! ⟨g_val, g⟩ (optionally ⟨P g_val, g⟩ with AdamW's diagonal preconditioner P) over a
+//! parameter scope, computed from gradient buffers without extra copies.
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::mixer::GradScope;
+use crate::optim::AdamW;
+use crate::params::ParamPath;
+
+/// What a probed training step measures against.
+pub struct GradProbe {
+    /// Gradient of the target validation loss.
+    pub g_val: GradientsParams,
+    pub scope: GradScope,
+    pub precondition: bool,
+}
+
+struct Dot<'a, B: Backend> {
+    a: &'a GradientsParams,
+    b: &'a GradientsParams,
+    scope: GradScope,
+    head: &'a str,
+    optim: Option<&'a AdamW<B>>,
+    path: ParamPath,
+    sum: Option<Tensor<B, 1>>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Dot<'_, AB::InnerBackend> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let name = self.path.name();
+        if self.scope == GradScope::Head && name != self.head {
+            return;
+        }
+        let (Some(a), Some(b)) = (
+            self.a.get::<AB::InnerBackend, D>(param.id),
+            self.b.get::<AB::InnerBackend, D>(param.id),
+        ) else {
+            return;
+        };
+        let numel = a.shape().num_elements();
+        let mut product = a.reshape([numel]) * b.reshape([numel]); // [numel]
+        if let Some(p) = self.optim.and_then(|o| o.preconditioner(&name)) {
+            product = product * p;
+        }
+        let s = product.sum(); // [1]
+        self.sum = Some(match self.sum.take() {
+            Some(acc) => acc + s,
+            None => s,
+        });
+    }
+}
+
+/// ⟨a, b⟩ (or ⟨P a, b⟩ when `optim` is given) over `scope`; `head` names the LM head's weight
+/// ("lm_head.weight", or "tok_emb.weight" when tied). One host sync.
+pub fn grad_dot<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    model: &M,
+    a: &GradientsParams,
+    b: &GradientsParams,
+    scope: GradScope,
+    head: &str,
+    optim: Option<&AdamW<AB::InnerBackend>>,
+) -> f64 {
+    let mut visitor = Dot::<AB::InnerBackend> {
+        a,
+        b,
+        scope,
+        head,
+        optim,
+        path: ParamPath::default(),
+        sum: None,
+    };
+    model.visit(&mut visitor);
+    visitor
+        .sum
+        .map(|s| s.into_scalar().elem::<f64>())
+        .unwrap_or(0.0)
+}
