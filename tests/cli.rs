@@ -180,3 +180,17 @@ fn trained_bpe_tokenizer_runs() {
     // The BPE vocabulary (512 including <|endoftext|>) sizes the embedding.
     assert_eq!(model["tok_emb.weight"].shape, vec![512, 32]);
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = common::repo().join("configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "quickstart + one per online mixer");
+}
