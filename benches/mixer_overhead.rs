@@ -25,9 +25,15 @@ struct Bench {
 
 impl BackendTask for Bench {
     type Output = f64;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &'static str) -> mixtrain::Result<f64> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        _backend: &'static str,
+    ) -> mixtrain::Result<f64> {
         let every = self.config.mixer.every;
         let mut session = Session::<B>::build(self.config, device)?;
+        // DoReMi's reference: the initial model (the cost is the same as a trained one's).
+        session.reference = Some(burn::module::AutodiffModule::valid(&session.model));
         for _ in 0..3 {
             session.train_step()?;
         }
@@ -35,7 +41,7 @@ impl BackendTask for Bench {
         let mut lr = 0.0;
         for _ in 0..self.steps {
             if session.step % every == 0 {
-                session.mixer_update(lr, None);
+                session.mixer_update(lr, None)?;
             }
             lr = session.train_step()?.lr;
         }
@@ -44,12 +50,24 @@ impl BackendTask for Bench {
 }
 
 fn main() -> mixtrain::Result<()> {
-    let steps: usize = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let steps: usize = std::env::var("STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     let mut base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
     base.run.backend = BackendKind::Ndarray;
     base.train.steps = steps + 10;
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let kinds = [MixerKind::Static, MixerKind::Fastmix, MixerKind::Tikmix, MixerKind::Odm];
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let kinds = [
+        MixerKind::Static,
+        MixerKind::Fastmix,
+        MixerKind::Tikmix,
+        MixerKind::Odm,
+        MixerKind::Doremi,
+    ];
     let mut samples = vec![Vec::new(); kinds.len()];
     for _ in 0..rounds {
         for (i, kind) in kinds.iter().enumerate() {

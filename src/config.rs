@@ -226,6 +226,7 @@ pub enum MixerKind {
     Fastmix,
     Tikmix,
     Odm,
+    Doremi,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,6 +303,36 @@ impl Default for TikMixConfig {
     }
 }
 
+/// `[mixer.doremi]`: excess loss against a reference model, exponentiated-gradient update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DoremiConfig {
+    /// The reference model: a run directory (its newest checkpoint) or a checkpoint directory
+    /// of a run with the same model, tokenizer and sources. Empty: train one first for
+    /// `reference_steps` steps on the initial mixture. Default "".
+    pub reference: String,
+    /// Steps of reference training when `reference` is empty. Default 100.
+    pub reference_steps: usize,
+    /// Step size η of log α ← log α + η λ. Default 1.0.
+    pub eta: f64,
+    /// Smoothing c: α ← (1 − c) α + c / K. Default 1e-3.
+    pub smoothing: f64,
+    /// Random training sequences of each source behind λ_k at each update. Default 16.
+    pub samples_per_source: usize,
+}
+
+impl Default for DoremiConfig {
+    fn default() -> Self {
+        DoremiConfig {
+            reference: String::new(),
+            reference_steps: 100,
+            eta: 1.0,
+            smoothing: 1e-3,
+            samples_per_source: 16,
+        }
+    }
+}
+
 /// `[mixer.odm]`: EXP3 bandit on importance-weighted training loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -350,7 +381,7 @@ pub enum MixtureInit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixerConfig {
-    /// The mixer: "static", "fastmix", "tikmix" or "odm". Default "static".
+    /// The mixer: "static", "fastmix", "tikmix", "odm" or "doremi". Default "static".
     pub kind: MixerKind,
     /// "sample" or "reweight" (see ApplyMode). Default "reweight".
     pub apply: ApplyMode,
@@ -368,6 +399,7 @@ pub struct MixerConfig {
     pub fastmix: FastMixConfig,
     pub tikmix: TikMixConfig,
     pub odm: OdmConfig,
+    pub doremi: DoremiConfig,
 }
 
 impl Default for MixerConfig {
@@ -382,6 +414,7 @@ impl Default for MixerConfig {
             fastmix: FastMixConfig::default(),
             tikmix: TikMixConfig::default(),
             odm: OdmConfig::default(),
+            doremi: DoremiConfig::default(),
         }
     }
 }
@@ -693,6 +726,13 @@ impl Config {
         }
         at_least_one("mixer.tikmix.val_batches", tm.val_batches)?;
         unit_open("mixer.odm.alpha", self.mixer.odm.alpha)?;
+        let dr = &self.mixer.doremi;
+        if dr.reference.is_empty() {
+            at_least_one("mixer.doremi.reference_steps", dr.reference_steps)?;
+        }
+        positive("mixer.doremi.eta", dr.eta)?;
+        unit_open("mixer.doremi.smoothing", dr.smoothing)?;
+        at_least_one("mixer.doremi.samples_per_source", dr.samples_per_source)?;
 
         // [target]
         if self.target.sources.is_empty() {

@@ -166,3 +166,18 @@ pub fn load_params<B: Backend, M: Module<B>>(
     }
     Ok(module)
 }
+
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+}
+
+/// Runs every parameter's (lazy) initialiser now, in module order, so a model's initial
+/// values depend only on the seed, not on what else draws from the backend's RNG before its
+/// first forward pass (e.g. DoReMi's reference training).
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    module.visit(&mut Materialize);
+}

@@ -83,6 +83,15 @@ fn config_errors_name_their_key() {
         (&["train.beta2=1.5"], "train.beta2: must be in [0, 1)"),
         (&["data.sources.9.path=x"], "index 9 out of range"),
         (&["novalue"], "expected key=value"),
+        (
+            &["mixer.kind=doremi", "mixer.doremi.reference=/no/such/run"],
+            "mixer.doremi.reference: /no/such/run is neither",
+        ),
+        (&["mixer.fastmix.lr=0"], "mixer.fastmix.lr: must be > 0"),
+        (
+            &["mixer.tikmix.blend=1.5"],
+            "mixer.tikmix.blend: must be in (0, 1]",
+        ),
     ];
     for (sets, needle) in cases {
         expect_error(&mut run_with(&config, sets), needle);

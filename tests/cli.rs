@@ -194,3 +194,67 @@ fn every_example_config_is_valid() {
     }
     assert!(seen >= 4, "quickstart + one per online mixer");
 }
+
+/// Regression: burn initialises parameters lazily, so training DoReMi's reference model before
+/// the main model's first forward pass changed the main model's initial weights.
+#[test]
+fn initial_model_does_not_depend_on_reference_training() {
+    let step0 = |sets: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny_config(dir.path(), "");
+        let mut cmd = mixtrain();
+        cmd.arg("run").arg(&config).args(["--set", "train.steps=1"]);
+        for s in sets {
+            cmd.arg("--set").arg(s);
+        }
+        run_ok(&mut cmd);
+        metrics_without_wall(&dir.path().join("run/metrics.jsonl"))[0].clone()
+    };
+    let plain = step0(&[]);
+    let doremi = step0(&["mixer.kind=doremi", "mixer.doremi.reference_steps=3"]);
+    assert_eq!(plain["val_loss_by_source"], doremi["val_loss_by_source"]);
+}
+
+#[test]
+fn doremi_uses_a_given_reference_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    run_ok(
+        mixtrain()
+            .arg("run")
+            .arg(&config)
+            .args(["--set", "train.steps=5"]),
+    );
+    let reference = format!(
+        "mixer.doremi.reference={}",
+        dir.path().join("run").display()
+    );
+    let out_dir = format!("run.out_dir={}", dir.path().join("doremi").display());
+    run_ok(mixtrain().arg("run").arg(&config).args([
+        "--set",
+        "mixer.kind=doremi",
+        "--set",
+        "mixer.every=2",
+        "--set",
+        &reference,
+        "--set",
+        &out_dir,
+        "--set",
+        "train.steps=8",
+    ]));
+    let doremi = dir.path().join("doremi");
+    // The given reference is used as is: nothing is trained or saved.
+    assert!(!doremi.join("reference.safetensors").exists());
+    let metrics = metrics_without_wall(&doremi.join("metrics.jsonl"));
+    let updates: Vec<_> = metrics
+        .iter()
+        .filter(|m| m.get("mixer").is_some())
+        .collect();
+    assert_eq!(updates.len(), 3, "updates at steps 2, 4, 6");
+    for m in updates {
+        let excess = &m["mixer"]["excess_loss"];
+        for name in ["prose", "code", "legal"] {
+            assert!(excess[name].as_f64().unwrap() >= 0.0, "{m}");
+        }
+    }
+}

@@ -166,3 +166,16 @@ fn kill_9_then_resume_is_bit_identical_tikmix() {
 fn kill_9_then_resume_is_bit_identical_odm() {
     kill_and_resume("ndarray", &["mixer.kind=odm", "mixer.every=2"]);
 }
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_doremi() {
+    // The reference model is trained first and saved; the resumed run loads it back.
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=doremi",
+            "mixer.every=3",
+            "mixer.doremi.reference_steps=10",
+        ],
+    );
+}

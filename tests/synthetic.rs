@@ -9,7 +9,13 @@ use common::{mixtrain, run_ok, tiny_config};
 /// Mean weight of each source over the second half of ratios.csv's rows.
 fn late_weights(ratios: &str) -> (Vec<String>, Vec<f64>) {
     let mut lines = ratios.lines();
-    let names: Vec<String> = lines.next().unwrap().split(',').skip(1).map(String::from).collect();
+    let names: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .skip(1)
+        .map(String::from)
+        .collect();
     let rows: Vec<Vec<f64>> = lines
         .map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect())
         .collect();
@@ -45,7 +51,10 @@ fn moves_weight_to_target(kind: &str, target: &str) {
     assert!(late[t] > 0.45, "{kind} -> {target}: late weights {late:?}");
     for (k, w) in late.iter().enumerate() {
         if k != t {
-            assert!(late[t] > 1.4 * w, "{kind} -> {target}: late weights {late:?}");
+            assert!(
+                late[t] > 1.4 * w,
+                "{kind} -> {target}: late weights {late:?}"
+            );
         }
     }
 }

@@ -130,6 +130,7 @@ mod tests {
             val_loss: None,
             grad_dot_val: Some(s),
             influence: None,
+            excess_loss: None,
         }
     }
 

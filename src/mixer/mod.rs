@@ -2,12 +2,14 @@
 //! statistics the trainer gathers for it, and returns weights on the simplex. It never touches
 //! files; its state is serialisable into checkpoints.
 
+mod doremi;
 mod fastmix;
 mod init;
 mod odm;
 mod static_mixer;
 mod tikmix;
 
+pub use doremi::DoReMi;
 pub use fastmix::FastMix;
 pub use init::{apply_floor, resolve_init, softmax};
 pub use odm::Odm;
@@ -54,6 +56,9 @@ pub struct StatsRequest {
     pub grad_probe: Option<ProbeSpec>,
     /// I_k = ⟨g_val, G_k⟩ with G_k from extra per-source passes.
     pub group_influence: Option<InfluenceSpec>,
+    /// λ_k = mean over source-k tokens of max(ℓ_θ − ℓ_ref, 0), on this many random training
+    /// sequences of each source (needs a reference model).
+    pub excess_loss: Option<usize>,
 }
 
 /// Statistics handed to `Mixer::update`. Entries the mixer did not request are None.
@@ -70,6 +75,7 @@ pub struct SourceStats {
     /// s_k; None for a source absent from the probed step.
     pub grad_dot_val: Option<Vec<Option<f64>>>,
     pub influence: Option<Vec<f64>>,
+    pub excess_loss: Option<Vec<f64>>,
 }
 
 /// New weights from an update, and the raw per-source signal behind them (logged).
@@ -111,5 +117,6 @@ pub fn build(config: &Config, train_tokens: &[usize]) -> Result<Box<dyn Mixer>> 
             config.min_weight(),
         )),
         MixerKind::Odm => Box::new(Odm::new(config.mixer.odm.clone(), &init)),
+        MixerKind::Doremi => Box::new(DoReMi::new(config.mixer.doremi.clone(), &init)),
     })
 }

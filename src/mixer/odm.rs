@@ -114,6 +114,7 @@ mod tests {
             val_loss: None,
             grad_dot_val: None,
             influence: None,
+            excess_loss: None,
         };
         let update = mixer.update(&stats).unwrap();
         let expected = [
@@ -138,6 +139,7 @@ mod tests {
             val_loss: None,
             grad_dot_val: None,
             influence: None,
+            excess_loss: None,
         };
         assert_eq!(mixer.update(&stats).unwrap().weights, vec![0.5, 0.5]);
     }

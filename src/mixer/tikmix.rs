@@ -107,6 +107,7 @@ mod tests {
             val_loss: None,
             grad_dot_val: None,
             influence: Some(influence),
+            excess_loss: None,
         }
     }
 

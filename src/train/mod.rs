@@ -1,6 +1,7 @@
 //! The inner loop (one training step, evaluation) and the run loop around it.
 
 mod probe;
+mod reference;
 mod run;
 mod session;
 

@@ -8,6 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
+use super::reference;
 use super::session::{Session, StepReport};
 use crate::backend::{dispatch, BackendTask};
 use crate::checkpoint;
@@ -109,6 +110,9 @@ fn train_loop<B: AutodiffBackend>(
         .then(|| RunDir::open_for_resume(&config))
         .transpose()?;
     let mut session = Session::<B>::build(config.clone(), device)?;
+    if session.mixer.needs().excess_loss.is_some() {
+        reference::ensure_reference(&mut session, &config.run.out_dir, options.resume)?;
+    }
     let mut run_dir = match resumed_dir {
         Some(dir) => dir,
         None => RunDir::create(&config, &provenance(&config, backend, &device_name))?,
@@ -169,7 +173,7 @@ fn train_loop<B: AutodiffBackend>(
             if step == 0 {
                 run_dir.write_ratios(0, session.mixer.weights())?;
             } else if step < total && step % config.mixer.every == 0 {
-                if let Some(update) = session.mixer_update(last_lr, None) {
+                if let Some(update) = session.mixer_update(last_lr, None)? {
                     run_dir.write_ratios(step, &update.weights)?;
                     add_mixer_fields(&mut record, &update, &names);
                 }

@@ -35,6 +35,8 @@ pub struct Session<B: AutodiffBackend> {
     val_windows: Vec<Vec<usize>>,
     /// s_k measured by the probed step just before a mixer update; consumed by the update.
     pending_grad_dot: Option<Vec<Option<f64>>>,
+    /// The reference model of DoReMi's excess loss.
+    pub reference: Option<Gpt<B::InnerBackend>>,
 }
 
 /// What one training step measured.
@@ -61,6 +63,7 @@ impl<B: AutodiffBackend> Session<B> {
         let mixer = mixer::build(&config, &train_tokens)?;
         B::seed(&device, config.run.seed);
         let model = config.model.init::<B>(vocab_size, &device);
+        crate::params::materialize(&model);
         let seq_len = config.data.seq_len;
         let eval_sequences = config.train.eval_batches * config.train.batch_size;
         let val_windows = sources
@@ -83,6 +86,7 @@ impl<B: AutodiffBackend> Session<B> {
             loss_since_update: vec![(0.0, 0); k],
             val_windows,
             pending_grad_dot: None,
+            reference: None,
         })
     }
 
@@ -326,13 +330,46 @@ impl<B: AutodiffBackend> Session<B> {
             .collect()
     }
 
+    /// λ_k = mean over tokens of max(ℓ_θ − ℓ_ref, 0) on `samples` random training sequences of
+    /// each source (forward passes of both models, no backward).
+    pub fn excess_losses(&mut self, samples: usize) -> Result<Vec<f64>> {
+        let reference = self.reference.as_ref().ok_or_else(|| {
+            Error::Training("the doremi mixer needs a reference model, and none is loaded".into())
+        })?;
+        let model = self.model.valid();
+        let batch_size = self.config.train.batch_size;
+        let mut out = Vec::with_capacity(self.sources.len());
+        for k in 0..self.sources.len() {
+            let mut total = 0.0;
+            let mut tokens = 0usize;
+            let mut left = samples;
+            while left > 0 {
+                let n = left.min(batch_size);
+                left -= n;
+                let batch = self.sampler.probe_batch(&[k], n, &self.sources, false);
+                let (inputs, targets) =
+                    Self::batch_tensors::<B::InnerBackend>(&batch, &self.device);
+                let ours = token_losses(model.forward(inputs.clone()), targets.clone());
+                let theirs = token_losses(reference.forward(inputs), targets);
+                total += (ours - theirs)
+                    .clamp_min(0.0)
+                    .sum()
+                    .into_scalar()
+                    .elem::<f64>();
+                tokens += n * batch.seq_len;
+            }
+            out.push(total / tokens as f64);
+        }
+        Ok(out)
+    }
+
     /// Asks the mixer for an update with the statistics it requested. Resets the running
     /// training-loss means.
     pub fn mixer_update(
         &mut self,
         lr: f64,
         val_loss: Option<&[f64]>,
-    ) -> Option<mixer::MixerUpdate> {
+    ) -> Result<Option<mixer::MixerUpdate>> {
         let needs = self.mixer.needs();
         let val_loss = if needs.val_losses {
             Some(match val_loss {
@@ -346,6 +383,10 @@ impl<B: AutodiffBackend> Session<B> {
             let g_val = self.validation_gradient(spec.val_batches);
             self.group_influence(&g_val, spec.samples_per_source)
         });
+        let excess_loss = match needs.excess_loss {
+            Some(samples) => Some(self.excess_losses(samples)?),
+            None => None,
+        };
         let stats = SourceStats {
             step: self.step,
             lr,
@@ -357,10 +398,11 @@ impl<B: AutodiffBackend> Session<B> {
             val_loss,
             grad_dot_val: self.pending_grad_dot.take(),
             influence,
+            excess_loss,
         };
         let k = self.sources.len();
         self.loss_since_update = vec![(0.0, 0); k];
-        self.mixer.update(&stats)
+        Ok(self.mixer.update(&stats))
     }
 }
 

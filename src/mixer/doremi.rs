@@ -1,0 +1,124 @@
+//! DoReMi (baseline): λ_k = mean over source-k tokens of max(ℓ_θ − ℓ_ref, 0) against a
+//! reference model; α ← softmax(log α + η λ); α ← (1 − c) α + c / K. The time-averaged α is
+//! what DoReMi exports (mixture.json's "time_averaged").
+
+use serde::{Deserialize, Serialize};
+
+use super::init::softmax;
+use super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
+use crate::config::DoremiConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    alpha: Vec<f64>,
+}
+
+pub struct DoReMi {
+    config: DoremiConfig,
+    state: State,
+}
+
+impl DoReMi {
+    pub fn new(config: DoremiConfig, init: &[f64]) -> Self {
+        DoReMi {
+            config,
+            state: State {
+                alpha: init.to_vec(),
+            },
+        }
+    }
+}
+
+impl Mixer for DoReMi {
+    fn weights(&self) -> &[f64] {
+        &self.state.alpha
+    }
+
+    fn needs(&self) -> StatsRequest {
+        StatsRequest {
+            excess_loss: Some(self.config.samples_per_source),
+            ..StatsRequest::default()
+        }
+    }
+
+    fn update(&mut self, stats: &SourceStats) -> Option<MixerUpdate> {
+        let excess = stats.excess_loss.as_ref()?;
+        let k = excess.len() as f64;
+        let logits: Vec<f64> = self
+            .state
+            .alpha
+            .iter()
+            .zip(excess)
+            .map(|(a, l)| a.max(1e-300).ln() + self.config.eta * l)
+            .collect();
+        let c = self.config.smoothing;
+        self.state.alpha = softmax(&logits)
+            .iter()
+            .map(|a| (1.0 - c) * a + c / k)
+            .collect();
+        Some(MixerUpdate {
+            weights: self.state.alpha.clone(),
+            signal: Some(("excess_loss", excess.clone())),
+        })
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).expect("state serialises")
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let restored: State =
+            serde_json::from_value(state.clone()).map_err(|e| format!("doremi state: {e}"))?;
+        if restored.alpha.len() != self.state.alpha.len() {
+            return Err("doremi state is for another number of sources".into());
+        }
+        self.state = restored;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Golden numbers (Python): α = (0.5, 0.3, 0.2), λ = (0.1, 0.4, 0), η = 1, c = 1e-3:
+    /// softmax(ln α + λ) then (1 − c) α + c/3
+    /// = (0.4603097977283569, 0.37287530237810873, 0.16681489989353437)
+    #[test]
+    fn one_update_matches_hand_computation() {
+        let mut mixer = DoReMi::new(DoremiConfig::default(), &[0.5, 0.3, 0.2]);
+        let stats = SourceStats {
+            step: 10,
+            lr: 1e-3,
+            train_loss: vec![None; 3],
+            val_loss: None,
+            grad_dot_val: None,
+            influence: None,
+            excess_loss: Some(vec![0.1, 0.4, 0.0]),
+        };
+        let w = mixer.update(&stats).unwrap().weights;
+        let expected = [0.4603097977283569, 0.37287530237810873, 0.16681489989353437];
+        for (a, b) in w.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-12, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn smoothing_keeps_every_source_alive() {
+        let mut mixer = DoReMi::new(DoremiConfig::default(), &[0.25; 4]);
+        for _ in 0..500 {
+            let stats = SourceStats {
+                step: 10,
+                lr: 1e-3,
+                train_loss: vec![None; 4],
+                val_loss: None,
+                grad_dot_val: None,
+                influence: None,
+                excess_loss: Some(vec![5.0, 0.0, 0.0, 0.0]),
+            };
+            let w = mixer.update(&stats).unwrap().weights;
+            assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+            assert!(w.iter().all(|&x| x >= 1e-3 / 4.0 - 1e-15));
+        }
+    }
+}
