@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::init::softmax;
-use super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
+use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest};
 use crate::config::DoremiConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,12 +67,8 @@ impl Mixer for DoReMi {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
-        let restored: State =
-            serde_json::from_value(state.clone()).map_err(|e| format!("doremi state: {e}"))?;
-        if restored.alpha.len() != self.state.alpha.len() {
-            return Err("doremi state is for another number of sources".into());
-        }
-        self.state = restored;
+        let k = self.state.alpha.len();
+        self.state = restore_state("doremi", state, k, |s: &State| s.alpha.len())?;
         Ok(())
     }
 }

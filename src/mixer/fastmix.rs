@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::init::{apply_floor, softmax};
-use super::{GradScope, Mixer, MixerUpdate, ProbeSpec, SourceStats, StatsRequest};
+use super::{restore_state, GradScope, Mixer, MixerUpdate, ProbeSpec, SourceStats, StatsRequest};
 use crate::config::{FastMixConfig, ScopeKind};
 
 const BETA1: f64 = 0.9;
@@ -108,12 +108,8 @@ impl Mixer for FastMix {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
-        let restored: State =
-            serde_json::from_value(state.clone()).map_err(|e| format!("fastmix state: {e}"))?;
-        if restored.logits.len() != self.state.logits.len() {
-            return Err("fastmix state is for another number of sources".into());
-        }
-        self.state = restored;
+        let k = self.state.logits.len();
+        self.state = restore_state("fastmix", state, k, |s: &State| s.logits.len())?;
         Ok(())
     }
 }

@@ -97,6 +97,25 @@ pub trait Mixer: Send {
     fn restore(&mut self, state: &serde_json::Value) -> std::result::Result<(), String>;
 }
 
+/// Deserialises a mixer's checkpointed state and checks it holds `k` sources (`len` reads the
+/// count from the state).
+fn restore_state<S: serde::de::DeserializeOwned>(
+    mixer: &str,
+    value: &serde_json::Value,
+    k: usize,
+    len: impl Fn(&S) -> usize,
+) -> std::result::Result<S, String> {
+    let state: S =
+        serde_json::from_value(value.clone()).map_err(|e| format!("{mixer} state: {e}"))?;
+    if len(&state) != k {
+        return Err(format!(
+            "{mixer} state holds {} sources, the run has {k}",
+            len(&state)
+        ));
+    }
+    Ok(state)
+}
+
 /// Builds the mixer named by `mixer.kind`. `train_tokens[k]` is source k's training size.
 pub fn build(config: &Config, train_tokens: &[usize]) -> Result<Box<dyn Mixer>> {
     let init = resolve_init(

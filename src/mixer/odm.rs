@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::init::softmax;
-use super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
+use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest};
 use crate::config::OdmConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,12 +84,8 @@ impl Mixer for Odm {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
-        let restored: State =
-            serde_json::from_value(state.clone()).map_err(|e| format!("odm state: {e}"))?;
-        if restored.rewards.len() != self.state.rewards.len() {
-            return Err("odm state is for another number of sources".into());
-        }
-        self.state = restored;
+        let k = self.state.rewards.len();
+        self.state = restore_state("odm", state, k, |s: &State| s.rewards.len())?;
         Ok(())
     }
 }

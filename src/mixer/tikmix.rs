@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::init::{apply_floor, softmax};
-use super::{InfluenceSpec, Mixer, MixerUpdate, SourceStats, StatsRequest};
+use super::{restore_state, InfluenceSpec, Mixer, MixerUpdate, SourceStats, StatsRequest};
 use crate::config::{InfluenceNorm, TikMixConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,12 +85,8 @@ impl Mixer for TikMix {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
-        let restored: State =
-            serde_json::from_value(state.clone()).map_err(|e| format!("tikmix state: {e}"))?;
-        if restored.base.len() != self.state.base.len() {
-            return Err("tikmix state is for another number of sources".into());
-        }
-        self.state = restored;
+        let k = self.state.base.len();
+        self.state = restore_state("tikmix", state, k, |s: &State| s.base.len())?;
         Ok(())
     }
 }
