@@ -148,7 +148,9 @@ fn train_loop<B: AutodiffBackend>(
 
     let progress = make_progress(options.progress, total, session.step);
     let started = Instant::now();
-    let start_step = session.step;
+    // Tokens trained before this process started (non-zero when resumed): throughput counts
+    // only this process's work.
+    let start_tokens = session.tokens;
     let mut initial_val_loss = None;
     let mut last_val_loss = None;
     let mut pending_train: Option<StepReport> = None;
@@ -180,8 +182,7 @@ fn train_loop<B: AutodiffBackend>(
             }
             if record.len() > 2 {
                 let elapsed = started.elapsed().as_secs_f64();
-                let tokens_done =
-                    (session.tokens - session.tokens.min(tokens_at(&config, start_step))) as f64;
+                let tokens_done = (session.tokens - start_tokens) as f64;
                 record.insert(
                     "wall".into(),
                     json!({ "elapsed_s": elapsed, "tokens_per_s": tokens_done / elapsed.max(1e-9) }),
@@ -205,7 +206,7 @@ fn train_loop<B: AutodiffBackend>(
         }
         let report = session.train_step()?;
         last_lr = report.lr;
-        report_progress(&progress, &session, &report, started, start_step, &config);
+        report_progress(&progress, &session, &report, started, start_tokens, &config);
         if session.step % train.log_every == 0 {
             pending_train = Some(report);
         }
@@ -231,11 +232,6 @@ fn train_loop<B: AutodiffBackend>(
         final_val_loss,
         final_weights: session.mixer.weights().to_vec(),
     })
-}
-
-/// Tokens consumed after `step` steps (every step draws the same number of sequences).
-fn tokens_at(config: &Config, step: usize) -> u64 {
-    (step * config.train.batch_size * config.train.grad_accum * config.data.seq_len) as u64
 }
 
 fn add_train_fields(record: &mut Map<String, Value>, report: &StepReport, names: &[String]) {
@@ -318,13 +314,11 @@ fn report_progress<B: AutodiffBackend>(
     session: &Session<B>,
     report: &StepReport,
     started: Instant,
-    start_step: usize,
+    start_tokens: u64,
     config: &Config,
 ) {
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    let tokens_per_s = (session.step - start_step) as f64
-        * (config.train.batch_size * config.train.grad_accum * config.data.seq_len) as f64
-        / elapsed;
+    let tokens_per_s = (session.tokens - start_tokens) as f64 / elapsed;
     match bar {
         Some(bar) => {
             bar.set_position(session.step as u64);
