@@ -4,7 +4,7 @@
 //! final validation loss (mean over seeds), and the first evaluated step at which each method's
 //! mean validation loss reaches uniform's final mean validation loss (same seed).
 //!
-//!     cargo bench --bench mixer_comparison                          # 6 methods x 3 seeds
+//!     cargo bench --bench mixer_comparison                          # 7 methods x 3 seeds
 //!     SEEDS=1 METHODS=uniform,fastmix cargo bench --bench mixer_comparison
 //!
 //! About 3 minutes a run on 2 cores (tikmix about 2.3x, doremi adds 100 reference steps).
@@ -35,6 +35,10 @@ const METHODS: &[Method] = &[
     Method {
         name: "tikmix",
         apply: |c| c.mixer.kind = MixerKind::Tikmix,
+    },
+    Method {
+        name: "tikmix-m",
+        apply: |c| c.mixer.kind = MixerKind::TikmixM,
     },
     Method {
         name: "odm",

@@ -65,6 +65,7 @@ fn main() -> mixtrain::Result<()> {
         MixerKind::Static,
         MixerKind::Fastmix,
         MixerKind::Tikmix,
+        MixerKind::TikmixM,
         MixerKind::Odm,
         MixerKind::Doremi,
     ];
@@ -83,8 +84,11 @@ fn main() -> mixtrain::Result<()> {
     let medians: Vec<f64> = samples.iter_mut().map(median).collect();
     for (kind, ms) in kinds.iter().zip(&medians) {
         println!(
-            "mixer_overhead/{:<8} {ms:>8.1} ms/step (median of {rounds})  ratio vs static {:.3}",
-            format!("{kind:?}").to_lowercase(),
+            "mixer_overhead/{:<9} {ms:>8.1} ms/step (median of {rounds})  ratio vs static {:.3}",
+            serde_json::to_value(kind)
+                .expect("kind serialises")
+                .as_str()
+                .unwrap_or("?"),
             ms / medians[0]
         );
     }

@@ -225,6 +225,7 @@ pub enum MixerKind {
     Static,
     Fastmix,
     Tikmix,
+    TikmixM,
     Odm,
     Doremi,
 }
@@ -299,6 +300,56 @@ impl Default for TikMixConfig {
             blend: 0.5,
             normalise: InfluenceNorm::Std,
             val_batches: 2,
+        }
+    }
+}
+
+/// `[mixer.tikmix-m]`: candidate mixtures scored by their true one-step group influence, a
+/// gradient-boosted-tree regressor over the history, the best predicted mixture blended in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TikMixMConfig {
+    /// Sequences of each source behind G_k. Default 16.
+    pub samples_per_source: usize,
+    /// Fresh validation batches on which each candidate's ΔL_val is measured. Default 1.
+    pub val_batches: usize,
+    /// Dirichlet candidates measured per update, besides the K one-source mixtures. Default 12.
+    pub candidates: usize,
+    /// Dirichlet concentration c around the current mixture p: w ~ Dir(c · p). Default 20.
+    pub concentration: f64,
+    /// The virtual step is θ − scale · lr · P ⊙ g, g = Σ_k w_k G_k, lr = the schedule's current
+    /// rate, P = 1 or (`precondition`) the diagonal preconditioner AdamW would apply next with
+    /// g as the gradient, 1 / (sqrt(v̂') + eps), v' = β2 v + (1 − β2) g². Default 10: on the
+    /// quickstart ΔL_val is then 1e-3..1e-1, past the purely linear regime (where TiKMiX-M
+    /// would only rank ⟨g_val, G_k⟩) without overshooting.
+    pub step_scale: f64,
+    /// Precondition the virtual step like AdamW. Default false: every coordinate then moves by
+    /// about scale · lr, which made ΔL_val positive (several nats) on the quickstart even at
+    /// scale 1; with it, use a small `step_scale` (~0.05).
+    pub precondition: bool,
+    /// Updates whose measurements the regressor is fitted on (the newest). Default 8.
+    pub history: usize,
+    /// Candidates drawn from Dir(c · p) and scored by the regressor. Default 1000.
+    pub pool: usize,
+    /// The new mixture is the mean of the `top_k` best predicted candidates. Default 8.
+    pub top_k: usize,
+    /// Blend β: p ← (1 − β) p + β p_new. Default 0.5.
+    pub blend: f64,
+}
+
+impl Default for TikMixMConfig {
+    fn default() -> Self {
+        TikMixMConfig {
+            samples_per_source: 16,
+            val_batches: 1,
+            candidates: 12,
+            concentration: 20.0,
+            step_scale: 10.0,
+            precondition: false,
+            history: 8,
+            pool: 1000,
+            top_k: 8,
+            blend: 0.5,
         }
     }
 }
@@ -381,7 +432,8 @@ pub enum MixtureInit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixerConfig {
-    /// The mixer: "static", "fastmix", "tikmix", "odm" or "doremi". Default "static".
+    /// The mixer: "static", "fastmix", "tikmix", "tikmix-m", "odm" or "doremi".
+    /// Default "static".
     pub kind: MixerKind,
     /// "sample" or "reweight" (see ApplyMode). Default "reweight".
     pub apply: ApplyMode,
@@ -398,6 +450,8 @@ pub struct MixerConfig {
     pub init: InitSpec,
     pub fastmix: FastMixConfig,
     pub tikmix: TikMixConfig,
+    #[serde(rename = "tikmix-m")]
+    pub tikmix_m: TikMixMConfig,
     pub odm: OdmConfig,
     pub doremi: DoremiConfig,
 }
@@ -413,6 +467,7 @@ impl Default for MixerConfig {
             init: InitSpec::Named("uniform".into()),
             fastmix: FastMixConfig::default(),
             tikmix: TikMixConfig::default(),
+            tikmix_m: TikMixMConfig::default(),
             odm: OdmConfig::default(),
             doremi: DoremiConfig::default(),
         }
@@ -725,6 +780,30 @@ impl Config {
             ));
         }
         at_least_one("mixer.tikmix.val_batches", tm.val_batches)?;
+        let tmm = &self.mixer.tikmix_m;
+        at_least_one("mixer.tikmix-m.samples_per_source", tmm.samples_per_source)?;
+        at_least_one("mixer.tikmix-m.val_batches", tmm.val_batches)?;
+        at_least_one("mixer.tikmix-m.candidates", tmm.candidates)?;
+        positive("mixer.tikmix-m.concentration", tmm.concentration)?;
+        positive("mixer.tikmix-m.step_scale", tmm.step_scale)?;
+        at_least_one("mixer.tikmix-m.history", tmm.history)?;
+        at_least_one("mixer.tikmix-m.pool", tmm.pool)?;
+        at_least_one("mixer.tikmix-m.top_k", tmm.top_k)?;
+        if tmm.top_k > tmm.pool {
+            return Err(Error::value(
+                "mixer.tikmix-m.top_k",
+                format!(
+                    "must be <= mixer.tikmix-m.pool = {} (got {})",
+                    tmm.pool, tmm.top_k
+                ),
+            ));
+        }
+        if !(tmm.blend > 0.0 && tmm.blend <= 1.0) {
+            return Err(Error::value(
+                "mixer.tikmix-m.blend",
+                format!("must be in (0, 1] (got {})", tmm.blend),
+            ));
+        }
         unit_open("mixer.odm.alpha", self.mixer.odm.alpha)?;
         let dr = &self.mixer.doremi;
         if dr.reference.is_empty() {

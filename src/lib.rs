@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod export;
+pub mod gbt;
 pub mod mixer;
 pub mod model;
 pub mod optim;

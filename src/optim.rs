@@ -85,6 +85,20 @@ impl<B: Backend> AdamW<B> {
         Some(((moments.v.clone() / bias2).sqrt() + self.eps).recip())
     }
 
+    /// The preconditioner the next step would use if its gradient of `name` were `g` ([numel]):
+    /// 1 / (sqrt(v' / (1 − β2^(t+1))) + eps) with v' = β2 v + (1 − β2) g². Bounded, unlike
+    /// `preconditioner`, where v is ~0 but g is not (rare tokens' embedding rows): the step
+    /// P ⊙ g stays within sqrt((1 − β2^(t+1)) / (1 − β2)) per coordinate. [numel]
+    pub fn next_preconditioner(&self, name: &str, g: &Tensor<B, 1>) -> Tensor<B, 1> {
+        let bias2 = 1.0 - self.beta2.powi(self.steps as i32 + 1);
+        let fresh = g.clone().powi_scalar(2) * (1.0 - self.beta2);
+        let v = match self.moments.get(name) {
+            Some(moments) => moments.v.clone() * self.beta2 + fresh,
+            None => fresh,
+        };
+        ((v / bias2).sqrt() + self.eps).recip()
+    }
+
     /// The moments as named host tensors ("m.<param>", "v.<param>"), for checkpoints.
     pub fn to_named(&self) -> Vec<NamedTensor> {
         let mut out = Vec::with_capacity(self.moments.len() * 2);

@@ -68,6 +68,50 @@ impl Rng {
         weights.iter().rposition(|w| *w > 0.0).unwrap_or(0)
     }
 
+    /// Standard normal (Box-Muller; one of the pair is discarded to keep the state simple).
+    pub fn normal(&mut self) -> f64 {
+        // 1 − u is in (0, 1], so the logarithm is finite.
+        let u = 1.0 - self.next_f64();
+        let v = self.next_f64();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// Gamma(shape, 1) for shape > 0 (Marsaglia & Tsang; shape < 1 by the boost
+    /// Gamma(shape + 1) · U^(1/shape)).
+    pub fn gamma(&mut self, shape: f64) -> f64 {
+        debug_assert!(shape > 0.0);
+        if shape < 1.0 {
+            let u = 1.0 - self.next_f64();
+            return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
+        }
+        let d = shape - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let x = self.normal();
+            let v = (1.0 + c * x).powi(3);
+            if v <= 0.0 {
+                continue;
+            }
+            let u = 1.0 - self.next_f64();
+            if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+
+    /// A draw from Dirichlet(alpha), every alpha_k > 0.
+    pub fn dirichlet(&mut self, alpha: &[f64]) -> Vec<f64> {
+        let mut draw: Vec<f64> = alpha.iter().map(|&a| self.gamma(a)).collect();
+        let total: f64 = draw.iter().sum();
+        if !(total > 0.0 && total.is_finite()) {
+            // Every gamma underflowed (tiny alphas): fall back to the mean.
+            let sum: f64 = alpha.iter().sum();
+            return alpha.iter().map(|a| a / sum).collect();
+        }
+        draw.iter_mut().for_each(|d| *d /= total);
+        draw
+    }
+
     /// Fisher-Yates shuffle.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
@@ -104,6 +148,34 @@ mod tests {
         assert_eq!(counts[1], 0);
         for (c, w) in counts.iter().zip(weights) {
             assert!((*c as f64 / 100_000.0 - w).abs() < 0.01, "{counts:?}");
+        }
+    }
+
+    /// Dirichlet(α) has mean α/α₀ and variance α_k(α₀ − α_k)/(α₀²(α₀ + 1)).
+    #[test]
+    fn dirichlet_matches_its_first_two_moments() {
+        let mut rng = Rng::new(5, 0);
+        let alpha = [0.5, 2.0, 7.5];
+        let a0: f64 = alpha.iter().sum();
+        let n = 40_000;
+        let mut sum = [0.0; 3];
+        let mut sum_sq = [0.0; 3];
+        for _ in 0..n {
+            let w = rng.dirichlet(&alpha);
+            assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            assert!(w.iter().all(|&x| x >= 0.0));
+            for k in 0..3 {
+                sum[k] += w[k];
+                sum_sq[k] += w[k] * w[k];
+            }
+        }
+        for k in 0..3 {
+            let mean = sum[k] / n as f64;
+            let var = sum_sq[k] / n as f64 - mean * mean;
+            let want_mean = alpha[k] / a0;
+            let want_var = alpha[k] * (a0 - alpha[k]) / (a0 * a0 * (a0 + 1.0));
+            assert!((mean - want_mean).abs() < 0.005, "mean {k}: {mean}");
+            assert!((var / want_var - 1.0).abs() < 0.05, "var {k}: {var}");
         }
     }
 

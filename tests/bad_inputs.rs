@@ -92,6 +92,11 @@ fn config_errors_name_their_key() {
             &["mixer.tikmix.blend=1.5"],
             "mixer.tikmix.blend: must be in (0, 1]",
         ),
+        (
+            &["mixer.tikmix-m.top_k=2000"],
+            "mixer.tikmix-m.top_k: must be <= mixer.tikmix-m.pool = 1000",
+        ),
+        (&["mixer.kind=tikmix_m"], "tikmix-m"),
     ];
     for (sets, needle) in cases {
         expect_error(&mut run_with(&config, sets), needle);

@@ -163,6 +163,20 @@ fn kill_9_then_resume_is_bit_identical_tikmix() {
 }
 
 #[test]
+fn kill_9_then_resume_is_bit_identical_tikmix_m() {
+    // The regressor is refitted from the checkpointed history and the candidate RNG.
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=tikmix-m",
+            "mixer.every=3",
+            "mixer.tikmix-m.samples_per_source=4",
+            "mixer.tikmix-m.candidates=4",
+        ],
+    );
+}
+
+#[test]
 fn kill_9_then_resume_is_bit_identical_odm() {
     kill_and_resume("ndarray", &["mixer.kind=odm", "mixer.every=2"]);
 }

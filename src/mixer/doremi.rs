@@ -91,6 +91,7 @@ mod tests {
             grad_dot_val: None,
             influence: None,
             excess_loss: Some(vec![0.1, 0.4, 0.0]),
+            candidate_delta: None,
         };
         let w = mixer.update(&stats).unwrap().weights;
         let expected = [0.4603097977283569, 0.37287530237810873, 0.16681489989353437];
@@ -111,6 +112,7 @@ mod tests {
                 grad_dot_val: None,
                 influence: None,
                 excess_loss: Some(vec![5.0, 0.0, 0.0, 0.0]),
+                candidate_delta: None,
             };
             let w = mixer.update(&stats).unwrap().weights;
             assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);

@@ -127,6 +127,7 @@ mod tests {
             grad_dot_val: Some(s),
             influence: None,
             excess_loss: None,
+            candidate_delta: None,
         }
     }
 

@@ -8,6 +8,7 @@ mod init;
 mod odm;
 mod static_mixer;
 mod tikmix;
+mod tikmix_m;
 
 pub use doremi::DoReMi;
 pub use fastmix::FastMix;
@@ -15,6 +16,7 @@ pub use init::{apply_floor, resolve_init, softmax};
 pub use odm::Odm;
 pub use static_mixer::StaticMixer;
 pub use tikmix::TikMix;
+pub use tikmix_m::TikMixM;
 
 use crate::config::{Config, MixerKind};
 use crate::error::Result;
@@ -46,8 +48,21 @@ pub struct InfluenceSpec {
     pub val_batches: usize,
 }
 
+/// How to measure each candidate mixture's one-step group influence (TiKMiX-M).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VirtualStepSpec {
+    /// Sequences of each source behind G_k.
+    pub samples_per_source: usize,
+    /// Fresh validation batches (of train.batch_size sequences) ΔL_val is measured on.
+    pub val_batches: usize,
+    /// The virtual step is θ − scale · lr · P ⊙ Σ_k w_k G_k.
+    pub scale: f64,
+    /// P = the preconditioner AdamW would apply next (else 1).
+    pub precondition: bool,
+}
+
 /// What a mixer needs the trainer to measure before each update.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StatsRequest {
     /// Per-source validation loss on the fixed validation batches.
     pub val_losses: bool,
@@ -59,6 +74,9 @@ pub struct StatsRequest {
     /// λ_k = mean over source-k tokens of max(ℓ_θ − ℓ_ref, 0), on this many random training
     /// sequences of each source (needs a reference model).
     pub excess_loss: Option<usize>,
+    /// ΔL_val(w) = L_val(θ − η Σ_k w_k G_k) − L_val(θ) for every mixture w the mixer's
+    /// `candidates` returns (forward passes only, after one backward per source for G_k).
+    pub virtual_step: Option<VirtualStepSpec>,
 }
 
 /// Statistics handed to `Mixer::update`. Entries the mixer did not request are None.
@@ -76,6 +94,8 @@ pub struct SourceStats {
     pub grad_dot_val: Option<Vec<Option<f64>>>,
     pub influence: Option<Vec<f64>>,
     pub excess_loss: Option<Vec<f64>>,
+    /// ΔL_val of each candidate, in the order `candidates` returned them.
+    pub candidate_delta: Option<Vec<f64>>,
 }
 
 /// New weights from an update, and the raw per-source signal behind them (logged).
@@ -90,6 +110,11 @@ pub trait Mixer: Send {
     /// Current weights, on the simplex.
     fn weights(&self) -> &[f64];
     fn needs(&self) -> StatsRequest;
+    /// Mixtures whose one-step group influence the next update needs measured (asked right
+    /// before `update` when `needs().virtual_step` is set).
+    fn candidates(&mut self) -> Vec<Vec<f64>> {
+        Vec::new()
+    }
     /// One outer step; None when the weights do not change.
     fn update(&mut self, stats: &SourceStats) -> Option<MixerUpdate>;
     /// Everything needed to continue exactly after a restart.
@@ -134,6 +159,12 @@ pub fn build(config: &Config, train_tokens: &[usize]) -> Result<Box<dyn Mixer>> 
             config.mixer.tikmix.clone(),
             &init,
             config.min_weight(),
+        )),
+        MixerKind::TikmixM => Box::new(TikMixM::new(
+            config.mixer.tikmix_m.clone(),
+            &init,
+            config.min_weight(),
+            config.run.seed,
         )),
         MixerKind::Odm => Box::new(Odm::new(config.mixer.odm.clone(), &init)),
         MixerKind::Doremi => Box::new(DoReMi::new(config.mixer.doremi.clone(), &init)),

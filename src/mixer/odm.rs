@@ -111,6 +111,7 @@ mod tests {
             grad_dot_val: None,
             influence: None,
             excess_loss: None,
+            candidate_delta: None,
         };
         let update = mixer.update(&stats).unwrap();
         let expected = [
@@ -136,6 +137,7 @@ mod tests {
             grad_dot_val: None,
             influence: None,
             excess_loss: None,
+            candidate_delta: None,
         };
         assert_eq!(mixer.update(&stats).unwrap().weights, vec![0.5, 0.5]);
     }

@@ -104,6 +104,7 @@ mod tests {
             grad_dot_val: None,
             influence: Some(influence),
             excess_loss: None,
+            candidate_delta: None,
         }
     }
 

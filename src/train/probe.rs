@@ -2,7 +2,7 @@
 //! ⟨g_val, g⟩ (optionally ⟨P g_val, g⟩ with AdamW's diagonal preconditioner P) over a
 //! parameter scope, computed from gradient buffers without extra copies.
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -86,4 +86,69 @@ pub fn grad_dot<AB: AutodiffBackend, M: AutodiffModule<AB>>(
         .sum
         .map(|s| s.into_scalar().elem::<f64>())
         .unwrap_or(0.0)
+}
+
+struct VirtualStep<'a, B: Backend> {
+    gradients: &'a [GradientsParams],
+    weights: &'a [f64],
+    lr: f64,
+    optim: Option<&'a AdamW<B>>,
+    path: ParamPath,
+}
+
+impl<B: Backend> ModuleMapper<B> for VirtualStep<'_, B> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let mut direction: Option<Tensor<B, D>> = None;
+        for (gradients, &w) in self.gradients.iter().zip(self.weights) {
+            if w == 0.0 {
+                continue;
+            }
+            if let Some(g) = gradients.get::<B, D>(id) {
+                let g = g * w;
+                direction = Some(match direction.take() {
+                    Some(d) => d + g,
+                    None => g,
+                });
+            }
+        }
+        let Some(mut direction) = direction else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        if let Some(optim) = self.optim {
+            let dims = direction.dims();
+            let numel = direction.shape().num_elements();
+            let flat = direction.reshape([numel]);
+            let p = optim.next_preconditioner(&self.path.name(), &flat);
+            direction = (flat * p).reshape(dims);
+        }
+        Param::from_mapped_value(id, tensor - direction * self.lr, mapper)
+    }
+}
+
+/// θ − lr · P ⊙ g with g = Σ_k w_k G_k: the parameters after a virtual step on mixture
+/// `weights` of the per-source gradients. P = 1, or, when `optim` is given, the diagonal
+/// preconditioner AdamW would use next with g as its gradient (`next_preconditioner`).
+pub fn virtual_step<B: Backend, M: Module<B>>(
+    model: M,
+    gradients: &[GradientsParams],
+    weights: &[f64],
+    lr: f64,
+    optim: Option<&AdamW<B>>,
+) -> M {
+    model.map(&mut VirtualStep {
+        gradients,
+        weights,
+        lr,
+        optim,
+        path: ParamPath::default(),
+    })
 }

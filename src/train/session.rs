@@ -6,11 +6,11 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::probe::{grad_dot, GradProbe};
+use super::probe::{grad_dot, virtual_step, GradProbe};
 use crate::config::{ApplyMode, Config};
 use crate::data::{load_sources, validation_windows, Batch, Sampler, Source, Tokenizer};
 use crate::error::{Error, Result};
-use crate::mixer::{self, GradScope, Mixer, SourceStats};
+use crate::mixer::{self, GradScope, Mixer, SourceStats, VirtualStepSpec};
 use crate::model::{token_losses, Gpt};
 use crate::optim::{global_grad_norm, lr_at, AdamW};
 
@@ -152,28 +152,78 @@ impl<B: AutodiffBackend> Session<B> {
         accumulator.grads()
     }
 
-    /// ⟨g_val, G_k⟩ for every source, G_k the gradient of source k's mean loss over
-    /// `samples` random training windows (extra forward/backward passes; TiKMiX).
-    pub fn group_influence(&mut self, g_val: &GradientsParams, samples: usize) -> Vec<f64> {
+    /// G_k: the gradient of source k's mean token loss over `samples` random training windows
+    /// (extra forward/backward passes).
+    fn source_gradient(&mut self, k: usize, samples: usize) -> GradientsParams {
         let batch_size = self.config.train.batch_size;
+        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+        let mut left = samples;
+        while left > 0 {
+            let n = left.min(batch_size);
+            left -= n;
+            let batch = self.sampler.probe_batch(&[k], n, &self.sources, false);
+            let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
+            let loss = token_losses(self.model.forward(inputs), targets).sum()
+                / (samples * batch.seq_len) as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            accumulator.accumulate(&self.model, grads);
+        }
+        accumulator.grads()
+    }
+
+    /// ⟨g_val, G_k⟩ for every source (TiKMiX).
+    pub fn group_influence(&mut self, g_val: &GradientsParams, samples: usize) -> Vec<f64> {
         let head = self.head_name();
         (0..self.sources.len())
             .map(|k| {
-                let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
-                let chunks = samples.div_ceil(batch_size);
-                let mut left = samples;
-                for _ in 0..chunks {
-                    let n = left.min(batch_size);
-                    left -= n;
-                    let batch = self.sampler.probe_batch(&[k], n, &self.sources, false);
-                    let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
-                    let loss = token_losses(self.model.forward(inputs), targets).sum()
-                        / (samples * batch.seq_len) as f64;
-                    let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-                    accumulator.accumulate(&self.model, grads);
-                }
-                let g_k = accumulator.grads();
+                let g_k = self.source_gradient(k, samples);
                 grad_dot(&self.model, g_val, &g_k, GradScope::All, head, None)
+            })
+            .collect()
+    }
+
+    /// ΔL_val(w) = L_val(θ − scale · lr · P ⊙ Σ_k w_k G_k) − L_val(θ) for each candidate w
+    /// (TiKMiX-M): one backward per source for G_k, then forward passes only, every candidate
+    /// on the same fresh validation batches of the target sources.
+    pub fn virtual_step_deltas(
+        &mut self,
+        spec: VirtualStepSpec,
+        lr: f64,
+        candidates: &[Vec<f64>],
+    ) -> Vec<f64> {
+        let gradients: Vec<GradientsParams> = (0..self.sources.len())
+            .map(|k| self.source_gradient(k, spec.samples_per_source))
+            .collect();
+        let target = self.config.target_indices();
+        let batch_size = self.config.train.batch_size;
+        let batches: Vec<_> = (0..spec.val_batches)
+            .map(|_| {
+                let batch = self
+                    .sampler
+                    .probe_batch(&target, batch_size, &self.sources, true);
+                Self::batch_tensors::<B::InnerBackend>(&batch, &self.device)
+            })
+            .collect();
+        let mean_loss = |model: &Gpt<B::InnerBackend>| -> f64 {
+            let total: f64 = batches
+                .iter()
+                .map(|(inputs, targets)| {
+                    token_losses(model.forward(inputs.clone()), targets.clone())
+                        .mean()
+                        .into_scalar()
+                        .elem::<f64>()
+                })
+                .sum();
+            total / batches.len() as f64
+        };
+        let model = self.model.valid();
+        let base = mean_loss(&model);
+        let optim = spec.precondition.then_some(&self.optim);
+        candidates
+            .iter()
+            .map(|w| {
+                let stepped = virtual_step(model.clone(), &gradients, w, spec.scale * lr, optim);
+                mean_loss(&stepped) - base
             })
             .collect()
     }
@@ -387,6 +437,10 @@ impl<B: AutodiffBackend> Session<B> {
             Some(samples) => Some(self.excess_losses(samples)?),
             None => None,
         };
+        let candidate_delta = needs.virtual_step.map(|spec| {
+            let candidates = self.mixer.candidates();
+            self.virtual_step_deltas(spec, lr, &candidates)
+        });
         let stats = SourceStats {
             step: self.step,
             lr,
@@ -399,6 +453,7 @@ impl<B: AutodiffBackend> Session<B> {
             grad_dot_val: self.pending_grad_dot.take(),
             influence,
             excess_loss,
+            candidate_delta,
         };
         let k = self.sources.len();
         self.loss_since_update = vec![(0.0, 0); k];

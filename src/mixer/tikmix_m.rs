@@ -1,0 +1,287 @@
+//! TiKMiX-M: regression over mixtures. At each update the trainer measures, for a set of
+//! candidate mixtures w (the K one-source mixtures and `candidates` draws from Dir(c · p)),
+//! the true one-step group influence ΔL_val(w) = L_val(θ − η P ⊙ Σ_k w_k G_k) − L_val(θ) with
+//! forward passes only. A gradient-boosted-tree regressor is fitted from w to ΔL_val over the
+//! newest `history` updates (each update's ΔL z-scored, since their scale shrinks as training
+//! goes on); the mean of the `top_k` best predicted of `pool` fresh draws from Dir(c · p) is
+//! blended into the mixture, then the floor.
+
+use serde::{Deserialize, Serialize};
+
+use super::init::apply_floor;
+use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest, VirtualStepSpec};
+use crate::config::TikMixMConfig;
+use crate::gbt::{Gbt, GbtParams};
+use crate::rng::Rng;
+
+/// One update's measurements: (candidate mixture, ΔL_val).
+type Measured = Vec<(Vec<f64>, f64)>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    /// The blended mixture before the floor.
+    base: Vec<f64>,
+    weights: Vec<f64>,
+    rng: Rng,
+    /// The newest `history` updates' measurements, oldest first.
+    history: Vec<Measured>,
+}
+
+pub struct TikMixM {
+    config: TikMixMConfig,
+    floor: f64,
+    state: State,
+    /// Candidates handed out by `candidates`, awaiting their ΔL in `update`.
+    pending: Vec<Vec<f64>>,
+}
+
+/// Random stream of the mixer's candidate draws (distinct from the sampler's streams).
+const RNG_STREAM: u64 = 0x7111_3111;
+
+impl TikMixM {
+    pub fn new(config: TikMixMConfig, init: &[f64], floor: f64, seed: u64) -> Self {
+        TikMixM {
+            config,
+            floor,
+            state: State {
+                base: init.to_vec(),
+                weights: apply_floor(init, floor),
+                rng: Rng::new(seed, RNG_STREAM),
+                history: Vec::new(),
+            },
+            pending: Vec::new(),
+        }
+    }
+
+    fn draw_around_weights(&mut self, n: usize) -> Vec<Vec<f64>> {
+        let alpha: Vec<f64> = self
+            .state
+            .weights
+            .iter()
+            .map(|w| self.config.concentration * w.max(1e-6))
+            .collect();
+        (0..n).map(|_| self.state.rng.dirichlet(&alpha)).collect()
+    }
+}
+
+/// Fits the regressor on `history` (each update's ΔL z-scored) and returns the mean of the
+/// `top_k` candidates of `pool` with the lowest predicted ΔL (ties: the earlier candidate).
+fn regress_and_choose(
+    history: &[Measured],
+    pool: &[Vec<f64>],
+    params: GbtParams,
+    top_k: usize,
+) -> Vec<f64> {
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for update in history {
+        let n = update.len() as f64;
+        let mean = update.iter().map(|(_, d)| d).sum::<f64>() / n;
+        let std = (update.iter().map(|(_, d)| (d - mean).powi(2)).sum::<f64>() / n).sqrt();
+        for (w, d) in update {
+            x.push(w.clone());
+            y.push(if std > 0.0 { (d - mean) / std } else { 0.0 });
+        }
+    }
+    let model = Gbt::fit(&x, &y, params);
+    let predicted: Vec<f64> = pool.iter().map(|w| model.predict(w)).collect();
+    let mut order: Vec<usize> = (0..pool.len()).collect();
+    order.sort_by(|&a, &b| predicted[a].total_cmp(&predicted[b]).then(a.cmp(&b)));
+    let chosen = &order[..top_k.min(pool.len())];
+    let mut mean = vec![0.0; pool[0].len()];
+    for &i in chosen {
+        for (m, w) in mean.iter_mut().zip(&pool[i]) {
+            *m += w / chosen.len() as f64;
+        }
+    }
+    mean
+}
+
+impl Mixer for TikMixM {
+    fn weights(&self) -> &[f64] {
+        &self.state.weights
+    }
+
+    fn needs(&self) -> StatsRequest {
+        StatsRequest {
+            virtual_step: Some(VirtualStepSpec {
+                samples_per_source: self.config.samples_per_source,
+                val_batches: self.config.val_batches,
+                scale: self.config.step_scale,
+                precondition: self.config.precondition,
+            }),
+            ..StatsRequest::default()
+        }
+    }
+
+    fn candidates(&mut self) -> Vec<Vec<f64>> {
+        let k = self.state.weights.len();
+        let mut candidates: Vec<Vec<f64>> = (0..k)
+            .map(|i| (0..k).map(|j| f64::from(i == j)).collect())
+            .collect();
+        candidates.extend(self.draw_around_weights(self.config.candidates));
+        self.pending = candidates.clone();
+        candidates
+    }
+
+    fn update(&mut self, stats: &SourceStats) -> Option<MixerUpdate> {
+        let deltas = stats.candidate_delta.as_ref()?;
+        let candidates = std::mem::take(&mut self.pending);
+        if candidates.len() != deltas.len() || deltas.iter().any(|d| !d.is_finite()) {
+            return None;
+        }
+        let k = self.state.weights.len();
+        // ΔL of the one-source mixtures: the per-source signal in metrics.jsonl.
+        let per_source = deltas[..k].to_vec();
+        self.state
+            .history
+            .push(candidates.into_iter().zip(deltas.iter().copied()).collect());
+        let excess = self.state.history.len().saturating_sub(self.config.history);
+        self.state.history.drain(..excess);
+
+        let pool = self.draw_around_weights(self.config.pool);
+        let target = regress_and_choose(
+            &self.state.history,
+            &pool,
+            GbtParams::default(),
+            self.config.top_k,
+        );
+        let beta = self.config.blend;
+        let st = &mut self.state;
+        for (b, t) in st.base.iter_mut().zip(&target) {
+            *b = (1.0 - beta) * *b + beta * t;
+        }
+        st.weights = apply_floor(&st.base, self.floor);
+        Some(MixerUpdate {
+            weights: st.weights.clone(),
+            signal: Some(("delta_val_loss", per_source)),
+        })
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).expect("state serialises")
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let k = self.state.base.len();
+        self.state = restore_state("tikmix-m", state, k, |s: &State| s.base.len())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(deltas: Vec<f64>) -> SourceStats {
+        SourceStats {
+            step: 10,
+            lr: 1e-3,
+            train_loss: vec![None; 3],
+            val_loss: None,
+            grad_dot_val: None,
+            influence: None,
+            excess_loss: None,
+            candidate_delta: Some(deltas),
+        }
+    }
+
+    /// Golden numbers (NumPy, brute force over every split of a depth-1 tree):
+    ///     X = [[1,0],[0,1],[.5,.5],[.8,.2]]; d = [-3,-1,-2,-2.6]; z = (d - d.mean()) / d.std()
+    ///     d.std() = 0.7533259586659682, z = [-1.1283, 1.5266, 0.1991, -0.5974]
+    ///     SSE by split: w0 <= .25: 0.8928 (best; w1 > .75 is the same partition), w0 <= .65:
+    ///     1.0220, w0 <= .9: 2.3025; leaves 1.5265636 (w0 <= .25) and -0.5088545.
+    /// One tree at learning rate 1 on base mean(z) = 0 predicts the pool (.9,.1), (.3,.7),
+    /// (.1,.9) as (-0.5089, -0.5089, 1.5266): top-2 = the first two, mean (0.6, 0.4).
+    #[test]
+    fn regression_and_choice_match_hand_computation() {
+        let history = vec![vec![
+            (vec![1.0, 0.0], -3.0),
+            (vec![0.0, 1.0], -1.0),
+            (vec![0.5, 0.5], -2.0),
+            (vec![0.8, 0.2], -2.6),
+        ]];
+        let pool = vec![vec![0.9, 0.1], vec![0.3, 0.7], vec![0.1, 0.9]];
+        let params = GbtParams {
+            trees: 1,
+            max_depth: 1,
+            learning_rate: 1.0,
+            min_leaf: 1,
+        };
+        let chosen = regress_and_choose(&history, &pool, params, 2);
+        assert!((chosen[0] - 0.6).abs() < 1e-12 && (chosen[1] - 0.4).abs() < 1e-12);
+        // With (.1, .9) first in the pool, it falls in the w0 <= 0.25 leaf (worse) and is
+        // never among the top 2.
+        let pool = vec![vec![0.1, 0.9], vec![0.9, 0.1], vec![0.3, 0.7]];
+        let chosen = regress_and_choose(&history, &pool, params, 2);
+        assert!((chosen[0] - 0.6).abs() < 1e-12 && (chosen[1] - 0.4).abs() < 1e-12);
+    }
+
+    /// ΔL(w) = |w − w*|² with w* = (.6, .3, .1): the mixture moves toward w*.
+    fn run_on_quadratic(seed: u64, updates: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
+        let best = [0.6, 0.3, 0.1];
+        let mut mixer = TikMixM::new(TikMixMConfig::default(), &[1.0 / 3.0; 3], 0.02, seed);
+        let mut trajectory = Vec::new();
+        for _ in 0..updates {
+            let deltas = mixer
+                .candidates()
+                .iter()
+                .map(|w| w.iter().zip(best).map(|(a, b)| (a - b).powi(2)).sum())
+                .collect();
+            let update = mixer.update(&stats(deltas)).expect("an update");
+            assert!((update.weights.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+            assert!(update.weights.iter().all(|&w| w >= 0.02 - 1e-12));
+            assert_eq!(update.signal.as_ref().unwrap().1.len(), 3);
+            trajectory.push(update.weights);
+        }
+        (trajectory, best.to_vec())
+    }
+
+    #[test]
+    fn finds_the_best_mixture_of_a_known_quadratic() {
+        let (trajectory, best) = run_on_quadratic(1, 12);
+        let last = trajectory.last().unwrap();
+        let distance = |w: &[f64]| -> f64 {
+            w.iter()
+                .zip(&best)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let start = distance(&[1.0 / 3.0; 3]);
+        assert!(
+            distance(last) < 0.35 * start,
+            "{last:?} is {} from w*, start {start}",
+            distance(last)
+        );
+    }
+
+    #[test]
+    fn deterministic_under_a_seed_and_the_history_is_bounded() {
+        assert_eq!(run_on_quadratic(4, 10).0, run_on_quadratic(4, 10).0);
+        assert_ne!(run_on_quadratic(4, 10).0, run_on_quadratic(5, 10).0);
+        let mut mixer = TikMixM::new(TikMixMConfig::default(), &[0.5, 0.3, 0.2], 0.02, 0);
+        for _ in 0..12 {
+            let n = mixer.candidates().len();
+            assert_eq!(n, 3 + TikMixMConfig::default().candidates);
+            let deltas = (0..n).map(|i| (i % 5) as f64).collect();
+            mixer.update(&stats(deltas)).unwrap();
+        }
+        assert_eq!(mixer.state.history.len(), TikMixMConfig::default().history);
+    }
+
+    #[test]
+    fn restored_state_continues_identically() {
+        let mut a = TikMixM::new(TikMixMConfig::default(), &[1.0 / 3.0; 3], 0.02, 9);
+        let deltas = |w: &[Vec<f64>]| w.iter().map(|w| w[0] - 2.0 * w[2] * w[1]).collect();
+        let c = a.candidates();
+        a.update(&stats(deltas(&c))).unwrap();
+        let saved = serde_json::to_string(&a.state()).unwrap();
+        let mut b = TikMixM::new(TikMixMConfig::default(), &[1.0 / 3.0; 3], 0.02, 0);
+        b.restore(&serde_json::from_str(&saved).unwrap()).unwrap();
+        let (ca, cb) = (a.candidates(), b.candidates());
+        assert_eq!(ca, cb);
+        assert_eq!(a.update(&stats(deltas(&ca))), b.update(&stats(deltas(&cb))));
+        assert!(b.restore(&serde_json::json!({"base": [1.0]})).is_err());
+    }
+}
