@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::mixer::EntropyKind;
 
 /// The whole, resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -427,6 +428,8 @@ pub enum MixtureInit {
     Explicit(BTreeMap<String, f64>),
     /// The "final" weights of a mixture.json written by an earlier run.
     File(PathBuf),
+    /// p ∝ an entropy of each source's training tokens (BiMix).
+    Entropy(EntropyKind),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -575,17 +578,23 @@ impl Config {
                 "uniform" => Ok(MixtureInit::Uniform),
                 "proportional" => Ok(MixtureInit::Proportional),
                 "temperature" => Ok(MixtureInit::Temperature(self.mixer.temperature)),
-                other => match other.strip_prefix("file:") {
-                    Some(path) if !path.is_empty() => Ok(MixtureInit::File(PathBuf::from(path))),
-                    _ => Err(Error::value(
+                other => {
+                    if let Some(path) = other.strip_prefix("file:").filter(|p| !p.is_empty()) {
+                        return Ok(MixtureInit::File(PathBuf::from(path)));
+                    }
+                    if let Some(kind) = other.strip_prefix("entropy:").and_then(EntropyKind::parse)
+                    {
+                        return Ok(MixtureInit::Entropy(kind));
+                    }
+                    Err(Error::value(
                         "mixer.init",
                         format!(
                             "unknown mixture {other:?}; expected \"uniform\", \"proportional\", \
-                             \"temperature\", \"file:PATH/mixture.json\" or a table of weights \
-                             by source name"
+                             \"temperature\", \"entropy:conditional\" (or :shannon, :joint), \
+                             \"file:PATH/mixture.json\" or a table of weights by source name"
                         ),
-                    )),
-                },
+                    ))
+                }
             },
             InitSpec::Explicit(weights) => Ok(MixtureInit::Explicit(weights.clone())),
         }

@@ -97,6 +97,10 @@ fn config_errors_name_their_key() {
             "mixer.tikmix-m.top_k: must be <= mixer.tikmix-m.pool = 1000",
         ),
         (&["mixer.kind=tikmix_m"], "tikmix-m"),
+        (
+            &["mixer.init=entropy:renyi"],
+            "mixer.init: unknown mixture \"entropy:renyi\"",
+        ),
     ];
     for (sets, needle) in cases {
         expect_error(&mut run_with(&config, sets), needle);

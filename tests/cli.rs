@@ -258,3 +258,50 @@ fn doremi_uses_a_given_reference_run() {
         }
     }
 }
+
+#[test]
+fn entropy_seed_starts_from_weights_proportional_to_token_entropy() {
+    let dir = tempfile::tempdir().unwrap();
+    // A source whose every byte fixes the next (conditional entropy ~0 but for document
+    // boundaries) beside real prose.
+    let repetitive = dir.path().join("abc.jsonl");
+    // Distinct documents (the train/validation split hashes each one).
+    let lines: String = (0..60)
+        .map(|i| serde_json::json!({ "text": "abc".repeat(300 + i) }).to_string() + "\n")
+        .collect();
+    std::fs::write(&repetitive, lines).unwrap();
+    let config = common::tiny_config(dir.path(), "");
+    let out = dir.path().join("run");
+    common::run_ok(common::mixtrain().args(["run"]).arg(&config).args([
+        "--set",
+        "train.steps=2",
+        "--set",
+        "mixer.init=entropy:conditional",
+        "--set",
+        &format!("data.sources.1.path={}", repetitive.display()),
+    ]));
+    let mixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("mixture.json")).unwrap()).unwrap();
+    assert_eq!(mixture["init"], "entropy:conditional");
+    let entropy: Vec<f64> = ["prose", "code", "legal"]
+        .iter()
+        .map(|s| mixture["entropy_nats"][s].as_f64().unwrap())
+        .collect();
+    let total: f64 = entropy.iter().sum();
+    let ratios = std::fs::read_to_string(out.join("ratios.csv")).unwrap();
+    let row0: Vec<f64> = ratios
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    for (w, h) in row0.iter().zip(&entropy) {
+        assert!((w - h / total).abs() < 1e-12, "{row0:?} vs {entropy:?}");
+    }
+    assert!(
+        entropy[1] < 0.05 && entropy[0] > 1.5 && entropy[2] > 1.5,
+        "{entropy:?}"
+    );
+}

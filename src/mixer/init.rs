@@ -5,11 +5,13 @@ use std::path::Path;
 use crate::config::MixtureInit;
 use crate::error::{Error, IoContext, Result};
 
-/// Weights for `init` over sources `names` with `train_tokens[k]` training tokens; sums to 1.
+/// Weights for `init` over sources `names` with `train_tokens[k]` training tokens (and, for
+/// `init = "entropy:..."`, `entropy[k]` nats); sums to 1.
 pub fn resolve_init(
     init: &MixtureInit,
     names: &[String],
     train_tokens: &[usize],
+    entropy: Option<&[f64]>,
 ) -> Result<Vec<f64>> {
     let k = names.len();
     let raw: Vec<f64> = match init {
@@ -24,7 +26,17 @@ pub fn resolve_init(
             .map(|n| weights.get(n).copied().unwrap_or(0.0))
             .collect(),
         MixtureInit::File(path) => read_mixture_file(path, names)?,
+        MixtureInit::Entropy(_) => entropy
+            .expect("entropies are computed for an entropy init")
+            .to_vec(),
     };
+    let total: f64 = raw.iter().sum();
+    if total.is_nan() || total <= 0.0 {
+        return Err(Error::value(
+            "mixer.init",
+            format!("every source has weight 0 under {init:?}: nothing to train on"),
+        ));
+    }
     Ok(normalise(&raw))
 }
 
@@ -91,12 +103,12 @@ mod tests {
     #[test]
     fn temperature_interpolates_uniform_and_proportional() {
         let tokens = [100, 400];
-        let p = resolve_init(&MixtureInit::Proportional, &names(), &tokens).unwrap();
+        let p = resolve_init(&MixtureInit::Proportional, &names(), &tokens, None).unwrap();
         assert_eq!(p, vec![0.2, 0.8]);
         // τ = 0.5: √100 : √400 = 10 : 20.
-        let t = resolve_init(&MixtureInit::Temperature(0.5), &names(), &tokens).unwrap();
+        let t = resolve_init(&MixtureInit::Temperature(0.5), &names(), &tokens, None).unwrap();
         assert!((t[0] - 1.0 / 3.0).abs() < 1e-12);
-        let u = resolve_init(&MixtureInit::Uniform, &names(), &tokens).unwrap();
+        let u = resolve_init(&MixtureInit::Uniform, &names(), &tokens, None).unwrap();
         assert_eq!(u, vec![0.5, 0.5]);
     }
 

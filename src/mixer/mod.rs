@@ -3,6 +3,7 @@
 //! files; its state is serialisable into checkpoints.
 
 mod doremi;
+mod entropy;
 mod fastmix;
 mod init;
 mod odm;
@@ -11,6 +12,7 @@ mod tikmix;
 mod tikmix_m;
 
 pub use doremi::DoReMi;
+pub use entropy::{token_entropy, EntropyKind};
 pub use fastmix::FastMix;
 pub use init::{apply_floor, resolve_init, softmax};
 pub use odm::Odm;
@@ -18,7 +20,8 @@ pub use static_mixer::StaticMixer;
 pub use tikmix::TikMix;
 pub use tikmix_m::TikMixM;
 
-use crate::config::{Config, MixerKind};
+use crate::config::{Config, InitSpec, MixerKind, MixtureInit};
+use crate::data::Source;
 use crate::error::Result;
 
 /// Parameter scope of gradient inner products.
@@ -141,13 +144,60 @@ fn restore_state<S: serde::de::DeserializeOwned>(
     Ok(state)
 }
 
-/// Builds the mixer named by `mixer.kind`. `train_tokens[k]` is source k's training size.
-pub fn build(config: &Config, train_tokens: &[usize]) -> Result<Box<dyn Mixer>> {
-    let init = resolve_init(
-        &config.mixture_init()?,
+/// The mixture a run starts from, and what it was computed from (written to mixture.json).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitialMixture {
+    pub weights: Vec<f64>,
+    /// `mixer.init` as written ("table" for a table of weights).
+    pub method: String,
+    /// Nats per source, for `init = "entropy:..."`.
+    pub entropy: Option<Vec<f64>>,
+}
+
+/// The initial mixture of `mixer.init` over the loaded `sources` (entropy seeds read each
+/// training shard once).
+pub fn initial_mixture(
+    config: &Config,
+    sources: &[Source],
+    vocab_size: usize,
+) -> Result<InitialMixture> {
+    let init = config.mixture_init()?;
+    let train_tokens: Vec<usize> = sources.iter().map(|s| s.train.len()).collect();
+    let entropy = match init {
+        MixtureInit::Entropy(kind) => Some(
+            sources
+                .iter()
+                .map(|s| {
+                    token_entropy(
+                        (0..s.train.len()).map(|i| s.train.token(i)),
+                        vocab_size,
+                        kind,
+                    )
+                })
+                .collect::<Vec<f64>>(),
+        ),
+        _ => None,
+    };
+    let weights = resolve_init(
+        &init,
         &config.source_names(),
-        train_tokens,
+        &train_tokens,
+        entropy.as_deref(),
     )?;
+    let method = match &config.mixer.init {
+        InitSpec::Named(name) => name.clone(),
+        InitSpec::Explicit(_) => "table".into(),
+    };
+    Ok(InitialMixture {
+        weights,
+        method,
+        entropy,
+    })
+}
+
+/// Builds the mixer named by `mixer.kind`, starting from `init`.
+pub fn build(config: &Config, init: &[f64]) -> Result<Box<dyn Mixer>> {
+    let init = init.to_vec();
     Ok(match config.mixer.kind {
         MixerKind::Static => Box::new(StaticMixer::new(init)),
         MixerKind::Fastmix => Box::new(FastMix::new(

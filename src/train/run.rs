@@ -283,12 +283,18 @@ fn write_mixture<B: AutodiffBackend>(
     names: &[String],
 ) -> Result<()> {
     let steps = session.step.max(1) as f64;
-    let mixture = json!({
+    let initial = &session.initial;
+    let mut mixture = json!({
         "sources": names,
         "final": by_name(names, session.mixer.weights().iter().map(|w| Some(*w))),
         "time_averaged": by_name(names, session.weight_sums.iter().map(|w| Some(w / steps))),
+        "initial": by_name(names, initial.weights.iter().map(|w| Some(*w))),
+        "init": initial.method,
         "steps": session.step,
     });
+    if let Some(entropy) = &initial.entropy {
+        mixture["entropy_nats"] = by_name(names, entropy.iter().map(|h| Some(*h)));
+    }
     let path = run_dir.path.join(MIXTURE_FILE);
     let text = serde_json::to_string_pretty(&mixture).expect("JSON serialises");
     std::fs::write(&path, text + "\n").map_err(|e| crate::Error::io(path, e))

@@ -35,6 +35,8 @@ pub struct Session<B: AutodiffBackend> {
     val_windows: Vec<Vec<usize>>,
     /// s_k measured by the probed step just before a mixer update; consumed by the update.
     pending_grad_dot: Option<Vec<Option<f64>>>,
+    /// The mixture the run started from.
+    pub initial: mixer::InitialMixture,
     /// The reference model of DoReMi's excess loss.
     pub reference: Option<Gpt<B::InnerBackend>>,
 }
@@ -59,8 +61,8 @@ impl<B: AutodiffBackend> Session<B> {
         let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
         let sources = load_sources(&config.data, &tokenizer)?;
         let vocab_size = tokenizer.vocab_size();
-        let train_tokens: Vec<usize> = sources.iter().map(|s| s.train.len()).collect();
-        let mixer = mixer::build(&config, &train_tokens)?;
+        let initial = mixer::initial_mixture(&config, &sources, vocab_size)?;
+        let mixer = mixer::build(&config, &initial.weights)?;
         B::seed(&device, config.run.seed);
         let model = config.model.init::<B>(vocab_size, &device);
         crate::params::materialize(&model);
@@ -86,6 +88,7 @@ impl<B: AutodiffBackend> Session<B> {
             loss_since_update: vec![(0.0, 0); k],
             val_windows,
             pending_grad_dot: None,
+            initial,
             reference: None,
         })
     }
