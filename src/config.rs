@@ -27,6 +27,59 @@ pub struct Config {
     pub mixer: MixerConfig,
     #[serde(default)]
     pub target: TargetConfig,
+    #[serde(default)]
+    pub demix: DemixConfig,
+}
+
+/// `[demix]`: the seed mixture from merged per-source component models (`mixtrain demix`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemixConfig {
+    /// Steps of a shared base model on the initial mixture (0: components start from the
+    /// freshly initialised model). Default 100.
+    pub base_steps: usize,
+    /// Steps of each per-source component, from the base. Default 100.
+    pub component_steps: usize,
+    /// Share of the initial mixture kept in each component's data:
+    /// w = (1 − f) one-hot(k) + f p_init. Default 0.1.
+    pub general_fraction: f64,
+    /// Exponent τ of the candidates' prior, p ∝ tokens^τ. Default 0.5.
+    pub prior_temperature: f64,
+    /// Candidates keep w_k <= max_ratio · prior_k. Default 4.0.
+    pub max_ratio: f64,
+    /// Dirichlet concentrations c of the candidates, w ~ Dir(c · K · prior), used in turn.
+    /// Default [1.0, 4.0, 16.0].
+    pub concentrations: Vec<f64>,
+    /// Merged proxies scored in the first round; round r scores first_round / 2^r. Default 32.
+    pub first_round: usize,
+    /// Scoring rounds. Default 3.
+    pub rounds: usize,
+    /// Candidates the regressor ranks in each later round and for the final mixture.
+    /// Default 5000.
+    pub pool: usize,
+    /// The seed mixture is the mean of the `top_k` best predicted pool candidates. Default 16.
+    pub top_k: usize,
+    /// Steps of each real model `mixtrain demix --validate M` trains (from the base) to check
+    /// the proxies. 0: `component_steps`. Default 0.
+    pub validate_steps: usize,
+}
+
+impl Default for DemixConfig {
+    fn default() -> Self {
+        DemixConfig {
+            base_steps: 100,
+            component_steps: 100,
+            general_fraction: 0.1,
+            prior_temperature: 0.5,
+            max_ratio: 4.0,
+            concentrations: vec![1.0, 4.0, 16.0],
+            first_round: 32,
+            rounds: 3,
+            pool: 5000,
+            top_k: 16,
+            validate_steps: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -430,6 +483,9 @@ pub enum MixtureInit {
     File(PathBuf),
     /// p ∝ an entropy of each source's training tokens (BiMix).
     Entropy(EntropyKind),
+    /// The seed of `mixtrain demix`: a demix/ directory or its mixture.json; None = this run's
+    /// own out_dir/demix, computed first when missing.
+    Demix(Option<PathBuf>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -586,12 +642,19 @@ impl Config {
                     {
                         return Ok(MixtureInit::Entropy(kind));
                     }
+                    if other == "demix" {
+                        return Ok(MixtureInit::Demix(None));
+                    }
+                    if let Some(path) = other.strip_prefix("demix:").filter(|p| !p.is_empty()) {
+                        return Ok(MixtureInit::Demix(Some(PathBuf::from(path))));
+                    }
                     Err(Error::value(
                         "mixer.init",
                         format!(
                             "unknown mixture {other:?}; expected \"uniform\", \"proportional\", \
-                             \"temperature\", \"entropy:conditional\" (or :shannon, :joint), \
-                             \"file:PATH/mixture.json\" or a table of weights by source name"
+                             \"temperature\", \"entropy:conditional\" (or :shannon, :joint), \"demix\", \
+                             \"demix:PATH\", \"file:PATH/mixture.json\" or a table of weights \
+                             by source name"
                         ),
                     ))
                 }
@@ -821,6 +884,39 @@ impl Config {
         positive("mixer.doremi.eta", dr.eta)?;
         unit_open("mixer.doremi.smoothing", dr.smoothing)?;
         at_least_one("mixer.doremi.samples_per_source", dr.samples_per_source)?;
+
+        // [demix]
+        let dm = &self.demix;
+        at_least_one("demix.component_steps", dm.component_steps)?;
+        if !(0.0..1.0).contains(&dm.general_fraction) {
+            return Err(Error::value(
+                "demix.general_fraction",
+                format!("must be in [0, 1) (got {})", dm.general_fraction),
+            ));
+        }
+        positive("demix.prior_temperature", dm.prior_temperature)?;
+        if !(dm.max_ratio.is_finite() && dm.max_ratio >= 1.0) {
+            return Err(Error::value(
+                "demix.max_ratio",
+                format!("must be >= 1 (got {})", dm.max_ratio),
+            ));
+        }
+        if dm.concentrations.is_empty() {
+            return Err(Error::value("demix.concentrations", "must not be empty"));
+        }
+        for (i, &c) in dm.concentrations.iter().enumerate() {
+            positive(&format!("demix.concentrations.{i}"), c)?;
+        }
+        at_least_one("demix.first_round", dm.first_round)?;
+        at_least_one("demix.rounds", dm.rounds)?;
+        at_least_one("demix.pool", dm.pool)?;
+        at_least_one("demix.top_k", dm.top_k)?;
+        if dm.top_k > dm.pool {
+            return Err(Error::value(
+                "demix.top_k",
+                format!("must be <= demix.pool = {} (got {})", dm.pool, dm.top_k),
+            ));
+        }
 
         // [target]
         if self.target.sources.is_empty() {

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod demix;
 pub mod error;
 pub mod evaluate;
 pub mod export;

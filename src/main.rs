@@ -59,6 +59,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find a seed mixture by merging per-source models (DeMix) into run.out_dir/demix/.
+    /// Reuses finished base and component models of an interrupted demix.
+    Demix {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Also train M real models briefly on scored mixtures and report the Spearman
+        /// correlation of their losses with the merged proxies' losses.
+        #[arg(long, value_name = "M", default_value_t = 0)]
+        validate: usize,
+    },
     /// Write ratios.svg and val_loss.svg into a run directory.
     Plot {
         /// The run directory.
@@ -116,6 +126,31 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     name, initial, summary.final_val_loss[i], summary.final_weights[i]
                 );
             }
+            Ok(())
+        }
+        Command::Demix { config, validate } => {
+            let cfg = Config::load(&config.config, &config.set)?;
+            let summary = mixtrain::demix::demix(cfg, mixtrain::demix::DemixOptions { validate })?;
+            println!(
+                "demix: {} merged proxies scored; wrote {}",
+                summary.scored,
+                summary.dir.join("mixture.json").display()
+            );
+            println!(
+                "regressor out-of-fold Spearman (predicted vs measured proxy loss): {:.3}",
+                summary.cv_spearman
+            );
+            if let Some(rho) = summary.validation_spearman {
+                println!("proxy vs trained target loss, Spearman over {validate} models: {rho:.3}");
+            }
+            println!("{:<16} {:>8}", "source", "weight");
+            for (name, w) in summary.sources.iter().zip(&summary.mixture) {
+                println!("{name:<16} {w:>8.4}");
+            }
+            println!(
+                "use it with: --set mixer.init=\"demix:{}\"",
+                summary.dir.display()
+            );
             Ok(())
         }
         Command::Prepare {

@@ -26,6 +26,13 @@ pub fn resolve_init(
             .map(|n| weights.get(n).copied().unwrap_or(0.0))
             .collect(),
         MixtureInit::File(path) => read_mixture_file(path, names)?,
+        MixtureInit::Demix(Some(path)) => read_mixture_file(&demix_mixture_file(path), names)?,
+        MixtureInit::Demix(None) => {
+            return Err(Error::value(
+                "mixer.init",
+                "\"demix\" resolves to the run's own out_dir/demix; call initial_mixture",
+            ))
+        }
         MixtureInit::Entropy(_) => entropy
             .expect("entropies are computed for an entropy init")
             .to_vec(),
@@ -38,6 +45,15 @@ pub fn resolve_init(
         ));
     }
     Ok(normalise(&raw))
+}
+
+/// A demix seed given as its directory or as the mixture.json inside it.
+pub fn demix_mixture_file(path: &Path) -> std::path::PathBuf {
+    if path.is_dir() {
+        path.join("mixture.json")
+    } else {
+        path.to_path_buf()
+    }
 }
 
 fn read_mixture_file(path: &Path, names: &[String]) -> Result<Vec<f64>> {

@@ -14,7 +14,7 @@ mod tikmix_m;
 pub use doremi::DoReMi;
 pub use entropy::{token_entropy, EntropyKind};
 pub use fastmix::FastMix;
-pub use init::{apply_floor, resolve_init, softmax};
+pub use init::{apply_floor, demix_mixture_file, normalise, resolve_init, softmax};
 pub use odm::Odm;
 pub use static_mixer::StaticMixer;
 pub use tikmix::TikMix;
@@ -161,7 +161,10 @@ pub fn initial_mixture(
     sources: &[Source],
     vocab_size: usize,
 ) -> Result<InitialMixture> {
-    let init = config.mixture_init()?;
+    let init = match config.mixture_init()? {
+        MixtureInit::Demix(None) => MixtureInit::Demix(Some(config.run.out_dir.join("demix"))),
+        other => other,
+    };
     let train_tokens: Vec<usize> = sources.iter().map(|s| s.train.len()).collect();
     let entropy = match init {
         MixtureInit::Entropy(kind) => Some(

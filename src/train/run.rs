@@ -109,6 +109,7 @@ fn train_loop<B: AutodiffBackend>(
         .resume
         .then(|| RunDir::open_for_resume(&config))
         .transpose()?;
+    crate::demix::ensure_seed::<B>(&config, &device)?;
     let mut session = Session::<B>::build(config.clone(), device)?;
     if session.mixer.needs().excess_loss.is_some() {
         reference::ensure_reference(&mut session, &config.run.out_dir, options.resume)?;

@@ -355,7 +355,11 @@ impl<B: AutodiffBackend> Session<B> {
 
     /// Mean token loss of each source on its fixed validation windows.
     pub fn evaluate(&self) -> Vec<f64> {
-        let model = self.model.valid();
+        self.evaluate_model(&self.model.valid())
+    }
+
+    /// Mean token loss of `model` (same architecture) on each source's fixed validation windows.
+    pub fn evaluate_model(&self, model: &Gpt<B::InnerBackend>) -> Vec<f64> {
         let device = &self.device;
         let seq = self.config.data.seq_len;
         let batch_size = self.config.train.batch_size;
