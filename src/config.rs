@@ -293,6 +293,17 @@ pub enum ScopeKind {
     All,
 }
 
+/// How a probed training step gets ⟨g_val, g_k⟩ for every source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GradStats {
+    /// Domain-homogeneous micro-batches; each one's gradient buffer dotted with g_val.
+    PerSource,
+    /// Any micro-batches; per-token output gradients of every layer from the step's own
+    /// backward, segment-summed by source (src/train/single_pass.rs).
+    SinglePass,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InfluenceNorm {
@@ -498,6 +509,9 @@ pub struct MixerConfig {
     pub apply: ApplyMode,
     /// Steps between mixer updates. Default 10.
     pub every: usize,
+    /// How fastmix's probed step measures ⟨g_val, g_k⟩: "per-source" or "single-pass".
+    /// Default "per-source".
+    pub grad_stats: GradStats,
     /// Weight floor ε for online mixers, p ← (1−Kε)p + ε; must satisfy Kε < 1. Default 0.2/K.
     /// The static mixer uses its weights exactly as given.
     pub min_weight: Option<f64>,
@@ -521,6 +535,7 @@ impl Default for MixerConfig {
             kind: MixerKind::Static,
             apply: ApplyMode::Reweight,
             every: 10,
+            grad_stats: GradStats::PerSource,
             min_weight: None,
             temperature: 0.5,
             init: InitSpec::Named("uniform".into()),

@@ -132,6 +132,16 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
 impl<B: Backend> Gpt<B> {
     /// Logits for `tokens` [batch, seq] → [batch · seq, vocab] (row b · seq + t).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        self.forward_traced(tokens, None)
+    }
+
+    /// `forward`, recording into `trace` (when given) every parameter's tap for single-pass
+    /// per-source gradient statistics. The logits are the same either way.
+    pub fn forward_traced(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        mut trace: Option<&mut Trace<B>>,
+    ) -> Tensor<B, 2> {
         let [batch, seq] = tokens.dims();
         let device = tokens.device();
         let d_model = self.tok_emb.weight.dims()[1];
@@ -147,17 +157,46 @@ impl<B: Backend> Gpt<B> {
             )
             .unsqueeze::<4>();
 
-        let mut x = self.tok_emb.forward(tokens); // [batch, seq, d_model]
-        for block in &self.blocks {
-            let h = block.attn_norm.forward(x.clone());
-            x = x + block.attn.forward(h, self.n_heads, &cos, &sin, &mask);
-            let h = block.mlp_norm.forward(x.clone());
-            x = x + block.mlp.forward(h);
+        let mut x = self.tok_emb.forward(tokens.clone()); // [batch, seq, d_model]
+        if let Some(t) = trace.as_deref_mut() {
+            let n = batch * seq;
+            x = t.tap(
+                self.tok_emb.weight.id,
+                TapInput::Embedding(tokens.reshape([n])),
+                x,
+            );
         }
-        let x = self.norm_f.forward(x).reshape([batch * seq, d_model]); // [batch · seq, d_model]
+        for block in &self.blocks {
+            let h = rms_norm(&block.attn_norm, x.clone(), trace.as_deref_mut());
+            x = x + block
+                .attn
+                .forward(h, self.n_heads, &cos, &sin, &mask, trace.as_deref_mut());
+            let h = rms_norm(&block.mlp_norm, x.clone(), trace.as_deref_mut());
+            x = x + block.mlp.forward(h, trace.as_deref_mut());
+        }
+        let x = rms_norm(&self.norm_f, x, trace.as_deref_mut());
         match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => x.matmul(self.tok_emb.weight.val().transpose()), // [batch · seq, vocab]
+            Some(head) => {
+                let logits = linear_traced(head, x, trace); // [batch, seq, vocab]
+                let vocab = logits.dims()[2];
+                logits.reshape([batch * seq, vocab])
+            }
+            None => {
+                let x = x.reshape([batch * seq, d_model]); // [batch · seq, d_model]
+                let logits = x.clone().matmul(self.tok_emb.weight.val().transpose()); // [batch · seq, vocab]
+                match trace {
+                    Some(t) => {
+                        let vocab = logits.dims()[1];
+                        t.tap(
+                            self.tok_emb.weight.id,
+                            TapInput::TiedHead(x),
+                            logits.unsqueeze::<3>(),
+                        )
+                        .reshape([batch * seq, vocab])
+                    }
+                    None => logits,
+                }
+            }
         }
     }
 
@@ -174,32 +213,132 @@ impl<B: Backend> Attention<B> {
         cos: &Tensor<B, 4>,
         sin: &Tensor<B, 4>,
         mask: &Tensor<B, 4>,
+        mut trace: Option<&mut Trace<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         let head_dim = d_model / n_heads;
         let heads = |t: Tensor<B, 3>| t.reshape([batch, seq, n_heads, head_dim]).swap_dims(1, 2); // [batch, heads, seq, head_dim]
-        let q = apply_rope(heads(self.q_proj.forward(x.clone())), cos, sin);
-        let k = apply_rope(heads(self.k_proj.forward(x.clone())), cos, sin);
-        let v = heads(self.v_proj.forward(x));
+        let q = linear_traced(&self.q_proj, x.clone(), trace.as_deref_mut());
+        let k = linear_traced(&self.k_proj, x.clone(), trace.as_deref_mut());
+        let v = linear_traced(&self.v_proj, x, trace.as_deref_mut());
+        let q = apply_rope(heads(q), cos, sin);
+        let k = apply_rope(heads(k), cos, sin);
+        let v = heads(v);
         let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt() + mask.clone(); // [batch, heads, seq, seq]
         let attn = softmax(scores, 3);
         let out = attn
             .matmul(v) // [batch, heads, seq, head_dim]
             .swap_dims(1, 2)
             .reshape([batch, seq, d_model]);
-        self.o_proj.forward(out)
+        linear_traced(&self.o_proj, out, trace)
     }
 }
 
 impl<B: Backend> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let up = self.up_proj.forward(x.clone()); // [batch, seq, d_ff]
+    fn forward(&self, x: Tensor<B, 3>, mut trace: Option<&mut Trace<B>>) -> Tensor<B, 3> {
+        let up = linear_traced(&self.up_proj, x.clone(), trace.as_deref_mut()); // [batch, seq, d_ff]
         let hidden = match &self.gate_proj {
-            Some(gate) => silu(gate.forward(x)) * up,
+            Some(gate) => silu(linear_traced(gate, x, trace.as_deref_mut())) * up,
             None => gelu(up),
         };
-        self.down_proj.forward(hidden)
+        linear_traced(&self.down_proj, hidden, trace)
     }
+}
+
+/// The forward quantity each parameter's per-token gradient is built from (N = batch · seq).
+pub enum TapInput<B: Backend> {
+    /// y = a W (burn's [in, out] weight): ∂W = Σ_t a_t ⊗ δ_t. a: [N, in]
+    Linear(Tensor<B, 2>),
+    /// y = E[x_t]: ∂E = Σ_t onehot(x_t) ⊗ δ_t. Tokens [N]
+    Embedding(Tensor<B, 1, Int>),
+    /// Logits = h Eᵀ (head tied to the embedding): ∂E = Σ_t δ_t ⊗ h_t. h: [N, d_model]
+    TiedHead(Tensor<B, 2>),
+    /// y = x̂ ⊙ γ (RMSNorm): ∂γ = Σ_t δ_t ⊙ x̂_t. x̂: [N, d_model]
+    NormGain(Tensor<B, 2>),
+}
+
+/// One parameter's use in a traced forward pass: its input and a zero "probe" added to its
+/// output, whose gradient after backward is the per-token output gradient δ [N, out].
+pub struct Tap<B: Backend> {
+    pub param: burn::module::ParamId,
+    pub input: TapInput<B>,
+    /// Zeros [N, out], a leaf that requires grad.
+    pub probe: Tensor<B, 2>,
+}
+
+/// Everything a traced forward pass recorded, in forward order.
+pub struct Trace<B: Backend> {
+    pub taps: Vec<Tap<B>>,
+}
+
+impl<B: Backend> Trace<B> {
+    pub fn new() -> Self {
+        Trace { taps: Vec::new() }
+    }
+
+    /// Records a tap on output `y` [b, s, out] and returns y + probe (the same values).
+    fn tap(
+        &mut self,
+        param: burn::module::ParamId,
+        input: TapInput<B>,
+        y: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let [b, s, out] = y.dims();
+        let probe = Tensor::<B, 2>::zeros([b * s, out], &y.device()).require_grad();
+        self.taps.push(Tap {
+            param,
+            input,
+            probe: probe.clone(),
+        });
+        y + probe.reshape([b, s, out])
+    }
+}
+
+impl<B: Backend> Default for Trace<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `layer.forward(x)` for x [b, s, in], tapped when tracing.
+fn linear_traced<B: Backend>(
+    layer: &Linear<B>,
+    x: Tensor<B, 3>,
+    trace: Option<&mut Trace<B>>,
+) -> Tensor<B, 3> {
+    let y = layer.forward(x.clone());
+    match trace {
+        Some(t) => {
+            let [b, s, d_in] = x.dims();
+            t.tap(
+                layer.weight.id,
+                TapInput::Linear(x.reshape([b * s, d_in])),
+                y,
+            )
+        }
+        None => y,
+    }
+}
+
+/// RMSNorm of x [b, s, d], tapped when tracing (the same formula as burn's `RmsNorm`, with
+/// x̂ kept for the gain's per-token gradient).
+fn rms_norm<B: Backend>(
+    norm: &RmsNorm<B>,
+    x: Tensor<B, 3>,
+    trace: Option<&mut Trace<B>>,
+) -> Tensor<B, 3> {
+    let Some(t) = trace else {
+        return norm.forward(x);
+    };
+    let [b, s, d] = x.dims();
+    let rms = (x.clone().square().mean_dim(2) + norm.epsilon).sqrt(); // [b, s, 1]
+    let x_hat = x / rms; // [b, s, d]
+    let y = x_hat.clone() * norm.gamma.val().unsqueeze::<3>();
+    t.tap(
+        norm.gamma.id,
+        TapInput::NormGain(x_hat.reshape([b * s, d])),
+        y,
+    )
 }
 
 /// Per-token cross-entropy of `logits` [n, vocab] against `targets` [n] → [n].

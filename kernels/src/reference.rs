@@ -31,6 +31,20 @@ pub fn segment_sum<B: Backend>(
     one_hot.matmul(values.reshape([n, 1])).reshape([k])
 }
 
+/// out[k] = Σ_{t: seg_t = k} w_t ⟨U_t, V_t⟩ for `u`, `v` [n, d], `seg` [n] (ids in 0..k),
+/// `w` [n]: per-source sums of weighted row dot products.
+pub fn segment_row_dot<B: Backend>(
+    u: Tensor<B, 2>,
+    v: Tensor<B, 2>,
+    seg: Tensor<B, 1, Int>,
+    w: Tensor<B, 1>,
+    k: usize,
+) -> Tensor<B, 1> {
+    let [n, _d] = u.dims();
+    let rows = (u * v).sum_dim(1).reshape([n]); // [n]
+    segment_sum(rows * w, seg, k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +74,21 @@ mod tests {
         let seg = Tensor::<B, 1, Int>::from_ints([2, 0, 2, 0], &device);
         let out: Vec<f32> = segment_sum(values, seg, 4).into_data().to_vec().unwrap();
         assert_eq!(out, vec![6.0, 0.0, 4.0, 0.0]);
+    }
+
+    /// Hand computation: rows (1,2)·(3,4) = 11, (0,1)·(5,6) = 6, (2,2)·(1,1) = 4 with weights
+    /// 1, 0.5, 2 and sources 1, 0, 1 → out = [3, 11 + 8 = 19, 0].
+    #[test]
+    fn segment_row_dot_matches_hand_computation() {
+        let device = Default::default();
+        let u = Tensor::<B, 2>::from_floats([[1.0, 2.0], [0.0, 1.0], [2.0, 2.0]], &device);
+        let v = Tensor::<B, 2>::from_floats([[3.0, 4.0], [5.0, 6.0], [1.0, 1.0]], &device);
+        let seg = Tensor::<B, 1, Int>::from_ints([1, 0, 1], &device);
+        let w = Tensor::<B, 1>::from_floats([1.0, 0.5, 2.0], &device);
+        let out: Vec<f32> = segment_row_dot(u, v, seg, w, 3)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(out, vec![3.0, 19.0, 0.0]);
     }
 }

@@ -4,6 +4,7 @@ mod probe;
 mod reference;
 mod run;
 mod session;
+mod single_pass;
 
 pub use run::{run, RunOptions, RunSummary};
 pub use session::{Session, StepReport};

@@ -7,11 +7,12 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::probe::{grad_dot, virtual_step, GradProbe};
-use crate::config::{ApplyMode, Config};
+use super::single_pass::{param_names, SinglePass};
+use crate::config::{ApplyMode, Config, GradStats};
 use crate::data::{load_sources, validation_windows, Batch, Sampler, Source, Tokenizer};
 use crate::error::{Error, Result};
 use crate::mixer::{self, GradScope, Mixer, SourceStats, VirtualStepSpec};
-use crate::model::{token_losses, Gpt};
+use crate::model::{token_losses, Gpt, Trace};
 use crate::optim::{global_grad_norm, lr_at, AdamW};
 
 pub struct Session<B: AutodiffBackend> {
@@ -37,6 +38,8 @@ pub struct Session<B: AutodiffBackend> {
     pending_grad_dot: Option<Vec<Option<f64>>>,
     /// The mixture the run started from.
     pub initial: mixer::InitialMixture,
+    /// Parameter names by id, for single-pass statistics (built on first use).
+    param_names: Option<std::collections::HashMap<burn::module::ParamId, String>>,
     /// The reference model of DoReMi's excess loss.
     pub reference: Option<Gpt<B::InnerBackend>>,
 }
@@ -89,8 +92,14 @@ impl<B: AutodiffBackend> Session<B> {
             val_windows,
             pending_grad_dot: None,
             initial,
+            param_names: None,
             reference: None,
         })
+    }
+
+    /// s_k measured by the last probed step, not yet handed to the mixer.
+    pub fn pending_grad_dot(&self) -> Option<&[Option<f64>]> {
+        self.pending_grad_dot.as_deref()
     }
 
     pub fn source_names(&self) -> Vec<String> {
@@ -255,7 +264,10 @@ impl<B: AutodiffBackend> Session<B> {
             })
             .collect();
         let weight_total: f64 = seq_weights.iter().sum();
-        let micro_batches = micro_batch_ranges(&sources, train.batch_size, probe.is_some());
+        // Per-source statistics from the step's own backward need no homogeneous micro-batches.
+        let single_pass = probe.is_some() && self.config.mixer.grad_stats == GradStats::SinglePass;
+        let micro_batches =
+            micro_batch_ranges(&sources, train.batch_size, probe.is_some() && !single_pass);
 
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         let mut loss = 0.0;
@@ -270,7 +282,8 @@ impl<B: AutodiffBackend> Session<B> {
             let n = batch.len();
             let seq = batch.seq_len;
             let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
-            let logits = self.model.forward(inputs); // [n · seq, vocab]
+            let mut trace = single_pass.then(Trace::new);
+            let logits = self.model.forward_traced(inputs, trace.as_mut()); // [n · seq, vocab]
             let seq_loss = token_losses(logits, targets)
                 .reshape([n, seq])
                 .mean_dim(1)
@@ -281,8 +294,42 @@ impl<B: AutodiffBackend> Session<B> {
                 .collect();
             let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), &self.device);
             let micro_loss = (seq_loss.clone() * w).sum();
-            let grads = GradientsParams::from_grads(micro_loss.backward(), &self.model);
-            if let Some(probe) = &probe {
+            let mut raw_grads = micro_loss.backward();
+            if let (Some(probe), Some(trace)) = (&probe, trace) {
+                let names = self
+                    .param_names
+                    .get_or_insert_with(|| param_names(&self.model));
+                let stats = SinglePass {
+                    g_val: &probe.g_val,
+                    names,
+                    scope: probe.scope,
+                    head,
+                    optim: probe.precondition.then_some(&self.optim),
+                };
+                // Token t belongs to sequence t / seq. [n · seq]
+                let seg: Vec<i64> = micro
+                    .iter()
+                    .flat_map(|&s| std::iter::repeat_n(s as i64, seq))
+                    .collect();
+                let seg = Tensor::<B::InnerBackend, 1, Int>::from_data(
+                    TensorData::new(seg, [n * seq]),
+                    &self.device,
+                );
+                let per_source: Vec<f64> = stats
+                    .source_dots(trace, &mut raw_grads, seg, k)
+                    .into_data()
+                    .convert::<f64>()
+                    .to_vec()
+                    .expect("converted to f64");
+                for (i, dot) in per_source.iter().enumerate() {
+                    dots[i].0 += dot;
+                }
+                for (&s, &w) in micro.iter().zip(micro_weights) {
+                    dots[s].1 += w;
+                }
+            }
+            let grads = GradientsParams::from_grads(raw_grads, &self.model);
+            if let (Some(probe), false) = (&probe, single_pass) {
                 let optim = probe.precondition.then_some(&self.optim);
                 let dot = grad_dot(&self.model, &probe.g_val, &grads, probe.scope, head, optim);
                 let source = micro[0];

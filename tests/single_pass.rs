@@ -1,0 +1,102 @@
+//! Single-pass per-source statistics (traced forward, per-token output gradients from the
+//! step's own backward) against the accumulation-differencing reference, on the quickstart
+//! model, and the mixture trajectories of training runs with either.
+
+mod common;
+
+use std::path::Path;
+
+use burn::backend::{Autodiff, NdArray};
+use mixtrain::config::Config;
+use mixtrain::train::Session;
+
+type B = Autodiff<NdArray>;
+
+/// s_k of the probed step (the 3rd, before the update at step 3) with `grad_stats`, on the quickstart config.
+fn probed_dots(grad_stats: &str, extra: &[&str]) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets: Vec<String> = vec![
+        "mixer.kind=fastmix".into(),
+        "mixer.every=3".into(),
+        format!("mixer.grad_stats={grad_stats}"),
+        format!("run.out_dir={}", dir.path().join("run").display()),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let repo = common::repo();
+    std::env::set_current_dir(&repo).unwrap();
+    let config = Config::load(Path::new("configs/quickstart.toml"), &sets).unwrap();
+    let mut session = Session::<B>::build(config, Default::default()).unwrap();
+    // The step before the update at step 3 is probed.
+    for _ in 0..3 {
+        session.train_step().unwrap();
+    }
+    session
+        .pending_grad_dot()
+        .expect("step 3 is probed")
+        .iter()
+        .map(|d| d.expect("every source is in the step"))
+        .collect()
+}
+
+fn assert_close(single: &[f64], reference: &[f64], what: &str) {
+    let scale = reference.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0, "{what}: all-zero reference");
+    for (k, (s, r)) in single.iter().zip(reference).enumerate() {
+        let error = (s - r).abs() / r.abs().max(1e-3 * scale);
+        assert!(
+            error < 1e-3,
+            "{what}: source {k}: single-pass {s} vs per-source {r} (relative error {error:.2e})"
+        );
+    }
+}
+
+#[test]
+fn single_pass_equals_accumulation_differencing_on_every_source() {
+    for (extra, what) in [
+        (&[][..], "all parameters, preconditioned"),
+        (
+            &["mixer.fastmix.precondition=false"][..],
+            "all parameters, raw",
+        ),
+        (&["mixer.fastmix.scope=\"head\""][..], "tied head"),
+        (
+            &["model.tie_embeddings=false", "model.mlp=\"gelu\""][..],
+            "untied head, GELU MLP",
+        ),
+    ] {
+        let reference = probed_dots("per-source", extra);
+        let single = probed_dots("single-pass", extra);
+        assert_eq!(reference.len(), 5);
+        assert_close(&single, &reference, what);
+    }
+}
+
+#[test]
+fn single_pass_run_follows_the_per_source_trajectory() {
+    let ratios = |grad_stats: &str| -> Vec<Vec<f64>> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = common::tiny_config(dir.path(), "");
+        common::run_ok(common::mixtrain().args(["run"]).arg(&config).args([
+            "--set",
+            "mixer.kind=fastmix",
+            "--set",
+            "mixer.every=5",
+            "--set",
+            &format!("mixer.grad_stats={grad_stats}"),
+        ]));
+        std::fs::read_to_string(dir.path().join("run/ratios.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect())
+            .collect()
+    };
+    let (reference, single) = (ratios("per-source"), ratios("single-pass"));
+    assert_eq!(reference.len(), single.len());
+    assert!(reference.len() > 3, "the mixture moved");
+    for (a, b) in reference.iter().zip(&single) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-3, "{a:?} vs {b:?}");
+        }
+    }
+}
