@@ -4,10 +4,11 @@
 //! final validation loss (mean over seeds), and the first evaluated step at which each method's
 //! mean validation loss reaches uniform's final mean validation loss (same seed).
 //!
-//!     cargo bench --bench mixer_comparison                          # 7 methods x 3 seeds
+//!     cargo bench --bench mixer_comparison                          # 9 methods x 3 seeds
 //!     SEEDS=1 METHODS=uniform,fastmix cargo bench --bench mixer_comparison
 //!
-//! About 3 minutes a run on 2 cores (tikmix about 2.3x, doremi adds 100 reference steps).
+//! About 3 minutes a run on 2 cores (tikmix about 2.3x, doremi adds 100 reference steps; the
+//! DeMix seed search about 7 minutes, once).
 
 use std::path::{Path, PathBuf};
 
@@ -48,7 +49,37 @@ const METHODS: &[Method] = &[
         name: "doremi",
         apply: |c| c.mixer.kind = MixerKind::Doremi,
     },
+    // Seeds for the online mixer of configs/quickstart.toml (doremi).
+    Method {
+        name: "doremi+entropy",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.init = InitSpec::Named("entropy:conditional".into());
+        },
+    },
+    Method {
+        name: "doremi+demix",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.init = InitSpec::Named(format!("demix:{DEMIX_DIR}/demix"));
+        },
+    },
 ];
+
+/// One DeMix search (configs/demix-quickstart.toml, seed 42) seeds every seed's run: the seed
+/// mixture is a data decision made once.
+const DEMIX_DIR: &str = "target/comparison/demix";
+
+fn ensure_demix_seed() -> mixtrain::Result<()> {
+    if Path::new(DEMIX_DIR).join("demix/mixture.json").is_file() {
+        return Ok(());
+    }
+    eprintln!("running the DeMix search for the doremi+demix seed");
+    let mut config = Config::load(Path::new("configs/demix-quickstart.toml"), &[])?;
+    config.run.out_dir = PathBuf::from(DEMIX_DIR);
+    mixtrain::demix::demix(config, mixtrain::demix::DemixOptions::default())?;
+    Ok(())
+}
 
 /// (step, mean val loss, per-source val losses) of every evaluation in a run.
 fn evaluations(run_dir: &Path) -> Vec<(u64, f64, Vec<f64>)> {
@@ -84,7 +115,13 @@ fn main() -> mixtrain::Result<()> {
                     .is_none_or(|w| w.iter().any(|x| x == m.name))
         })
         .collect();
-    let base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
+    if methods.iter().any(|m| m.name.ends_with("+demix")) {
+        ensure_demix_seed()?;
+    }
+    let mut base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
+    // The baseline is the static uniform mixture, whatever the quickstart's own mixer is.
+    base.mixer.kind = MixerKind::Static;
+    base.mixer.init = InitSpec::Named("uniform".into());
     let root = PathBuf::from("target/comparison");
 
     let mut rows = Vec::new();

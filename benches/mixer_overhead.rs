@@ -8,14 +8,16 @@
 //! burst of load from other jobs on the machine hits one sample, not one mixer.
 //!
 //! Each timed step includes the mixer's share of the work: fastmix's validation gradient and
-//! probed step, tikmix's per-source passes at its updates, odm's bookkeeping.
+//! probed step (per-source: domain-homogeneous micro-batches each dotted with g_val;
+//! single-pass: traced forward and per-token output gradients), tikmix's and tikmix-m's
+//! per-source passes at their updates, odm's bookkeeping, doremi's reference forward passes.
 
 use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use mixtrain::backend::{dispatch, BackendTask};
-use mixtrain::config::{BackendKind, Config, MixerKind};
+use mixtrain::config::{BackendKind, Config, GradStats, MixerKind};
 use mixtrain::train::Session;
 
 struct Bench {
@@ -61,19 +63,26 @@ fn main() -> mixtrain::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let kinds = [
-        MixerKind::Static,
-        MixerKind::Fastmix,
-        MixerKind::Tikmix,
-        MixerKind::TikmixM,
-        MixerKind::Odm,
-        MixerKind::Doremi,
+    // (label, mixer, per-source statistics of fastmix's probed step)
+    let variants = [
+        ("static", MixerKind::Static, GradStats::PerSource),
+        ("fastmix", MixerKind::Fastmix, GradStats::PerSource),
+        (
+            "fastmix/single-pass",
+            MixerKind::Fastmix,
+            GradStats::SinglePass,
+        ),
+        ("tikmix", MixerKind::Tikmix, GradStats::PerSource),
+        ("tikmix-m", MixerKind::TikmixM, GradStats::PerSource),
+        ("odm", MixerKind::Odm, GradStats::PerSource),
+        ("doremi", MixerKind::Doremi, GradStats::PerSource),
     ];
-    let mut samples = vec![Vec::new(); kinds.len()];
+    let mut samples = vec![Vec::new(); variants.len()];
     for _ in 0..rounds {
-        for (i, kind) in kinds.iter().enumerate() {
+        for (i, (_, kind, grad_stats)) in variants.iter().enumerate() {
             let mut config = base.clone();
             config.mixer.kind = *kind;
+            config.mixer.grad_stats = *grad_stats;
             samples[i].push(dispatch(config.run.backend, Bench { config, steps })?);
         }
     }
@@ -82,15 +91,15 @@ fn main() -> mixtrain::Result<()> {
         v[v.len() / 2]
     };
     let medians: Vec<f64> = samples.iter_mut().map(median).collect();
-    for (kind, ms) in kinds.iter().zip(&medians) {
+    for ((label, _, _), ms) in variants.iter().zip(&medians) {
         println!(
-            "mixer_overhead/{:<9} {ms:>8.1} ms/step (median of {rounds})  ratio vs static {:.3}",
-            serde_json::to_value(kind)
-                .expect("kind serialises")
-                .as_str()
-                .unwrap_or("?"),
+            "mixer_overhead/{label:<20} {ms:>8.1} ms/step (median of {rounds})  ratio vs static {:.3}",
             ms / medians[0]
         );
     }
+    println!(
+        "single-pass vs per-source statistics (fastmix): {:.3}",
+        medians[2] / medians[1]
+    );
     Ok(())
 }

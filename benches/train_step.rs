@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use mixtrain::backend::{dispatch, BackendTask};
-use mixtrain::config::{BackendKind, Config};
+use mixtrain::config::{BackendKind, Config, MixerKind};
 use mixtrain::train::Session;
 
 struct Bench {
@@ -53,7 +53,9 @@ fn main() -> mixtrain::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
+    let mut base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
+    // The plain training step: no mixer work.
+    base.mixer.kind = MixerKind::Static;
     let mut rates = Vec::new();
     for kind in [BackendKind::Flex, BackendKind::Ndarray] {
         let mut config = base.clone();
