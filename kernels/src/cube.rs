@@ -1,6 +1,10 @@
 //! CubeCL kernels (wgpu, cuda) for per-source statistics, each checked against its
 //! plain-tensor reference in `reference.rs`.
 //!
+//! `segment_accumulate` (one unit per output element) and `multi_dot` (one pass over the
+//! [k, p] buffer, k + k² partial sums per unit, then a small sum) are straightforward first
+//! versions, not tiled.
+//!
 //! `segment_row_dot` runs in two launches: one unit per token computes w_t ⟨U_t, V_t⟩ (a
 //! [N] buffer), then one cube per source sums its tokens' values with a shared-memory tree
 //! reduction. No atomics (wgpu has no portable float atomics), correct for any N, D, K,
@@ -12,7 +16,10 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{element::BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::{CubeCount, CubeDim};
 
-use kernel::{segment_sum_kernel, weighted_row_dot_kernel};
+use kernel::{
+    multi_dot_partials_kernel, segment_accumulate_kernel, segment_sum_kernel,
+    weighted_row_dot_kernel,
+};
 
 /// Units per cube of the segment reduction (a power of two).
 pub(crate) const REDUCE_UNITS: u32 = 256;
@@ -22,6 +29,73 @@ pub(crate) const ROW_UNITS: u32 = 256;
 /// The device code (CubeCL's own `Tensor`, `Float` and `Int`, hence a module of its own).
 mod kernel {
     use cubecl::prelude::*;
+
+    /// out[k, o, i] = Σ_{t: seg[t] = k} delta[t, o] · a[t, i], one unit per output element.
+    #[cube(launch)]
+    pub fn segment_accumulate_kernel<F: Float, I: Int>(
+        delta: &Tensor<F>,
+        a: &Tensor<F>,
+        seg: &Tensor<I>,
+        out: &mut Tensor<F>,
+    ) {
+        let idx = ABSOLUTE_POS;
+        if idx >= out.len() {
+            terminate!();
+        }
+        let n = seg.len();
+        let outs = delta.shape(1);
+        let inps = a.shape(1);
+        let k = idx / (outs * inps);
+        let o = (idx / inps) % outs;
+        let i = idx % inps;
+        let mut acc = F::new(0.0);
+        for t in 0..n {
+            if u32::cast_from(seg[t]) as usize == k {
+                acc += delta[t * outs + o] * a[t * inps + i];
+            }
+        }
+        out[idx] = acc;
+    }
+
+    /// One pass over g [k, p] and v [p]: unit u accumulates, over its grid-strided columns j,
+    /// g[a, j] v[j] (a < k) and g[a, j] g[b, j] (a, b < k) into partials[u, 0..k + k²].
+    #[cube(launch)]
+    pub fn multi_dot_partials_kernel<F: Float>(
+        g: &Tensor<F>,
+        v: &Tensor<F>,
+        partials: &mut Tensor<F>,
+        #[comptime] k: usize,
+    ) {
+        let unit = ABSOLUTE_POS;
+        let units = partials.shape(0);
+        if unit >= units {
+            terminate!();
+        }
+        let p = v.len();
+        let mut acc = Array::<F>::new(k + k * k);
+        #[unroll]
+        for x in 0..k + k * k {
+            acc[x] = F::new(0.0);
+        }
+        let mut j = unit;
+        while j < p {
+            let vj = v[j];
+            #[unroll]
+            for a in 0..k {
+                let ga = g[a * p + j];
+                acc[a] += ga * vj;
+                #[unroll]
+                for b in 0..k {
+                    acc[k + a * k + b] += ga * g[b * p + j];
+                }
+            }
+            j += units;
+        }
+        #[unroll]
+        for x in 0..k + k * k {
+            partials[unit * (k + k * k) + x] = acc[x];
+        }
+    }
 
     /// rows[t] = w[t] · Σ_j u[t, j] v[t, j], one unit per token t.
     #[cube(launch)]
@@ -173,6 +247,95 @@ where
     )))
 }
 
+/// G[k] = Σ_{t: seg_t = k} δ_t ⊗ a_t → [k, out, inp] on a CubeCL backend; the twin of
+/// `reference::segment_accumulate`. One unit per output element, looping over the tokens.
+pub fn segment_accumulate<R, F, I, BT>(
+    delta: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    a: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    seg: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
+    k: usize,
+) -> Tensor<CubeBackend<R, F, I, BT>, 3>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [_n, outs] = delta.dims();
+    let [_, inps] = a.dims();
+    let delta = into_contiguous(delta.into_primitive().tensor());
+    let a = into_contiguous(a.into_primitive().tensor());
+    let seg = into_contiguous(seg.into_primitive());
+    let len = k * outs * inps;
+    let out = empty::<R, F>(&delta, len);
+    if len > 0 {
+        let client = delta.client.clone();
+        segment_accumulate_kernel::launch::<F, I, R>(
+            &client,
+            cubes(len, ROW_UNITS),
+            CubeDim::new_1d(ROW_UNITS),
+            delta.into_tensor_arg(),
+            a.into_tensor_arg(),
+            seg.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+        );
+    }
+    let out: Tensor<CubeBackend<R, F, I, BT>, 1> =
+        Tensor::from_primitive(TensorPrimitive::Float(out));
+    out.reshape([k, outs, inps])
+}
+
+/// Units of the multi_dot pass (each keeps k + k² partial sums).
+const MULTI_DOT_UNITS: usize = 4096;
+
+/// (⟨g_a, v⟩ for a < k, the k×k Gram ⟨g_a, g_b⟩) of g [k, p], v [p] in one pass over g on a
+/// CubeCL backend (then a small sum over the units' partials); the twin of
+/// `reference::multi_dot`.
+#[allow(clippy::type_complexity)]
+pub fn multi_dot<R, F, I, BT>(
+    g: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    v: Tensor<CubeBackend<R, F, I, BT>, 1>,
+) -> (
+    Tensor<CubeBackend<R, F, I, BT>, 1>,
+    Tensor<CubeBackend<R, F, I, BT>, 2>,
+)
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [k, p] = g.dims();
+    let units = MULTI_DOT_UNITS.min(p.max(1));
+    let width = k + k * k;
+    let g = into_contiguous(g.into_primitive().tensor());
+    let v = into_contiguous(v.into_primitive().tensor());
+    let buffer = g.client.empty(units * width * core::mem::size_of::<F>());
+    let partials = CubeTensor::new_contiguous(
+        g.client.clone(),
+        g.device.clone(),
+        Shape::new([units, width]),
+        buffer,
+        F::dtype(),
+    );
+    let client = g.client.clone();
+    multi_dot_partials_kernel::launch::<F, R>(
+        &client,
+        cubes(units, ROW_UNITS),
+        CubeDim::new_1d(ROW_UNITS),
+        g.into_tensor_arg(),
+        v.into_tensor_arg(),
+        partials.clone().into_tensor_arg(),
+        k,
+    );
+    let partials: Tensor<CubeBackend<R, F, I, BT>, 2> =
+        Tensor::from_primitive(TensorPrimitive::Float(partials));
+    let sums = partials.sum_dim(0).reshape([width]); // [k + k²]
+    let dots = sums.clone().narrow(0, 0, k);
+    let gram = sums.narrow(0, k, k * k).reshape([k, k]);
+    (dots, gram)
+}
+
 #[cfg(all(test, feature = "wgpu"))]
 mod tests {
     use super::*;
@@ -229,6 +392,55 @@ mod tests {
             (4099, 33, 9, 6),
         ] {
             check(n, d, k, seed);
+        }
+    }
+
+    fn close(got: Vec<f32>, want: Vec<f32>, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - r).abs() <= 1e-4 * scale,
+                "{what}: [{i}] kernel {g} vs reference {r}"
+            );
+        }
+    }
+
+    #[test]
+    fn segment_accumulate_and_multi_dot_match_the_references() {
+        let device = WgpuDevice::default();
+        for (n, outs, inps, k, seed) in [(1, 1, 1, 1, 1), (37, 5, 3, 3, 2), (300, 17, 9, 4, 3)] {
+            B::seed(&device, seed);
+            let delta = Tensor::<B, 2>::random([n, outs], Distribution::Normal(0.0, 1.0), &device);
+            let a = Tensor::<B, 2>::random([n, inps], Distribution::Normal(0.0, 1.0), &device);
+            let used = if k > 1 { k - 1 } else { 1 };
+            let seg: Vec<i32> = (0..n).map(|t| ((t * 5 + 1) % used) as i32).collect();
+            let seg = Tensor::<B, 1, Int>::from_data(TensorData::new(seg, [n]), &device);
+            let got = segment_accumulate(delta.clone(), a.clone(), seg.clone(), k);
+            let want = reference::segment_accumulate(delta, a, seg, k);
+            assert_eq!(got.dims(), [k, outs, inps]);
+            close(
+                got.into_data().to_vec().unwrap(),
+                want.into_data().to_vec().unwrap(),
+                &format!("segment_accumulate n={n} out={outs} in={inps} k={k}"),
+            );
+        }
+        for (k, p, seed) in [(1, 1, 1), (3, 1000, 2), (5, 20_001, 3)] {
+            B::seed(&device, seed);
+            let g = Tensor::<B, 2>::random([k, p], Distribution::Normal(0.0, 1.0), &device);
+            let v = Tensor::<B, 1>::random([p], Distribution::Normal(0.0, 1.0), &device);
+            let (dots, gram) = multi_dot(g.clone(), v.clone());
+            let (want_dots, want_gram) = reference::multi_dot(g, v);
+            close(
+                to_vec(dots),
+                to_vec(want_dots),
+                &format!("multi_dot dots k={k} p={p}"),
+            );
+            close(
+                gram.into_data().to_vec().unwrap(),
+                want_gram.into_data().to_vec().unwrap(),
+                &format!("multi_dot gram k={k} p={p}"),
+            );
         }
     }
 
