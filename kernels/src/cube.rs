@@ -13,7 +13,8 @@
 use burn::tensor::{Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{element::BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+pub use burn_cubecl::CubeBackend;
+use burn_cubecl::{element::BoolElement, CubeRuntime, FloatElement, IntElement};
 use cubecl::{CubeCount, CubeDim};
 
 use kernel::{
