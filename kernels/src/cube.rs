@@ -18,8 +18,8 @@ use burn_cubecl::{element::BoolElement, CubeRuntime, FloatElement, IntElement};
 use cubecl::{CubeCount, CubeDim};
 
 use kernel::{
-    multi_dot_partials_kernel, segment_accumulate_kernel, segment_sum_kernel,
-    weighted_row_dot_kernel,
+    cross_entropy_rows_kernel, multi_dot_partials_kernel, segment_accumulate_kernel,
+    segment_sum_kernel, weighted_row_dot_kernel,
 };
 
 /// Units per cube of the segment reduction (a power of two).
@@ -30,6 +30,63 @@ pub(crate) const ROW_UNITS: u32 = 256;
 /// The device code (CubeCL's own `Tensor`, `Float` and `Int`, hence a module of its own).
 mod kernel {
     use cubecl::prelude::*;
+
+    /// loss[t] = logsumexp(logits[t, :]) − logits[t, targets[t]], one cube per token row t:
+    /// its units stride over the vocabulary for the max, then for Σ exp(x − max), each a
+    /// shared-memory tree reduction; softmax is never materialised.
+    #[cube(launch)]
+    pub fn cross_entropy_rows_kernel<F: Float, I: Int>(
+        logits: &Tensor<F>,
+        targets: &Tensor<I>,
+        loss: &mut Tensor<F>,
+        #[comptime] units: u32,
+    ) {
+        let t = CUBE_POS;
+        let vocab = logits.shape(1);
+        let base = t * vocab;
+        let mut shared = SharedMemory::<F>::new(units as usize);
+        let unit = UNIT_POS_X as usize;
+
+        let mut local_max = F::new(-3.0e38);
+        let mut j = unit;
+        while j < vocab {
+            local_max = F::max(local_max, logits[base + j]);
+            j += units as usize;
+        }
+        shared[unit] = local_max;
+        sync_cube();
+        let mut stride = CUBE_DIM_X / 2;
+        while stride > 0 {
+            if UNIT_POS_X < stride {
+                shared[unit] = F::max(shared[unit], shared[(UNIT_POS_X + stride) as usize]);
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        let row_max = shared[0];
+        sync_cube();
+
+        let mut local_sum = F::new(0.0);
+        let mut j = unit;
+        while j < vocab {
+            local_sum += (logits[base + j] - row_max).exp();
+            j += units as usize;
+        }
+        shared[unit] = local_sum;
+        sync_cube();
+        let mut stride = CUBE_DIM_X / 2;
+        while stride > 0 {
+            if UNIT_POS_X < stride {
+                shared[unit] = shared[unit] + shared[(UNIT_POS_X + stride) as usize];
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        if UNIT_POS_X == 0 {
+            let target = u32::cast_from(targets[t]) as usize;
+            loss[t] = shared[0].ln() + row_max - logits[base + target];
+        }
+    }
 
     /// out[k, o, i] = Σ_{t: seg[t] = k} delta[t, o] · a[t, i], one unit per output element.
     #[cube(launch)]
@@ -286,6 +343,50 @@ where
     out.reshape([k, outs, inps])
 }
 
+/// Per-token cross-entropy of logits [n, vocab] against targets [n] and its per-source sums
+/// and token counts for seg [n] → (loss [n], sums [k], counts [k]) on a CubeCL backend; the
+/// twin of `reference::per_source_cross_entropy`. Forward only (no autodiff backward yet).
+#[allow(clippy::type_complexity)]
+pub fn per_source_cross_entropy<R, F, I, BT>(
+    logits: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    targets: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
+    seg: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
+    k: usize,
+) -> (
+    Tensor<CubeBackend<R, F, I, BT>, 1>,
+    Tensor<CubeBackend<R, F, I, BT>, 1>,
+    Tensor<CubeBackend<R, F, I, BT>, 1>,
+)
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [n, _vocab] = logits.dims();
+    let device = logits.device();
+    let logits = into_contiguous(logits.into_primitive().tensor());
+    let targets = into_contiguous(targets.into_primitive());
+    let loss = empty::<R, F>(&logits, n);
+    if n > 0 {
+        let client = logits.client.clone();
+        cross_entropy_rows_kernel::launch::<F, I, R>(
+            &client,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(REDUCE_UNITS),
+            logits.into_tensor_arg(),
+            targets.into_tensor_arg(),
+            loss.clone().into_tensor_arg(),
+            REDUCE_UNITS,
+        );
+    }
+    let loss: Tensor<CubeBackend<R, F, I, BT>, 1> =
+        Tensor::from_primitive(TensorPrimitive::Float(loss));
+    let sums = segment_sum(loss.clone(), seg.clone(), k);
+    let counts = segment_sum(Tensor::ones([n], &device), seg, k);
+    (loss, sums, counts)
+}
+
 /// Units of the multi_dot pass (each keeps k + k² partial sums).
 const MULTI_DOT_UNITS: usize = 4096;
 
@@ -442,6 +543,34 @@ mod tests {
                 want_gram.into_data().to_vec().unwrap(),
                 &format!("multi_dot gram k={k} p={p}"),
             );
+        }
+    }
+
+    #[test]
+    fn per_source_cross_entropy_matches_the_reference() {
+        let device = WgpuDevice::default();
+        for (n, vocab, k, seed) in [
+            (1, 1, 1, 1),
+            (5, 3, 2, 2),
+            (64, 257, 3, 3),
+            (33, 1000, 4, 4),
+        ] {
+            B::seed(&device, seed);
+            let logits =
+                Tensor::<B, 2>::random([n, vocab], Distribution::Normal(0.0, 3.0), &device);
+            let targets: Vec<i32> = (0..n).map(|t| ((t * 31 + 7) % vocab) as i32).collect();
+            let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+            let used = if k > 1 { k - 1 } else { 1 };
+            let seg: Vec<i32> = (0..n).map(|t| ((t * 3) % used) as i32).collect();
+            let seg = Tensor::<B, 1, Int>::from_data(TensorData::new(seg, [n]), &device);
+            let (loss, sums, counts) =
+                per_source_cross_entropy(logits.clone(), targets.clone(), seg.clone(), k);
+            let (want_loss, want_sums, want_counts) =
+                reference::per_source_cross_entropy(logits, targets, seg, k);
+            let what = format!("n={n} vocab={vocab} k={k}");
+            close(to_vec(loss), to_vec(want_loss), &format!("loss {what}"));
+            close(to_vec(sums), to_vec(want_sums), &format!("sums {what}"));
+            assert_eq!(to_vec(counts), to_vec(want_counts), "counts {what}");
         }
     }
 

@@ -78,6 +78,22 @@ pub fn multi_dot<B: Backend>(g: Tensor<B, 2>, v: Tensor<B, 1>) -> (Tensor<B, 1>,
     (dots, gram)
 }
 
+/// Per-token cross-entropy of `logits` [n, vocab] against `targets` [n], and its per-source
+/// sums and token counts for `seg` [n] → (loss [n], sums [k], counts [k]).
+pub fn per_source_cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    seg: Tensor<B, 1, Int>,
+    k: usize,
+) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    let [n, _vocab] = logits.dims();
+    let device = logits.device();
+    let loss = cross_entropy_per_token(logits, targets);
+    let sums = segment_sum(loss.clone(), seg.clone(), k);
+    let counts = segment_sum(Tensor::ones([n], &device), seg, k);
+    (loss, sums, counts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
