@@ -95,6 +95,32 @@ fn main() {
         }),
     );
 
+    let vocab = 257;
+    let logits = Tensor::<B, 2>::random([n, vocab], normal, &device);
+    let targets: Vec<i32> = (0..n).map(|t| ((t * 31 + 7) % vocab) as i32).collect();
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+    report(
+        "per_source_xent",
+        median_ms(rounds, || {
+            let (loss, sums, _) =
+                cube::per_source_cross_entropy(logits.clone(), targets.clone(), seg.clone(), k);
+            let mut out = vec(loss);
+            out.extend(vec(sums));
+            out
+        }),
+        median_ms(rounds, || {
+            let (loss, sums, _) = reference::per_source_cross_entropy(
+                logits.clone(),
+                targets.clone(),
+                seg.clone(),
+                k,
+            );
+            let mut out = vec(loss);
+            out.extend(vec(sums));
+            out
+        }),
+    );
+
     let p = 1 << 20;
     let g = Tensor::<B, 2>::random([k, p], normal, &device);
     let x = Tensor::<B, 1>::random([p], normal, &device);
