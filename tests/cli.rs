@@ -288,15 +288,7 @@ fn entropy_seed_starts_from_weights_proportional_to_token_entropy() {
         .map(|s| mixture["entropy_nats"][s].as_f64().unwrap())
         .collect();
     let total: f64 = entropy.iter().sum();
-    let ratios = std::fs::read_to_string(out.join("ratios.csv")).unwrap();
-    let row0: Vec<f64> = ratios
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .skip(1)
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let row0 = common::ratio_rows(&out.join("ratios.csv")).remove(0);
     for (w, h) in row0.iter().zip(&entropy) {
         assert!((w - h / total).abs() < 1e-12, "{row0:?} vs {entropy:?}");
     }

@@ -86,15 +86,7 @@ fn demix_writes_its_outputs_resumes_and_seeds_a_run() {
         "--set",
         &format!("mixer.init=demix:{}", demix_dir.display()),
     ]));
-    let ratios = std::fs::read_to_string(seeded.join("ratios.csv")).unwrap();
-    let row0: Vec<f64> = ratios
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .skip(1)
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let row0 = common::ratio_rows(&seeded.join("ratios.csv")).remove(0);
     for (a, b) in row0.iter().zip(&seed) {
         assert!((a - b).abs() < 1e-12, "{row0:?} vs {seed:?}");
     }

@@ -84,12 +84,7 @@ fn single_pass_run_follows_the_per_source_trajectory() {
             "--set",
             &format!("mixer.grad_stats={grad_stats}"),
         ]));
-        std::fs::read_to_string(dir.path().join("run/ratios.csv"))
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect())
-            .collect()
+        common::ratio_rows(&dir.path().join("run/ratios.csv"))
     };
     let (reference, single) = (ratios("per-source"), ratios("single-pass"));
     assert_eq!(reference.len(), single.len());

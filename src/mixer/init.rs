@@ -102,6 +102,14 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
     exp.iter().map(|e| e / total).collect()
 }
 
+/// base ← (1 − β) base + β target; returns the floored weights (TiKMiX's blend).
+pub fn blend_and_floor(base: &mut [f64], target: &[f64], beta: f64, floor: f64) -> Vec<f64> {
+    for (b, t) in base.iter_mut().zip(target) {
+        *b = (1.0 - beta) * *b + beta * t;
+    }
+    apply_floor(base, floor)
+}
+
 /// p ← (1 − Kε) p + ε: every source keeps at least ε.
 pub fn apply_floor(weights: &[f64], eps: f64) -> Vec<f64> {
     let k = weights.len() as f64;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::init::{apply_floor, softmax};
+use super::init::{apply_floor, blend_and_floor, softmax};
 use super::{restore_state, InfluenceSpec, Mixer, MixerUpdate, SourceStats, StatsRequest};
 use crate::config::{InfluenceNorm, TikMixConfig};
 
@@ -68,12 +68,8 @@ impl Mixer for TikMix {
             .map(|i| i / scale / self.config.tau)
             .collect();
         let target = softmax(&scores);
-        let beta = self.config.blend;
         let st = &mut self.state;
-        for (b, t) in st.base.iter_mut().zip(&target) {
-            *b = (1.0 - beta) * *b + beta * t;
-        }
-        st.weights = apply_floor(&st.base, self.floor);
+        st.weights = blend_and_floor(&mut st.base, &target, self.config.blend, self.floor);
         Some(MixerUpdate {
             weights: st.weights.clone(),
             signal: Some(("influence", influence.clone())),

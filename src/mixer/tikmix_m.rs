@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::init::apply_floor;
+use super::init::{apply_floor, blend_and_floor};
 use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest, VirtualStepSpec};
 use crate::config::TikMixMConfig;
 use crate::gbt::{Gbt, GbtParams};
@@ -146,12 +146,8 @@ impl Mixer for TikMixM {
             GbtParams::default(),
             self.config.top_k,
         );
-        let beta = self.config.blend;
         let st = &mut self.state;
-        for (b, t) in st.base.iter_mut().zip(&target) {
-            *b = (1.0 - beta) * *b + beta * t;
-        }
-        st.weights = apply_floor(&st.base, self.floor);
+        st.weights = blend_and_floor(&mut st.base, &target, self.config.blend, self.floor);
         Some(MixerUpdate {
             weights: st.weights.clone(),
             signal: Some(("delta_val_loss", per_source)),

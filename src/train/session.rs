@@ -274,6 +274,9 @@ impl<B: AutodiffBackend> Session<B> {
         let mut sums = vec![(0.0f64, 0u64); k];
         // Per source: Σ ⟨g_val, Δ buffer⟩ and Σ w_i of its sequences.
         let mut dots = vec![(0.0f64, 0.0f64); k];
+        // Single-pass: Σ over micro-batches of the per-source dots, kept on the device and read
+        // once after the last micro-batch. [k]
+        let mut single_pass_dots: Option<Tensor<B::InnerBackend, 1>> = None;
         let head = self.head_name();
         for range in micro_batches {
             let micro = &sources[range.clone()];
@@ -315,15 +318,11 @@ impl<B: AutodiffBackend> Session<B> {
                     TensorData::new(seg, [n * seq]),
                     &self.device,
                 );
-                let per_source: Vec<f64> = stats
-                    .source_dots(trace, &mut raw_grads, seg, k)
-                    .into_data()
-                    .convert::<f64>()
-                    .to_vec()
-                    .expect("converted to f64");
-                for (i, dot) in per_source.iter().enumerate() {
-                    dots[i].0 += dot;
-                }
+                let micro_dots = stats.source_dots(trace, &mut raw_grads, seg, k);
+                single_pass_dots = Some(match single_pass_dots.take() {
+                    Some(total) => total + micro_dots,
+                    None => micro_dots,
+                });
                 for (&s, &w) in micro.iter().zip(micro_weights) {
                     dots[s].1 += w;
                 }
@@ -356,6 +355,16 @@ impl<B: AutodiffBackend> Session<B> {
                 "loss is {loss} at step {}; lower train.lr or raise train.warmup_steps",
                 self.step + 1
             )));
+        }
+        if let Some(total) = single_pass_dots {
+            let per_source: Vec<f64> = total
+                .into_data()
+                .convert::<f64>()
+                .to_vec()
+                .expect("converted to f64");
+            for (dot, value) in dots.iter_mut().zip(per_source) {
+                dot.0 += value;
+            }
         }
         if probe.is_some() {
             // The buffer grew by (Σ_{i∈k} w_i / W) ∇(mean loss of k) when source k's sequences

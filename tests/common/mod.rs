@@ -87,3 +87,13 @@ pub fn metrics_without_wall(path: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// The weight rows of a run's ratios.csv (step column dropped).
+pub fn ratio_rows(path: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(path)
+        .expect("read ratios.csv")
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect())
+        .collect()
+}
