@@ -17,9 +17,12 @@ pub use burn_cubecl::CubeBackend;
 use burn_cubecl::{element::BoolElement, CubeRuntime, FloatElement, IntElement};
 use cubecl::{CubeCount, CubeDim};
 
+use crate::{KernelImpl, StatKernels};
+
 use kernel::{
-    cross_entropy_rows_kernel, multi_dot_partials_kernel, segment_accumulate_kernel,
-    segment_sum_kernel, weighted_row_dot_kernel,
+    cross_entropy_backward_kernel, cross_entropy_rows_kernel, multi_dot_partials_kernel,
+    segment_accumulate_kernel, segment_sum_kernel, weighted_gather_row_dot_kernel,
+    weighted_row_dot_kernel,
 };
 
 /// Units per cube of the segment reduction (a power of two).
@@ -31,14 +34,15 @@ pub(crate) const ROW_UNITS: u32 = 256;
 mod kernel {
     use cubecl::prelude::*;
 
-    /// loss[t] = logsumexp(logits[t, :]) − logits[t, targets[t]], one cube per token row t:
-    /// its units stride over the vocabulary for the max, then for Σ exp(x − max), each a
-    /// shared-memory tree reduction; softmax is never materialised.
+    /// loss[t] = logsumexp(logits[t, :]) − logits[t, targets[t]] and logsumexp[t], one cube
+    /// per token row t: its units stride over the vocabulary for the max, then for
+    /// Σ exp(x − max), each a shared-memory tree reduction; softmax is never materialised.
     #[cube(launch)]
     pub fn cross_entropy_rows_kernel<F: Float, I: Int>(
         logits: &Tensor<F>,
         targets: &Tensor<I>,
         loss: &mut Tensor<F>,
+        logsumexp: &mut Tensor<F>,
         #[comptime] units: u32,
     ) {
         let t = CUBE_POS;
@@ -84,7 +88,9 @@ mod kernel {
         }
         if UNIT_POS_X == 0 {
             let target = u32::cast_from(targets[t]) as usize;
-            loss[t] = shared[0].ln() + row_max - logits[base + target];
+            let lse = shared[0].ln() + row_max;
+            logsumexp[t] = lse;
+            loss[t] = lse - logits[base + target];
         }
     }
 
@@ -172,6 +178,55 @@ mod kernel {
         let mut sum = F::new(0.0);
         for j in 0..d {
             sum += u[base + j] * v[base + j];
+        }
+        rows[t] = sum * w[t];
+    }
+
+    /// dlogits[t, j] = dloss[t] (exp(logits[t, j] − logsumexp[t]) − [j = targets[t]]), one
+    /// unit per element: the cross-entropy backward, softmax recomputed from the forward's
+    /// logsumexp rather than stored.
+    #[cube(launch)]
+    pub fn cross_entropy_backward_kernel<F: Float, I: Int>(
+        logits: &Tensor<F>,
+        targets: &Tensor<I>,
+        logsumexp: &Tensor<F>,
+        dloss: &Tensor<F>,
+        dlogits: &mut Tensor<F>,
+    ) {
+        let idx = ABSOLUTE_POS;
+        if idx >= dlogits.len() {
+            terminate!();
+        }
+        let vocab = logits.shape(1);
+        let t = idx / vocab;
+        let j = idx % vocab;
+        let mut g = (logits[idx] - logsumexp[t]).exp();
+        if u32::cast_from(targets[t]) as usize == j {
+            g -= F::new(1.0);
+        }
+        dlogits[idx] = g * dloss[t];
+    }
+
+    /// rows[t] = w[t] · Σ_j table[index[t], j] v[t, j], one unit per token t: the gather form
+    /// (embedding rows read in place, never copied into an [n, d] buffer).
+    #[cube(launch)]
+    pub fn weighted_gather_row_dot_kernel<F: Float, I: Int>(
+        table: &Tensor<F>,
+        index: &Tensor<I>,
+        v: &Tensor<F>,
+        w: &Tensor<F>,
+        rows: &mut Tensor<F>,
+    ) {
+        let t = ABSOLUTE_POS;
+        if t >= rows.len() {
+            terminate!();
+        }
+        let d = v.shape(1);
+        let row = (u32::cast_from(index[t]) as usize) * d;
+        let base = t * d;
+        let mut sum = F::new(0.0);
+        for j in 0..d {
+            sum += table[row + j] * v[base + j];
         }
         rows[t] = sum * w[t];
     }
@@ -343,9 +398,83 @@ where
     out.reshape([k, outs, inps])
 }
 
+/// (loss [n], logsumexp [n]) of logits [n, vocab] against targets [n] on a CubeCL backend;
+/// the twin of `reference::cross_entropy_rows`.
+pub fn cross_entropy_rows<R, F, I, BT>(
+    logits: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    targets: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
+) -> (
+    Tensor<CubeBackend<R, F, I, BT>, 1>,
+    Tensor<CubeBackend<R, F, I, BT>, 1>,
+)
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [n, _vocab] = logits.dims();
+    let logits = into_contiguous(logits.into_primitive().tensor());
+    let targets = into_contiguous(targets.into_primitive());
+    let loss = empty::<R, F>(&logits, n);
+    let logsumexp = empty::<R, F>(&logits, n);
+    if n > 0 {
+        let client = logits.client.clone();
+        cross_entropy_rows_kernel::launch::<F, I, R>(
+            &client,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(REDUCE_UNITS),
+            logits.into_tensor_arg(),
+            targets.into_tensor_arg(),
+            loss.clone().into_tensor_arg(),
+            logsumexp.clone().into_tensor_arg(),
+            REDUCE_UNITS,
+        );
+    }
+    (float(loss), float(logsumexp))
+}
+
+/// d logits [n, vocab] = dloss_t (softmax(logits_t) − onehot(target_t)) on a CubeCL backend;
+/// the twin of `reference::cross_entropy_rows_backward`.
+pub fn cross_entropy_rows_backward<R, F, I, BT>(
+    logits: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    targets: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
+    logsumexp: Tensor<CubeBackend<R, F, I, BT>, 1>,
+    dloss: Tensor<CubeBackend<R, F, I, BT>, 1>,
+) -> Tensor<CubeBackend<R, F, I, BT>, 2>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [n, vocab] = logits.dims();
+    let logits = into_contiguous(logits.into_primitive().tensor());
+    let targets = into_contiguous(targets.into_primitive());
+    let logsumexp = into_contiguous(logsumexp.into_primitive().tensor());
+    let dloss = into_contiguous(dloss.into_primitive().tensor());
+    let len = n * vocab;
+    let dlogits = empty::<R, F>(&logits, len);
+    if len > 0 {
+        let client = logits.client.clone();
+        cross_entropy_backward_kernel::launch::<F, I, R>(
+            &client,
+            cubes(len, ROW_UNITS),
+            CubeDim::new_1d(ROW_UNITS),
+            logits.into_tensor_arg(),
+            targets.into_tensor_arg(),
+            logsumexp.into_tensor_arg(),
+            dloss.into_tensor_arg(),
+            dlogits.clone().into_tensor_arg(),
+        );
+    }
+    float::<R, F, I, BT, 1>(dlogits).reshape([n, vocab])
+}
+
 /// Per-token cross-entropy of logits [n, vocab] against targets [n] and its per-source sums
 /// and token counts for seg [n] → (loss [n], sums [k], counts [k]) on a CubeCL backend; the
-/// twin of `reference::per_source_cross_entropy`. Forward only (no autodiff backward yet).
+/// twin of `reference::per_source_cross_entropy`. Differentiable through `StatKernels` on
+/// `Autodiff<CubeBackend>` (`cross_entropy_rows` + `cross_entropy_rows_backward`).
 #[allow(clippy::type_complexity)]
 pub fn per_source_cross_entropy<R, F, I, BT>(
     logits: Tensor<CubeBackend<R, F, I, BT>, 2>,
@@ -365,26 +494,114 @@ where
 {
     let [n, _vocab] = logits.dims();
     let device = logits.device();
-    let logits = into_contiguous(logits.into_primitive().tensor());
-    let targets = into_contiguous(targets.into_primitive());
-    let loss = empty::<R, F>(&logits, n);
-    if n > 0 {
-        let client = logits.client.clone();
-        cross_entropy_rows_kernel::launch::<F, I, R>(
-            &client,
-            CubeCount::Static(n as u32, 1, 1),
-            CubeDim::new_1d(REDUCE_UNITS),
-            logits.into_tensor_arg(),
-            targets.into_tensor_arg(),
-            loss.clone().into_tensor_arg(),
-            REDUCE_UNITS,
-        );
-    }
-    let loss: Tensor<CubeBackend<R, F, I, BT>, 1> =
-        Tensor::from_primitive(TensorPrimitive::Float(loss));
+    let (loss, _) = cross_entropy_rows(logits, targets);
     let sums = segment_sum(loss.clone(), seg.clone(), k);
     let counts = segment_sum(Tensor::ones([n], &device), seg, k);
     (loss, sums, counts)
+}
+
+/// out[k] = Σ_{t: seg_t = k} w_t ⟨table[rows_t], V_t⟩ for table [vocab, d], rows [n], v [n, d]
+/// on a CubeCL backend; the twin of `reference::segment_gather_row_dot`.
+pub fn segment_gather_row_dot<R, F, I, BT>(
+    table: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    rows: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
+    v: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    seg: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
+    w: Tensor<CubeBackend<R, F, I, BT>, 1>,
+    k: usize,
+) -> Tensor<CubeBackend<R, F, I, BT>, 1>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [n, _d] = v.dims();
+    let table = into_contiguous(table.into_primitive().tensor());
+    let rows = into_contiguous(rows.into_primitive());
+    let v = into_contiguous(v.into_primitive().tensor());
+    let w = into_contiguous(w.into_primitive().tensor());
+    let seg = into_contiguous(seg.into_primitive());
+    let dots = empty::<R, F>(&v, n);
+    if n > 0 {
+        let client = v.client.clone();
+        weighted_gather_row_dot_kernel::launch::<F, I, R>(
+            &client,
+            cubes(n, ROW_UNITS),
+            CubeDim::new_1d(ROW_UNITS),
+            table.into_tensor_arg(),
+            rows.into_tensor_arg(),
+            v.into_tensor_arg(),
+            w.into_tensor_arg(),
+            dots.clone().into_tensor_arg(),
+        );
+    }
+    float(segment_sum_primitive::<R, F, I>(dots, seg, k))
+}
+
+/// A kernel's output buffer as a burn tensor.
+fn float<R, F, I, BT, const D: usize>(out: CubeTensor<R>) -> Tensor<CubeBackend<R, F, I, BT>, D>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+impl<R, F, I, BT> StatKernels for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    const IMPL: KernelImpl = KernelImpl::CubeCl;
+
+    fn segment_row_dot(
+        u: Tensor<Self, 2>,
+        v: Tensor<Self, 2>,
+        seg: Tensor<Self, 1, Int>,
+        w: Tensor<Self, 1>,
+        k: usize,
+    ) -> Tensor<Self, 1> {
+        segment_row_dot(u, v, seg, w, k)
+    }
+
+    fn segment_gather_row_dot(
+        table: Tensor<Self, 2>,
+        rows: Tensor<Self, 1, Int>,
+        v: Tensor<Self, 2>,
+        seg: Tensor<Self, 1, Int>,
+        w: Tensor<Self, 1>,
+        k: usize,
+    ) -> Tensor<Self, 1> {
+        segment_gather_row_dot(table, rows, v, seg, w, k)
+    }
+
+    fn cross_entropy_per_token(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        cross_entropy_rows(logits, targets).0
+    }
+
+    fn cross_entropy_rows(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
+        cross_entropy_rows(logits, targets)
+    }
+
+    fn cross_entropy_rows_backward(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        logsumexp: Tensor<Self, 1>,
+        dloss: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        cross_entropy_rows_backward(logits, targets, logsumexp, dloss)
+    }
 }
 
 /// Units of the multi_dot pass (each keeps k + k² partial sums).
@@ -571,6 +788,83 @@ mod tests {
             close(to_vec(loss), to_vec(want_loss), &format!("loss {what}"));
             close(to_vec(sums), to_vec(want_sums), &format!("sums {what}"));
             assert_eq!(to_vec(counts), to_vec(want_counts), "counts {what}");
+        }
+    }
+
+    /// The fused cross-entropy as a tracked op on `Autodiff<CubeBackend>` (the kernel forward
+    /// and backward through `StatKernels`) against burn's autodiff of the reference ops, on the
+    /// same backend: per-token loss and d loss/d logits for a non-uniform upstream gradient.
+    #[test]
+    fn cross_entropy_gradients_match_the_reference() {
+        use burn::backend::Autodiff;
+        type AB = Autodiff<B>;
+        assert_eq!(<AB as StatKernels>::IMPL, KernelImpl::CubeCl);
+        let device = WgpuDevice::default();
+        for (n, vocab, seed) in [(1, 1, 1), (7, 3, 2), (64, 257, 3), (130, 1000, 4)] {
+            AB::seed(&device, seed);
+            let logits =
+                Tensor::<AB, 2>::random([n, vocab], Distribution::Normal(0.0, 3.0), &device);
+            let weights = Tensor::<AB, 1>::random([n], Distribution::Uniform(0.5, 2.0), &device);
+            let targets: Vec<i32> = (0..n).map(|t| ((t * 31 + 7) % vocab) as i32).collect();
+            let targets = Tensor::<AB, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+            let what = format!("n={n} vocab={vocab}");
+
+            let kernel_logits = logits.clone().require_grad();
+            let kernel_loss = <AB as StatKernels>::cross_entropy_per_token(
+                kernel_logits.clone(),
+                targets.clone(),
+            );
+            let grads = (kernel_loss.clone() * weights.clone()).sum().backward();
+            let kernel_grad = kernel_logits
+                .grad(&grads)
+                .expect("a gradient for the logits");
+
+            let reference_logits = logits.require_grad();
+            let reference_loss =
+                reference::cross_entropy_per_token(reference_logits.clone(), targets);
+            let grads = (reference_loss.clone() * weights).sum().backward();
+            let reference_grad = reference_logits.grad(&grads).unwrap();
+
+            close(
+                kernel_loss.inner().into_data().to_vec().unwrap(),
+                reference_loss.inner().into_data().to_vec().unwrap(),
+                &format!("loss {what}"),
+            );
+            close(
+                kernel_grad.into_data().to_vec().unwrap(),
+                reference_grad.into_data().to_vec().unwrap(),
+                &format!("d loss / d logits {what}"),
+            );
+        }
+    }
+
+    #[test]
+    fn segment_gather_row_dot_matches_the_reference() {
+        let device = WgpuDevice::default();
+        for (n, vocab, d, k, seed) in [(1, 1, 1, 1, 1), (9, 4, 3, 2, 2), (700, 257, 65, 5, 3)] {
+            B::seed(&device, seed);
+            let table = Tensor::<B, 2>::random([vocab, d], Distribution::Normal(0.0, 1.0), &device);
+            let v = Tensor::<B, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<B, 1>::random([n], Distribution::Uniform(0.0, 2.0), &device);
+            let rows: Vec<i32> = (0..n).map(|t| ((t * 13 + 5) % vocab) as i32).collect();
+            let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+            let used = if k > 1 { k - 1 } else { 1 };
+            let seg: Vec<i32> = (0..n).map(|t| ((t * 7 + 3) % used) as i32).collect();
+            let seg = Tensor::<B, 1, Int>::from_data(TensorData::new(seg, [n]), &device);
+            let got = <B as StatKernels>::segment_gather_row_dot(
+                table.clone(),
+                rows.clone(),
+                v.clone(),
+                seg.clone(),
+                w.clone(),
+                k,
+            );
+            let want = reference::segment_gather_row_dot(table, rows, v, seg, w, k);
+            close(
+                to_vec(got),
+                to_vec(want),
+                &format!("segment_gather_row_dot n={n} vocab={vocab} d={d} k={k}"),
+            );
         }
     }
 

@@ -1,11 +1,14 @@
 //! Kernels for per-source statistics, each with a reference in plain burn tensor ops.
 //!
-//! `reference` runs on every backend. `cube` (features `wgpu` / `cuda`) holds the CubeCL
-//! kernels, `segment_row_dot`, `segment_sum`, `segment_accumulate`, `multi_dot` and the fused
-//! `per_source_cross_entropy` (forward only), tested against the references on wgpu (lavapipe
-//! in CI). mixtrain's single-pass statistics call the references on every backend until the
-//! kernels are dispatched from it.
+//! `reference` runs on every backend and defines what the kernels compute. `cube` (features
+//! `wgpu` / `cuda`) holds the CubeCL kernels: `segment_row_dot` and its gather form,
+//! `segment_sum`, `segment_accumulate`, `multi_dot` and the fused per-source cross-entropy
+//! (forward and backward). `StatKernels` picks between them by backend type, so mixtrain's
+//! training path runs the kernels on CubeCL backends and the references on the CPU.
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
 pub mod reference;
+mod stat_kernels;
+
+pub use stat_kernels::{KernelImpl, StatKernels};

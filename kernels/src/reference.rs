@@ -17,6 +17,35 @@ pub fn cross_entropy_per_token<B: Backend>(
         .neg()
 }
 
+/// (loss [n], logsumexp [n]) of `logits` [n, vocab] against `targets` [n]: loss_t =
+/// logsumexp_t − logits[t, target_t].
+pub fn cross_entropy_rows<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let [n, _vocab] = logits.dims();
+    let max = logits.clone().max_dim(1); // [n, 1]
+    let logsumexp = ((logits.clone() - max.clone()).exp().sum_dim(1).log() + max).reshape([n]); // [n]
+    let picked = logits.gather(1, targets.reshape([n, 1])).reshape([n]); // [n]
+    (logsumexp.clone() - picked, logsumexp)
+}
+
+/// d logits [n, vocab] = dloss_t (exp(logits_t − logsumexp_t) − onehot(target_t)): the
+/// gradient of Σ_t dloss_t · loss_t.
+pub fn cross_entropy_rows_backward<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    logsumexp: Tensor<B, 1>,
+    dloss: Tensor<B, 1>,
+) -> Tensor<B, 2> {
+    let [n, vocab] = logits.dims();
+    let device = logits.device();
+    let softmax = (logits - logsumexp.reshape([n, 1])).exp(); // [n, vocab]
+    let columns = Tensor::<B, 1, Int>::arange(0..vocab as i64, &device).reshape([1, vocab]);
+    let one_hot = columns.equal(targets.reshape([n, 1])).float(); // [n, vocab]
+    (softmax - one_hot) * dloss.reshape([n, 1])
+}
+
 /// out[k] = Σ_{i: seg_i = k} values_i, for `values` [n], `seg` [n] with ids in 0..k.
 pub fn segment_sum<B: Backend>(
     values: Tensor<B, 1>,
@@ -43,6 +72,19 @@ pub fn segment_row_dot<B: Backend>(
     let [n, _d] = u.dims();
     let rows = (u * v).sum_dim(1).reshape([n]); // [n]
     segment_sum(rows * w, seg, k)
+}
+
+/// out[k] = Σ_{t: seg_t = k} w_t ⟨table[rows_t], V_t⟩ for `table` [vocab, d], `rows` [n],
+/// `v` [n, d]: the embedding's gather form of `segment_row_dot`.
+pub fn segment_gather_row_dot<B: Backend>(
+    table: Tensor<B, 2>,
+    rows: Tensor<B, 1, Int>,
+    v: Tensor<B, 2>,
+    seg: Tensor<B, 1, Int>,
+    w: Tensor<B, 1>,
+    k: usize,
+) -> Tensor<B, 1> {
+    segment_row_dot(table.select(0, rows), v, seg, w, k) // gathered [n, d]
 }
 
 /// G[k] = Σ_{t: seg_t = k} δ_t ⊗ a_t for `delta` [n, out], `a` [n, inp], `seg` [n] → [k, out, inp]:
