@@ -15,8 +15,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
-use mixtrain::backend::{dispatch, BackendTask};
+use mixtrain::backend::{dispatch, BackendTask, TrainBackend};
 use mixtrain::config::{BackendKind, Config, GradStats, MixerKind};
 use mixtrain::train::Session;
 
@@ -27,7 +26,7 @@ struct Bench {
 
 impl BackendTask for Bench {
     type Output = f64;
-    fn run<B: AutodiffBackend>(
+    fn run<B: TrainBackend>(
         self,
         device: B::Device,
         _backend: &'static str,

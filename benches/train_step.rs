@@ -9,8 +9,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
-use mixtrain::backend::{dispatch, BackendTask};
+use mixtrain::backend::{dispatch, BackendTask, TrainBackend};
 use mixtrain::config::{BackendKind, Config, MixerKind};
 use mixtrain::train::Session;
 
@@ -21,7 +20,7 @@ struct Bench {
 
 impl BackendTask for Bench {
     type Output = f64;
-    fn run<B: AutodiffBackend>(
+    fn run<B: TrainBackend>(
         self,
         device: B::Device,
         backend: &'static str,

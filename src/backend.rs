@@ -3,18 +3,28 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
+use mixtrain_kernels::StatKernels;
 
 use crate::config::BackendKind;
 use crate::error::{Error, Result};
 
+/// A backend mixtrain trains on: autodiff, with the per-source statistics (`StatKernels`) on
+/// both it and its inner backend, so the training path runs the CubeCL kernels where the
+/// backend has them and the plain-tensor references elsewhere.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: StatKernels> + StatKernels {}
+
+impl<B> TrainBackend for B
+where
+    B: AutodiffBackend + StatKernels,
+    B::InnerBackend: StatKernels,
+{
+}
+
 /// Work generic over the backend (training, evaluation, benches).
 pub trait BackendTask {
     type Output;
-    fn run<B: AutodiffBackend>(
-        self,
-        device: B::Device,
-        backend: &'static str,
-    ) -> Result<Self::Output>;
+    fn run<B: TrainBackend>(self, device: B::Device, backend: &'static str)
+        -> Result<Self::Output>;
 }
 
 /// Runs `task` on the backend `kind`. "cpu" is ndarray, measured 1.7x faster than flex on the
@@ -31,10 +41,20 @@ pub fn dispatch<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output>
     }
 }
 
+/// burn's `Wgpu` and `Cuda` types wrap the backend in `Fusion`, which the kernels cannot
+/// reach through; mixtrain runs the plain `CubeBackend` (as burn's custom-kernel example does).
+#[cfg(feature = "wgpu")]
+pub type WgpuBackend =
+    mixtrain_kernels::cube::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
+#[cfg(feature = "cuda")]
+pub type CudaBackend =
+    mixtrain_kernels::cube::CubeBackend<burn::backend::cuda::CudaRuntime, f32, i32, u8>;
+
 #[cfg(feature = "wgpu")]
 fn run_wgpu<T: BackendTask>(task: T) -> Result<T::Output> {
-    use burn::backend::{wgpu::WgpuDevice, Wgpu};
-    task.run::<Autodiff<Wgpu>>(WgpuDevice::default(), "wgpu")
+    use burn::backend::wgpu::WgpuDevice;
+    task.run::<Autodiff<WgpuBackend>>(WgpuDevice::default(), "wgpu")
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -46,8 +66,8 @@ fn run_wgpu<T: BackendTask>(_task: T) -> Result<T::Output> {
 
 #[cfg(feature = "cuda")]
 fn run_cuda<T: BackendTask>(task: T) -> Result<T::Output> {
-    use burn::backend::{cuda::CudaDevice, Cuda};
-    task.run::<Autodiff<Cuda>>(CudaDevice::default(), "cuda")
+    use burn::backend::cuda::CudaDevice;
+    task.run::<Autodiff<CudaBackend>>(CudaDevice::default(), "cuda")
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::TrainBackend;
 use crate::data::SamplerState;
 use crate::error::{Error, IoContext, Result};
 use crate::export::{read_safetensors, write_safetensors};
@@ -78,7 +78,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes the session's checkpoint at its current step into `checkpoints_dir`, then deletes
 /// all but the newest `keep` complete checkpoints.
-pub fn save<B: AutodiffBackend>(
+pub fn save<B: TrainBackend>(
     session: &Session<B>,
     checkpoints_dir: &Path,
     log_lengths: (u64, u64),
@@ -163,7 +163,7 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 }
 
 /// Loads the model weights of a checkpoint into `session` (for evaluation).
-pub fn load_model<B: AutodiffBackend>(dir: &Path, session: &mut Session<B>) -> Result<()> {
+pub fn load_model<B: TrainBackend>(dir: &Path, session: &mut Session<B>) -> Result<()> {
     let path = dir.join(MODEL);
     let tensors = read_safetensors(&path)?;
     session.model = load_params(session.model.clone(), &tensors, &path)?;
@@ -171,7 +171,7 @@ pub fn load_model<B: AutodiffBackend>(dir: &Path, session: &mut Session<B>) -> R
 }
 
 /// Restores everything a checkpoint holds into `session`; the config must hash the same.
-pub fn load<B: AutodiffBackend>(dir: &Path, session: &mut Session<B>) -> Result<TrainState> {
+pub fn load<B: TrainBackend>(dir: &Path, session: &mut Session<B>) -> Result<TrainState> {
     let state = read_state(dir)?;
     let hash = session.config.hash();
     if state.config_hash != hash {

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
-
-use crate::backend::{dispatch, BackendTask};
+use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -106,11 +104,7 @@ struct EvalTask {
 
 impl BackendTask for EvalTask {
     type Output = EvalReport;
-    fn run<B: AutodiffBackend>(
-        self,
-        device: B::Device,
-        _backend: &'static str,
-    ) -> Result<EvalReport> {
+    fn run<B: TrainBackend>(self, device: B::Device, _backend: &'static str) -> Result<EvalReport> {
         let mut session = Session::<B>::build(self.config, device)?;
         checkpoint::load_model(&self.checkpoint_dir, &mut session)?;
         Ok(EvalReport {

@@ -6,15 +6,14 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors};
 
-use burn::tensor::backend::AutodiffBackend;
-
+use crate::backend::TrainBackend;
 use crate::error::{Error, IoContext, Result};
 use crate::params::{collect_params, NamedTensor};
 use crate::train::Session;
 
 /// Writes the session's model as safetensors in PyTorch's layout, with the model config
 /// (`mixtrain_model`, JSON) and `vocab_size` as metadata.
-pub fn export_model<B: AutodiffBackend>(path: &Path, session: &Session<B>) -> Result<()> {
+pub fn export_model<B: TrainBackend>(path: &Path, session: &Session<B>) -> Result<()> {
     let params = to_pytorch_layout(&collect_params(&session.model));
     let metadata = [
         ("format", "pt".to_string()),

@@ -6,6 +6,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, silu, softmax};
+use mixtrain_kernels::StatKernels;
 
 use crate::config::{MlpKind, ModelConfig};
 
@@ -341,7 +342,11 @@ fn rms_norm<B: Backend>(
     )
 }
 
-/// Per-token cross-entropy of `logits` [n, vocab] against `targets` [n] → [n].
-pub fn token_losses<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-    mixtrain_kernels::reference::cross_entropy_per_token(logits, targets)
+/// Per-token cross-entropy of `logits` [n, vocab] against `targets` [n] → [n]: the fused
+/// kernel (forward and backward) on CubeCL backends, the reference ops on the CPU.
+pub fn token_losses<B: StatKernels>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    B::cross_entropy_per_token(logits, targets)
 }

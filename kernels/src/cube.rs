@@ -400,6 +400,7 @@ where
 
 /// (loss [n], logsumexp [n]) of logits [n, vocab] against targets [n] on a CubeCL backend;
 /// the twin of `reference::cross_entropy_rows`.
+#[allow(clippy::type_complexity)]
 pub fn cross_entropy_rows<R, F, I, BT>(
     logits: Tensor<CubeBackend<R, F, I, BT>, 2>,
     targets: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
@@ -805,7 +806,7 @@ mod tests {
             let logits =
                 Tensor::<AB, 2>::random([n, vocab], Distribution::Normal(0.0, 3.0), &device);
             let weights = Tensor::<AB, 1>::random([n], Distribution::Uniform(0.5, 2.0), &device);
-            let targets: Vec<i32> = (0..n).map(|t| ((t * 31 + 7) % vocab) as i32).collect();
+            let targets: Vec<i32> = (0..n).map(|t| (t * 31 + 7) % vocab).collect();
             let targets = Tensor::<AB, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
             let what = format!("n={n} vocab={vocab}");
 

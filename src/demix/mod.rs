@@ -19,10 +19,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 
-use crate::backend::{dispatch, BackendTask};
+use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::config::{ApplyMode, Config, InitSpec, MixerKind, MixtureInit};
 use crate::error::{IoContext, Result};
 use crate::export::{read_safetensors, write_safetensors};
@@ -61,7 +60,7 @@ pub fn demix(config: Config, options: DemixOptions) -> Result<DemixSummary> {
 
 /// For `mixer.init = "demix"`: runs the search into out_dir/demix unless its mixture.json
 /// exists. Generic over the backend so `mixtrain run` calls it on its own.
-pub fn ensure_seed<B: AutodiffBackend>(config: &Config, device: &B::Device) -> Result<()> {
+pub fn ensure_seed<B: TrainBackend>(config: &Config, device: &B::Device) -> Result<()> {
     if matches!(config.mixture_init()?, MixtureInit::Demix(None))
         && !config
             .run
@@ -83,7 +82,7 @@ struct DemixTask {
 
 impl BackendTask for DemixTask {
     type Output = DemixSummary;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: &'static str) -> Result<DemixSummary> {
+    fn run<B: TrainBackend>(self, device: B::Device, _: &'static str) -> Result<DemixSummary> {
         demix_search::<B>(self.config, self.options, device)
     }
 }
@@ -104,7 +103,7 @@ fn base_config(config: &Config) -> Result<Config> {
 
 /// Trains `steps` steps on `mixture` (sampled, static) starting from `start`; returns the
 /// parameters.
-fn train_from<B: AutodiffBackend>(
+fn train_from<B: TrainBackend>(
     base: &Config,
     start: &BTreeMap<String, NamedTensor>,
     mixture: &[f64],
@@ -162,7 +161,7 @@ struct Proxy {
     predicted: Option<f64>,
 }
 
-fn demix_search<B: AutodiffBackend>(
+fn demix_search<B: TrainBackend>(
     config: Config,
     options: DemixOptions,
     device: B::Device,
@@ -381,7 +380,7 @@ fn write_proxies(
 /// the range of proxy losses, writes validation.csv and returns the Spearman correlation of
 /// proxy vs trained target loss.
 #[allow(clippy::too_many_arguments)]
-fn validate<B: AutodiffBackend>(
+fn validate<B: TrainBackend>(
     base: &Config,
     start: &BTreeMap<String, NamedTensor>,
     proxies: &[Proxy],

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 
 use super::session::Session;
+use crate::backend::TrainBackend;
 use crate::checkpoint;
 use crate::config::MixerKind;
 use crate::error::{Error, IoContext, Result};
@@ -39,7 +39,7 @@ fn weights_of(path: &Path) -> Result<PathBuf> {
 /// Loads or trains the reference model into `session.reference`. A resumed run loads the one
 /// it saved; a new run loads `mixer.doremi.reference` or trains one and saves it in `out_dir`
 /// (replacing any leftover of an earlier, failed start).
-pub fn ensure_reference<B: AutodiffBackend>(
+pub fn ensure_reference<B: TrainBackend>(
     session: &mut Session<B>,
     out_dir: &Path,
     resume: bool,
@@ -76,7 +76,7 @@ pub fn ensure_reference<B: AutodiffBackend>(
 }
 
 /// Trains a reference model on the initial mixture (static mixer), same seed and model.
-fn train_reference<B: AutodiffBackend>(
+fn train_reference<B: TrainBackend>(
     session: &Session<B>,
 ) -> Result<crate::model::Gpt<B::InnerBackend>> {
     let mut config = session.config.clone();

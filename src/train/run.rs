@@ -4,13 +4,14 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 use super::reference;
 use super::session::{Session, StepReport};
-use crate::backend::{dispatch, BackendTask};
+use mixtrain_kernels::StatKernels;
+
+use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::error::Result;
@@ -57,22 +58,19 @@ struct RunTask {
 
 impl BackendTask for RunTask {
     type Output = RunSummary;
-    fn run<B: AutodiffBackend>(
-        self,
-        device: B::Device,
-        backend: &'static str,
-    ) -> Result<RunSummary> {
+    fn run<B: TrainBackend>(self, device: B::Device, backend: &'static str) -> Result<RunSummary> {
         train_loop::<B>(self.config, self.options, device, backend)
     }
 }
 
-fn provenance(config: &Config, backend: &str, device: &str) -> String {
+fn provenance(config: &Config, backend: &str, kernels: &str, device: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     format!(
-        "# mixtrain {} (git {}), backend {backend}, device {device}, started at unix time {now}\n\
+        "# mixtrain {} (git {}), backend {backend} (statistics: {kernels}), device {device}, \
+         started at unix time {now}\n\
          # resolved config (hash {}); every key is listed with its value",
         env!("CARGO_PKG_VERSION"),
         env!("MIXTRAIN_GIT_HASH"),
@@ -93,13 +91,16 @@ fn by_name(names: &[String], values: impl IntoIterator<Item = Option<f64>>) -> V
     Value::Object(map)
 }
 
-fn train_loop<B: AutodiffBackend>(
+fn train_loop<B: TrainBackend>(
     config: Config,
     options: RunOptions,
     device: B::Device,
     backend: &'static str,
 ) -> Result<RunSummary> {
     let device_name = format!("{device:?}");
+    // Which implementation the cross-entropy and single-pass statistics run on: the CubeCL
+    // kernels on wgpu/cuda, the plain-tensor references on the CPU.
+    let kernels = <B as StatKernels>::IMPL.name();
     // Refuse a wrong out_dir before the (slow) data loading, and create nothing until the data
     // and tokenizer have loaded, so a bad source leaves no half-made run behind.
     if !options.resume {
@@ -116,7 +117,10 @@ fn train_loop<B: AutodiffBackend>(
     }
     let mut run_dir = match resumed_dir {
         Some(dir) => dir,
-        None => RunDir::create(&config, &provenance(&config, backend, &device_name))?,
+        None => RunDir::create(
+            &config,
+            &provenance(&config, backend, kernels, &device_name),
+        )?,
     };
     let names = session.source_names();
     let total = config.train.steps;
@@ -141,6 +145,7 @@ fn train_loop<B: AutodiffBackend>(
     }
     tracing::info!(
         backend,
+        kernels,
         device = %device_name,
         params = session.model.num_params(),
         sources = %names.join(","),
@@ -278,7 +283,7 @@ fn add_mixer_fields(record: &mut Map<String, Value>, update: &MixerUpdate, names
     record.insert("mixer".into(), Value::Object(mixer));
 }
 
-fn write_mixture<B: AutodiffBackend>(
+fn write_mixture<B: TrainBackend>(
     run_dir: &RunDir,
     session: &Session<B>,
     names: &[String],
@@ -316,7 +321,7 @@ fn make_progress(enabled: bool, total: usize, start: usize) -> Option<ProgressBa
     Some(bar)
 }
 
-fn report_progress<B: AutodiffBackend>(
+fn report_progress<B: TrainBackend>(
     bar: &Option<ProgressBar>,
     session: &Session<B>,
     report: &StepReport,

@@ -4,10 +4,10 @@
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 
 use super::probe::{grad_dot, virtual_step, GradProbe};
 use super::single_pass::{param_names, SinglePass};
+use crate::backend::TrainBackend;
 use crate::config::{ApplyMode, Config, GradStats};
 use crate::data::{load_sources, validation_windows, Batch, Sampler, Source, Tokenizer};
 use crate::error::{Error, Result};
@@ -15,7 +15,7 @@ use crate::mixer::{self, GradScope, Mixer, SourceStats, VirtualStepSpec};
 use crate::model::{token_losses, Gpt, Trace};
 use crate::optim::{global_grad_norm, lr_at, AdamW};
 
-pub struct Session<B: AutodiffBackend> {
+pub struct Session<B: TrainBackend> {
     pub config: Config,
     pub device: B::Device,
     pub sources: Vec<Source>,
@@ -57,7 +57,7 @@ pub struct StepReport {
     pub tokens: usize,
 }
 
-impl<B: AutodiffBackend> Session<B> {
+impl<B: TrainBackend> Session<B> {
     /// Loads the tokenizer and sources (tokenising them on first use), seeds and builds the
     /// model, optimizer, sampler and mixer.
     pub fn build(config: Config, device: B::Device) -> Result<Self> {

@@ -15,7 +15,7 @@ use burn::module::{ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use mixtrain_kernels::reference::segment_row_dot;
+use mixtrain_kernels::StatKernels;
 
 use crate::mixer::GradScope;
 use crate::model::{TapInput, Trace};
@@ -62,7 +62,7 @@ pub struct SinglePass<'a, B: Backend> {
     pub optim: Option<&'a AdamW<B>>,
 }
 
-impl<B: Backend> SinglePass<'_, B> {
+impl<B: StatKernels> SinglePass<'_, B> {
     /// G (or P ⊙ G) of `param`, shaped like the parameter; None when out of scope.
     fn val_grad<const D: usize>(&self, param: ParamId) -> Option<Tensor<B, D>> {
         let name = self.names.get(&param)?;
@@ -99,20 +99,35 @@ impl<B: Backend> SinglePass<'_, B> {
             let Some(delta) = tap.probe.grad_remove(grads) else {
                 continue; // a probe the loss does not depend on
             };
-            let u = match tap.input {
-                TapInput::Linear(a) => self.val_grad::<2>(tap.param).map(|g| a.inner().matmul(g)), // [n, in] @ [in, out]
-                TapInput::Embedding(tokens) => self
-                    .val_grad::<2>(tap.param)
-                    .map(|g| g.select(0, tokens.inner())), // [n, d]
-                TapInput::TiedHead(h) => self
-                    .val_grad::<2>(tap.param)
-                    .map(|g| h.inner().matmul(g.transpose())), // [n, d] @ [d, vocab]
-                TapInput::NormGain(x_hat) => self
-                    .val_grad::<1>(tap.param)
-                    .map(|g| x_hat.inner() * g.unsqueeze::<2>()), // [n, d]
+            let dots = match tap.input {
+                // ⟨a_t G, δ_t⟩: [n, in] @ [in, out]
+                TapInput::Linear(a) => self.val_grad::<2>(tap.param).map(|g| {
+                    B::segment_row_dot(a.inner().matmul(g), delta, seg.clone(), ones.clone(), k)
+                }),
+                // ⟨G[x_t], δ_t⟩, G [vocab, d] read in place by the gather form
+                TapInput::Embedding(tokens) => self.val_grad::<2>(tap.param).map(|g| {
+                    B::segment_gather_row_dot(
+                        g,
+                        tokens.inner(),
+                        delta,
+                        seg.clone(),
+                        ones.clone(),
+                        k,
+                    )
+                }),
+                // ⟨h_t Gᵀ, δ_t⟩: [n, d] @ [d, vocab]
+                TapInput::TiedHead(h) => self.val_grad::<2>(tap.param).map(|g| {
+                    let u = h.inner().matmul(g.transpose());
+                    B::segment_row_dot(u, delta, seg.clone(), ones.clone(), k)
+                }),
+                // ⟨G ⊙ x̂_t, δ_t⟩: [n, d]
+                TapInput::NormGain(x_hat) => self.val_grad::<1>(tap.param).map(|g| {
+                    let u = x_hat.inner() * g.unsqueeze::<2>();
+                    B::segment_row_dot(u, delta, seg.clone(), ones.clone(), k)
+                }),
             };
-            if let Some(u) = u {
-                total = total + segment_row_dot(u, delta, seg.clone(), ones.clone(), k);
+            if let Some(dots) = dots {
+                total = total + dots;
             }
         }
         total
