@@ -1,20 +1,28 @@
 //! CubeCL kernels (wgpu, cuda) for per-source statistics, each checked against its
 //! plain-tensor reference in `reference.rs`.
 //!
-//! `segment_accumulate` (one unit per output element) and `multi_dot` (one pass over the
-//! [k, p] buffer, k + k² partial sums per unit, then a small sum) are straightforward first
-//! versions, not tiled.
+//! - `segment_row_dot` (and its gather form for embeddings) runs in two launches: one cube per
+//!   token row computes w_t ⟨U_t, V_t⟩ with coalesced reads and a shared-memory tree
+//!   reduction (an [N] buffer), then one cube per source sums its tokens' values the same way.
+//!   No atomics (wgpu has no portable float atomics).
+//! - `segment_accumulate` is tiled: TILE × TILE outputs per cube, tokens staged in shared
+//!   memory TILE at a time.
+//! - `multi_dot` makes one pass over the [k, p] buffer (k + k² partial sums per unit, then a
+//!   small sum over the units).
+//! - the fused cross-entropy: one cube per row for the forward (max and Σ exp by tree
+//!   reductions, softmax never stored; logsumexp kept), one unit per element for the backward.
 //!
-//! `segment_row_dot` runs in two launches: one unit per token computes w_t ⟨U_t, V_t⟩ (a
-//! [N] buffer), then one cube per source sums its tokens' values with a shared-memory tree
-//! reduction. No atomics (wgpu has no portable float atomics), correct for any N, D, K,
-//! including K = 1 and sources with no token.
+//! Not vectorised (no `Line` loads): reads are coalesced across units instead. Grids larger
+//! than the hardware's per-axis limit (65535 on wgpu) are spread over the axes. Correct for
+//! any N, D, K, including K = 1, sources with no token and sizes not a multiple of a tile.
 
 use burn::tensor::{Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 pub use burn_cubecl::CubeBackend;
 use burn_cubecl::{element::BoolElement, CubeRuntime, FloatElement, IntElement};
+use cubecl::prelude::ComputeClient;
+use cubecl::server::CubeCountSelection;
 use cubecl::{CubeCount, CubeDim};
 
 use crate::{KernelImpl, StatKernels};
@@ -27,8 +35,13 @@ use kernel::{
 
 /// Units per cube of the segment reduction (a power of two).
 pub(crate) const REDUCE_UNITS: u32 = 256;
-/// Units per cube of the per-token kernel.
+/// Units per cube of the elementwise kernels (one unit per element).
 pub(crate) const ROW_UNITS: u32 = 256;
+/// Units per cube of the row-dot kernels (one cube per token row; rows are d_model or
+/// d_ff long, so 64 units read each row in one to a few coalesced sweeps).
+pub(crate) const ROW_DOT_UNITS: u32 = 64;
+/// Side of segment_accumulate's output tiles (TILE × TILE units per cube).
+pub(crate) const TILE: u32 = 16;
 
 /// The device code (CubeCL's own `Tensor`, `Float` and `Int`, hence a module of its own).
 mod kernel {
@@ -46,6 +59,9 @@ mod kernel {
         #[comptime] units: u32,
     ) {
         let t = CUBE_POS;
+        if t >= loss.len() {
+            terminate!(); // a spare cube of a hardware-limited grid; uniform in the cube
+        }
         let vocab = logits.shape(1);
         let base = t * vocab;
         let mut shared = SharedMemory::<F>::new(units as usize);
@@ -78,14 +94,7 @@ mod kernel {
         }
         shared[unit] = local_sum;
         sync_cube();
-        let mut stride = CUBE_DIM_X / 2;
-        while stride > 0 {
-            if UNIT_POS_X < stride {
-                shared[unit] = shared[unit] + shared[(UNIT_POS_X + stride) as usize];
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        tree_sum::<F>(&mut shared);
         if UNIT_POS_X == 0 {
             let target = u32::cast_from(targets[t]) as usize;
             let lse = shared[0].ln() + row_max;
@@ -94,31 +103,69 @@ mod kernel {
         }
     }
 
-    /// out[k, o, i] = Σ_{t: seg[t] = k} delta[t, o] · a[t, i], one unit per output element.
+    /// out[k, o, i] = Σ_{t: seg[t] = k} delta[t, o] · a[t, i], tiled: one cube of
+    /// TILE × TILE units per (source k, block of TILE outputs o, block of TILE inputs i). The
+    /// cube walks the tokens TILE at a time, staging delta[t, o-block] (zero where seg[t] ≠ k)
+    /// and a[t, i-block] in shared memory with coalesced loads, and each unit accumulates its
+    /// (o, i) from the staged tiles, so each loaded value is used TILE times.
+    // Nested ifs, not `&&`: seg[t] must not be read for t ≥ n, and device code does not
+    // promise short-circuit evaluation.
+    #[allow(clippy::collapsible_if)]
     #[cube(launch)]
     pub fn segment_accumulate_kernel<F: Float, I: Int>(
         delta: &Tensor<F>,
         a: &Tensor<F>,
         seg: &Tensor<I>,
         out: &mut Tensor<F>,
+        #[comptime] tile: u32,
     ) {
-        let idx = ABSOLUTE_POS;
-        if idx >= out.len() {
-            terminate!();
-        }
         let n = seg.len();
         let outs = delta.shape(1);
         let inps = a.shape(1);
-        let k = idx / (outs * inps);
-        let o = (idx / inps) % outs;
-        let i = idx % inps;
-        let mut acc = F::new(0.0);
-        for t in 0..n {
-            if u32::cast_from(seg[t]) as usize == k {
-                acc += delta[t * outs + o] * a[t * inps + i];
-            }
+        let tile_n = tile as usize;
+        let o_blocks = outs.div_ceil(tile_n);
+        let i_blocks = inps.div_ceil(tile_n);
+        let cube = CUBE_POS;
+        if cube >= out.len() / (outs * inps) * o_blocks * i_blocks {
+            terminate!(); // a spare cube; uniform in the cube
         }
-        out[idx] = acc;
+        let k = cube / (o_blocks * i_blocks);
+        let o0 = (cube / i_blocks) % o_blocks * tile_n;
+        let i0 = cube % i_blocks * tile_n;
+        let x = UNIT_POS_X as usize; // column within the tile
+        let y = UNIT_POS_Y as usize; // row within the tile
+        let mut delta_tile = SharedMemory::<F>::new(tile_n * tile_n); // [token, o]
+        let mut a_tile = SharedMemory::<F>::new(tile_n * tile_n); // [token, i]
+        let mut acc = F::new(0.0);
+        let mut t0 = 0usize;
+        while t0 < n {
+            // Unit (x, y) stages token t0 + y: delta[t, o0 + x] and a[t, i0 + x].
+            let t = t0 + y;
+            let mut d_value = F::new(0.0);
+            let mut a_value = F::new(0.0);
+            if t < n {
+                if u32::cast_from(seg[t]) as usize == k {
+                    if o0 + x < outs {
+                        d_value = delta[t * outs + o0 + x];
+                    }
+                    if i0 + x < inps {
+                        a_value = a[t * inps + i0 + x];
+                    }
+                }
+            }
+            delta_tile[y * tile_n + x] = d_value;
+            a_tile[y * tile_n + x] = a_value;
+            sync_cube();
+            // Unit (x, y) owns out[k, o0 + y, i0 + x].
+            for r in 0..tile_n {
+                acc += delta_tile[r * tile_n + y] * a_tile[r * tile_n + x];
+            }
+            sync_cube();
+            t0 += tile_n;
+        }
+        if o0 + y < outs && i0 + x < inps {
+            out[(k * outs + o0 + y) * inps + i0 + x] = acc;
+        }
     }
 
     /// One pass over g [k, p] and v [p]: unit u accumulates, over its grid-strided columns j,
@@ -161,25 +208,52 @@ mod kernel {
         }
     }
 
-    /// rows[t] = w[t] · Σ_j u[t, j] v[t, j], one unit per token t.
+    /// Σ of `shared[0..units]` into `shared[0]` by a tree reduction (units a power of two,
+    /// every unit of the cube calling it).
+    #[cube]
+    fn tree_sum<F: Float>(shared: &mut SharedMemory<F>) {
+        // A runtime counter (a comptime one cannot be mutated); CUBE_DIM_X == units.
+        let mut stride = CUBE_DIM_X / 2;
+        while stride > 0 {
+            if UNIT_POS_X < stride {
+                shared[UNIT_POS_X as usize] =
+                    shared[UNIT_POS_X as usize] + shared[(UNIT_POS_X + stride) as usize];
+            }
+            sync_cube();
+            stride /= 2;
+        }
+    }
+
+    /// rows[t] = w[t] · Σ_j u[t, j] v[t, j], one cube per token row t (CUBE_POS): its units
+    /// read the row with consecutive units on consecutive elements (coalesced), then a tree
+    /// reduction in shared memory.
     #[cube(launch)]
     pub fn weighted_row_dot_kernel<F: Float>(
         u: &Tensor<F>,
         v: &Tensor<F>,
         w: &Tensor<F>,
         rows: &mut Tensor<F>,
+        #[comptime] units: u32,
     ) {
-        let t = ABSOLUTE_POS;
+        let t = CUBE_POS;
         if t >= rows.len() {
-            terminate!();
+            terminate!(); // a spare cube of a hardware-limited grid; uniform in the cube
         }
         let d = u.shape(1);
         let base = t * d;
+        let mut shared = SharedMemory::<F>::new(units as usize);
         let mut sum = F::new(0.0);
-        for j in 0..d {
+        let mut j = UNIT_POS_X as usize;
+        while j < d {
             sum += u[base + j] * v[base + j];
+            j += units as usize;
         }
-        rows[t] = sum * w[t];
+        shared[UNIT_POS_X as usize] = sum;
+        sync_cube();
+        tree_sum::<F>(&mut shared);
+        if UNIT_POS_X == 0 {
+            rows[t] = shared[0] * w[t];
+        }
     }
 
     /// dlogits[t, j] = dloss[t] (exp(logits[t, j] − logsumexp[t]) − [j = targets[t]]), one
@@ -207,8 +281,9 @@ mod kernel {
         dlogits[idx] = g * dloss[t];
     }
 
-    /// rows[t] = w[t] · Σ_j table[index[t], j] v[t, j], one unit per token t: the gather form
-    /// (embedding rows read in place, never copied into an [n, d] buffer).
+    /// rows[t] = w[t] · Σ_j table[index[t], j] v[t, j], one cube per token row t like
+    /// `weighted_row_dot_kernel`: the gather form (embedding rows read in place, never copied
+    /// into an [n, d] buffer).
     #[cube(launch)]
     pub fn weighted_gather_row_dot_kernel<F: Float, I: Int>(
         table: &Tensor<F>,
@@ -216,19 +291,28 @@ mod kernel {
         v: &Tensor<F>,
         w: &Tensor<F>,
         rows: &mut Tensor<F>,
+        #[comptime] units: u32,
     ) {
-        let t = ABSOLUTE_POS;
+        let t = CUBE_POS;
         if t >= rows.len() {
             terminate!();
         }
         let d = v.shape(1);
         let row = (u32::cast_from(index[t]) as usize) * d;
         let base = t * d;
+        let mut shared = SharedMemory::<F>::new(units as usize);
         let mut sum = F::new(0.0);
-        for j in 0..d {
+        let mut j = UNIT_POS_X as usize;
+        while j < d {
             sum += table[row + j] * v[base + j];
+            j += units as usize;
         }
-        rows[t] = sum * w[t];
+        shared[UNIT_POS_X as usize] = sum;
+        sync_cube();
+        tree_sum::<F>(&mut shared);
+        if UNIT_POS_X == 0 {
+            rows[t] = shared[0] * w[t];
+        }
     }
 
     /// out[k] = Σ_{t: seg[t] = k} values[t], one cube per source k (CUBE_POS), its units striding
@@ -253,16 +337,7 @@ mod kernel {
         }
         partial[UNIT_POS_X as usize] = acc;
         sync_cube();
-        // A runtime counter (a comptime one cannot be mutated); CUBE_DIM_X == units.
-        let mut stride = CUBE_DIM_X / 2;
-        while stride > 0 {
-            if UNIT_POS_X < stride {
-                partial[UNIT_POS_X as usize] =
-                    partial[UNIT_POS_X as usize] + partial[(UNIT_POS_X + stride) as usize];
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        tree_sum::<F>(&mut partial);
         if UNIT_POS_X == 0 {
             out[k] = partial[0];
         }
@@ -280,8 +355,11 @@ fn empty<R: CubeRuntime, F: FloatElement>(like: &CubeTensor<R>, len: usize) -> C
     )
 }
 
-fn cubes(n: usize, per_cube: u32) -> CubeCount {
-    CubeCount::Static((n as u32).div_ceil(per_cube).max(1), 1, 1)
+/// Enough cubes of `per_cube` units for `n` units, spread over the grid's axes within the
+/// hardware's limits (wgpu allows 65535 per axis); kernels index by the axis-free
+/// ABSOLUTE_POS / CUBE_POS and skip the spare ones.
+fn cubes<R: CubeRuntime>(client: &ComputeClient<R>, n: usize, per_cube: u32) -> CubeCount {
+    CubeCountSelection::new(client, (n.max(1) as u32).div_ceil(per_cube)).cube_count()
 }
 
 /// out[k] = Σ_{t: seg_t = k} w_t ⟨U_t, V_t⟩ for u, v [n, d], seg [n], w [n] on a CubeCL
@@ -309,12 +387,13 @@ where
         let client = u.client.clone();
         weighted_row_dot_kernel::launch::<F, R>(
             &client,
-            cubes(n, ROW_UNITS),
-            CubeDim::new_1d(ROW_UNITS),
+            cubes(&client, n, 1),
+            CubeDim::new_1d(ROW_DOT_UNITS),
             u.into_tensor_arg(),
             v.into_tensor_arg(),
             w.into_tensor_arg(),
             rows.clone().into_tensor_arg(),
+            ROW_DOT_UNITS,
         );
     }
     let out = segment_sum_primitive::<R, F, I>(rows, seg, k);
@@ -361,7 +440,8 @@ where
 }
 
 /// G[k] = Σ_{t: seg_t = k} δ_t ⊗ a_t → [k, out, inp] on a CubeCL backend; the twin of
-/// `reference::segment_accumulate`. One unit per output element, looping over the tokens.
+/// `reference::segment_accumulate`. Tiled (TILE × TILE outputs per cube, tokens staged in
+/// shared memory).
 pub fn segment_accumulate<R, F, I, BT>(
     delta: Tensor<CubeBackend<R, F, I, BT>, 2>,
     a: Tensor<CubeBackend<R, F, I, BT>, 2>,
@@ -383,14 +463,17 @@ where
     let out = empty::<R, F>(&delta, len);
     if len > 0 {
         let client = delta.client.clone();
+        let tile = TILE as usize;
+        let tiles = k * outs.div_ceil(tile) * inps.div_ceil(tile);
         segment_accumulate_kernel::launch::<F, I, R>(
             &client,
-            cubes(len, ROW_UNITS),
-            CubeDim::new_1d(ROW_UNITS),
+            cubes(&client, tiles, 1),
+            CubeDim::new_2d(TILE, TILE),
             delta.into_tensor_arg(),
             a.into_tensor_arg(),
             seg.into_tensor_arg(),
             out.clone().into_tensor_arg(),
+            TILE,
         );
     }
     let out: Tensor<CubeBackend<R, F, I, BT>, 1> =
@@ -423,7 +506,7 @@ where
         let client = logits.client.clone();
         cross_entropy_rows_kernel::launch::<F, I, R>(
             &client,
-            CubeCount::Static(n as u32, 1, 1),
+            cubes(&client, n, 1),
             CubeDim::new_1d(REDUCE_UNITS),
             logits.into_tensor_arg(),
             targets.into_tensor_arg(),
@@ -460,7 +543,7 @@ where
         let client = logits.client.clone();
         cross_entropy_backward_kernel::launch::<F, I, R>(
             &client,
-            cubes(len, ROW_UNITS),
+            cubes(&client, len, ROW_UNITS),
             CubeDim::new_1d(ROW_UNITS),
             logits.into_tensor_arg(),
             targets.into_tensor_arg(),
@@ -528,13 +611,14 @@ where
         let client = v.client.clone();
         weighted_gather_row_dot_kernel::launch::<F, I, R>(
             &client,
-            cubes(n, ROW_UNITS),
-            CubeDim::new_1d(ROW_UNITS),
+            cubes(&client, n, 1),
+            CubeDim::new_1d(ROW_DOT_UNITS),
             table.into_tensor_arg(),
             rows.into_tensor_arg(),
             v.into_tensor_arg(),
             w.into_tensor_arg(),
             dots.clone().into_tensor_arg(),
+            ROW_DOT_UNITS,
         );
     }
     float(segment_sum_primitive::<R, F, I>(dots, seg, k))
@@ -641,7 +725,7 @@ where
     let client = g.client.clone();
     multi_dot_partials_kernel::launch::<F, R>(
         &client,
-        cubes(units, ROW_UNITS),
+        cubes(&client, units, ROW_UNITS),
         CubeDim::new_1d(ROW_UNITS),
         g.into_tensor_arg(),
         v.into_tensor_arg(),
@@ -729,7 +813,13 @@ mod tests {
     #[test]
     fn segment_accumulate_and_multi_dot_match_the_references() {
         let device = WgpuDevice::default();
-        for (n, outs, inps, k, seed) in [(1, 1, 1, 1, 1), (37, 5, 3, 3, 2), (300, 17, 9, 4, 3)] {
+        for (n, outs, inps, k, seed) in [
+            (1, 1, 1, 1, 1),
+            (37, 5, 3, 3, 2),
+            (300, 17, 9, 4, 3),
+            (1000, 33, 40, 5, 4),
+            (16, 16, 16, 2, 5),
+        ] {
             B::seed(&device, seed);
             let delta = Tensor::<B, 2>::random([n, outs], Distribution::Normal(0.0, 1.0), &device);
             let a = Tensor::<B, 2>::random([n, inps], Distribution::Normal(0.0, 1.0), &device);
@@ -772,6 +862,8 @@ mod tests {
             (5, 3, 2, 2),
             (64, 257, 3, 3),
             (33, 1000, 4, 4),
+            // More rows than wgpu's 65535 cubes per grid axis: the grid is spread.
+            (70_000, 3, 2, 5),
         ] {
             B::seed(&device, seed);
             let logits =

@@ -6,5 +6,6 @@ mod run;
 mod session;
 mod single_pass;
 
+pub use probe::GradProbe;
 pub use run::{run, RunOptions, RunSummary};
 pub use session::{Session, StepReport};

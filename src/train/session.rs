@@ -246,6 +246,13 @@ impl<B: TrainBackend> Session<B> {
     /// one's gradient is dotted with g_val before it joins the accumulation buffer.
     pub fn train_step(&mut self) -> Result<StepReport> {
         let probe = self.probe_for_next_step();
+        self.train_step_probed(probe)
+    }
+
+    /// One optimizer step; with `probe`, it also measures ⟨g_val, g_k⟩ per source the way
+    /// `mixer.grad_stats` says (left in `pending_grad_dot`). `train_step` probes the steps
+    /// right before the mixer's updates; benches call this directly to time a probed step.
+    pub fn train_step_probed(&mut self, probe: Option<GradProbe>) -> Result<StepReport> {
         let train = &self.config.train;
         let apply = self.config.mixer.apply;
         let lr = lr_at(self.step, train);
