@@ -33,7 +33,7 @@ fn median_ms(rounds: usize, mut call: impl FnMut() -> Vec<f32>) -> f64 {
 
 fn report(name: &str, kernel: f64, reference: f64) {
     println!(
-        "kernels/{name:<20} kernel {kernel:>9.2} ms  reference {reference:>9.2} ms  kernel/reference {:.3}",
+        "kernels/{name:<24} kernel {kernel:>9.2} ms  reference {reference:>9.2} ms  kernel/reference {:.3}",
         kernel / reference
     );
 }
@@ -118,6 +118,58 @@ fn main() {
             let mut out = vec(loss);
             out.extend(vec(sums));
             out
+        }),
+    );
+
+    let dloss = Tensor::<B, 1>::random([n], Distribution::Uniform(0.0, 1.0), &device);
+    let (_, logsumexp) = reference::cross_entropy_rows(logits.clone(), targets.clone());
+    report(
+        "xent_backward",
+        median_ms(rounds, || {
+            let d = cube::cross_entropy_rows_backward(
+                logits.clone(),
+                targets.clone(),
+                logsumexp.clone(),
+                dloss.clone(),
+            );
+            vec(d.reshape([n * vocab]))
+        }),
+        median_ms(rounds, || {
+            let d = reference::cross_entropy_rows_backward(
+                logits.clone(),
+                targets.clone(),
+                logsumexp.clone(),
+                dloss.clone(),
+            );
+            vec(d.reshape([n * vocab]))
+        }),
+    );
+
+    // The embedding's gather form: table [vocab, d] rows picked by the tokens.
+    let table = Tensor::<B, 2>::random([vocab, d], normal, &device);
+    let rows: Vec<i32> = (0..n).map(|t| ((t * 13 + 5) % vocab) as i32).collect();
+    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+    report(
+        "segment_gather_row_dot",
+        median_ms(rounds, || {
+            vec(cube::segment_gather_row_dot(
+                table.clone(),
+                rows.clone(),
+                v.clone(),
+                seg.clone(),
+                w.clone(),
+                k,
+            ))
+        }),
+        median_ms(rounds, || {
+            vec(reference::segment_gather_row_dot(
+                table.clone(),
+                rows.clone(),
+                v.clone(),
+                seg.clone(),
+                w.clone(),
+                k,
+            ))
         }),
     );
 
