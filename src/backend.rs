@@ -49,7 +49,7 @@ pub type WgpuBackend =
 
 #[cfg(feature = "cuda")]
 pub type CudaBackend =
-    mixtrain_kernels::cube::CubeBackend<burn::backend::cuda::CudaRuntime, f32, i32, u8>;
+    mixtrain_kernels::cube::CubeBackend<mixtrain_kernels::cube::CudaRuntime, f32, i32, u8>;
 
 #[cfg(feature = "wgpu")]
 fn run_wgpu<T: BackendTask>(task: T) -> Result<T::Output> {

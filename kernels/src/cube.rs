@@ -21,6 +21,9 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 pub use burn_cubecl::CubeBackend;
 use burn_cubecl::{element::BoolElement, CubeRuntime, FloatElement, IntElement};
+/// The CUDA runtime (burn's `cuda` module keeps it private).
+#[cfg(feature = "cuda")]
+pub use cubecl::cuda::CudaRuntime;
 use cubecl::prelude::ComputeClient;
 use cubecl::server::CubeCountSelection;
 use cubecl::{CubeCount, CubeDim};
