@@ -1,8 +1,8 @@
 //! CubeCL kernels (wgpu, cuda) for per-source statistics, each checked against its
 //! plain-tensor reference in `reference.rs`.
 //!
-//! - `segment_row_dot` (and its gather form for embeddings) runs in two launches: one cube per
-//!   token row computes w_t ⟨U_t, V_t⟩ with coalesced reads and a shared-memory tree
+//! - `segment_row_dot` (the gather form with the identity index, and the gather form itself
+//!   for embeddings) runs in two launches: one cube per token row computes w_t ⟨U_t, V_t⟩ with coalesced reads and a shared-memory tree
 //!   reduction (an [N] buffer), then one cube per source sums its tokens' values the same way.
 //!   No atomics (wgpu has no portable float atomics).
 //! - `segment_accumulate` is tiled: TILE × TILE outputs per cube, tokens staged in shared
@@ -33,7 +33,6 @@ use crate::{KernelImpl, StatKernels};
 use kernel::{
     cross_entropy_backward_kernel, cross_entropy_rows_kernel, multi_dot_partials_kernel,
     segment_accumulate_kernel, segment_sum_kernel, weighted_gather_row_dot_kernel,
-    weighted_row_dot_kernel,
 };
 
 /// Units per cube of the segment reduction (a power of two).
@@ -227,38 +226,6 @@ mod kernel {
         }
     }
 
-    /// rows[t] = w[t] · Σ_j u[t, j] v[t, j], one cube per token row t (CUBE_POS): its units
-    /// read the row with consecutive units on consecutive elements (coalesced), then a tree
-    /// reduction in shared memory.
-    #[cube(launch)]
-    pub fn weighted_row_dot_kernel<F: Float>(
-        u: &Tensor<F>,
-        v: &Tensor<F>,
-        w: &Tensor<F>,
-        rows: &mut Tensor<F>,
-        #[comptime] units: u32,
-    ) {
-        let t = CUBE_POS;
-        if t >= rows.len() {
-            terminate!(); // a spare cube of a hardware-limited grid; uniform in the cube
-        }
-        let d = u.shape(1);
-        let base = t * d;
-        let mut shared = SharedMemory::<F>::new(units as usize);
-        let mut sum = F::new(0.0);
-        let mut j = UNIT_POS_X as usize;
-        while j < d {
-            sum += u[base + j] * v[base + j];
-            j += units as usize;
-        }
-        shared[UNIT_POS_X as usize] = sum;
-        sync_cube();
-        tree_sum::<F>(&mut shared);
-        if UNIT_POS_X == 0 {
-            rows[t] = shared[0] * w[t];
-        }
-    }
-
     /// dlogits[t, j] = dloss[t] (exp(logits[t, j] − logsumexp[t]) − [j = targets[t]]), one
     /// unit per element: the cross-entropy backward, softmax recomputed from the forward's
     /// logsumexp rather than stored.
@@ -284,9 +251,10 @@ mod kernel {
         dlogits[idx] = g * dloss[t];
     }
 
-    /// rows[t] = w[t] · Σ_j table[index[t], j] v[t, j], one cube per token row t like
-    /// `weighted_row_dot_kernel`: the gather form (embedding rows read in place, never copied
-    /// into an [n, d] buffer).
+    /// rows[t] = w[t] · Σ_j table[index[t], j] v[t, j], one cube per token row t (CUBE_POS):
+    /// its units read the rows with consecutive units on consecutive elements (coalesced),
+    /// then a tree reduction in shared memory. The gather form reads embedding rows in place;
+    /// the plain row dot is the same kernel with index t ↦ t.
     #[cube(launch)]
     pub fn weighted_gather_row_dot_kernel<F: Float, I: Int>(
         table: &Tensor<F>,
@@ -381,26 +349,9 @@ where
     BT: BoolElement,
 {
     let [n, _d] = u.dims();
-    let u = into_contiguous(u.into_primitive().tensor());
-    let v = into_contiguous(v.into_primitive().tensor());
-    let w = into_contiguous(w.into_primitive().tensor());
-    let seg = into_contiguous(seg.into_primitive());
-    let rows = empty::<R, F>(&u, n);
-    if n > 0 {
-        let client = u.client.clone();
-        weighted_row_dot_kernel::launch::<F, R>(
-            &client,
-            cubes(&client, n, 1),
-            CubeDim::new_1d(ROW_DOT_UNITS),
-            u.into_tensor_arg(),
-            v.into_tensor_arg(),
-            w.into_tensor_arg(),
-            rows.clone().into_tensor_arg(),
-            ROW_DOT_UNITS,
-        );
-    }
-    let out = segment_sum_primitive::<R, F, I>(rows, seg, k);
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    // Row t of u is row t of the "table": the gather kernel with the identity index.
+    let identity = Tensor::arange(0..n as i64, &u.device()); // [n]
+    segment_gather_row_dot(u, identity, v, seg, w, k)
 }
 
 fn segment_sum_primitive<R: CubeRuntime, F: FloatElement, I: IntElement>(
