@@ -5,7 +5,7 @@ use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::activation::{gelu, silu};
 use mixtrain_kernels::StatKernels;
 
 use crate::config::{MlpKind, ModelConfig};
@@ -130,7 +130,7 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
     Tensor::cat(vec![rotated1, rotated2], 3)
 }
 
-impl<B: Backend> Gpt<B> {
+impl<B: StatKernels> Gpt<B> {
     /// Logits for `tokens` [batch, seq] → [batch · seq, vocab] (row b · seq + t).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         self.forward_traced(tokens, None)
@@ -150,13 +150,6 @@ impl<B: Backend> Gpt<B> {
         let (cos, sin) = rope_tables::<B>(seq, head_dim, self.rope_theta, &device);
         let cos = cos.unsqueeze::<4>(); // [1, 1, seq, head_dim / 2]
         let sin = sin.unsqueeze::<4>();
-        // Additive causal mask: -1e9 above the diagonal. [1, 1, seq, seq]
-        let mask = Tensor::<B, 2>::zeros([seq, seq], &device)
-            .mask_fill(
-                Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device),
-                -1e9,
-            )
-            .unsqueeze::<4>();
 
         let mut x = self.tok_emb.forward(tokens.clone()); // [batch, seq, d_model]
         if let Some(t) = trace.as_deref_mut() {
@@ -171,7 +164,7 @@ impl<B: Backend> Gpt<B> {
             let h = rms_norm(&block.attn_norm, x.clone(), trace.as_deref_mut());
             x = x + block
                 .attn
-                .forward(h, self.n_heads, &cos, &sin, &mask, trace.as_deref_mut());
+                .forward(h, self.n_heads, &cos, &sin, trace.as_deref_mut());
             let h = rms_norm(&block.mlp_norm, x.clone(), trace.as_deref_mut());
             x = x + block.mlp.forward(h, trace.as_deref_mut());
         }
@@ -200,20 +193,21 @@ impl<B: Backend> Gpt<B> {
             }
         }
     }
+}
 
+impl<B: Backend> Gpt<B> {
     pub fn num_params(&self) -> usize {
         Module::num_params(self)
     }
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: StatKernels> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
         n_heads: usize,
         cos: &Tensor<B, 4>,
         sin: &Tensor<B, 4>,
-        mask: &Tensor<B, 4>,
         mut trace: Option<&mut Trace<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
@@ -225,8 +219,9 @@ impl<B: Backend> Attention<B> {
         let q = apply_rope(heads(q), cos, sin);
         let k = apply_rope(heads(k), cos, sin);
         let v = heads(v);
-        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt() + mask.clone(); // [batch, heads, seq, seq]
-        let attn = softmax(scores, 3);
+        let scores = q.matmul(k.swap_dims(2, 3)); // [batch, heads, seq, seq]
+                                                  // Scale, causal mask and softmax in one op (fused host loop on the CPU).
+        let attn = B::causal_softmax(scores, 1.0 / (head_dim as f64).sqrt());
         let out = attn
             .matmul(v) // [batch, heads, seq, head_dim]
             .swap_dims(1, 2)

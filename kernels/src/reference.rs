@@ -46,6 +46,32 @@ pub fn cross_entropy_rows_backward<B: Backend>(
     (softmax - one_hot) * dloss.reshape([n, 1])
 }
 
+/// Causal softmax of attention scores [batch, heads, seq, seq]: softmax over the last axis of
+/// `scale` · scores with every key after the query (column > row) masked out.
+pub fn causal_softmax<B: Backend>(scores: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
+    let [_, _, seq, _] = scores.dims();
+    let device = scores.device();
+    // Additive mask: -1e9 above the diagonal. [1, 1, seq, seq]
+    let mask = Tensor::<B, 2>::zeros([seq, seq], &device)
+        .mask_fill(
+            Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device),
+            -1e9,
+        )
+        .unsqueeze::<4>();
+    burn::tensor::activation::softmax(scores * scale + mask, 3)
+}
+
+/// d scores [batch, heads, seq, seq] = scale · y ⊙ (dy − Σ_j dy_j y_j), from the softmax's output
+/// `y` and output gradient `dy` (masked entries have y = 0, so they get 0).
+pub fn causal_softmax_backward<B: Backend>(
+    y: Tensor<B, 4>,
+    dy: Tensor<B, 4>,
+    scale: f64,
+) -> Tensor<B, 4> {
+    let dot = (dy.clone() * y.clone()).sum_dim(3); // [batch, heads, seq, 1]
+    (dy - dot) * y * scale
+}
+
 /// out[k] = Σ_{i: seg_i = k} values_i, for `values` [n], `seg` [n] with ids in 0..k.
 pub fn segment_sum<B: Backend>(
     values: Tensor<B, 1>,

@@ -20,13 +20,15 @@ use burn::prelude::*;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::TensorPrimitive;
 
-use crate::reference;
+use crate::{host, reference};
 
 /// Which implementation a backend's statistics run on (logged with every run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelImpl {
     /// Plain burn tensor ops (`reference.rs`).
     Reference,
+    /// Fused loops over host memory (`host.rs`), for the CPU backends.
+    Host,
     /// The CubeCL kernels (`cube.rs`).
     CubeCl,
 }
@@ -35,6 +37,7 @@ impl KernelImpl {
     pub fn name(self) -> &'static str {
         match self {
             KernelImpl::Reference => "reference",
+            KernelImpl::Host => "host",
             KernelImpl::CubeCl => "cubecl",
         }
     }
@@ -95,10 +98,103 @@ pub trait StatKernels: Backend {
     ) -> Tensor<Self, 2> {
         reference::cross_entropy_rows_backward(logits, targets, logsumexp, dloss)
     }
+
+    /// Causal softmax of attention scores [batch, heads, seq, seq] scaled by `scale`: keys after
+    /// the query get exactly 0. Differentiable on autodiff backends (one tracked op).
+    fn causal_softmax(scores: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        reference::causal_softmax(scores, scale)
+    }
+
+    /// d scores [batch, heads, seq, seq] from the causal softmax's output `y` and its gradient `dy`.
+    fn causal_softmax_backward(
+        y: Tensor<Self, 4>,
+        dy: Tensor<Self, 4>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        reference::causal_softmax_backward(y, dy, scale)
+    }
 }
 
-impl StatKernels for burn::backend::NdArray {}
 impl StatKernels for burn::backend::Flex {}
+
+/// The default CPU backend runs the row-wise ops as fused host loops (`host.rs`): measured
+/// faster than the reference's chain of tensor ops (`cargo bench --bench vs_pytorch`).
+impl StatKernels for burn::backend::NdArray {
+    const IMPL: KernelImpl = KernelImpl::Host;
+
+    fn cross_entropy_per_token(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        Self::cross_entropy_rows(logits, targets).0
+    }
+
+    fn cross_entropy_rows(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
+        let [n, vocab] = logits.dims();
+        let device = logits.device();
+        let (loss, lse) = host::cross_entropy_rows(&host_f32(logits), vocab, &host_i64(targets));
+        (
+            Tensor::from_data(TensorData::new(loss, [n]), &device),
+            Tensor::from_data(TensorData::new(lse, [n]), &device),
+        )
+    }
+
+    fn cross_entropy_rows_backward(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        logsumexp: Tensor<Self, 1>,
+        dloss: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        let [n, vocab] = logits.dims();
+        let device = logits.device();
+        let d = host::cross_entropy_rows_backward(
+            &host_f32(logits),
+            vocab,
+            &host_i64(targets),
+            &host_f32(logsumexp),
+            &host_f32(dloss),
+        );
+        Tensor::from_data(TensorData::new(d, [n, vocab]), &device)
+    }
+
+    fn causal_softmax(scores: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        let shape = scores.dims();
+        let device = scores.device();
+        let y = host::causal_softmax(&host_f32(scores), shape[3], scale as f32);
+        Tensor::from_data(TensorData::new(y, shape), &device)
+    }
+
+    fn causal_softmax_backward(
+        y: Tensor<Self, 4>,
+        dy: Tensor<Self, 4>,
+        scale: f64,
+    ) -> Tensor<Self, 4> {
+        let shape = y.dims();
+        let device = y.device();
+        let d = host::causal_softmax_backward(&host_f32(y), &host_f32(dy), shape[3], scale as f32);
+        Tensor::from_data(TensorData::new(d, shape), &device)
+    }
+}
+
+/// A tensor's values in row-major order on the host.
+fn host_f32<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("converted to f32")
+}
+
+fn host_i64<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>) -> Vec<i64> {
+    tensor
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .expect("converted to i64")
+}
 
 fn float<B: Backend, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
@@ -106,6 +202,29 @@ fn float<B: Backend, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> 
 
 fn int<B: Backend, const D: usize>(primitive: IntTensor<B>) -> Tensor<B, D, Int> {
     Tensor::from_primitive(primitive)
+}
+
+/// The backward of the causal softmax: state = (its output y, scale).
+#[derive(Debug)]
+struct CausalSoftmaxBackward;
+
+impl<B: StatKernels> Backward<B, 1> for CausalSoftmaxBackward {
+    type State = (FloatTensor<B>, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [scores_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (y, scale) = ops.state;
+        if let Some(node) = scores_node {
+            let ds = B::causal_softmax_backward(float::<B, 4>(y), float::<B, 4>(dy), scale);
+            grads.register::<B>(node.id, ds.into_primitive().tensor());
+        }
+    }
 }
 
 /// The backward of the fused cross-entropy: state = (logits' checkpoint, targets [n],
@@ -174,6 +293,30 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
         };
         float::<Self, 1>(loss)
     }
+
+    /// One tracked op whatever `B` runs (its own fused version or the reference ops), so the
+    /// autodiff graph holds one node instead of the scale, mask and softmax's five.
+    fn causal_softmax(scores: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        let scores = scores.into_primitive().tensor();
+        let y = match CausalSoftmaxBackward
+            .prepare::<C>([scores.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::causal_softmax(float::<B, 4>(scores.primitive), scale)
+                    .into_primitive()
+                    .tensor();
+                prep.finish((y.clone(), scale), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::causal_softmax(float::<B, 4>(scores.primitive), scale)
+                    .into_primitive()
+                    .tensor(),
+            ),
+        };
+        float::<Self, 4>(y)
+    }
 }
 
 #[cfg(test)]
@@ -210,11 +353,78 @@ mod tests {
         }
     }
 
+    /// ndarray's fused host versions compute what the references compute, forward and
+    /// backward, through `Autodiff` (where the fused ops are tracked ops of their own).
     #[test]
-    fn cpu_backends_run_the_references() {
+    fn ndarray_host_ops_match_the_references_through_autodiff() {
+        type Host = Autodiff<burn::backend::NdArray>;
+        let device = Default::default();
+        let (n, vocab) = (37, 19);
+        AB::seed(&device, 3);
+        let logits = Tensor::<AB, 2>::random([n, vocab], Distribution::Normal(0.0, 2.0), &device);
+        let weights = Tensor::<AB, 1>::random([n], Distribution::Uniform(0.5, 2.0), &device);
+        let targets: Vec<i64> = (0..n as i64).map(|i| i * 7 % vocab as i64).collect();
+        let scores = Tensor::<AB, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 3.0), &device);
+        let dy = Tensor::<AB, 4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+
+        // (loss, d logits, softmax, d scores), each flattened.
+        fn run<B: StatKernels + burn::tensor::backend::AutodiffBackend>(
+            logits: TensorData,
+            weights: TensorData,
+            targets: &[i64],
+            scores: TensorData,
+            dy: TensorData,
+        ) -> [Vec<f32>; 4] {
+            let device = Default::default();
+            let logits = Tensor::<B, 2>::from_data(logits, &device).require_grad();
+            let weights = Tensor::<B, 1>::from_data(weights, &device);
+            let targets = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(targets.to_vec(), [targets.len()]),
+                &device,
+            );
+            let scores = Tensor::<B, 4>::from_data(scores, &device).require_grad();
+            let dy = Tensor::<B, 4>::from_data(dy, &device);
+            let loss = B::cross_entropy_per_token(logits.clone(), targets);
+            let y = B::causal_softmax(scores.clone(), 0.35);
+            let grads = ((loss.clone() * weights).sum() + (y.clone() * dy).sum()).backward();
+            let host = |d: TensorData| d.convert::<f32>().into_vec::<f32>().unwrap();
+            [
+                host(loss.into_data()),
+                host(logits.grad(&grads).unwrap().into_data()),
+                host(y.into_data()),
+                host(scores.grad(&grads).unwrap().into_data()),
+            ]
+        }
+        let want = run::<AB>(
+            logits.to_data(),
+            weights.to_data(),
+            &targets,
+            scores.to_data(),
+            dy.to_data(),
+        );
+        let got = run::<Host>(
+            logits.into_data(),
+            weights.into_data(),
+            &targets,
+            scores.into_data(),
+            dy.into_data(),
+        );
+        for (what, (got, want)) in ["loss", "d logits", "softmax", "d scores"]
+            .iter()
+            .zip(got.iter().zip(&want))
+        {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-5, "{what}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_backends_run_host_loops_or_references() {
         assert_eq!(
             <burn::backend::NdArray as StatKernels>::IMPL,
-            KernelImpl::Reference
+            KernelImpl::Host
         );
         assert_eq!(
             <Autodiff<burn::backend::Flex> as StatKernels>::IMPL,

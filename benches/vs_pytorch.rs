@@ -1,0 +1,234 @@
+//! mixtrain's training step against PyTorch eager on the same model, in one run.
+//!
+//!     cargo bench --bench vs_pytorch                  # 5 rounds of 10 steps each
+//!     ROUNDS=7 STEPS=20 MLP=swiglu D_FF=384 cargo bench --bench vs_pytorch
+//!
+//! The model is the throughput issue's shape (vocab 257, d_model 128, 4 layers, 4 heads, GELU
+//! MLP with d_ff 512, seq 128, batch 16, AdamW, clipping, fp32) unless MLP / D_FF say
+//! otherwise. The PyTorch side is `benches/vs_pytorch.py`, run from a venv the bench makes in
+//! `target/torch-venv` (`pip install torch==2.9.1`, about 7 GB with its CUDA libraries, once);
+//! when torch cannot be installed the bench says so and times mixtrain alone.
+//!
+//! Both trainers stay alive for the whole bench and take turns: a round times STEPS steps of
+//! mixtrain, then STEPS steps of PyTorch (both with 2 threads), so load on the shared machine
+//! hits both alike. Prints the median ms/step of each and the speed ratio PyTorch / mixtrain
+//! (> 1: mixtrain is faster).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use mixtrain::backend::{dispatch, BackendTask, TrainBackend};
+use mixtrain::config::{Config, MixerKind, MlpKind};
+use mixtrain::train::Session;
+
+const TORCH_VERSION: &str = "2.9.1";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The venv's python with torch importable, made on first use; Err says why not.
+fn torch_python() -> Result<PathBuf, String> {
+    let venv = Path::new("target/torch-venv");
+    let python = venv.join("bin/python");
+    let has_torch = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import torch"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.exists() && has_torch(&python) {
+        return Ok(python);
+    }
+    eprintln!(
+        "vs_pytorch: creating {} with torch=={TORCH_VERSION} (once; several minutes)",
+        venv.display()
+    );
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()
+        .map_err(|e| format!("python3 -m venv: {e}"))?;
+    if !made.success() {
+        return Err("python3 -m venv failed".into());
+    }
+    let installed = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg(format!("torch=={TORCH_VERSION}"))
+        .status()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !installed.success() || !has_torch(&python) {
+        return Err(format!("pip install torch=={TORCH_VERSION} failed"));
+    }
+    Ok(python)
+}
+
+/// The PyTorch trainer as a child process that runs N steps per request.
+struct Torch {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Torch {
+    fn start(python: &Path, config: &Config) -> Result<Torch, String> {
+        let model = &config.model;
+        let mlp = match model.mlp {
+            MlpKind::Gelu => "gelu",
+            MlpKind::Swiglu => "swiglu",
+        };
+        let mut child = Command::new(python)
+            .arg("benches/vs_pytorch.py")
+            .args(["--d-model", &model.d_model.to_string()])
+            .args(["--n-layers", &model.n_layers.to_string()])
+            .args(["--n-heads", &model.n_heads.to_string()])
+            .args(["--d-ff", &model.d_ff.to_string()])
+            .args(["--mlp", mlp])
+            .args(["--seq-len", &config.data.seq_len.to_string()])
+            .args(["--batch-size", &config.train.batch_size.to_string()])
+            .args(["--threads", "2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting benches/vs_pytorch.py: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut torch = Torch {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = torch.read_line()?;
+        println!("vs_pytorch: {ready}");
+        Ok(torch)
+    }
+
+    fn read_line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) | Err(_) => Err("benches/vs_pytorch.py stopped answering".into()),
+            Ok(_) => Ok(line.trim().to_string()),
+        }
+    }
+
+    /// ms per step over `steps` steps.
+    fn time_steps(&mut self, steps: usize) -> Result<f64, String> {
+        writeln!(self.stdin, "{steps}").map_err(|e| e.to_string())?;
+        self.stdin.flush().map_err(|e| e.to_string())?;
+        let answer = self.read_line()?;
+        answer
+            .parse()
+            .map_err(|_| format!("unexpected answer from vs_pytorch.py: {answer}"))
+    }
+}
+
+impl Drop for Torch {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+struct Bench {
+    config: Config,
+    rounds: usize,
+    steps: usize,
+    torch: Option<Torch>,
+}
+
+impl BackendTask for Bench {
+    type Output = ();
+    fn run<B: TrainBackend>(
+        mut self,
+        device: B::Device,
+        backend: &'static str,
+    ) -> mixtrain::Result<()> {
+        let mut session = Session::<B>::build(self.config.clone(), device)?;
+        for _ in 0..3 {
+            session.train_step()?;
+        }
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for round in 0..self.rounds {
+            let start = Instant::now();
+            for _ in 0..self.steps {
+                session.train_step()?;
+            }
+            ours.push(start.elapsed().as_secs_f64() * 1e3 / self.steps as f64);
+            if let Some(torch) = self.torch.as_mut() {
+                match torch.time_steps(self.steps) {
+                    Ok(ms) => theirs.push(ms),
+                    Err(e) => {
+                        println!("vs_pytorch: {e}; timing mixtrain alone from here");
+                        self.torch = None;
+                    }
+                }
+            }
+            println!(
+                "round {round}: mixtrain {:.1} ms/step, pytorch {}",
+                ours[round],
+                theirs
+                    .get(round)
+                    .map_or("-".to_string(), |ms| format!("{ms:.1} ms/step"))
+            );
+        }
+        let tokens = (self.config.train.batch_size * self.config.data.seq_len) as f64;
+        let ours = median(ours);
+        println!(
+            "vs_pytorch/mixtrain ({backend}) {ours:>8.1} ms/step {:>9.0} tokens/s (median of {} rounds of {} steps)",
+            tokens / ours * 1e3,
+            self.rounds,
+            self.steps
+        );
+        if theirs.len() == self.rounds {
+            let theirs = median(theirs);
+            println!(
+                "vs_pytorch/pytorch-eager  {theirs:>8.1} ms/step {:>9.0} tokens/s",
+                tokens / theirs * 1e3
+            );
+            println!("vs_pytorch speed mixtrain / pytorch = {:.2}", theirs / ours);
+        }
+        Ok(())
+    }
+}
+
+fn main() -> mixtrain::Result<()> {
+    let mut config = Config::load(Path::new("configs/quickstart.toml"), &[])?;
+    config.mixer.kind = MixerKind::Static;
+    config.model.mlp = match std::env::var("MLP").as_deref() {
+        Ok("swiglu") => MlpKind::Swiglu,
+        _ => MlpKind::Gelu,
+    };
+    config.model.d_ff = env_or("D_FF", 512);
+    let torch = match torch_python().and_then(|python| Torch::start(&python, &config)) {
+        Ok(torch) => Some(torch),
+        Err(why) => {
+            println!("vs_pytorch: PyTorch side skipped: {why}");
+            None
+        }
+    };
+    let bench = Bench {
+        rounds: env_or("ROUNDS", 5),
+        steps: env_or("STEPS", 10),
+        config: config.clone(),
+        torch,
+    };
+    dispatch(config.run.backend, bench)
+}
