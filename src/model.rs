@@ -5,7 +5,7 @@ use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::silu;
 use mixtrain_kernels::StatKernels;
 
 use crate::config::{MlpKind, ModelConfig};
@@ -119,17 +119,6 @@ fn rope_tables<B: Backend>(
     )
 }
 
-/// Rotates the two halves of each head (GPT-NeoX layout). x: [batch, heads, seq, head_dim].
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [_, _, _, head_dim] = x.dims();
-    let half = head_dim / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let rotated1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-    let rotated2 = x1 * sin.clone() + x2 * cos.clone();
-    Tensor::cat(vec![rotated1, rotated2], 3)
-}
-
 impl<B: StatKernels> Gpt<B> {
     /// Logits for `tokens` [batch, seq] → [batch · seq, vocab] (row b · seq + t).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
@@ -148,8 +137,6 @@ impl<B: StatKernels> Gpt<B> {
         let d_model = self.tok_emb.weight.dims()[1];
         let head_dim = d_model / self.n_heads;
         let (cos, sin) = rope_tables::<B>(seq, head_dim, self.rope_theta, &device);
-        let cos = cos.unsqueeze::<4>(); // [1, 1, seq, head_dim / 2]
-        let sin = sin.unsqueeze::<4>();
 
         let mut x = self.tok_emb.forward(tokens.clone()); // [batch, seq, d_model]
         if let Some(t) = trace.as_deref_mut() {
@@ -206,8 +193,8 @@ impl<B: StatKernels> Attention<B> {
         &self,
         x: Tensor<B, 3>,
         n_heads: usize,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
         mut trace: Option<&mut Trace<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
@@ -216,8 +203,9 @@ impl<B: StatKernels> Attention<B> {
         let q = linear_traced(&self.q_proj, x.clone(), trace.as_deref_mut());
         let k = linear_traced(&self.k_proj, x.clone(), trace.as_deref_mut());
         let v = linear_traced(&self.v_proj, x, trace.as_deref_mut());
-        let q = apply_rope(heads(q), cos, sin);
-        let k = apply_rope(heads(k), cos, sin);
+        // RoPE as one op (fused host loop on the CPU). cos, sin: [seq, head_dim / 2]
+        let q = B::rope(heads(q), cos.clone(), sin.clone());
+        let k = B::rope(heads(k), cos.clone(), sin.clone());
         let v = heads(v);
         let scores = q.matmul(k.swap_dims(2, 3)); // [batch, heads, seq, seq]
                                                   // Scale, causal mask and softmax in one op (fused host loop on the CPU).
@@ -230,12 +218,16 @@ impl<B: StatKernels> Attention<B> {
     }
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: StatKernels> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, mut trace: Option<&mut Trace<B>>) -> Tensor<B, 3> {
         let up = linear_traced(&self.up_proj, x.clone(), trace.as_deref_mut()); // [batch, seq, d_ff]
         let hidden = match &self.gate_proj {
             Some(gate) => silu(linear_traced(gate, x, trace.as_deref_mut())) * up,
-            None => gelu(up),
+            None => {
+                // One op (fused host loop on the CPU). [batch · seq, d_ff]
+                let [b, t, f] = up.dims();
+                B::gelu_rows(up.reshape([b * t, f])).reshape([b, t, f])
+            }
         };
         linear_traced(&self.down_proj, hidden, trace)
     }
@@ -318,15 +310,17 @@ fn linear_traced<B: Backend>(
 
 /// RMSNorm of x [b, s, d], tapped when tracing (the same formula as burn's `RmsNorm`, with
 /// x̂ kept for the gain's per-token gradient).
-fn rms_norm<B: Backend>(
+fn rms_norm<B: StatKernels>(
     norm: &RmsNorm<B>,
     x: Tensor<B, 3>,
     trace: Option<&mut Trace<B>>,
 ) -> Tensor<B, 3> {
-    let Some(t) = trace else {
-        return norm.forward(x);
-    };
     let [b, s, d] = x.dims();
+    let Some(t) = trace else {
+        // One op (fused host loop on the CPU). [batch · seq, d_model]
+        let y = B::rms_norm(x.reshape([b * s, d]), norm.gamma.val(), norm.epsilon);
+        return y.reshape([b, s, d]);
+    };
     let rms = (x.clone().square().mean_dim(2) + norm.epsilon).sqrt(); // [b, s, 1]
     let x_hat = x / rms; // [b, s, d]
     let y = x_hat.clone() * norm.gamma.val().unsqueeze::<3>();

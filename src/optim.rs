@@ -12,6 +12,8 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::config::TrainConfig;
 use crate::params::{NamedTensor, ParamPath};
+use mixtrain_kernels::host::AdamWStep;
+use mixtrain_kernels::StatKernels;
 
 /// Learning rate after `step` optimizer steps (the rate used by step `step + 1`).
 pub fn lr_at(step: usize, train: &TrainConfig) -> f64 {
@@ -64,6 +66,7 @@ impl<B: Backend> AdamW<B> {
     ) -> M
     where
         AB: AutodiffBackend<InnerBackend = B>,
+        B: StatKernels,
         M: AutodiffModule<AB>,
     {
         self.steps += 1;
@@ -162,7 +165,10 @@ struct AdamWMapper<'a, B: Backend> {
     path: ParamPath,
 }
 
-impl<AB: AutodiffBackend> ModuleMapper<AB> for AdamWMapper<'_, AB::InnerBackend> {
+impl<AB> ModuleMapper<AB> for AdamWMapper<'_, AB::InnerBackend>
+where
+    AB: AutodiffBackend<InnerBackend: StatKernels>,
+{
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.enter(name, container_type);
     }
@@ -183,28 +189,28 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for AdamWMapper<'_, AB::InnerBackend>
         let require_grad = tensor.is_require_grad();
         let param = tensor.inner().reshape([numel]); // [numel]
         let grad = grad.reshape([numel]);
-        let grad = if self.grad_scale != 1.0 {
-            grad * self.grad_scale
-        } else {
-            grad
-        };
         let Moments { m, v } = optim.moments.remove(&name).unwrap_or_else(|| Moments {
             m: param.zeros_like(),
             v: param.zeros_like(),
         });
-        let m = m * optim.beta1 + grad.clone() * (1.0 - optim.beta1);
-        let v = v * optim.beta2 + grad.square() * (1.0 - optim.beta2);
         let t = optim.steps as i32;
-        let bias1 = 1.0 - optim.beta1.powi(t);
-        let bias2 = 1.0 - optim.beta2.powi(t);
-        let update = (m.clone() / bias1) / ((v.clone() / bias2).sqrt() + optim.eps);
-        // Decoupled decay on matrices and embeddings only (not norm gains).
-        let param = if D >= 2 && optim.weight_decay > 0.0 {
-            param * (1.0 - self.lr * optim.weight_decay)
-        } else {
-            param
+        let step = AdamWStep {
+            beta1: optim.beta1,
+            beta2: optim.beta2,
+            eps: optim.eps,
+            lr: self.lr,
+            bias1: 1.0 - optim.beta1.powi(t),
+            bias2: 1.0 - optim.beta2.powi(t),
+            // Decoupled decay on matrices and embeddings only (not norm gains).
+            decay: if D >= 2 && optim.weight_decay > 0.0 {
+                1.0 - self.lr * optim.weight_decay
+            } else {
+                1.0
+            },
+            grad_scale: self.grad_scale,
         };
-        let param = param - update * self.lr;
+        // One fused pass on the CPU (host loop), the reference tensor ops elsewhere.
+        let (param, m, v) = AB::InnerBackend::adamw(param, grad, m, v, step);
         optim.moments.insert(name, Moments { m, v });
         let mut updated = Tensor::<AB, D>::from_inner(param.reshape(dims));
         if require_grad {
@@ -222,7 +228,7 @@ struct GradNorm<'a, B: Backend> {
 impl<AB: AutodiffBackend> ModuleVisitor<AB> for GradNorm<'_, AB::InnerBackend> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
         if let Some(grad) = self.grads.get::<AB::InnerBackend, D>(param.id) {
-            let s = grad.square().sum(); // [1]
+            let s = (grad.clone() * grad).sum(); // [1]
             self.sum_squares = Some(match self.sum_squares.take() {
                 Some(acc) => acc + s,
                 None => s,

@@ -107,6 +107,174 @@ pub fn causal_softmax_backward(y: &[f32], dy: &[f32], seq: usize, scale: f32) ->
     out
 }
 
+/// RoPE (GPT-NeoX half-split) of x [rows, seq, head_dim] where row r's position is r % seq:
+/// (x1, x2) → (x1 cos − x2 sin, x1 sin + x2 cos) with cos, sin [seq, head_dim / 2]. Its gradient
+/// is the same map with −sin (the inverse rotation).
+pub fn rope(x: &[f32], seq: usize, head_dim: usize, cos: &[f32], sin: &[f32]) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(head_dim * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            for (i, y) in out.chunks_mut(head_dim).enumerate() {
+                let row = chunk * ROWS_PER_TASK + i;
+                let pos = row % seq;
+                let x = &x[row * head_dim..(row + 1) * head_dim];
+                let (cos, sin) = (
+                    &cos[pos * half..(pos + 1) * half],
+                    &sin[pos * half..(pos + 1) * half],
+                );
+                let (y1, y2) = y.split_at_mut(half);
+                for j in 0..half {
+                    let (a, b) = (x[j], x[half + j]);
+                    y1[j] = a * cos[j] - b * sin[j];
+                    y2[j] = a * sin[j] + b * cos[j];
+                }
+            }
+        });
+    out
+}
+
+/// RMSNorm of x [rows, d] with gain [d]: y = x̂ ⊙ gain with x̂ = x · r, r = 1 / sqrt(mean(x²) + eps).
+/// Returns (y [rows, d], r [rows]).
+pub fn rms_norm(x: &[f32], gain: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let d = gain.len();
+    let rows = x.len() / d;
+    let mut y = vec![0.0f32; x.len()];
+    let mut r = vec![0.0f32; rows];
+    y.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(r.par_chunks_mut(ROWS_PER_TASK))
+        .enumerate()
+        .for_each(|(chunk, (y, r))| {
+            for (i, (y, r)) in y.chunks_mut(d).zip(r.iter_mut()).enumerate() {
+                let row = chunk * ROWS_PER_TASK + i;
+                let x = &x[row * d..(row + 1) * d];
+                let mean_square = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                *r = 1.0 / (mean_square + eps).sqrt();
+                for ((y, &x), &g) in y.iter_mut().zip(x).zip(gain) {
+                    *y = x * *r * g;
+                }
+            }
+        });
+    (y, r)
+}
+
+/// Gradients of `rms_norm` from x [rows, d], gain [d], its r [rows] and dy [rows, d]:
+/// with g = dy ⊙ gain, dx = r (g − x̂ · mean(g ⊙ x̂)) and dgain = Σ_rows dy ⊙ x̂.
+/// dgain is summed per fixed block of rows, then the blocks in order: the same bits for any
+/// thread count.
+pub fn rms_norm_backward(x: &[f32], gain: &[f32], r: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let d = gain.len();
+    let mut dx = vec![0.0f32; x.len()];
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(d * ROWS_PER_TASK)
+        .enumerate()
+        .map(|(chunk, dx)| {
+            let mut dgain = vec![0.0f32; d];
+            for (i, dx) in dx.chunks_mut(d).enumerate() {
+                let row = chunk * ROWS_PER_TASK + i;
+                let (x, dy, r) = (
+                    &x[row * d..(row + 1) * d],
+                    &dy[row * d..(row + 1) * d],
+                    r[row],
+                );
+                let mut dot = 0.0f32;
+                for j in 0..d {
+                    let x_hat = x[j] * r;
+                    dot += dy[j] * gain[j] * x_hat;
+                    dgain[j] += dy[j] * x_hat;
+                }
+                let mean = dot / d as f32;
+                for j in 0..d {
+                    dx[j] = r * (dy[j] * gain[j] - x[j] * r * mean);
+                }
+            }
+            dgain
+        })
+        .collect();
+    let mut dgain = vec![0.0f32; d];
+    for partial in partials {
+        for (total, p) in dgain.iter_mut().zip(partial) {
+            *total += p;
+        }
+    }
+    (dx, dgain)
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2π)
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// GELU (the exact, erf form): x Φ(x) = x · ½ (1 + erf(x / √2)).
+pub fn gelu(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * 0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2));
+            }
+        });
+    y
+}
+
+/// d x = dy · (Φ(x) + x φ(x)) for GELU.
+pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
+        .for_each(|(dx, (x, dy))| {
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                let cdf = 0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2));
+                let pdf = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
+                *dx = dy * (cdf + x * pdf);
+            }
+        });
+    dx
+}
+
+/// The constants of one AdamW update.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub lr: f64,
+    /// 1 − β1^t and 1 − β2^t.
+    pub bias1: f64,
+    pub bias2: f64,
+    /// Multiplies the parameter before the update: 1 − lr · weight_decay (1 without decay).
+    pub decay: f64,
+    /// Multiplies the gradient first (clipping).
+    pub grad_scale: f64,
+}
+
+/// One AdamW update in place, element by element: m ← β1 m + (1 − β1) g, v ← β2 v + (1 − β2) g²,
+/// θ ← decay · θ − lr · (m / bias1) / (sqrt(v / bias2) + eps), with g = grad_scale · grad.
+pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], c: AdamWStep) {
+    const BLOCK: usize = 8192;
+    let (beta1, beta2, eps, lr) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32, c.lr as f32);
+    let (bias1, bias2, decay, scale) = (
+        c.bias1 as f32,
+        c.bias2 as f32,
+        c.decay as f32,
+        c.grad_scale as f32,
+    );
+    param
+        .par_chunks_mut(BLOCK)
+        .zip(m.par_chunks_mut(BLOCK).zip(v.par_chunks_mut(BLOCK)))
+        .zip(grad.par_chunks(BLOCK))
+        .for_each(|((param, (m, v)), grad)| {
+            for (((p, m), v), &g) in param.iter_mut().zip(m).zip(v).zip(grad) {
+                let g = g * scale;
+                *m = *m * beta1 + g * (1.0 - beta1);
+                *v = *v * beta2 + g * g * (1.0 - beta2);
+                let update = (*m / bias1) / ((*v / bias2).sqrt() + eps);
+                *p = *p * decay - update * lr;
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +331,120 @@ mod tests {
                 grad[j]
             );
         }
+    }
+
+    #[test]
+    fn rope_rotates_each_pair_and_minus_sin_undoes_it() {
+        let (seq, head_dim) = (3, 4);
+        let angles: Vec<f32> = (0..seq * 2).map(|i| 0.3 * i as f32).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let x: Vec<f32> = (0..2 * seq * head_dim).map(|i| i as f32 - 7.0).collect();
+        let y = rope(&x, seq, head_dim, &cos, &sin);
+        // Row 4 is position 1; its first pair is (x[16], x[18]) rotated by angle[2].
+        let (a, b, t) = (x[16], x[18], angles[2]);
+        assert!((y[16] - (a * t.cos() - b * t.sin())).abs() < 1e-5);
+        assert!((y[18] - (a * t.sin() + b * t.cos())).abs() < 1e-5);
+        let minus_sin: Vec<f32> = sin.iter().map(|s| -s).collect();
+        let back = rope(&y, seq, head_dim, &cos, &minus_sin);
+        for (a, b) in back.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-4);
+        }
+    }
+
+    /// Central differences of Σ dy ⊙ f(inputs) against the analytic gradient.
+    fn check_gradient(
+        inputs: &[f32],
+        analytic: &[f32],
+        objective: impl Fn(&[f32]) -> f64,
+        tolerance: f64,
+    ) {
+        for j in 0..inputs.len() {
+            let (mut plus, mut minus) = (inputs.to_vec(), inputs.to_vec());
+            plus[j] += 1e-2;
+            minus[j] -= 1e-2;
+            let numeric = (objective(&plus) - objective(&minus)) / 2e-2;
+            let got = analytic[j] as f64;
+            assert!((numeric - got).abs() < tolerance, "{j}: {numeric} vs {got}");
+        }
+    }
+
+    fn weighted(values: &[f32], dy: &[f32]) -> f64 {
+        values
+            .iter()
+            .zip(dy)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum()
+    }
+
+    #[test]
+    fn rms_norm_gradients_match_finite_differences() {
+        let d = 5;
+        let x: Vec<f32> = (0..3 * d)
+            .map(|i| ((i * 7 % 9) as f32 - 4.0) * 0.4)
+            .collect();
+        let gain: Vec<f32> = (0..d).map(|i| 0.5 + 0.3 * i as f32).collect();
+        let dy: Vec<f32> = (0..3 * d)
+            .map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.5)
+            .collect();
+        let (y, r) = rms_norm(&x, &gain, 1e-5);
+        // Row 0 by hand.
+        let ms = x[..d].iter().map(|v| v * v).sum::<f32>() / d as f32;
+        assert!((y[1] - x[1] / (ms + 1e-5).sqrt() * gain[1]).abs() < 1e-6);
+        let (dx, dgain) = rms_norm_backward(&x, &gain, &r, &dy);
+        check_gradient(
+            &x,
+            &dx,
+            |x| weighted(&rms_norm(x, &gain, 1e-5).0, &dy),
+            2e-3,
+        );
+        check_gradient(
+            &gain,
+            &dgain,
+            |g| weighted(&rms_norm(&x, g, 1e-5).0, &dy),
+            2e-3,
+        );
+    }
+
+    #[test]
+    fn gelu_matches_its_definition_and_gradient() {
+        let x: Vec<f32> = (0..41).map(|i| (i as f32 - 20.0) * 0.2).collect();
+        let y = gelu(&x);
+        // Φ(1) = 0.841344746
+        assert!((y[25] - 0.841_344_75).abs() < 1e-6, "{}", y[25]);
+        assert_eq!(y[20], 0.0);
+        let dy: Vec<f32> = (0..41).map(|i| 1.0 + (i % 3) as f32).collect();
+        check_gradient(
+            &x,
+            &gelu_backward(&x, &dy),
+            |x| weighted(&gelu(x), &dy),
+            2e-3,
+        );
+    }
+
+    #[test]
+    fn adamw_first_step_moves_each_weight_by_lr_against_its_gradient_sign() {
+        let mut param = vec![1.0f32, -2.0, 0.5];
+        let grad = [0.3f32, -0.1, 2.0];
+        let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
+        let c = AdamWStep {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            lr: 0.01,
+            bias1: 0.1,
+            bias2: 0.05,
+            decay: 1.0 - 0.01 * 0.1,
+            grad_scale: 0.5,
+        };
+        adamw(&mut param, &grad, &mut m, &mut v, c);
+        // Step 1: m̂ = g, v̂ = g², so the update is sign(g) (up to eps).
+        let decay = c.decay as f32;
+        let want = [decay - 0.01, -2.0 * decay + 0.01, 0.5 * decay - 0.01];
+        for (p, w) in param.iter().zip(want) {
+            assert!((p - w).abs() < 1e-6, "{param:?}");
+        }
+        assert!((m[2] - 0.1).abs() < 1e-7 && (v[2] - 0.05).abs() < 1e-7);
     }
 
     #[test]

@@ -72,6 +72,79 @@ pub fn causal_softmax_backward<B: Backend>(
     (dy - dot) * y * scale
 }
 
+/// RoPE (GPT-NeoX half-split) of x [batch, heads, seq, head_dim] with cos, sin
+/// [seq, head_dim / 2]: (x1, x2) → (x1 cos − x2 sin, x1 sin + x2 cos).
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 4> {
+    let [_, _, _, head_dim] = x.dims();
+    let half = head_dim / 2;
+    let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>()); // [1, 1, seq, half]
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let rotated1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let rotated2 = x1 * sin + x2 * cos;
+    Tensor::cat(vec![rotated1, rotated2], 3)
+}
+
+/// RMSNorm of x [rows, d] with gain [d]: x / sqrt(mean(x²) + eps) ⊙ gain (burn's `RmsNorm`).
+pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, gain: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let rms = (x.clone().square().mean_dim(1) + eps).sqrt(); // [rows, 1]
+    (x / rms) * gain.unsqueeze::<2>()
+}
+
+/// (dx [rows, d], dgain [d]) of `rms_norm` for output gradient dy [rows, d]: with
+/// r = 1 / rms, x̂ = x r and g = dy ⊙ gain, dx = r (g − x̂ mean(g ⊙ x̂)), dgain = Σ_rows dy ⊙ x̂.
+pub fn rms_norm_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    gain: Tensor<B, 1>,
+    dy: Tensor<B, 2>,
+    eps: f64,
+) -> (Tensor<B, 2>, Tensor<B, 1>) {
+    let [_, d] = x.dims();
+    let r = (x.clone().square().mean_dim(1) + eps).sqrt().recip(); // [rows, 1]
+    let x_hat = x * r.clone();
+    let g = dy.clone() * gain.unsqueeze::<2>();
+    let mean = (g.clone() * x_hat.clone()).sum_dim(1) / d as f64; // [rows, 1]
+    let dx = (g - x_hat.clone() * mean) * r;
+    let dgain = (dy * x_hat).sum_dim(0).reshape([d]);
+    (dx, dgain)
+}
+
+/// d x of GELU (erf form) for output gradient dy: dy (Φ(x) + x φ(x)).
+pub fn gelu_backward<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    dy: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let cdf = ((x.clone() * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5;
+    let pdf = (x.clone().square() * -0.5).exp()
+        * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+    dy * (cdf + x * pdf)
+}
+
+/// One AdamW update of a flattened parameter [numel] and its moments (see `host::adamw`):
+/// returns (param, m, v).
+pub fn adamw<B: Backend>(
+    param: Tensor<B, 1>,
+    grad: Tensor<B, 1>,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    c: crate::host::AdamWStep,
+) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    let grad = if c.grad_scale != 1.0 {
+        grad * c.grad_scale
+    } else {
+        grad
+    };
+    let m = m * c.beta1 + grad.clone() * (1.0 - c.beta1);
+    let v = v * c.beta2 + grad.square() * (1.0 - c.beta2);
+    let update = (m.clone() / c.bias1) / ((v.clone() / c.bias2).sqrt() + c.eps);
+    let param = if c.decay != 1.0 {
+        param * c.decay
+    } else {
+        param
+    };
+    (param - update * c.lr, m, v)
+}
+
 /// out[k] = Σ_{i: seg_i = k} values_i, for `values` [n], `seg` [n] with ids in 0..k.
 pub fn segment_sum<B: Backend>(
     values: Tensor<B, 1>,

@@ -20,7 +20,8 @@ use burn::prelude::*;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::TensorPrimitive;
 
-use crate::{host, reference};
+use crate::host::{self, AdamWStep};
+use crate::reference;
 
 /// Which implementation a backend's statistics run on (logged with every run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,48 @@ pub trait StatKernels: Backend {
     ) -> Tensor<Self, 4> {
         reference::causal_softmax_backward(y, dy, scale)
     }
+
+    /// RoPE (GPT-NeoX half-split) of x [batch, heads, seq, head_dim] with the constant tables
+    /// cos, sin [seq, head_dim / 2]. Its gradient is `rope(dy, cos, −sin)`.
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 2>, sin: Tensor<Self, 2>) -> Tensor<Self, 4> {
+        reference::rope(x, cos, sin)
+    }
+
+    /// RMSNorm of x [rows, d] with gain [d] (burn's `RmsNorm`); differentiable in both.
+    fn rms_norm(x: Tensor<Self, 2>, gain: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        reference::rms_norm(x, gain, eps)
+    }
+
+    /// (dx [rows, d], dgain [d]) of `rms_norm` for the output gradient dy [rows, d].
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        gain: Tensor<Self, 1>,
+        dy: Tensor<Self, 2>,
+        eps: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        reference::rms_norm_backward(x, gain, dy, eps)
+    }
+
+    /// GELU (erf form) of x [rows, d]; differentiable.
+    fn gelu_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        burn::tensor::activation::gelu(x)
+    }
+
+    /// d x of GELU for the output gradient dy, both [rows, d].
+    fn gelu_rows_backward(x: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        reference::gelu_backward(x, dy)
+    }
+
+    /// One AdamW update of a flattened parameter and its moments, all [numel]: (param, m, v).
+    fn adamw(
+        param: Tensor<Self, 1>,
+        grad: Tensor<Self, 1>,
+        m: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        step: AdamWStep,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        reference::adamw(param, grad, m, v, step)
+    }
 }
 
 impl StatKernels for burn::backend::Flex {}
@@ -177,6 +220,72 @@ impl StatKernels for burn::backend::NdArray {
         let d = host::causal_softmax_backward(&host_f32(y), &host_f32(dy), shape[3], scale as f32);
         Tensor::from_data(TensorData::new(d, shape), &device)
     }
+
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 2>, sin: Tensor<Self, 2>) -> Tensor<Self, 4> {
+        let shape = x.dims();
+        let device = x.device();
+        let y = host::rope(
+            &host_f32(x),
+            shape[2],
+            shape[3],
+            &host_f32(cos),
+            &host_f32(sin),
+        );
+        Tensor::from_data(TensorData::new(y, shape), &device)
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, gain: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        let shape = x.dims();
+        let device = x.device();
+        let (y, _) = host::rms_norm(&host_f32(x), &host_f32(gain), eps as f32);
+        Tensor::from_data(TensorData::new(y, shape), &device)
+    }
+
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        gain: Tensor<Self, 1>,
+        dy: Tensor<Self, 2>,
+        eps: f64,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        let shape = x.dims();
+        let device = x.device();
+        let (x, gain) = (host_f32(x), host_f32(gain));
+        // r is recomputed (one pass over x) rather than kept from the forward.
+        let (_, r) = host::rms_norm(&x, &gain, eps as f32);
+        let (dx, dgain) = host::rms_norm_backward(&x, &gain, &r, &host_f32(dy));
+        (
+            Tensor::from_data(TensorData::new(dx, shape), &device),
+            Tensor::from_data(TensorData::new(dgain, [shape[1]]), &device),
+        )
+    }
+
+    fn gelu_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let shape = x.dims();
+        let device = x.device();
+        Tensor::from_data(TensorData::new(host::gelu(&host_f32(x)), shape), &device)
+    }
+
+    fn gelu_rows_backward(x: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let shape = x.dims();
+        let device = x.device();
+        let dx = host::gelu_backward(&host_f32(x), &host_f32(dy));
+        Tensor::from_data(TensorData::new(dx, shape), &device)
+    }
+
+    fn adamw(
+        param: Tensor<Self, 1>,
+        grad: Tensor<Self, 1>,
+        m: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        step: AdamWStep,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        let [n] = param.dims();
+        let device = param.device();
+        let (mut param, mut m, mut v) = (host_f32(param), host_f32(m), host_f32(v));
+        host::adamw(&mut param, &host_f32(grad), &mut m, &mut v, step);
+        let back = |values: Vec<f32>| Tensor::from_data(TensorData::new(values, [n]), &device);
+        (back(param), back(m), back(v))
+    }
 }
 
 /// A tensor's values in row-major order on the host.
@@ -223,6 +332,82 @@ impl<B: StatKernels> Backward<B, 1> for CausalSoftmaxBackward {
         if let Some(node) = scores_node {
             let ds = B::causal_softmax_backward(float::<B, 4>(y), float::<B, 4>(dy), scale);
             grads.register::<B>(node.id, ds.into_primitive().tensor());
+        }
+    }
+}
+
+/// The backward of RoPE: the inverse rotation. State = (cos, sin) [seq, head_dim / 2].
+#[derive(Debug)]
+struct RopeBackward;
+
+impl<B: StatKernels> Backward<B, 1> for RopeBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (cos, sin) = ops.state;
+        if let Some(node) = x_node {
+            let dx = B::rope(float::<B, 4>(dy), float::<B, 2>(cos), -float::<B, 2>(sin));
+            grads.register::<B>(node.id, dx.into_primitive().tensor());
+        }
+    }
+}
+
+/// The backward of RMSNorm: state = (x [rows, d], gain [d], eps).
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl<B: StatKernels> Backward<B, 2> for RmsNormBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node, gain_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, gain, eps) = ops.state;
+        let (dx, dgain) = B::rms_norm_backward(
+            float::<B, 2>(x),
+            float::<B, 1>(gain),
+            float::<B, 2>(dy),
+            eps,
+        );
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, dx.into_primitive().tensor());
+        }
+        if let Some(node) = gain_node {
+            grads.register::<B>(node.id, dgain.into_primitive().tensor());
+        }
+    }
+}
+
+/// The backward of GELU: state = x.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl<B: StatKernels> Backward<B, 1> for GeluBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = x_node {
+            let dx = B::gelu_rows_backward(float::<B, 2>(ops.state), float::<B, 2>(dy));
+            grads.register::<B>(node.id, dx.into_primitive().tensor());
         }
     }
 }
@@ -316,6 +501,90 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
             ),
         };
         float::<Self, 4>(y)
+    }
+
+    /// One tracked op (the tables are constants): its backward is the inverse rotation.
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 2>, sin: Tensor<Self, 2>) -> Tensor<Self, 4> {
+        let x = x.into_primitive().tensor();
+        let (cos, sin) = (cos.inner(), sin.inner());
+        let y = match RopeBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::rope(float::<B, 4>(x.primitive), cos.clone(), sin.clone());
+                let state = (cos.into_primitive().tensor(), sin.into_primitive().tensor());
+                prep.finish(state, y.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::rope(float::<B, 4>(x.primitive), cos, sin)
+                    .into_primitive()
+                    .tensor(),
+            ),
+        };
+        float::<Self, 4>(y)
+    }
+
+    /// A tracked op where `B` has fused host loops; burn's autodiff of the reference ops
+    /// elsewhere (the GPU backends' numbers stay what they were).
+    fn rms_norm(x: Tensor<Self, 2>, gain: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        if B::IMPL != KernelImpl::Host {
+            return reference::rms_norm(x, gain, eps);
+        }
+        let x = x.into_primitive().tensor();
+        let gain = gain.into_primitive().tensor();
+        let y = match RmsNormBackward
+            .prepare::<C>([x.node.clone(), gain.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::rms_norm(
+                    float::<B, 2>(x.primitive.clone()),
+                    float::<B, 1>(gain.primitive.clone()),
+                    eps,
+                );
+                prep.finish(
+                    (x.primitive, gain.primitive, eps),
+                    y.into_primitive().tensor(),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::rms_norm(
+                    float::<B, 2>(x.primitive),
+                    float::<B, 1>(gain.primitive),
+                    eps,
+                )
+                .into_primitive()
+                .tensor(),
+            ),
+        };
+        float::<Self, 2>(y)
+    }
+
+    /// A tracked op where `B` has fused host loops; burn's own GELU elsewhere.
+    fn gelu_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if B::IMPL != KernelImpl::Host {
+            return burn::tensor::activation::gelu(x);
+        }
+        let x = x.into_primitive().tensor();
+        let y = match GeluBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::gelu_rows(float::<B, 2>(x.primitive.clone()));
+                prep.finish(x.primitive, y.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::gelu_rows(float::<B, 2>(x.primitive))
+                    .into_primitive()
+                    .tensor(),
+            ),
+        };
+        float::<Self, 2>(y)
     }
 }
 
