@@ -313,6 +313,18 @@ pub enum InfluenceNorm {
     Max,
 }
 
+/// Where tikmix's G_k comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InfluenceFrom {
+    /// The training step just before the update: G_k = the gradient of source k's sequences
+    /// in that step, measured by the step's own backward (`mixer.grad_stats`), as fastmix's
+    /// s_k. No extra backward.
+    Probe,
+    /// `samples_per_source` extra random sequences of each source, one extra backward each.
+    ExtraPasses,
+}
+
 /// `[mixer.fastmix]`: validation-gradient hypergradient on softmax logits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -345,7 +357,10 @@ impl Default for FastMixConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TikMixConfig {
-    /// Sequences of each source behind G_k. Default 32.
+    /// Where G_k comes from: "probe" (the step before the update, no extra backward) or
+    /// "extra-passes". Default "probe".
+    pub influence: InfluenceFrom,
+    /// Sequences of each source behind G_k with `influence = "extra-passes"`. Default 32.
     pub samples_per_source: usize,
     /// Entropy temperature τ: p_new = softmax(Ĩ / τ). Default 1.0.
     pub tau: f64,
@@ -360,6 +375,7 @@ pub struct TikMixConfig {
 impl Default for TikMixConfig {
     fn default() -> Self {
         TikMixConfig {
+            influence: InfluenceFrom::Probe,
             samples_per_source: 32,
             tau: 1.0,
             blend: 0.5,

@@ -294,16 +294,16 @@ fn linear_traced<B: Backend>(
     x: Tensor<B, 3>,
     trace: Option<&mut Trace<B>>,
 ) -> Tensor<B, 3> {
-    let y = layer.forward(x.clone());
+    // One [b · s, in] × [in, out] product rather than burn's batched form (b products of
+    // [s, in] × [in, out] against a broadcast weight, whose backward also sums b partial weight
+    // gradients): one large matmul uses both cores and packs the weight once.
+    let [b, s, d_in] = x.dims();
+    let rows = x.reshape([b * s, d_in]); // [b · s, in]
+    let y = rows.clone().matmul(layer.weight.val()); // [b · s, out]
+    let d_out = y.dims()[1];
+    let y = y.reshape([b, s, d_out]);
     match trace {
-        Some(t) => {
-            let [b, s, d_in] = x.dims();
-            t.tap(
-                layer.weight.id,
-                TapInput::Linear(x.reshape([b * s, d_in])),
-                y,
-            )
-        }
+        Some(t) => t.tap(layer.weight.id, TapInput::Linear(rows), y),
         None => y,
     }
 }

@@ -20,6 +20,9 @@ use burn::prelude::*;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::TensorPrimitive;
 
+use burn::backend::ndarray::{NdArray, NdArrayTensor};
+use ndarray::{Ix2, Ix3, Ix4};
+
 use crate::host::{self, AdamWStep};
 use crate::reference;
 
@@ -162,7 +165,7 @@ impl StatKernels for burn::backend::Flex {}
 
 /// The default CPU backend runs the row-wise ops as fused host loops (`host.rs`): measured
 /// faster than the reference's chain of tensor ops (`cargo bench --bench vs_pytorch`).
-impl StatKernels for burn::backend::NdArray {
+impl StatKernels for NdArray {
     const IMPL: KernelImpl = KernelImpl::Host;
 
     fn cross_entropy_per_token(
@@ -288,13 +291,45 @@ impl StatKernels for burn::backend::NdArray {
     }
 }
 
-/// A tensor's values in row-major order on the host.
-fn host_f32<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("converted to f32")
+/// An ndarray tensor's values in row-major order. Reads the array in place (one memcpy when it
+/// is contiguous): `into_data` would walk a shared array (autodiff keeps the forward's inputs)
+/// element by element through a dynamic-rank iterator, which cost more than the ops it fed.
+fn host_f32<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<f32> {
+    match tensor.into_primitive().tensor() {
+        NdArrayTensor::F32(storage) => {
+            let view = storage.view();
+            if let Some(values) = view.as_slice() {
+                return values.to_vec();
+            }
+            // Strided (a transposed or narrowed view): copy through a fixed-rank view.
+            match view.ndim() {
+                2 => view
+                    .into_dimensionality::<Ix2>()
+                    .expect("rank 2")
+                    .iter()
+                    .copied()
+                    .collect(),
+                3 => view
+                    .into_dimensionality::<Ix3>()
+                    .expect("rank 3")
+                    .iter()
+                    .copied()
+                    .collect(),
+                4 => view
+                    .into_dimensionality::<Ix4>()
+                    .expect("rank 4")
+                    .iter()
+                    .copied()
+                    .collect(),
+                _ => view.iter().copied().collect(),
+            }
+        }
+        other => Tensor::<NdArray, D>::from_primitive(TensorPrimitive::Float(other))
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("converted to f32"),
+    }
 }
 
 fn host_i64<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>) -> Vec<i64> {

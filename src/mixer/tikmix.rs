@@ -1,12 +1,15 @@
-//! TiKMiX-D: group influence I_k = ⟨g_val, G_k⟩ (G_k from `samples_per_source` sequences of
-//! source k), normalised, turned into the entropy-regularised argmax softmax(Ĩ / τ) and
+//! TiKMiX-D: group influence I_k = ⟨g_val, G_k⟩ (G_k from the sequences of source k in the
+//! training step just before the update, or from `samples_per_source` extra ones), normalised, turned into the entropy-regularised argmax softmax(Ĩ / τ) and
 //! blended into the mixture: p ← (1 − β) p + β p_new, then the floor.
 
 use serde::{Deserialize, Serialize};
 
 use super::init::{apply_floor, blend_and_floor, softmax};
-use super::{restore_state, InfluenceSpec, Mixer, MixerUpdate, SourceStats, StatsRequest};
-use crate::config::{InfluenceNorm, TikMixConfig};
+use super::{
+    restore_state, GradScope, InfluenceSpec, Mixer, MixerUpdate, ProbeSpec, SourceStats,
+    StatsRequest,
+};
+use crate::config::{InfluenceFrom, InfluenceNorm, TikMixConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {
@@ -40,17 +43,33 @@ impl Mixer for TikMix {
     }
 
     fn needs(&self) -> StatsRequest {
-        StatsRequest {
-            group_influence: Some(InfluenceSpec {
-                samples_per_source: self.config.samples_per_source,
-                val_batches: self.config.val_batches,
-            }),
-            ..StatsRequest::default()
+        match self.config.influence {
+            // ⟨g_val, g_k⟩ over all parameters, unpreconditioned: I_k of the step's own batch.
+            InfluenceFrom::Probe => StatsRequest {
+                grad_probe: Some(ProbeSpec {
+                    scope: GradScope::All,
+                    precondition: false,
+                    val_batches: self.config.val_batches,
+                }),
+                ..StatsRequest::default()
+            },
+            InfluenceFrom::ExtraPasses => StatsRequest {
+                group_influence: Some(InfluenceSpec {
+                    samples_per_source: self.config.samples_per_source,
+                    val_batches: self.config.val_batches,
+                }),
+                ..StatsRequest::default()
+            },
         }
     }
 
     fn update(&mut self, stats: &SourceStats) -> Option<MixerUpdate> {
-        let influence = stats.influence.as_ref()?;
+        let influence = match (&stats.influence, &stats.grad_dot_val) {
+            (Some(influence), _) => influence.clone(),
+            (None, Some(probed)) => fill_absent(probed)?,
+            (None, None) => return None,
+        };
+        let influence = &influence;
         let k = influence.len() as f64;
         let scale = match self.config.normalise {
             InfluenceNorm::Std => {
@@ -87,6 +106,17 @@ impl Mixer for TikMix {
     }
 }
 
+/// Probed influences with a source absent from the step (possible with `apply = "sample"`)
+/// set to the mean of the others: no evidence either way. None when no source was present.
+fn fill_absent(probed: &[Option<f64>]) -> Option<Vec<f64>> {
+    let present: Vec<f64> = probed.iter().flatten().copied().collect();
+    if present.is_empty() {
+        return None;
+    }
+    let mean = present.iter().sum::<f64>() / present.len() as f64;
+    Some(probed.iter().map(|i| i.unwrap_or(mean)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +151,27 @@ mod tests {
         for (w, e) in update.weights.iter().zip(expected) {
             assert!((w - e).abs() < 1e-12, "{:?}", update.weights);
         }
+    }
+
+    /// With `influence = "probe"` (the default) tikmix asks for the probed step's
+    /// ⟨g_val, g_k⟩ (all parameters, no preconditioner) instead of extra passes, and an absent
+    /// source counts as the mean of the others.
+    #[test]
+    fn probed_influence_is_used_and_absent_sources_are_neutral() {
+        let mut mixer = TikMix::new(TikMixConfig::default(), &[1.0 / 3.0; 3], 0.05);
+        let needs = mixer.needs();
+        assert!(needs.group_influence.is_none());
+        let probe = needs.grad_probe.expect("probe requested");
+        assert_eq!((probe.scope, probe.precondition), (GradScope::All, false));
+        let mut from_probe = stats(vec![]);
+        from_probe.influence = None;
+        from_probe.grad_dot_val = Some(vec![Some(3.0), None, Some(-1.0)]);
+        let probed = mixer.update(&from_probe).unwrap();
+        let mut direct = TikMix::new(TikMixConfig::default(), &[1.0 / 3.0; 3], 0.05);
+        let expected = direct.update(&stats(vec![3.0, 1.0, -1.0])).unwrap();
+        assert_eq!(probed, expected);
+        from_probe.grad_dot_val = Some(vec![None; 3]);
+        assert!(mixer.update(&from_probe).is_none());
     }
 
     #[test]
