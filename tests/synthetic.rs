@@ -27,22 +27,32 @@ fn late_weights(ratios: &str) -> (Vec<String>, Vec<f64>) {
 }
 
 fn moves_weight_to_target(kind: &str, target: &str) {
+    moves_weight_to_target_with(kind, target, &[]);
+}
+
+fn moves_weight_to_target_with(kind: &str, target: &str, sets: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
-    run_ok(mixtrain().arg("run").arg(&config).args([
-        "--set",
-        &format!("mixer.kind={kind}"),
-        "--set",
-        "mixer.every=5",
-        "--set",
-        "train.steps=150",
-        "--set",
-        "train.checkpoint_every=0",
-        "--set",
-        &format!("target.sources=[\"{target}\"]"),
-        "--set",
-        "mixer.tikmix.val_batches=4",
-    ]));
+    run_ok(
+        mixtrain()
+            .arg("run")
+            .arg(&config)
+            .args([
+                "--set",
+                &format!("mixer.kind={kind}"),
+                "--set",
+                "mixer.every=5",
+                "--set",
+                "train.steps=150",
+                "--set",
+                "train.checkpoint_every=0",
+                "--set",
+                &format!("target.sources=[\"{target}\"]"),
+                "--set",
+                "mixer.tikmix.val_batches=4",
+            ])
+            .args(sets.iter().flat_map(|set| ["--set", set])),
+    );
     let ratios = std::fs::read_to_string(dir.path().join("run/ratios.csv")).unwrap();
     let (names, late) = late_weights(&ratios);
     let t = names.iter().position(|n| n == target).unwrap();
@@ -77,4 +87,10 @@ fn tikmix_moves_weight_to_the_validation_source_code() {
 #[test]
 fn tikmix_moves_weight_to_the_validation_source_legal() {
     moves_weight_to_target("tikmix", "legal");
+}
+
+/// tikmix's G_k from extra passes (the default takes it from the probed training step).
+#[test]
+fn tikmix_with_extra_passes_moves_weight_to_the_validation_source_code() {
+    moves_weight_to_target_with("tikmix", "code", &["mixer.tikmix.influence=extra-passes"]);
 }

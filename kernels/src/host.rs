@@ -205,6 +205,18 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / sqrt(2π)
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
+/// erf(x) by Abramowitz & Stegun 7.1.26 (1.5e-7 in exact arithmetic, within 1e-6 of libm in f32):
+/// one exp and one division, several times cheaper than libm's erff, which dominated GELU.
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * (-a * a).exp();
+    y.copysign(x)
+}
+
 /// GELU (the exact, erf form): x Φ(x) = x · ½ (1 + erf(x / √2)).
 pub fn gelu(x: &[f32]) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
@@ -212,7 +224,7 @@ pub fn gelu(x: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(4096))
         .for_each(|(y, x)| {
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * 0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2));
+                *y = x * 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
             }
         });
     y
@@ -225,7 +237,7 @@ pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
         .for_each(|(dx, (x, dy))| {
             for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                let cdf = 0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2));
+                let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
                 let pdf = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
                 *dx = dy * (cdf + x * pdf);
             }
@@ -404,6 +416,19 @@ mod tests {
             |g| weighted(&rms_norm(&x, g, 1e-5).0, &dy),
             2e-3,
         );
+    }
+
+    #[test]
+    fn erf_is_within_its_bound_of_libm() {
+        for i in -4000..=4000 {
+            let x = i as f32 * 1e-3;
+            assert!(
+                (erf(x) - libm::erff(x)).abs() < 1e-6,
+                "{x}: {} vs {}",
+                erf(x),
+                libm::erff(x)
+            );
+        }
     }
 
     #[test]
