@@ -42,5 +42,8 @@ fn one_and_two_threads_train_the_same_bits() {
     let (model_1, metrics_1) = run_with_threads("1");
     let (model_2, metrics_2) = run_with_threads("2");
     assert_eq!(metrics_1, metrics_2);
-    assert!(model_1 == model_2, "final parameters differ between 1 and 2 threads");
+    assert!(
+        model_1 == model_2,
+        "final parameters differ between 1 and 2 threads"
+    );
 }
