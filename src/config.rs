@@ -358,7 +358,8 @@ impl Default for FastMixConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TikMixConfig {
     /// Where G_k comes from: "probe" (the step before the update, no extra backward) or
-    /// "extra-passes". Default "probe".
+    /// "extra-passes". Default "extra-passes": on the synthetic test (2 sequences of each
+    /// source per step) the probe's G_k was too noisy to find one of the two targets.
     pub influence: InfluenceFrom,
     /// Sequences of each source behind G_k with `influence = "extra-passes"`. Default 32.
     pub samples_per_source: usize,
@@ -375,7 +376,7 @@ pub struct TikMixConfig {
 impl Default for TikMixConfig {
     fn default() -> Self {
         TikMixConfig {
-            influence: InfluenceFrom::Probe,
+            influence: InfluenceFrom::ExtraPasses,
             samples_per_source: 32,
             tau: 1.0,
             blend: 0.5,

@@ -153,12 +153,16 @@ mod tests {
         }
     }
 
-    /// With `influence = "probe"` (the default) tikmix asks for the probed step's
+    /// With `influence = "probe"` tikmix asks for the probed step's
     /// ⟨g_val, g_k⟩ (all parameters, no preconditioner) instead of extra passes, and an absent
     /// source counts as the mean of the others.
     #[test]
     fn probed_influence_is_used_and_absent_sources_are_neutral() {
-        let mut mixer = TikMix::new(TikMixConfig::default(), &[1.0 / 3.0; 3], 0.05);
+        let config = TikMixConfig {
+            influence: InfluenceFrom::Probe,
+            ..TikMixConfig::default()
+        };
+        let mut mixer = TikMix::new(config.clone(), &[1.0 / 3.0; 3], 0.05);
         let needs = mixer.needs();
         assert!(needs.group_influence.is_none());
         let probe = needs.grad_probe.expect("probe requested");
@@ -167,7 +171,7 @@ mod tests {
         from_probe.influence = None;
         from_probe.grad_dot_val = Some(vec![Some(3.0), None, Some(-1.0)]);
         let probed = mixer.update(&from_probe).unwrap();
-        let mut direct = TikMix::new(TikMixConfig::default(), &[1.0 / 3.0; 3], 0.05);
+        let mut direct = TikMix::new(config, &[1.0 / 3.0; 3], 0.05);
         let expected = direct.update(&stats(vec![3.0, 1.0, -1.0])).unwrap();
         assert_eq!(probed, expected);
         from_probe.grad_dot_val = Some(vec![None; 3]);
