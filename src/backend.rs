@@ -27,8 +27,9 @@ pub trait BackendTask {
         -> Result<Self::Output>;
 }
 
-/// Runs `task` on the backend `kind`. "cpu" is ndarray, measured 1.7x faster than flex on the
-/// quickstart model on a 2-core machine (`cargo bench --bench train_step`; README, "Measured").
+/// Runs `task` on the backend `kind`. "cpu" is ndarray (both cores, fused host ops from the
+/// kernels crate), measured faster than flex on the quickstart model on a 2-core machine
+/// (`cargo bench --bench train_step`; README, "Measured").
 pub fn dispatch<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output> {
     use burn::backend::{flex::FlexDevice, ndarray::NdArrayDevice, Flex, NdArray};
     match kind {

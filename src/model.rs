@@ -6,7 +6,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use mixtrain_kernels::StatKernels;
+use mixtrain_kernels::{KernelImpl, StatKernels};
 
 use crate::config::{MlpKind, ModelConfig};
 
@@ -289,7 +289,7 @@ impl<B: Backend> Default for Trace<B> {
 }
 
 /// `layer.forward(x)` for x [b, s, in], tapped when tracing.
-fn linear_traced<B: Backend>(
+fn linear_traced<B: StatKernels>(
     layer: &Linear<B>,
     x: Tensor<B, 3>,
     trace: Option<&mut Trace<B>>,
@@ -297,11 +297,16 @@ fn linear_traced<B: Backend>(
     // One [b · s, in] × [in, out] product rather than burn's batched form (b products of
     // [s, in] × [in, out] against a broadcast weight, whose backward also sums b partial weight
     // gradients): one large matmul uses both cores and packs the weight once.
+    // (Host backends only: the GPU backends keep burn's form, which their tests ran.)
     let [b, s, d_in] = x.dims();
-    let rows = x.reshape([b * s, d_in]); // [b · s, in]
-    let y = rows.clone().matmul(layer.weight.val()); // [b · s, out]
-    let d_out = y.dims()[1];
-    let y = y.reshape([b, s, d_out]);
+    let rows = x.clone().reshape([b * s, d_in]); // [b · s, in]
+    let y = if B::IMPL == KernelImpl::Host {
+        let y = rows.clone().matmul(layer.weight.val()); // [b · s, out]
+        let d_out = y.dims()[1];
+        y.reshape([b, s, d_out])
+    } else {
+        layer.forward(x)
+    };
     match trace {
         Some(t) => t.tap(layer.weight.id, TapInput::Linear(rows), y),
         None => y,

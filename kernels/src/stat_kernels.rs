@@ -514,9 +514,13 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
         float::<Self, 1>(loss)
     }
 
-    /// One tracked op whatever `B` runs (its own fused version or the reference ops), so the
-    /// autodiff graph holds one node instead of the scale, mask and softmax's five.
+    /// A tracked op where `B` has fused host loops (one graph node instead of the scale, mask
+    /// and softmax's five); burn's autodiff of the reference ops elsewhere (the GPU backends
+    /// keep the graph their kernels were tested with).
     fn causal_softmax(scores: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        if B::IMPL != KernelImpl::Host {
+            return reference::causal_softmax(scores, scale);
+        }
         let scores = scores.into_primitive().tensor();
         let y = match CausalSoftmaxBackward
             .prepare::<C>([scores.node.clone()])
@@ -538,8 +542,12 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
         float::<Self, 4>(y)
     }
 
-    /// One tracked op (the tables are constants): its backward is the inverse rotation.
+    /// A tracked op where `B` has fused host loops (the tables are constants; its backward is
+    /// the inverse rotation); burn's autodiff of the reference ops elsewhere.
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 2>, sin: Tensor<Self, 2>) -> Tensor<Self, 4> {
+        if B::IMPL != KernelImpl::Host {
+            return reference::rope(x, cos, sin);
+        }
         let x = x.into_primitive().tensor();
         let (cos, sin) = (cos.inner(), sin.inner());
         let y = match RopeBackward
