@@ -1,6 +1,7 @@
-//! TiKMiX-D: group influence I_k = ⟨g_val, G_k⟩ (G_k from the sequences of source k in the
-//! training step just before the update, or from `samples_per_source` extra ones), normalised, turned into the entropy-regularised argmax softmax(Ĩ / τ) and
-//! blended into the mixture: p ← (1 − β) p + β p_new, then the floor.
+//! TiKMiX-D: group influence I_k = ⟨g_val, G_k⟩ (G_k from `samples_per_source` extra sequences
+//! of source k, or from its sequences in the training step just before the update), normalised,
+//! turned into the entropy-regularised argmax softmax(Ĩ / τ) and blended into the mixture:
+//! p ← (1 − β) p + β p_new, then the floor.
 
 use serde::{Deserialize, Serialize};
 
