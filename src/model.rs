@@ -207,8 +207,8 @@ impl<B: StatKernels> Attention<B> {
         let q = B::rope(heads(q), cos.clone(), sin.clone());
         let k = B::rope(heads(k), cos.clone(), sin.clone());
         let v = heads(v);
+        // Scale, causal mask and softmax in one op (fused host loop on the CPU).
         let scores = q.matmul(k.swap_dims(2, 3)); // [batch, heads, seq, seq]
-                                                  // Scale, causal mask and softmax in one op (fused host loop on the CPU).
         let attn = B::causal_softmax(scores, 1.0 / (head_dim as f64).sqrt());
         let out = attn
             .matmul(v) // [batch, heads, seq, head_dim]
