@@ -31,6 +31,9 @@ pub struct TrainState {
     pub mixer: serde_json::Value,
     pub weight_sums: Vec<f64>,
     pub loss_since_update: Vec<(f64, u64)>,
+    /// Training tokens drawn per source (absent in checkpoints of older versions: zeros).
+    #[serde(default)]
+    pub tokens_by_source: Vec<u64>,
     /// Lengths of metrics.jsonl and ratios.csv when the checkpoint was taken.
     pub metrics_bytes: u64,
     pub ratios_bytes: u64,
@@ -116,6 +119,7 @@ pub fn save<B: TrainBackend>(
         mixer: session.mixer.state(),
         weight_sums: session.weight_sums.clone(),
         loss_since_update: session.loss_since_update.clone(),
+        tokens_by_source: session.tokens_by_source.clone(),
         metrics_bytes: log_lengths.0,
         ratios_bytes: log_lengths.1,
     };
@@ -195,7 +199,10 @@ pub fn load<B: TrainBackend>(dir: &Path, session: &mut Session<B>) -> Result<Tra
     }
     session.optim.steps = state.optimizer_steps;
     let k = session.sources.len();
-    if state.weight_sums.len() != k || state.loss_since_update.len() != k {
+    if state.weight_sums.len() != k
+        || state.loss_since_update.len() != k
+        || !(state.tokens_by_source.is_empty() || state.tokens_by_source.len() == k)
+    {
         return Err(Error::checkpoint(
             dir.join(STATE),
             format!("state is for a different number of sources than {k}"),
@@ -215,6 +222,11 @@ pub fn load<B: TrainBackend>(dir: &Path, session: &mut Session<B>) -> Result<Tra
     session.tokens = state.tokens;
     session.weight_sums = state.weight_sums.clone();
     session.loss_since_update = state.loss_since_update.clone();
+    session.tokens_by_source = if state.tokens_by_source.is_empty() {
+        vec![0; k]
+    } else {
+        state.tokens_by_source.clone()
+    };
     Ok(state)
 }
 

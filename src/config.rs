@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::mixer::EntropyKind;
+pub use crate::target::{Target, TargetConfig, TargetSetConfig};
 
 /// The whole, resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -487,6 +488,10 @@ pub enum ApplyMode {
     Sample,
     /// Draw sources uniformly (balanced per batch) and weight each sequence's loss by p_k.
     Reweight,
+    /// Draw n_k ≈ n p_k sequences of source k with a systematic (low-variance) draw,
+    /// |n_k − n p_k| < 1, and weight each by p_k n / n_k, so the loss is exactly the
+    /// p-weighted mean over the sources drawn while the compute follows p.
+    Hybrid,
 }
 
 /// `mixer.init`: a named rule, or explicit weights by source name.
@@ -522,10 +527,16 @@ pub struct MixerConfig {
     /// The mixer: "static", "fastmix", "tikmix", "tikmix-m", "odm" or "doremi".
     /// Default "static".
     pub kind: MixerKind,
-    /// "sample" or "reweight" (see ApplyMode). Default "reweight".
+    /// "sample", "reweight" or "hybrid" (see ApplyMode). Default "reweight".
     pub apply: ApplyMode,
     /// Steps between mixer updates. Default 10.
     pub every: usize,
+    /// No mixer update before this step (the mixture stays at `init`; the first update is at
+    /// the first multiple of `every` at or after it). Default 0.
+    pub warmup_steps: usize,
+    /// Trust region: an update moves the applied mixture by at most this much in total
+    /// variation (½ Σ |Δp_k|) toward the mixer's proposal. Unset: no bound. Default unset.
+    pub max_change: Option<f64>,
     /// How fastmix's probed step measures ⟨g_val, g_k⟩: "per-source" or "single-pass".
     /// Default "per-source".
     pub grad_stats: GradStats,
@@ -546,12 +557,22 @@ pub struct MixerConfig {
     pub doremi: DoremiConfig,
 }
 
+impl MixerConfig {
+    /// True when the mixer updates after `step` optimizer steps of a `total`-step run: every
+    /// `every` steps from `warmup_steps` on, never at step 0 or at the end.
+    pub fn updates_at(&self, step: usize, total: usize) -> bool {
+        step > 0 && step < total && step >= self.warmup_steps && step.is_multiple_of(self.every)
+    }
+}
+
 impl Default for MixerConfig {
     fn default() -> Self {
         MixerConfig {
             kind: MixerKind::Static,
             apply: ApplyMode::Reweight,
             every: 10,
+            warmup_steps: 0,
+            max_change: None,
             grad_stats: GradStats::PerSource,
             min_weight: None,
             temperature: 0.5,
@@ -561,22 +582,6 @@ impl Default for MixerConfig {
             tikmix_m: TikMixMConfig::default(),
             odm: OdmConfig::default(),
             doremi: DoremiConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TargetConfig {
-    /// Sources whose validation loss is the target of online mixers: names, or ["all"].
-    /// Default ["all"].
-    pub sources: Vec<String>,
-}
-
-impl Default for TargetConfig {
-    fn default() -> Self {
-        TargetConfig {
-            sources: vec!["all".into()],
         }
     }
 }
@@ -640,16 +645,10 @@ impl Config {
         self.data.sources.iter().map(|s| s.name.clone()).collect()
     }
 
-    /// Indices of the `[target]` sources.
-    pub fn target_indices(&self) -> Vec<usize> {
-        if self.target.sources.iter().any(|s| s == "all") {
-            return (0..self.data.sources.len()).collect();
-        }
-        self.target
-            .sources
-            .iter()
-            .filter_map(|t| self.data.sources.iter().position(|s| &s.name == t))
-            .collect()
+    /// The resolved `[target]`: training sources and target sets whose mean validation loss
+    /// the target-directed mixers optimise.
+    pub fn target(&self) -> Target {
+        self.target.resolve(&self.data.sources)
     }
 
     /// The weight floor ε of online mixers (default 0.2/K).
@@ -829,6 +828,14 @@ impl Config {
 
         // [mixer]
         at_least_one("mixer.every", self.mixer.every)?;
+        if let Some(delta) = self.mixer.max_change {
+            if !(delta > 0.0 && delta <= 1.0) {
+                return Err(Error::value(
+                    "mixer.max_change",
+                    format!("must be in (0, 1] (got {delta})"),
+                ));
+            }
+        }
         let k = self.data.sources.len() as f64;
         if let Some(eps) = self.mixer.min_weight {
             if !(eps >= 0.0 && eps * k < 1.0) {
@@ -951,23 +958,7 @@ impl Config {
         }
 
         // [target]
-        if self.target.sources.is_empty() {
-            return Err(Error::value(
-                "target.sources",
-                "must name at least one source, or [\"all\"]",
-            ));
-        }
-        for name in &self.target.sources {
-            if name != "all" && !seen.contains(name) {
-                return Err(Error::value(
-                    "target.sources",
-                    format!(
-                        "no source named {name:?} (sources: {})",
-                        self.source_names().join(", ")
-                    ),
-                ));
-            }
-        }
+        self.target.validate(&self.data.sources)?;
         Ok(())
     }
 }

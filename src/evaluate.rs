@@ -16,6 +16,11 @@ pub struct EvalReport {
     pub step: usize,
     pub sources: Vec<String>,
     pub val_loss: Vec<f64>,
+    /// Validation-only target sets and their losses.
+    pub target_sets: Vec<String>,
+    pub target_set_loss: Vec<f64>,
+    /// Mean loss over the target's members.
+    pub target_loss: f64,
 }
 
 impl EvalReport {
@@ -35,6 +40,10 @@ impl EvalReport {
             out += &format!("{name:<16} {loss:>10.4}\n");
         }
         out += &format!("{:<16} {:>10.4}\n", "mean", self.mean());
+        for (name, loss) in self.target_sets.iter().zip(&self.target_set_loss) {
+            out += &format!("{:<16} {loss:>10.4}\n", format!("{name} (target set)"));
+        }
+        out += &format!("{:<16} {:>10.4}\n", "target", self.target_loss);
         out
     }
 
@@ -45,11 +54,19 @@ impl EvalReport {
             .cloned()
             .zip(self.val_loss.iter().map(|&v| v.into()))
             .collect();
+        let by_set: serde_json::Map<String, serde_json::Value> = self
+            .target_sets
+            .iter()
+            .cloned()
+            .zip(self.target_set_loss.iter().map(|&v| v.into()))
+            .collect();
         serde_json::json!({
             "checkpoint": self.checkpoint,
             "step": self.step,
             "val_loss": self.mean(),
             "val_loss_by_source": by_source,
+            "val_loss_by_target_set": by_set,
+            "target_val_loss": self.target_loss,
         })
         .to_string()
     }
@@ -107,11 +124,15 @@ impl BackendTask for EvalTask {
     fn run<B: TrainBackend>(self, device: B::Device, _backend: &'static str) -> Result<EvalReport> {
         let mut session = Session::<B>::build(self.config, device)?;
         checkpoint::load_model(&self.checkpoint_dir, &mut session)?;
+        let val = session.evaluate();
         Ok(EvalReport {
             checkpoint: self.checkpoint_dir,
             step: self.step,
             sources: session.source_names(),
-            val_loss: session.evaluate(),
+            target_sets: session.target_sets.iter().map(|s| s.name.clone()).collect(),
+            target_loss: val.target(&session.target),
+            val_loss: val.sources,
+            target_set_loss: val.sets,
         })
     }
 }

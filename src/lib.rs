@@ -18,6 +18,7 @@ pub mod plot;
 pub mod prepare;
 pub mod rng;
 pub mod rundir;
+pub mod target;
 pub mod train;
 
 pub use error::{Error, Result};

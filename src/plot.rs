@@ -1,5 +1,7 @@
 //! `mixtrain plot`: ratios.svg (every source's weight over steps, held between updates) and
-//! val_loss.svg (per-source validation loss at each evaluation) in a run directory.
+//! val_loss.svg (per-source validation loss at each evaluation, each validation-only target
+//! set as "NAME (target set)", and the target's mean as "target" when the target is not the
+//! mean over every source) in a run directory.
 
 use std::path::{Path, PathBuf};
 
@@ -89,18 +91,46 @@ fn read_val_losses(path: &Path, names: &[String]) -> Result<(f64, Series)> {
     let text = std::fs::read_to_string(path).at(path)?;
     let mut series: Series = names.iter().map(|n| (n.clone(), Vec::new())).collect();
     let mut last_step = 0.0;
+    let mut target_points = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let record: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| Error::data(path, format!("line {}: invalid JSON: {e}", i + 1)))?;
         let step = record["step"].as_f64().unwrap_or(0.0);
         last_step = f64::max(last_step, step);
         if let Some(by_source) = record.get("val_loss_by_source") {
-            for (name, points) in series.iter_mut() {
+            for (name, points) in series.iter_mut().take(names.len()) {
                 if let Some(v) = by_source[name.as_str()].as_f64() {
                     points.push((step, v));
                 }
             }
         }
+        if let Some(serde_json::Value::Object(by_set)) = record.get("val_loss_by_target_set") {
+            for (set, v) in by_set {
+                let label = format!("{set} (target set)");
+                let at = match series.iter().position(|(n, _)| *n == label) {
+                    Some(at) => at,
+                    None => {
+                        series.push((label, Vec::new()));
+                        series.len() - 1
+                    }
+                };
+                if let Some(v) = v.as_f64() {
+                    series[at].1.push((step, v));
+                }
+            }
+        }
+        // The target's mean, drawn when it differs from the mean over sources.
+        if let (Some(target), Some(mean)) = (
+            record.get("target_val_loss").and_then(|v| v.as_f64()),
+            record.get("val_loss").and_then(|v| v.as_f64()),
+        ) {
+            if target != mean {
+                target_points.push((step, target));
+            }
+        }
+    }
+    if !target_points.is_empty() {
+        series.push(("target".into(), target_points));
     }
     Ok((last_step, series))
 }

@@ -4,16 +4,19 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::data::{
-    is_validation, load_sources, read_documents, resolve_files, train_bpe, Tokenizer,
+    is_validation, load_sources, load_target_sets, read_documents, resolve_files, train_bpe,
+    Tokenizer,
 };
 use crate::error::Result;
 
-/// Tokenises every source into the cache; one line per source saying where its shards are.
+/// Tokenises every source and target set into the cache; one line each saying where its
+/// shards are.
 /// The printed directory can be used as a source `path` (prepared shards).
 pub fn prepare_sources(config: &Config) -> Result<Vec<String>> {
     let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
     let sources = load_sources(&config.data, &tokenizer)?;
-    Ok(sources
+    let sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
+    let mut lines: Vec<String> = sources
         .iter()
         .map(|s| {
             format!(
@@ -24,7 +27,16 @@ pub fn prepare_sources(config: &Config) -> Result<Vec<String>> {
                 s.dir.display()
             )
         })
-        .collect())
+        .collect();
+    lines.extend(sets.iter().map(|s| {
+        format!(
+            "{} (target set, validation only): {} tokens in {}",
+            s.name,
+            s.val.len(),
+            s.dir.display()
+        )
+    }));
+    Ok(lines)
 }
 
 /// Trains a byte-level BPE of `vocab` tokens on every source's training documents (validation
@@ -32,7 +44,7 @@ pub fn prepare_sources(config: &Config) -> Result<Vec<String>> {
 pub fn train_tokenizer(config: &Config, vocab: usize, out: &Path) -> Result<()> {
     let mut texts = Vec::new();
     for (i, source) in config.data.sources.iter().enumerate() {
-        for file in resolve_files(i, source)? {
+        for file in resolve_files(&format!("data.sources[{i}]"), source)? {
             texts.extend(
                 read_documents(&file)?
                     .into_iter()

@@ -9,5 +9,5 @@ mod tokenizer;
 pub use sampler::{validation_windows, Batch, Sampler, SamplerState};
 pub use shard::{write_shard, Shard, SHARD_HEADER_BYTES};
 pub(crate) use source::is_validation;
-pub use source::{load_sources, read_documents, resolve_files, Source};
+pub use source::{load_sources, load_target_sets, read_documents, resolve_files, Source};
 pub use tokenizer::{train_bpe, Tokenizer};

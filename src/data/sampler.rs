@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::shard::Shard;
 use super::source::Source;
 use crate::config::ApplyMode;
 use crate::rng::Rng;
@@ -100,6 +101,7 @@ impl Sampler {
     /// Sources of the `n` sequences of one step, grouped by source (ascending).
     /// `sample`: each drawn with probability `weights[k]`. `reweight`: as balanced as possible
     /// (n / K each, the remainder to distinct random sources); the loss carries the weights.
+    /// `hybrid`: a systematic draw, n_k within 1 of n · weights[k].
     pub fn draw_sources(&mut self, weights: &[f64], apply: ApplyMode, n: usize) -> Vec<usize> {
         let k = weights.len();
         let rng = &mut self.state.rng;
@@ -110,6 +112,24 @@ impl Sampler {
                 let mut order: Vec<usize> = (0..k).collect();
                 rng.shuffle(&mut order);
                 out.extend(order.into_iter().take(n % k));
+                out
+            }
+            ApplyMode::Hybrid => {
+                // Systematic draw: n evenly spaced points with one random offset on the
+                // cumulative weights; source k gets floor or ceil of n p_k.
+                let offset = rng.next_f64();
+                let total: f64 = weights.iter().sum();
+                let mut out = Vec::with_capacity(n);
+                let mut cumulative = 0.0;
+                let mut next_point = 0usize;
+                for (source, &w) in weights.iter().enumerate() {
+                    cumulative += w / total * n as f64;
+                    let last = source + 1 == weights.len();
+                    while next_point < n && (last || (next_point as f64 + offset) < cumulative) {
+                        out.push(source);
+                        next_point += 1;
+                    }
+                }
                 out
             }
         };
@@ -134,31 +154,22 @@ impl Sampler {
         }
     }
 
-    /// `n` windows at random offsets of the listed sources' validation (or training) streams,
-    /// the sources taken in turn: fresh batches for mixer probes.
-    pub fn probe_batch(
-        &mut self,
-        sources: &[usize],
-        n: usize,
-        data: &[Source],
-        validation: bool,
-    ) -> Batch {
+    /// `n` windows at random offsets of the listed token streams (validation splits, target
+    /// sets, or training streams), taken in turn: fresh batches for mixer probes.
+    /// `sources[i]` of the batch is the index into `streams` of row i.
+    pub fn probe_batch(&mut self, streams: &[&Shard], n: usize) -> Batch {
         let window = self.seq_len + 1;
         let mut tokens = Vec::with_capacity(n * window);
         let mut drawn = Vec::with_capacity(n);
         for i in 0..n {
-            let k = sources[i % sources.len()];
-            let stream = if validation {
-                &data[k].val
-            } else {
-                &data[k].train
-            };
+            let at = i % streams.len();
+            let stream = streams[at];
             let start = self
                 .state
                 .probe_rng
                 .below((stream.len() - window + 1) as u64) as usize;
             stream.extend_window(start, window, &mut tokens);
-            drawn.push(k);
+            drawn.push(at);
         }
         Batch {
             tokens,
@@ -234,6 +245,36 @@ mod tests {
         assert_eq!(counts.iter().sum::<usize>(), 7);
         assert!(counts.iter().all(|&c| c == 2 || c == 3), "{counts:?}");
         assert!(drawn.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn hybrid_counts_are_within_one_of_n_p() {
+        let mut s = sampler_with(vec![10, 10, 10, 10]);
+        let weights = [0.62, 0.03, 0.3, 0.05];
+        let mut totals = [0usize; 4];
+        for round in 0..200 {
+            let n = 1 + round % 23;
+            let drawn = s.draw_sources(&weights, ApplyMode::Hybrid, n);
+            assert_eq!(drawn.len(), n);
+            assert!(drawn.windows(2).all(|w| w[0] <= w[1]));
+            for (k, &w) in weights.iter().enumerate() {
+                let count = drawn.iter().filter(|&&x| x == k).count();
+                totals[k] += count;
+                assert!(
+                    (count as f64 - n as f64 * w).abs() < 1.0,
+                    "n {n}, source {k}: {count} vs {}",
+                    n as f64 * w
+                );
+            }
+        }
+        // Unbiased: over many draws each source's share approaches its weight.
+        let all: usize = totals.iter().sum();
+        for (k, &w) in weights.iter().enumerate() {
+            assert!(
+                (totals[k] as f64 / all as f64 - w).abs() < 0.01,
+                "{totals:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::shard::{write_shard, Shard};
 use super::tokenizer::Tokenizer;
-use crate::config::{hex, DataConfig, SourceConfig};
+use crate::config::{hex, DataConfig, SourceConfig, TargetConfig};
 use crate::error::{Error, IoContext, Result};
 
 /// One source, tokenised: the train and validation token streams (documents joined by the
@@ -37,21 +37,49 @@ pub fn load_sources(data: &DataConfig, tokenizer: &Tokenizer) -> Result<Vec<Sour
     data.sources
         .iter()
         .enumerate()
-        .map(|(i, source)| load_source(i, source, data, tokenizer))
+        .map(|(i, source)| load_source(&format!("data.sources[{i}]"), source, data, tokenizer))
         .collect()
 }
 
+/// Loads the validation-only target sets of `[[target.sets]]`: every document goes to `val`,
+/// `train` is empty (the sampler never sees these).
+pub fn load_target_sets(
+    target: &TargetConfig,
+    data: &DataConfig,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<Source>> {
+    target
+        .sets
+        .iter()
+        .enumerate()
+        .map(|(i, set)| {
+            load_source(
+                &format!("target.sets[{i}]"),
+                &set.as_source(),
+                data,
+                tokenizer,
+            )
+        })
+        .collect()
+}
+
+/// A validation-only set is a source config with `val_fraction` 1.
+fn is_target_set(source: &SourceConfig) -> bool {
+    source.val_fraction >= 1.0
+}
+
+/// `key` names the config entry (`data.sources[2]`, `target.sets[0]`) in errors.
 fn load_source(
-    index: usize,
+    key: &str,
     source: &SourceConfig,
     data: &DataConfig,
     tokenizer: &Tokenizer,
 ) -> Result<Source> {
     let path = Path::new(&source.path);
-    let dir = if path.join("train.bin").is_file() {
+    let dir = if path.join("train.bin").is_file() && !is_target_set(source) {
         path.to_path_buf()
     } else {
-        let files = resolve_files(index, source)?;
+        let files = resolve_files(key, source)?;
         let key = cache_key(&files, source.val_fraction, tokenizer)?;
         let dir = data.cache_dir.join(format!("{}-{key}", source.name));
         if !dir.join("meta.json").is_file() {
@@ -87,7 +115,12 @@ fn open_prepared(
     let train = Shard::open(&dir.join("train.bin"), vocab)?;
     let val = Shard::open(&dir.join("val.bin"), vocab)?;
     let need = seq_len + 1;
-    if train.len() < need {
+    let kind = if is_target_set(source) {
+        "target set"
+    } else {
+        "source"
+    };
+    if train.len() < need && !is_target_set(source) {
         return Err(Error::data(
             &source.path,
             format!(
@@ -101,7 +134,7 @@ fn open_prepared(
         return Err(Error::data(
             &source.path,
             format!(
-                "source {:?} has {} validation tokens ({} documents), fewer than data.seq_len + 1 = {need}; \
+                "{kind} {:?} has {} validation tokens ({} documents), fewer than data.seq_len + 1 = {need}; \
                  raise its val_fraction or add documents",
                 source.name,
                 val.len(),
@@ -119,8 +152,8 @@ fn open_prepared(
 
 /// The text files of a source: a file, a directory (recursively, `.txt` and `.jsonl`), or a
 /// glob; sorted, so the order never depends on the filesystem.
-pub fn resolve_files(index: usize, source: &SourceConfig) -> Result<Vec<PathBuf>> {
-    let key = format!("data.sources[{index}].path");
+pub fn resolve_files(entry: &str, source: &SourceConfig) -> Result<Vec<PathBuf>> {
+    let key = format!("{entry}.path");
     let path = Path::new(&source.path);
     let mut files = Vec::new();
     if source.path.contains(['*', '?', '[']) {
@@ -234,6 +267,9 @@ pub fn read_documents(file: &Path) -> Result<Vec<String>> {
 /// True when a document goes to validation: the first 8 bytes of its text's SHA-256, read as a
 /// fraction of 2^64, fall below `val_fraction`.
 pub(crate) fn is_validation(doc: &str, val_fraction: f64) -> bool {
+    if val_fraction >= 1.0 {
+        return true;
+    }
     let digest = Sha256::digest(doc.as_bytes());
     let x = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
     (x as f64 / 2f64.powi(64)) < val_fraction
@@ -267,7 +303,15 @@ fn build_shards(
     if train_docs + val_docs == 0 {
         return Err(Error::data(
             &source.path,
-            format!("source {:?} is empty: no non-blank documents", source.name),
+            format!(
+                "{} {:?} is empty: no non-blank documents",
+                if is_target_set(source) {
+                    "target set"
+                } else {
+                    "source"
+                },
+                source.name
+            ),
         ));
     }
     // Write into a temporary directory and rename, so a half-built cache entry is never used.

@@ -28,6 +28,7 @@ use crate::export::{read_safetensors, write_safetensors};
 use crate::mixer::normalise;
 use crate::params::{collect_params, load_params, NamedTensor};
 use crate::rng::Rng;
+use crate::target::Target;
 use crate::train::Session;
 
 pub const DEMIX_DIR: &str = "demix";
@@ -178,7 +179,7 @@ fn demix_search<B: TrainBackend>(
     let names = scorer.source_names();
     let k = names.len();
     let initial = scorer.initial.weights.clone();
-    let target = config.target_indices();
+    let target = scorer.target.clone();
 
     let start = if dm.base_steps > 0 {
         cached(&dir.join("base.safetensors"), || {
@@ -211,9 +212,9 @@ fn demix_search<B: TrainBackend>(
     let template = scorer.model.valid();
     let score = |weights: &[f64]| -> Result<(Vec<f64>, f64)> {
         let merged = components.merge_into(template.clone(), weights)?;
-        let losses = scorer.evaluate_model(&merged);
-        let target_loss = target.iter().map(|&t| losses[t]).sum::<f64>() / target.len() as f64;
-        Ok((losses, target_loss))
+        let val = scorer.evaluate_model(&merged);
+        let target_loss = val.target(&target);
+        Ok((val.sources, target_loss))
     };
 
     let prior = normalise(
@@ -324,7 +325,12 @@ fn demix_search<B: TrainBackend>(
         "cv_spearman": cv_spearman,
         "validation_spearman": validation_spearman,
         "best_scored": { "weights": named(&best_scored.weights), "target_loss": best_scored.target_loss },
-        "target": target.iter().map(|&t| names[t].clone()).collect::<Vec<_>>(),
+        "target": target
+            .sources
+            .iter()
+            .map(|&t| names[t].clone())
+            .chain(target.sets.iter().map(|&j| scorer.target_sets[j].name.clone()))
+            .collect::<Vec<_>>(),
     });
     let path = dir.join("mixture.json");
     let tmp = dir.join("mixture.json.tmp");
@@ -388,7 +394,7 @@ fn validate<B: TrainBackend>(
     dir: &Path,
     names: &[String],
     scorer: &Session<B>,
-    target: &[usize],
+    target: &Target,
     device: &B::Device,
 ) -> Result<f64> {
     let steps = match base.demix.validate_steps {
@@ -428,8 +434,7 @@ fn validate<B: TrainBackend>(
             device,
         )?);
         let model = load_params(scorer.model.clone(), &params, Path::new("validation model"))?;
-        let per_source = scorer.evaluate_model(&model.valid());
-        let loss = target.iter().map(|&t| per_source[t]).sum::<f64>() / target.len() as f64;
+        let loss = scorer.evaluate_model(&model.valid()).target(target);
         for w in &proxies[at].weights {
             write!(text, "{w},").expect("String");
         }

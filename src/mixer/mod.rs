@@ -10,6 +10,7 @@ mod odm;
 mod static_mixer;
 mod tikmix;
 mod tikmix_m;
+mod trust_region;
 
 pub use doremi::DoReMi;
 pub use entropy::{token_entropy, EntropyKind};
@@ -19,6 +20,7 @@ pub use odm::Odm;
 pub use static_mixer::StaticMixer;
 pub use tikmix::TikMix;
 pub use tikmix_m::TikMixM;
+pub use trust_region::{bounded_step, TrustRegion};
 
 use crate::config::{Config, InitSpec, MixerKind, MixtureInit};
 use crate::data::Source;
@@ -201,7 +203,7 @@ pub fn initial_mixture(
 /// Builds the mixer named by `mixer.kind`, starting from `init`.
 pub fn build(config: &Config, init: &[f64]) -> Result<Box<dyn Mixer>> {
     let init = init.to_vec();
-    Ok(match config.mixer.kind {
+    let mixer: Box<dyn Mixer> = match config.mixer.kind {
         MixerKind::Static => Box::new(StaticMixer::new(init)),
         MixerKind::Fastmix => Box::new(FastMix::new(
             config.mixer.fastmix.clone(),
@@ -221,5 +223,11 @@ pub fn build(config: &Config, init: &[f64]) -> Result<Box<dyn Mixer>> {
         )),
         MixerKind::Odm => Box::new(Odm::new(config.mixer.odm.clone(), &init)),
         MixerKind::Doremi => Box::new(DoReMi::new(config.mixer.doremi.clone(), &init)),
+    };
+    Ok(match config.mixer.max_change {
+        Some(delta) if config.mixer.kind != MixerKind::Static => {
+            Box::new(TrustRegion::new(mixer, delta))
+        }
+        _ => mixer,
     })
 }

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 use super::reference;
-use super::session::{Session, StepReport};
+use super::session::{Evaluation, Session, StepReport};
 use mixtrain_kernels::StatKernels;
 
 use crate::backend::{dispatch, BackendTask, TrainBackend};
@@ -43,6 +43,8 @@ pub struct RunSummary {
     /// Per-source validation loss at step 0 of this run (None when resumed past it).
     pub initial_val_loss: Option<Vec<f64>>,
     pub final_val_loss: Vec<f64>,
+    /// Final mean validation loss over the target's members.
+    pub final_target_loss: f64,
     pub final_weights: Vec<f64>,
 }
 
@@ -169,10 +171,18 @@ fn train_loop<B: TrainBackend>(
             record.insert("tokens".into(), json!(session.tokens));
             if let Some(report) = pending_train.take() {
                 add_train_fields(&mut record, &report, &names);
+                record.insert(
+                    "tokens_by_source".into(),
+                    json!(names
+                        .iter()
+                        .cloned()
+                        .zip(session.tokens_by_source.iter().map(|&n| json!(n)))
+                        .collect::<Map<String, Value>>()),
+                );
             }
             if step % train.eval_every == 0 || step == total {
                 let val = session.evaluate();
-                add_eval_fields(&mut record, &val, &names, &config.target_indices());
+                add_eval_fields(&mut record, &val, &session);
                 if step == 0 {
                     initial_val_loss = Some(val.clone());
                 }
@@ -180,7 +190,7 @@ fn train_loop<B: TrainBackend>(
             }
             if step == 0 {
                 run_dir.write_ratios(0, session.mixer.weights())?;
-            } else if step < total && step % config.mixer.every == 0 {
+            } else if config.mixer.updates_at(step, total) {
                 if let Some(update) = session.mixer_update(last_lr, None)? {
                     run_dir.write_ratios(step, &update.weights)?;
                     add_mixer_fields(&mut record, &update, &names);
@@ -224,18 +234,22 @@ fn train_loop<B: TrainBackend>(
     write_mixture(&run_dir, &session, &names)?;
     export_model(&run_dir.path.join(MODEL_FILE), &session)?;
 
-    let final_val_loss = match last_val_loss {
+    let final_val = match last_val_loss {
         Some(v) => v,
         None => session.evaluate(),
     };
-    for (name, loss) in names.iter().zip(&final_val_loss) {
+    for (name, loss) in names.iter().zip(&final_val.sources) {
         tracing::info!(source = %name, val_loss = format!("{loss:.4}"), "final");
+    }
+    for (set, loss) in session.target_sets.iter().zip(&final_val.sets) {
+        tracing::info!(target_set = %set.name, val_loss = format!("{loss:.4}"), "final");
     }
     Ok(RunSummary {
         steps: total,
         sources: names,
-        initial_val_loss,
-        final_val_loss,
+        initial_val_loss: initial_val_loss.map(|v| v.sources),
+        final_target_loss: final_val.target(&session.target),
+        final_val_loss: final_val.sources,
         final_weights: session.mixer.weights().to_vec(),
     })
 }
@@ -250,22 +264,29 @@ fn add_train_fields(record: &mut Map<String, Value>, report: &StepReport, names:
     record.insert("grad_norm".into(), json!(report.grad_norm));
 }
 
-fn add_eval_fields(
+/// `val_loss` (mean over training sources), `val_loss_by_source`, `target_val_loss` (mean over
+/// the target's members) and, with target sets, `val_loss_by_target_set`.
+fn add_eval_fields<B: TrainBackend>(
     record: &mut Map<String, Value>,
-    val: &[f64],
-    names: &[String],
-    target: &[usize],
+    val: &Evaluation,
+    session: &Session<B>,
 ) {
-    let mean = val.iter().sum::<f64>() / val.len() as f64;
-    record.insert("val_loss".into(), json!(mean));
+    record.insert("val_loss".into(), json!(val.mean()));
     record.insert(
         "val_loss_by_source".into(),
-        by_name(names, val.iter().map(|v| Some(*v))),
+        by_name(
+            &session.source_names(),
+            val.sources.iter().map(|v| Some(*v)),
+        ),
     );
-    if target.len() != val.len() {
-        let target_mean = target.iter().map(|&k| val[k]).sum::<f64>() / target.len() as f64;
-        record.insert("target_val_loss".into(), json!(target_mean));
+    if !session.target_sets.is_empty() {
+        let set_names: Vec<String> = session.target_sets.iter().map(|s| s.name.clone()).collect();
+        record.insert(
+            "val_loss_by_target_set".into(),
+            by_name(&set_names, val.sets.iter().map(|v| Some(*v))),
+        );
     }
+    record.insert("target_val_loss".into(), json!(val.target(&session.target)));
 }
 
 fn add_mixer_fields(record: &mut Map<String, Value>, update: &MixerUpdate, names: &[String]) {
@@ -297,6 +318,7 @@ fn write_mixture<B: TrainBackend>(
         "initial": by_name(names, initial.weights.iter().map(|w| Some(*w))),
         "init": initial.method,
         "steps": session.step,
+        "tokens_by_source": by_name(names, session.tokens_by_source.iter().map(|&n| Some(n as f64))),
     });
     if let Some(entropy) = &initial.entropy {
         mixture["entropy_nats"] = by_name(names, entropy.iter().map(|h| Some(*h)));

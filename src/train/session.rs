@@ -9,11 +9,14 @@ use super::probe::{grad_dot, virtual_step, GradProbe};
 use super::single_pass::{param_names, SinglePass};
 use crate::backend::TrainBackend;
 use crate::config::{ApplyMode, Config, GradStats};
-use crate::data::{load_sources, validation_windows, Batch, Sampler, Source, Tokenizer};
+use crate::data::{
+    load_sources, load_target_sets, validation_windows, Batch, Sampler, Shard, Source, Tokenizer,
+};
 use crate::error::{Error, Result};
 use crate::mixer::{self, GradScope, Mixer, SourceStats, VirtualStepSpec};
 use crate::model::{token_losses, Gpt, Trace};
 use crate::optim::{global_grad_norm, lr_at, AdamW};
+use crate::target::Target;
 
 pub struct Session<B: TrainBackend> {
     pub config: Config,
@@ -32,8 +35,16 @@ pub struct Session<B: TrainBackend> {
     pub weight_sums: Vec<f64>,
     /// Per source: (Σ sequence losses, sequences) since the last mixer update.
     pub loss_since_update: Vec<(f64, u64)>,
+    /// Per source: training tokens drawn so far (inputs). Target sets never appear here.
+    pub tokens_by_source: Vec<u64>,
     /// Start offsets of each source's fixed validation windows.
     val_windows: Vec<Vec<usize>>,
+    /// The validation-only target sets (`[[target.sets]]`); the sampler never draws from them.
+    pub target_sets: Vec<Source>,
+    /// Start offsets of each target set's fixed validation windows.
+    set_windows: Vec<Vec<usize>>,
+    /// The resolved `[target]`.
+    pub target: Target,
     /// s_k measured by the probed step just before a mixer update; consumed by the update.
     pending_grad_dot: Option<Vec<Option<f64>>>,
     /// The mixture the run started from.
@@ -55,6 +66,42 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub lr: f64,
     pub tokens: usize,
+    /// Training tokens (inputs) per source in this step.
+    pub tokens_by_source: Vec<u64>,
+}
+
+/// Mean token losses on the fixed validation windows: per training source (its validation
+/// split) and per target set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub sources: Vec<f64>,
+    pub sets: Vec<f64>,
+}
+
+impl Evaluation {
+    /// The target loss: the mean over the target's members.
+    pub fn target(&self, target: &Target) -> f64 {
+        target.mean(&self.sources, &self.sets)
+    }
+
+    /// The mean over training sources.
+    pub fn mean(&self) -> f64 {
+        self.sources.iter().sum::<f64>() / self.sources.len() as f64
+    }
+}
+
+/// Validation streams of the target's members, in the order probes take them in turn.
+fn target_streams<'a>(
+    target: &Target,
+    sources: &'a [Source],
+    sets: &'a [Source],
+) -> Vec<&'a Shard> {
+    target
+        .sources
+        .iter()
+        .map(|&k| &sources[k].val)
+        .chain(target.sets.iter().map(|&j| &sets[j].val))
+        .collect()
 }
 
 impl<B: TrainBackend> Session<B> {
@@ -63,6 +110,7 @@ impl<B: TrainBackend> Session<B> {
     pub fn build(config: Config, device: B::Device) -> Result<Self> {
         let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
         let sources = load_sources(&config.data, &tokenizer)?;
+        let target_sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
         let vocab_size = tokenizer.vocab_size();
         let initial = mixer::initial_mixture(&config, &sources, vocab_size)?;
         let mixer = mixer::build(&config, &initial.weights)?;
@@ -75,7 +123,12 @@ impl<B: TrainBackend> Session<B> {
             .iter()
             .map(|s| validation_windows(s, seq_len, eval_sequences))
             .collect();
+        let set_windows = target_sets
+            .iter()
+            .map(|s| validation_windows(s, seq_len, eval_sequences))
+            .collect();
         let k = sources.len();
+        let target = config.target();
         Ok(Session {
             sampler: Sampler::new(config.run.seed, seq_len, &sources),
             optim: AdamW::new(&config.train),
@@ -89,7 +142,11 @@ impl<B: TrainBackend> Session<B> {
             tokens: 0,
             weight_sums: vec![0.0; k],
             loss_since_update: vec![(0.0, 0); k],
+            tokens_by_source: vec![0; k],
             val_windows,
+            target_sets,
+            set_windows,
+            target,
             pending_grad_dot: None,
             initial,
             param_names: None,
@@ -134,9 +191,11 @@ impl<B: TrainBackend> Session<B> {
     /// The probe the next training step runs, if the mixer updates right after it.
     fn probe_for_next_step(&mut self) -> Option<GradProbe> {
         let spec = self.mixer.needs().grad_probe?;
-        let next = self.step + 1;
-        let every = self.config.mixer.every;
-        if !next.is_multiple_of(every) || next >= self.config.train.steps {
+        if !self
+            .config
+            .mixer
+            .updates_at(self.step + 1, self.config.train.steps)
+        {
             return None;
         }
         Some(GradProbe {
@@ -146,16 +205,14 @@ impl<B: TrainBackend> Session<B> {
         })
     }
 
-    /// Gradient of the mean token loss of the target sources on `batches` fresh validation
-    /// batches (random windows, equal numbers per target source).
+    /// Gradient of the mean token loss of the target on `batches` fresh validation batches
+    /// (random windows, equal numbers per target member: source or target set).
     pub fn validation_gradient(&mut self, batches: usize) -> GradientsParams {
-        let target = self.config.target_indices();
+        let streams = target_streams(&self.target, &self.sources, &self.target_sets);
         let batch_size = self.config.train.batch_size;
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         for _ in 0..batches {
-            let batch = self
-                .sampler
-                .probe_batch(&target, batch_size, &self.sources, true);
+            let batch = self.sampler.probe_batch(&streams, batch_size);
             let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
             let loss = token_losses(self.model.forward(inputs), targets).mean() / batches as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &self.model);
@@ -173,7 +230,7 @@ impl<B: TrainBackend> Session<B> {
         while left > 0 {
             let n = left.min(batch_size);
             left -= n;
-            let batch = self.sampler.probe_batch(&[k], n, &self.sources, false);
+            let batch = self.sampler.probe_batch(&[&self.sources[k].train], n);
             let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
             let loss = token_losses(self.model.forward(inputs), targets).sum()
                 / (samples * batch.seq_len) as f64;
@@ -196,7 +253,7 @@ impl<B: TrainBackend> Session<B> {
 
     /// ΔL_val(w) = L_val(θ − scale · lr · P ⊙ Σ_k w_k G_k) − L_val(θ) for each candidate w
     /// (TiKMiX-M): one backward per source for G_k, then forward passes only, every candidate
-    /// on the same fresh validation batches of the target sources.
+    /// on the same fresh validation batches of the target.
     pub fn virtual_step_deltas(
         &mut self,
         spec: VirtualStepSpec,
@@ -206,13 +263,11 @@ impl<B: TrainBackend> Session<B> {
         let gradients: Vec<GradientsParams> = (0..self.sources.len())
             .map(|k| self.source_gradient(k, spec.samples_per_source))
             .collect();
-        let target = self.config.target_indices();
+        let streams = target_streams(&self.target, &self.sources, &self.target_sets);
         let batch_size = self.config.train.batch_size;
         let batches: Vec<_> = (0..spec.val_batches)
             .map(|_| {
-                let batch = self
-                    .sampler
-                    .probe_batch(&target, batch_size, &self.sources, true);
+                let batch = self.sampler.probe_batch(&streams, batch_size);
                 Self::batch_tensors::<B::InnerBackend>(&batch, &self.device)
             })
             .collect();
@@ -263,11 +318,18 @@ impl<B: TrainBackend> Session<B> {
                 .draw_sources(&weights, apply, train.batch_size * train.grad_accum);
         // Per-sequence loss weights, normalised over the whole step so micro-batches add up to
         // the step's weighted mean: Σ_i w_i ℓ_i / Σ_i w_i.
+        let mut counts = vec![0usize; k];
+        for &s in &sources {
+            counts[s] += 1;
+        }
+        let n = sources.len() as f64;
         let seq_weights: Vec<f64> = sources
             .iter()
             .map(|&s| match apply {
                 ApplyMode::Sample => 1.0,
                 ApplyMode::Reweight => weights[s],
+                // The draw follows p up to rounding; the weight corrects the rounding only.
+                ApplyMode::Hybrid => weights[s] * n / counts[s] as f64,
             })
             .collect();
         let weight_total: f64 = seq_weights.iter().sum();
@@ -395,8 +457,15 @@ impl<B: TrainBackend> Session<B> {
         self.model = self.optim.step(model, &mut grads, lr, scale);
 
         let step_tokens = sources.len() * self.config.data.seq_len;
+        let mut tokens_by_source = vec![0u64; k];
+        for &s in &sources {
+            tokens_by_source[s] += self.config.data.seq_len as u64;
+        }
         self.step += 1;
         self.tokens += step_tokens as u64;
+        for (total, n) in self.tokens_by_source.iter_mut().zip(&tokens_by_source) {
+            *total += n;
+        }
         for (sum, w) in self.weight_sums.iter_mut().zip(&weights) {
             *sum += w;
         }
@@ -413,41 +482,49 @@ impl<B: TrainBackend> Session<B> {
             grad_norm,
             lr,
             tokens: step_tokens,
+            tokens_by_source,
         })
     }
 
-    /// Mean token loss of each source on its fixed validation windows.
-    pub fn evaluate(&self) -> Vec<f64> {
+    /// Mean token loss of each source and target set on its fixed validation windows.
+    pub fn evaluate(&self) -> Evaluation {
         self.evaluate_model(&self.model.valid())
     }
 
-    /// Mean token loss of `model` (same architecture) on each source's fixed validation windows.
-    pub fn evaluate_model(&self, model: &Gpt<B::InnerBackend>) -> Vec<f64> {
-        let device = &self.device;
+    /// Mean token loss of `model` (same architecture) on each source's and target set's fixed
+    /// validation windows.
+    pub fn evaluate_model(&self, model: &Gpt<B::InnerBackend>) -> Evaluation {
+        let losses = |data: &[Source], windows: &[Vec<usize>]| -> Vec<f64> {
+            data.iter()
+                .zip(windows)
+                .map(|(source, starts)| self.windows_loss(model, &source.val, starts))
+                .collect()
+        };
+        Evaluation {
+            sources: losses(&self.sources, &self.val_windows),
+            sets: losses(&self.target_sets, &self.set_windows),
+        }
+    }
+
+    /// Mean token loss of `model` on the windows of `stream` starting at `starts`.
+    fn windows_loss(&self, model: &Gpt<B::InnerBackend>, stream: &Shard, starts: &[usize]) -> f64 {
         let seq = self.config.data.seq_len;
-        let batch_size = self.config.train.batch_size;
-        self.sources
-            .iter()
-            .zip(&self.val_windows)
-            .map(|(source, starts)| {
-                let mut total = 0.0f64;
-                for chunk in starts.chunks(batch_size) {
-                    let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
-                    for &start in chunk {
-                        source.val.extend_window(start, seq + 1, &mut tokens);
-                    }
-                    let batch = Batch {
-                        tokens,
-                        sources: vec![0; chunk.len()],
-                        seq_len: seq,
-                    };
-                    let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(&batch, device);
-                    let sum = token_losses(model.forward(inputs), targets).sum();
-                    total += sum.into_scalar().elem::<f64>();
-                }
-                total / (starts.len() * seq) as f64
-            })
-            .collect()
+        let mut total = 0.0f64;
+        for chunk in starts.chunks(self.config.train.batch_size) {
+            let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
+            for &start in chunk {
+                stream.extend_window(start, seq + 1, &mut tokens);
+            }
+            let batch = Batch {
+                tokens,
+                sources: vec![0; chunk.len()],
+                seq_len: seq,
+            };
+            let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(&batch, &self.device);
+            let sum = token_losses(model.forward(inputs), targets).sum();
+            total += sum.into_scalar().elem::<f64>();
+        }
+        total / (starts.len() * seq) as f64
     }
 
     /// λ_k = mean over tokens of max(ℓ_θ − ℓ_ref, 0) on `samples` random training sequences of
@@ -466,7 +543,7 @@ impl<B: TrainBackend> Session<B> {
             while left > 0 {
                 let n = left.min(batch_size);
                 left -= n;
-                let batch = self.sampler.probe_batch(&[k], n, &self.sources, false);
+                let batch = self.sampler.probe_batch(&[&self.sources[k].train], n);
                 let (inputs, targets) =
                     Self::batch_tensors::<B::InnerBackend>(&batch, &self.device);
                 let ours = token_losses(model.forward(inputs.clone()), targets.clone());
@@ -494,7 +571,7 @@ impl<B: TrainBackend> Session<B> {
         let val_loss = if needs.val_losses {
             Some(match val_loss {
                 Some(v) => v.to_vec(),
-                None => self.evaluate(),
+                None => self.evaluate().sources,
             })
         } else {
             None
