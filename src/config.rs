@@ -283,6 +283,7 @@ pub enum MixerKind {
     TikmixM,
     Odm,
     Doremi,
+    Ado,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,6 +468,37 @@ impl Default for DoremiConfig {
     }
 }
 
+/// `[mixer.ado]`: Adaptive Data Optimization (arXiv 2410.11820): a power law per source fitted
+/// to its training-loss history, weight ∝ prior × credit × fitted rate of improvement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdoConfig {
+    /// γ₁ of the credit h_k ← γ₁ h_k + (1 − γ₁) p_k (how much each source was trained on
+    /// lately). Default 0.9.
+    pub credit_smoothing: f64,
+    /// Exponent s of the credit in ρ_k ∝ μ_k h_k^s r_k. Default 0.5.
+    pub credit_power: f64,
+    /// γ₂ of the mixture π̄ ← γ₂ π̄ + (1 − γ₂) ρ. Default 0.9.
+    pub smoothing: f64,
+    /// Loss points a source needs before its power law is fitted (no update before every
+    /// source has them). Default 4.
+    pub min_points: usize,
+    /// Newest loss points kept per source for the fit. Default 64.
+    pub history: usize,
+}
+
+impl Default for AdoConfig {
+    fn default() -> Self {
+        AdoConfig {
+            credit_smoothing: 0.9,
+            credit_power: 0.5,
+            smoothing: 0.9,
+            min_points: 4,
+            history: 64,
+        }
+    }
+}
+
 /// `[mixer.odm]`: EXP3 bandit on importance-weighted training loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -524,7 +556,7 @@ pub enum MixtureInit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixerConfig {
-    /// The mixer: "static", "fastmix", "tikmix", "tikmix-m", "odm" or "doremi".
+    /// The mixer: "static", "fastmix", "tikmix", "tikmix-m", "odm", "doremi" or "ado".
     /// Default "static".
     pub kind: MixerKind,
     /// "sample", "reweight" or "hybrid" (see ApplyMode). Default "reweight".
@@ -555,6 +587,7 @@ pub struct MixerConfig {
     pub tikmix_m: TikMixMConfig,
     pub odm: OdmConfig,
     pub doremi: DoremiConfig,
+    pub ado: AdoConfig,
 }
 
 impl MixerConfig {
@@ -582,6 +615,7 @@ impl Default for MixerConfig {
             tikmix_m: TikMixMConfig::default(),
             odm: OdmConfig::default(),
             doremi: DoremiConfig::default(),
+            ado: AdoConfig::default(),
         }
     }
 }
@@ -916,6 +950,30 @@ impl Config {
             ));
         }
         unit_open("mixer.odm.alpha", self.mixer.odm.alpha)?;
+        let ado = &self.mixer.ado;
+        unit_open("mixer.ado.credit_smoothing", ado.credit_smoothing)?;
+        unit_open("mixer.ado.smoothing", ado.smoothing)?;
+        if !(ado.credit_power.is_finite() && ado.credit_power >= 0.0) {
+            return Err(Error::value(
+                "mixer.ado.credit_power",
+                format!("must be >= 0 (got {})", ado.credit_power),
+            ));
+        }
+        if ado.min_points < 2 {
+            return Err(Error::value(
+                "mixer.ado.min_points",
+                format!("must be at least 2 (got {})", ado.min_points),
+            ));
+        }
+        if ado.history < ado.min_points {
+            return Err(Error::value(
+                "mixer.ado.history",
+                format!(
+                    "must be >= mixer.ado.min_points = {} (got {})",
+                    ado.min_points, ado.history
+                ),
+            ));
+        }
         let dr = &self.mixer.doremi;
         if dr.reference.is_empty() {
             at_least_one("mixer.doremi.reference_steps", dr.reference_steps)?;

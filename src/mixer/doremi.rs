@@ -92,6 +92,7 @@ mod tests {
             influence: None,
             excess_loss: Some(vec![0.1, 0.4, 0.0]),
             candidate_delta: None,
+            tokens_seen: Vec::new(),
         };
         let w = mixer.update(&stats).unwrap().weights;
         let expected = [0.4603097977283569, 0.37287530237810873, 0.16681489989353437];
@@ -113,6 +114,7 @@ mod tests {
                 influence: None,
                 excess_loss: Some(vec![5.0, 0.0, 0.0, 0.0]),
                 candidate_delta: None,
+                tokens_seen: Vec::new(),
             };
             let w = mixer.update(&stats).unwrap().weights;
             assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);

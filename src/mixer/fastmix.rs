@@ -128,6 +128,7 @@ mod tests {
             influence: None,
             excess_loss: None,
             candidate_delta: None,
+            tokens_seen: Vec::new(),
         }
     }
 

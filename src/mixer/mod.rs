@@ -2,6 +2,7 @@
 //! statistics the trainer gathers for it, and returns weights on the simplex. It never touches
 //! files; its state is serialisable into checkpoints.
 
+mod ado;
 mod doremi;
 mod entropy;
 mod fastmix;
@@ -12,6 +13,7 @@ mod tikmix;
 mod tikmix_m;
 mod trust_region;
 
+pub use ado::Ado;
 pub use doremi::DoReMi;
 pub use entropy::{token_entropy, EntropyKind};
 pub use fastmix::FastMix;
@@ -101,6 +103,8 @@ pub struct SourceStats {
     pub excess_loss: Option<Vec<f64>>,
     /// ΔL_val of each candidate, in the order `candidates` returned them.
     pub candidate_delta: Option<Vec<f64>>,
+    /// Training tokens drawn from each source since the start of the run.
+    pub tokens_seen: Vec<u64>,
 }
 
 /// New weights from an update, and the raw per-source signal behind them (logged).
@@ -223,6 +227,11 @@ pub fn build(config: &Config, init: &[f64]) -> Result<Box<dyn Mixer>> {
         )),
         MixerKind::Odm => Box::new(Odm::new(config.mixer.odm.clone(), &init)),
         MixerKind::Doremi => Box::new(DoReMi::new(config.mixer.doremi.clone(), &init)),
+        MixerKind::Ado => Box::new(Ado::new(
+            config.mixer.ado.clone(),
+            &init,
+            config.min_weight(),
+        )),
     };
     Ok(match config.mixer.max_change {
         Some(delta) if config.mixer.kind != MixerKind::Static => {

@@ -112,6 +112,7 @@ mod tests {
             influence: None,
             excess_loss: None,
             candidate_delta: None,
+            tokens_seen: Vec::new(),
         };
         let update = mixer.update(&stats).unwrap();
         let expected = [
@@ -138,6 +139,7 @@ mod tests {
             influence: None,
             excess_loss: None,
             candidate_delta: None,
+            tokens_seen: Vec::new(),
         };
         assert_eq!(mixer.update(&stats).unwrap().weights, vec![0.5, 0.5]);
     }

@@ -132,6 +132,7 @@ mod tests {
             influence: Some(influence),
             excess_loss: None,
             candidate_delta: None,
+            tokens_seen: Vec::new(),
         }
     }
 

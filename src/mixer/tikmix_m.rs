@@ -179,6 +179,7 @@ mod tests {
             influence: None,
             excess_loss: None,
             candidate_delta: Some(deltas),
+            tokens_seen: Vec::new(),
         }
     }
 

@@ -601,6 +601,7 @@ impl<B: TrainBackend> Session<B> {
             influence,
             excess_loss,
             candidate_delta,
+            tokens_seen: self.tokens_by_source.clone(),
         };
         let k = self.sources.len();
         self.loss_since_update = vec![(0.0, 0); k];
