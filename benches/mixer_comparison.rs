@@ -1,18 +1,30 @@
-//! The mixers compared on the quickstart corpus: same model, same steps, several seeds. Runs
-//! the real training loop (configs/quickstart.toml, evaluation every 25 steps) for each method
-//! and seed into target/comparison/, then prints a Markdown table: mean and worst per-source
-//! final validation loss (mean over seeds), and the first evaluated step at which each method's
-//! mean validation loss reaches uniform's final mean validation loss (same seed).
+//! The mixers compared on the quickstart corpus: same model, same steps, several seeds, in
+//! three scenarios (SCENARIO):
 //!
-//!     cargo bench --bench mixer_comparison                          # 9 methods x 3 seeds
-//!     SEEDS=1 METHODS=uniform,fastmix cargo bench --bench mixer_comparison
+//! - `all` (default): target = the mean validation loss of the five training sources;
+//! - `one-source`: target = one training source (TARGET, default `man`);
+//! - `leave-one-out`: for each source in HELD_OUT (default all five) in turn, train on the
+//!   other four and target the held-out one as a validation-only `[[target.sets]]` entry.
 //!
-//! About 3 minutes a run on 2 cores (tikmix about 2.3x, doremi adds 100 reference steps; the
-//! DeMix seed search about 7 minutes, once).
+//! Runs the real training loop (configs/quickstart.toml, evaluation every 25 steps) for each
+//! method and seed into target/comparison/<scenario>/, reusing finished runs, then prints a
+//! Markdown table per case: final target loss (mean ± sd over seeds), its paired difference to
+//! uniform and to the best static baseline (uniform, proportional, temperature τ = 0.5, the
+//! one with the lowest mean), and the first evaluated step at which the target loss reaches
+//! uniform's final target loss (same seed), with that step as a fraction of the run.
+//!
+//!     cargo bench --bench mixer_comparison                                   # all, 3 seeds
+//!     SCENARIO=one-source TARGET=man cargo bench --bench mixer_comparison
+//!     SCENARIO=leave-one-out HELD_OUT=man,legal METHODS=fastmix,tikmix cargo bench --bench mixer_comparison
+//!     SEEDS=1 METHODS=fastmix@sample,fastmix@reweight cargo bench --bench mixer_comparison
+//!
+//! A method is a name from the list below, optionally `@sample`, `@reweight` or `@hybrid` to
+//! override `mixer.apply` (default: mixtrain's default apply). The static baselines always run.
+//! About 5 minutes a run on 2 cores (tikmix about 2x, doremi adds 100 reference steps).
 
 use std::path::{Path, PathBuf};
 
-use mixtrain::config::{Config, InitSpec, MixerKind};
+use mixtrain::config::{ApplyMode, Config, InitSpec, MixerConfig, MixerKind, TargetSetConfig};
 use mixtrain::train::{run, RunOptions};
 
 struct Method {
@@ -20,10 +32,16 @@ struct Method {
     apply: fn(&mut Config),
 }
 
+const STATIC_BASELINES: &[&str] = &["uniform", "proportional", "temperature"];
+
 const METHODS: &[Method] = &[
     Method {
         name: "uniform",
         apply: |_| {},
+    },
+    Method {
+        name: "proportional",
+        apply: |c| c.mixer.init = InitSpec::Named("proportional".into()),
     },
     Method {
         name: "temperature",
@@ -49,6 +67,10 @@ const METHODS: &[Method] = &[
         name: "doremi",
         apply: |c| c.mixer.kind = MixerKind::Doremi,
     },
+    Method {
+        name: "ado",
+        apply: |c| c.mixer.kind = MixerKind::Ado,
+    },
     // Seeds for the online mixer of configs/quickstart.toml (doremi).
     Method {
         name: "doremi+entropy",
@@ -66,8 +88,8 @@ const METHODS: &[Method] = &[
     },
 ];
 
-/// One DeMix search (configs/demix-quickstart.toml, seed 42) seeds every seed's run: the seed
-/// mixture is a data decision made once.
+/// One DeMix search (configs/demix-quickstart.toml, seed 42) seeds every seed's run of the
+/// `all` scenario: the seed mixture is a data decision made once.
 const DEMIX_DIR: &str = "target/comparison/demix";
 
 fn ensure_demix_seed() -> mixtrain::Result<()> {
@@ -81,120 +103,242 @@ fn ensure_demix_seed() -> mixtrain::Result<()> {
     Ok(())
 }
 
-/// (step, mean val loss, per-source val losses) of every evaluation in a run.
-fn evaluations(run_dir: &Path) -> Vec<(u64, f64, Vec<f64>)> {
+/// One evaluation line: step, target loss, mean and per-source validation loss.
+struct Eval {
+    step: u64,
+    target: f64,
+    worst_source: f64,
+}
+
+fn evaluations(run_dir: &Path) -> Vec<Eval> {
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).expect("metrics.jsonl");
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| {
             let by_source = v.get("val_loss_by_source")?.as_object()?.clone();
-            Some((
-                v["step"].as_u64()?,
-                v["val_loss"].as_f64()?,
-                by_source.values().filter_map(|x| x.as_f64()).collect(),
-            ))
+            Some(Eval {
+                step: v["step"].as_u64()?,
+                target: v["target_val_loss"].as_f64()?,
+                worst_source: by_source
+                    .values()
+                    .filter_map(|x| x.as_f64())
+                    .fold(f64::MIN, f64::max),
+            })
         })
         .collect()
 }
 
+/// A scenario's case: its name (a directory) and how it changes the base config.
+struct Case {
+    name: String,
+    configure: Box<dyn Fn(&mut Config)>,
+}
+
+fn cases(scenario: &str, base: &Config) -> Vec<Case> {
+    let names = base.source_names();
+    match scenario {
+        "all" => vec![Case {
+            name: "all".into(),
+            configure: Box::new(|_| {}),
+        }],
+        "one-source" => {
+            let target = std::env::var("TARGET").unwrap_or_else(|_| "man".into());
+            assert!(
+                names.contains(&target),
+                "TARGET={target} is not a quickstart source ({names:?})"
+            );
+            vec![Case {
+                name: format!("one-source-{target}"),
+                configure: Box::new(move |c| c.target.sources = Some(vec![target.clone()])),
+            }]
+        }
+        "leave-one-out" => {
+            let held: Vec<String> = std::env::var("HELD_OUT")
+                .map(|h| h.split(',').map(|s| s.trim().to_string()).collect())
+                .unwrap_or_else(|_| names.clone());
+            held.into_iter()
+                .map(|name| {
+                    assert!(
+                        names.contains(&name),
+                        "HELD_OUT: {name} is not a quickstart source ({names:?})"
+                    );
+                    Case {
+                        name: format!("leave-out-{name}"),
+                        configure: Box::new(move |c| {
+                            let at = c
+                                .data
+                                .sources
+                                .iter()
+                                .position(|s| s.name == name)
+                                .expect("checked above");
+                            let source = c.data.sources.remove(at);
+                            c.target.sets = vec![TargetSetConfig {
+                                name: source.name,
+                                path: source.path,
+                            }];
+                            c.target.sources = None;
+                        }),
+                    }
+                })
+                .collect()
+        }
+        other => panic!("SCENARIO={other}: expected all, one-source or leave-one-out"),
+    }
+}
+
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn parse_apply(name: &str) -> (String, Option<ApplyMode>) {
+    match name.split_once('@') {
+        Some((base, "sample")) => (base.into(), Some(ApplyMode::Sample)),
+        Some((base, "reweight")) => (base.into(), Some(ApplyMode::Reweight)),
+        Some((base, "hybrid")) => (base.into(), Some(ApplyMode::Hybrid)),
+        Some((_, other)) => panic!("{name}: unknown apply {other:?} (sample, reweight, hybrid)"),
+        None => (name.into(), None),
+    }
+}
+
 fn main() -> mixtrain::Result<()> {
+    let scenario = std::env::var("SCENARIO").unwrap_or_else(|_| "all".into());
     let seeds: Vec<u64> = std::env::var("SEEDS")
         .unwrap_or_else(|_| "1,2,3".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let wanted: Option<Vec<String>> = std::env::var("METHODS")
-        .ok()
-        .map(|m| m.split(',').map(|s| s.trim().to_string()).collect());
-    let methods: Vec<&Method> = METHODS
-        .iter()
-        .filter(|m| {
-            m.name == "uniform"
-                || wanted
-                    .as_ref()
-                    .is_none_or(|w| w.iter().any(|x| x == m.name))
-        })
-        .collect();
-    if methods.iter().any(|m| m.name.ends_with("+demix")) {
+    let mut wanted: Vec<String> = match std::env::var("METHODS") {
+        Ok(m) => m.split(',').map(|s| s.trim().to_string()).collect(),
+        Err(_) if scenario == "all" => METHODS.iter().map(|m| m.name.to_string()).collect(),
+        Err(_) => ["fastmix", "tikmix", "tikmix-m", "ado"]
+            .map(String::from)
+            .to_vec(),
+    };
+    for (i, baseline) in STATIC_BASELINES.iter().enumerate() {
+        if !wanted.iter().any(|w| w == baseline) {
+            wanted.insert(i, baseline.to_string());
+        }
+    }
+    if wanted.iter().any(|m| m.contains("+demix")) {
         ensure_demix_seed()?;
     }
     let mut base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
-    // The baseline is the static uniform mixture, whatever the quickstart's own mixer is.
+    // The baseline is the static uniform mixture, whatever the quickstart's own mixer is;
+    // every method runs at mixtrain's default apply unless it names one.
     base.mixer.kind = MixerKind::Static;
     base.mixer.init = InitSpec::Named("uniform".into());
+    base.mixer.apply = MixerConfig::default().apply;
+    base.train.eval_every = 25;
+    base.train.checkpoint_every = 0;
     let root = PathBuf::from("target/comparison");
 
-    let mut rows = Vec::new();
-    for method in &methods {
-        let mut finals = Vec::new();
-        for &seed in &seeds {
-            let mut config = base.clone();
-            (method.apply)(&mut config);
-            config.run.seed = seed;
-            config.train.eval_every = 25;
-            config.train.checkpoint_every = 0;
-            config.run.out_dir = root.join(format!("{}-seed{seed}", method.name));
-            if config.run.out_dir.join("mixture.json").is_file() {
-                eprintln!("reusing finished run {}", config.run.out_dir.display());
-            } else {
-                let _ = std::fs::remove_dir_all(&config.run.out_dir);
-                eprintln!("running {} seed {seed}", method.name);
-                let started = std::time::Instant::now();
-                run(
-                    config.clone(),
-                    RunOptions {
-                        resume: false,
-                        progress: false,
-                    },
-                )?;
-                eprintln!("  {:.0} s", started.elapsed().as_secs_f64());
+    for case in cases(&scenario, &base) {
+        let mut rows: Vec<(String, Vec<Vec<Eval>>)> = Vec::new();
+        for wanted_name in &wanted {
+            let (name, apply) = parse_apply(wanted_name);
+            let method = METHODS
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("unknown method {name}"));
+            let mut runs = Vec::new();
+            for &seed in &seeds {
+                let mut config = base.clone();
+                (case.configure)(&mut config);
+                (method.apply)(&mut config);
+                if let Some(apply) = apply {
+                    config.mixer.apply = apply;
+                }
+                config.run.seed = seed;
+                config.run.out_dir = root
+                    .join(&case.name)
+                    .join(format!("{wanted_name}-seed{seed}"));
+                if config.run.out_dir.join("mixture.json").is_file() {
+                    eprintln!("reusing finished run {}", config.run.out_dir.display());
+                } else {
+                    let _ = std::fs::remove_dir_all(&config.run.out_dir);
+                    eprintln!("running {} {wanted_name} seed {seed}", case.name);
+                    let started = std::time::Instant::now();
+                    run(
+                        config.clone(),
+                        RunOptions {
+                            resume: false,
+                            progress: false,
+                        },
+                    )?;
+                    eprintln!("  {:.0} s", started.elapsed().as_secs_f64());
+                }
+                runs.push(evaluations(&config.run.out_dir));
             }
-            finals.push((seed, evaluations(&config.run.out_dir)));
+            rows.push((wanted_name.clone(), runs));
         }
-        rows.push((method.name, finals));
+        print_table(&case.name, &rows, &seeds, base.train.steps);
     }
-
-    let uniform_final: Vec<f64> = rows[0]
-        .1
-        .iter()
-        .map(|(_, e)| e.last().expect("evals").1)
-        .collect();
-    println!("| method | final mean val loss | final worst-source val loss | step reaching uniform's final mean (per seed) |");
-    println!("|---|---|---|---|");
-    for (name, runs) in &rows {
-        let n = runs.len() as f64;
-        let mean = runs
-            .iter()
-            .map(|(_, e)| e.last().expect("evals").1)
-            .sum::<f64>()
-            / n;
-        let worst = runs
-            .iter()
-            .map(|(_, e)| {
-                e.last()
-                    .expect("evals")
-                    .2
-                    .iter()
-                    .cloned()
-                    .fold(f64::MIN, f64::max)
-            })
-            .sum::<f64>()
-            / n;
-        let reach: Vec<String> = runs
-            .iter()
-            .zip(&uniform_final)
-            .map(|((_, evals), target)| {
-                evals
-                    .iter()
-                    .find(|(_, m, _)| m <= target)
-                    .map_or("never".to_string(), |(s, _, _)| s.to_string())
-            })
-            .collect();
-        println!("| {name} | {mean:.4} | {worst:.4} | {} |", reach.join(", "));
-    }
-    println!(
-        "\n(seeds {:?}; mean over seeds; losses in nats per byte-token)",
-        seeds
-    );
     Ok(())
+}
+
+fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], steps: usize) {
+    let last = |evals: &Vec<Eval>| evals.last().expect("a run logs evaluations").target;
+    let finals = |runs: &Vec<Vec<Eval>>| runs.iter().map(last).collect::<Vec<f64>>();
+    let uniform = finals(&rows[0].1);
+    let best_static = rows
+        .iter()
+        .filter(|(n, _)| STATIC_BASELINES.contains(&n.as_str()))
+        .min_by(|a, b| {
+            mean_sd(&finals(&a.1))
+                .0
+                .total_cmp(&mean_sd(&finals(&b.1)).0)
+        })
+        .expect("the static baselines always run");
+    let best = finals(&best_static.1);
+    println!(
+        "\n### {case} (seeds {seeds:?}; best static: {})\n",
+        best_static.0
+    );
+    println!(
+        "| method | final target loss | Δ vs uniform | Δ vs best static | final worst-source loss | \
+         step reaching uniform's final target loss (per seed) | as a fraction of {steps} steps (max) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, runs) in rows {
+        let f = finals(runs);
+        let (mean, sd) = mean_sd(&f);
+        let paired =
+            |other: &[f64]| mean_sd(&f.iter().zip(other).map(|(a, b)| a - b).collect::<Vec<_>>());
+        let (du, du_sd) = paired(&uniform);
+        let (db, db_sd) = paired(&best);
+        let worst = mean_sd(
+            &runs
+                .iter()
+                .map(|e| e.last().expect("evaluations").worst_source)
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        let reach: Vec<Option<u64>> = runs
+            .iter()
+            .zip(&uniform)
+            .map(|(evals, target)| evals.iter().find(|e| e.target <= *target).map(|e| e.step))
+            .collect();
+        let reach_text: Vec<String> = reach
+            .iter()
+            .map(|r| r.map_or("never".into(), |s| s.to_string()))
+            .collect();
+        let fraction = if reach.iter().all(Option::is_some) {
+            let max = reach.iter().flatten().max().copied().unwrap_or(0);
+            format!("{:.2}", max as f64 / steps as f64)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {name} | {mean:.4} ± {sd:.4} | {du:+.4} ± {du_sd:.4} | {db:+.4} ± {db_sd:.4} | {worst:.4} | {} | {fraction} |",
+            reach_text.join(", ")
+        );
+    }
+    println!("\n(mean ± sd over seeds; Δ paired by seed; losses in nats per byte-token)");
 }

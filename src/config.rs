@@ -559,7 +559,8 @@ pub struct MixerConfig {
     /// The mixer: "static", "fastmix", "tikmix", "tikmix-m", "odm", "doremi" or "ado".
     /// Default "static".
     pub kind: MixerKind,
-    /// "sample", "reweight" or "hybrid" (see ApplyMode). Default "reweight".
+    /// "sample", "reweight" or "hybrid" (see ApplyMode). Default "hybrid" (README, "Mixer
+    /// comparison": the compute follows the mixture).
     pub apply: ApplyMode,
     /// Steps between mixer updates. Default 10.
     pub every: usize,
@@ -602,7 +603,7 @@ impl Default for MixerConfig {
     fn default() -> Self {
         MixerConfig {
             kind: MixerKind::Static,
-            apply: ApplyMode::Reweight,
+            apply: ApplyMode::Hybrid,
             every: 10,
             warmup_steps: 0,
             max_change: None,

@@ -77,7 +77,7 @@ fn config_errors_name_their_key() {
         ),
         (
             &["target.sources=[\"math\"]"],
-            "target.sources: no source named \"math\"",
+            "target.sources: no source or target set named \"math\"",
         ),
         (&["mixer.min_weight=0.5"], "mixer.min_weight"),
         (&["train.beta2=1.5"], "train.beta2: must be in [0, 1)"),
@@ -101,6 +101,27 @@ fn config_errors_name_their_key() {
             &["mixer.init=entropy:renyi"],
             "mixer.init: unknown mixture \"entropy:renyi\"",
         ),
+        (
+            &["target.sets=[{ name = \"prose\", path = \"x.jsonl\" }]"],
+            "target.sets[0].name: \"prose\" is also a training source's name",
+        ),
+        (
+            &["target.sets=[{ name = \"qa\", path = \"\" }]"],
+            "target.sets[0].path: must not be empty",
+        ),
+        (
+            &["target.sets=[{ name = \"qa\", path = \"x.jsonl\", weight = 2 }]"],
+            "unknown field `weight`",
+        ),
+        (
+            &["mixer.max_change=0"],
+            "mixer.max_change: must be in (0, 1]",
+        ),
+        (
+            &["mixer.ado.history=2"],
+            "mixer.ado.history: must be >= mixer.ado.min_points = 4",
+        ),
+        (&["mixer.apply=stratified"], "mixer.apply: unknown variant"),
     ];
     for (sets, needle) in cases {
         expect_error(&mut run_with(&config, sets), needle);
@@ -134,6 +155,40 @@ fn file_errors_name_their_path() {
     std::fs::write(&empty, "\n\n").unwrap();
     let set = format!("data.sources.0.path={}", empty.display());
     expect_error(&mut run_with(&config, &[&set]), "is empty");
+
+    // Target sets: the path of a training source, a missing path, an empty set, a set too
+    // short for one window. Each names the set's key or file.
+    let code = common::repo().join("data/quickstart/code.jsonl");
+    let clash = format!(
+        "target.sets=[{{ name = \"qa\", path = \"{}\" }}]",
+        code.display()
+    );
+    expect_error(&mut run_with(&config, &[&clash]), "target.sets[0].path: \"");
+    expect_error(
+        &mut run_with(
+            &config,
+            &["target.sets=[{ name = \"qa\", path = \"/no/such/heldout.jsonl\" }]"],
+        ),
+        "target.sets[0].path: no such file or directory",
+    );
+    let set = format!(
+        "target.sets=[{{ name = \"qa\", path = \"{}\" }}]",
+        empty.display()
+    );
+    expect_error(
+        &mut run_with(&config, &[&set]),
+        "target set \"qa\" is empty",
+    );
+    let short = dir.path().join("short.jsonl");
+    std::fs::write(&short, "{\"text\": \"too short\"}\n").unwrap();
+    let set = format!(
+        "target.sets=[{{ name = \"qa\", path = \"{}\" }}]",
+        short.display()
+    );
+    expect_error(
+        &mut run_with(&config, &[&set]),
+        "target set \"qa\" has 10 validation tokens",
+    );
 
     // A jsonl line that is not JSON: file and line named.
     let bad_json = dir.path().join("bad.jsonl");

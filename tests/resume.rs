@@ -193,3 +193,28 @@ fn kill_9_then_resume_is_bit_identical_doremi() {
         ],
     );
 }
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_ado_hybrid_trust_region() {
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=ado",
+            "mixer.every=2",
+            "mixer.ado.min_points=2",
+            "mixer.apply=hybrid",
+            "mixer.max_change=0.05",
+            "mixer.warmup_steps=6",
+        ],
+    );
+}
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_fastmix_target_set() {
+    let man = common::repo().join("data/quickstart/man.jsonl");
+    let sets = format!(
+        "target.sets=[{{ name = \"heldout\", path = \"{}\" }}]",
+        man.display()
+    );
+    kill_and_resume("ndarray", &["mixer.kind=fastmix", "mixer.every=3", &sets]);
+}

@@ -161,7 +161,8 @@ impl Mixer for Ado {
             .zip(&rates)
             .map(|((mu, h), r)| mu * h.powf(c.credit_power) * r)
             .collect();
-        if !(preference.iter().sum::<f64>() > 0.0) {
+        let total: f64 = preference.iter().sum();
+        if total.is_nan() || total <= 0.0 {
             // Every fitted rate is zero (losses flat or rising): keep the mixture.
             return None;
         }
