@@ -24,7 +24,9 @@
 
 use std::path::{Path, PathBuf};
 
-use mixtrain::config::{ApplyMode, Config, InitSpec, MixerConfig, MixerKind, TargetSetConfig};
+use mixtrain::config::{
+    ApplyMode, Config, InitSpec, MixerConfig, MixerKind, SignalNorm, TargetSetConfig,
+};
 use mixtrain::train::{run, RunOptions};
 
 struct Method {
@@ -50,6 +52,14 @@ const METHODS: &[Method] = &[
     Method {
         name: "fastmix",
         apply: |c| c.mixer.kind = MixerKind::Fastmix,
+    },
+    // fastmix without its per-update standardisation of s (the default before it).
+    Method {
+        name: "fastmix-raw",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.normalise = SignalNorm::None;
+        },
     },
     Method {
         name: "tikmix",

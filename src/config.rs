@@ -341,6 +341,20 @@ pub struct FastMixConfig {
     pub ema: f64,
     /// Fresh validation batches behind g_val at each update. Default 2.
     pub val_batches: usize,
+    /// Per-update standardisation of s before the EMA: "std" (s̃_k = (s_k − mean s) / std s
+    /// over the sources measured) or "none". Default "std": the magnitude of ⟨P g_val, g_k⟩
+    /// swings by 50x between updates (P and the gradient norms change fast early on), and one
+    /// large early update then holds Adam's momentum for ~30 updates (README, "Target-directed
+    /// mixing").
+    pub normalise: SignalNorm,
+}
+
+/// fastmix's per-update normalisation of s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalNorm {
+    Std,
+    None,
 }
 
 impl Default for FastMixConfig {
@@ -351,6 +365,7 @@ impl Default for FastMixConfig {
             precondition: true,
             ema: 0.5,
             val_batches: 2,
+            normalise: SignalNorm::Std,
         }
     }
 }

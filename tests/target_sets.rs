@@ -165,3 +165,23 @@ fn warmup_delays_updates_and_the_trust_region_bounds_them() {
     // ODM's own first updates stay uniform; the bound must not freeze the mixture.
     assert_ne!(rows.first(), rows.last());
 }
+
+/// Every example in configs/ parses and validates (the target-set example included).
+#[test]
+fn every_example_config_is_valid() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            if let Err(e) = mixtrain::config::Config::load(&path, &[]) {
+                panic!("{}: {e}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "{checked} configs");
+    let example =
+        mixtrain::config::Config::load(&repo().join("configs/target-set.toml"), &[]).unwrap();
+    let target = example.target();
+    assert!(target.sources.is_empty() && target.sets == [0]);
+}

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::init::{apply_floor, softmax};
 use super::{restore_state, GradScope, Mixer, MixerUpdate, ProbeSpec, SourceStats, StatsRequest};
-use crate::config::{FastMixConfig, ScopeKind};
+use crate::config::{FastMixConfig, ScopeKind, SignalNorm};
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.95;
@@ -73,8 +73,20 @@ impl Mixer for FastMix {
         let raw = stats.grad_dot_val.as_ref()?;
         let st = &mut self.state;
         let beta = self.config.ema;
+        let measured: Vec<f64> = raw.iter().flatten().copied().collect();
+        let normalised: Vec<Option<f64>> = match self.config.normalise {
+            SignalNorm::None => raw.clone(),
+            SignalNorm::Std => {
+                let n = measured.len().max(1) as f64;
+                let mean = measured.iter().sum::<f64>() / n;
+                let std = (measured.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
+                raw.iter()
+                    .map(|s| s.map(|s| if std > 0.0 { (s - mean) / std } else { 0.0 }))
+                    .collect()
+            }
+        };
         // Smoothed signal; a source absent from the probed step keeps its last value (or 0).
-        for (ema, s) in st.signal_ema.iter_mut().zip(raw) {
+        for (ema, s) in st.signal_ema.iter_mut().zip(&normalised) {
             if let Some(s) = s {
                 *ema = Some(match *ema {
                     Some(prev) => beta * prev + (1.0 - beta) * s,
@@ -142,6 +154,7 @@ mod tests {
         let config = FastMixConfig {
             lr: 0.1,
             ema: 0.0,
+            normalise: SignalNorm::None,
             ..FastMixConfig::default()
         };
         let mut mixer = FastMix::new(config, &[1.0 / 3.0; 3], 0.05);
@@ -153,6 +166,42 @@ mod tests {
             assert!((w - e).abs() < 1e-9, "{:?}", update.weights);
         }
         assert_eq!(update.signal.unwrap().1, vec![2.0, 0.0, -1.0]);
+    }
+
+    /// With "std", an update's scale does not matter: one update 100x larger than the others
+    /// moves the mixture exactly as if it were not (without it, it dominates Adam's momentum).
+    #[test]
+    fn standardised_signal_ignores_each_updates_scale() {
+        let updates = [
+            [3.0, 1.0, -2.0],
+            [-1.0, 2.0, 0.5],
+            [0.2, -0.4, 0.1],
+            [1.0, 0.0, 2.0],
+        ];
+        let run = |normalise: SignalNorm, big: f64| {
+            let config = FastMixConfig {
+                normalise,
+                ..FastMixConfig::default()
+            };
+            let mut mixer = FastMix::new(config, &[1.0 / 3.0; 3], 0.05);
+            let mut w = Vec::new();
+            for (i, s) in updates.iter().enumerate() {
+                let scale = if i == 1 { big } else { 1.0 };
+                let s = s.iter().map(|x| Some(x * scale)).collect();
+                w = mixer.update(&stats(s, 0.01)).unwrap().weights;
+            }
+            w
+        };
+        let (a, b) = (run(SignalNorm::Std, 1.0), run(SignalNorm::Std, 100.0));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12),
+            "{a:?} {b:?}"
+        );
+        let (c, d) = (run(SignalNorm::None, 1.0), run(SignalNorm::None, 100.0));
+        assert!(
+            c.iter().zip(&d).any(|(x, y)| (x - y).abs() > 1e-3),
+            "{c:?} {d:?}"
+        );
     }
 
     #[test]
