@@ -19,7 +19,9 @@
 //!     SEEDS=1 METHODS=fastmix@sample,fastmix@reweight cargo bench --bench mixer_comparison
 //!
 //! A method is a name from the list below, optionally `@sample`, `@reweight` or `@hybrid` to
-//! override `mixer.apply` (default: mixtrain's default apply). The static baselines always run.
+//! override `mixer.apply` (default: mixtrain's default apply). The static baselines always run
+//! (STATIC=uniform,temperature limits them; uniform always runs; "best static" is then the best
+//! of those run).
 //! About 5 minutes a run on 2 cores (tikmix about 2x, doremi adds 100 reference steps).
 
 use std::path::{Path, PathBuf};
@@ -231,11 +233,17 @@ fn main() -> mixtrain::Result<()> {
             .map(String::from)
             .to_vec(),
     };
+    // STATIC=uniform,temperature runs only those baselines (uniform always runs).
+    let baselines: Vec<String> = std::env::var("STATIC")
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+        .unwrap_or_else(|_| STATIC_BASELINES.iter().map(|s| s.to_string()).collect());
     for (i, baseline) in STATIC_BASELINES.iter().enumerate() {
-        if !wanted.iter().any(|w| w == baseline) {
-            wanted.insert(i, baseline.to_string());
+        let chosen = *baseline == "uniform" || baselines.iter().any(|b| b == baseline);
+        if chosen && !wanted.iter().any(|w| w == baseline) {
+            wanted.insert(i.min(wanted.len()), baseline.to_string());
         }
     }
+    wanted.sort_by_key(|w| w != "uniform");
     if wanted.iter().any(|m| m.contains("+demix")) {
         ensure_demix_seed()?;
     }

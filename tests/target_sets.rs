@@ -166,20 +166,10 @@ fn warmup_delays_updates_and_the_trust_region_bounds_them() {
     assert_ne!(rows.first(), rows.last());
 }
 
-/// Every example in configs/ parses and validates (the target-set example included).
+/// The target-set example resolves its target to the set alone (tests/cli.rs checks that
+/// every example config is valid).
 #[test]
-fn every_example_config_is_valid() {
-    let mut checked = 0;
-    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
-            if let Err(e) = mixtrain::config::Config::load(&path, &[]) {
-                panic!("{}: {e}", path.display());
-            }
-            checked += 1;
-        }
-    }
-    assert!(checked >= 8, "{checked} configs");
+fn the_target_set_example_targets_its_set() {
     let example =
         mixtrain::config::Config::load(&repo().join("configs/target-set.toml"), &[]).unwrap();
     let target = example.target();
