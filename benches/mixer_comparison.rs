@@ -7,7 +7,8 @@
 //!   other four and target the held-out one as a validation-only `[[target.sets]]` entry.
 //!
 //! Runs the real training loop (configs/quickstart.toml, evaluation every 25 steps) for each
-//! method and seed into target/comparison/<scenario>/, reusing finished runs, then prints a
+//! method and seed into target/comparison/<case>/ (static baselines of cases that train on all
+//! five sources share target/comparison/static/), reusing finished runs, then prints a
 //! Markdown table per case: final target loss (mean ± sd over seeds), its paired difference to
 //! uniform and to the best static baseline (uniform, proportional, temperature τ = 0.5, the
 //! one with the lowest mean), and the first evaluated step at which the target loss reaches
@@ -122,15 +123,25 @@ struct Eval {
     worst_source: f64,
 }
 
-fn evaluations(run_dir: &Path) -> Vec<Eval> {
+/// The evaluations of a run, with the case's target loss: the mean over `members` of their
+/// validation losses (sources or target sets), so one static run serves every case that trains
+/// on the same sources.
+fn evaluations(run_dir: &Path, members: &[String]) -> Vec<Eval> {
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).expect("metrics.jsonl");
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| {
             let by_source = v.get("val_loss_by_source")?.as_object()?.clone();
+            let loss = |m: &String| {
+                by_source
+                    .get(m)
+                    .or_else(|| v.get("val_loss_by_target_set")?.get(m))
+                    .and_then(|x| x.as_f64())
+            };
+            let target = members.iter().map(loss).sum::<Option<f64>>()? / members.len() as f64;
             Some(Eval {
                 step: v["step"].as_u64()?,
-                target: v["target_val_loss"].as_f64()?,
+                target,
                 worst_source: by_source
                     .values()
                     .filter_map(|x| x.as_f64())
@@ -140,10 +151,14 @@ fn evaluations(run_dir: &Path) -> Vec<Eval> {
         .collect()
 }
 
-/// A scenario's case: its name (a directory) and how it changes the base config.
+/// A scenario's case: its name (a directory), how it changes the base config, the names of
+/// its target's members, and whether it trains on the base's sources (then the static
+/// baselines, which ignore the target, share their runs with every such case).
 struct Case {
     name: String,
     configure: Box<dyn Fn(&mut Config)>,
+    members: Vec<String>,
+    same_sources: bool,
 }
 
 fn cases(scenario: &str, base: &Config) -> Vec<Case> {
@@ -152,6 +167,8 @@ fn cases(scenario: &str, base: &Config) -> Vec<Case> {
         "all" => vec![Case {
             name: "all".into(),
             configure: Box::new(|_| {}),
+            members: names.clone(),
+            same_sources: true,
         }],
         "one-source" => {
             let target = std::env::var("TARGET").unwrap_or_else(|_| "man".into());
@@ -161,7 +178,9 @@ fn cases(scenario: &str, base: &Config) -> Vec<Case> {
             );
             vec![Case {
                 name: format!("one-source-{target}"),
+                members: vec![target.clone()],
                 configure: Box::new(move |c| c.target.sources = Some(vec![target.clone()])),
+                same_sources: true,
             }]
         }
         "leave-one-out" => {
@@ -176,6 +195,8 @@ fn cases(scenario: &str, base: &Config) -> Vec<Case> {
                     );
                     Case {
                         name: format!("leave-out-{name}"),
+                        members: vec![name.clone()],
+                        same_sources: false,
                         configure: Box::new(move |c| {
                             let at = c
                                 .data
@@ -274,9 +295,9 @@ fn main() -> mixtrain::Result<()> {
                     config.mixer.apply = apply;
                 }
                 config.run.seed = seed;
-                config.run.out_dir = root
-                    .join(&case.name)
-                    .join(format!("{wanted_name}-seed{seed}"));
+                let shared = case.same_sources && STATIC_BASELINES.contains(&wanted_name.as_str());
+                let dir = if shared { "static" } else { &case.name };
+                config.run.out_dir = root.join(dir).join(format!("{wanted_name}-seed{seed}"));
                 if config.run.out_dir.join("mixture.json").is_file() {
                     eprintln!("reusing finished run {}", config.run.out_dir.display());
                 } else {
@@ -292,7 +313,7 @@ fn main() -> mixtrain::Result<()> {
                     )?;
                     eprintln!("  {:.0} s", started.elapsed().as_secs_f64());
                 }
-                runs.push(evaluations(&config.run.out_dir));
+                runs.push(evaluations(&config.run.out_dir, &case.members));
             }
             rows.push((wanted_name.clone(), runs));
         }
