@@ -779,26 +779,7 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         for (i, source) in self.data.sources.iter().enumerate() {
             let key = format!("data.sources[{i}]");
-            if source.name.is_empty()
-                || !source
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(Error::value(
-                    format!("{key}.name"),
-                    format!(
-                        "must be non-empty and use only letters, digits, '_' and '-' (got {:?})",
-                        source.name
-                    ),
-                ));
-            }
-            if source.name == "all" || source.name == "step" {
-                return Err(Error::value(
-                    format!("{key}.name"),
-                    format!("{:?} is reserved", source.name),
-                ));
-            }
+            check_name(&format!("{key}.name"), &source.name)?;
             if !seen.insert(source.name.clone()) {
                 return Err(Error::value(
                     format!("{key}.name"),
@@ -1035,6 +1016,25 @@ impl Config {
         self.target.validate(&self.data.sources)?;
         Ok(())
     }
+}
+
+/// A source's or target set's name: letters, digits, '_' and '-', and not a reserved word
+/// (names become JSON keys and CSV columns beside "step").
+pub(crate) fn check_name(key: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(Error::value(
+            key,
+            format!("must be non-empty and use only letters, digits, '_' and '-' (got {name:?})"),
+        ));
+    }
+    if name == "all" || name == "step" {
+        return Err(Error::value(key, format!("{name:?} is reserved")));
+    }
+    Ok(())
 }
 
 /// Applies one `key=value` override to the parsed TOML table. The value is read as TOML

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SourceConfig;
+use crate::config::{check_name, SourceConfig};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -120,26 +120,7 @@ impl TargetConfig {
         let mut set_names = BTreeSet::new();
         for (i, set) in self.sets.iter().enumerate() {
             let key = format!("target.sets[{i}]");
-            if set.name.is_empty()
-                || !set
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(Error::value(
-                    format!("{key}.name"),
-                    format!(
-                        "must be non-empty and use only letters, digits, '_' and '-' (got {:?})",
-                        set.name
-                    ),
-                ));
-            }
-            if set.name == "all" || set.name == "step" {
-                return Err(Error::value(
-                    format!("{key}.name"),
-                    format!("{:?} is reserved", set.name),
-                ));
-            }
+            check_name(&format!("{key}.name"), &set.name)?;
             if source_names.contains(set.name.as_str()) {
                 return Err(Error::value(
                     format!("{key}.name"),
