@@ -56,6 +56,14 @@ const METHODS: &[Method] = &[
         name: "fastmix",
         apply: |c| c.mixer.kind = MixerKind::Fastmix,
     },
+    // fastmix with a 3x larger step on the mixture logits.
+    Method {
+        name: "fastmix-lr0.3",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 0.3;
+        },
+    },
     // fastmix without its per-update standardisation of s (the default before it).
     Method {
         name: "fastmix-raw",
