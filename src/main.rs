@@ -126,6 +126,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     name, initial, summary.final_val_loss[i], summary.final_weights[i]
                 );
             }
+            println!(
+                "{:<16} {:>10} {:>10.4}",
+                "target", "", summary.final_target_loss
+            );
             Ok(())
         }
         Command::Demix { config, validate } => {

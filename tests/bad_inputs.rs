@@ -158,37 +158,27 @@ fn file_errors_name_their_path() {
 
     // Target sets: the path of a training source, a missing path, an empty set, a set too
     // short for one window. Each names the set's key or file.
+    let qa_at = |path: &Path| {
+        format!(
+            "target.sets=[{{ name = \"qa\", path = \"{}\" }}]",
+            path.display()
+        )
+    };
     let code = common::repo().join("data/quickstart/code.jsonl");
-    let clash = format!(
-        "target.sets=[{{ name = \"qa\", path = \"{}\" }}]",
-        code.display()
-    );
-    expect_error(&mut run_with(&config, &[&clash]), "target.sets[0].path: \"");
-    expect_error(
-        &mut run_with(
-            &config,
-            &["target.sets=[{ name = \"qa\", path = \"/no/such/heldout.jsonl\" }]"],
-        ),
-        "target.sets[0].path: no such file or directory",
-    );
-    let set = format!(
-        "target.sets=[{{ name = \"qa\", path = \"{}\" }}]",
-        empty.display()
-    );
-    expect_error(
-        &mut run_with(&config, &[&set]),
-        "target set \"qa\" is empty",
-    );
     let short = dir.path().join("short.jsonl");
     std::fs::write(&short, "{\"text\": \"too short\"}\n").unwrap();
-    let set = format!(
-        "target.sets=[{{ name = \"qa\", path = \"{}\" }}]",
-        short.display()
-    );
-    expect_error(
-        &mut run_with(&config, &[&set]),
-        "target set \"qa\" has 10 validation tokens",
-    );
+    let cases: &[(&Path, &str)] = &[
+        (&code, "target.sets[0].path: \""),
+        (
+            Path::new("/no/such/heldout.jsonl"),
+            "target.sets[0].path: no such file or directory",
+        ),
+        (&empty, "target set \"qa\" is empty"),
+        (&short, "target set \"qa\" has 10 validation tokens"),
+    ];
+    for (path, needle) in cases {
+        expect_error(&mut run_with(&config, &[&qa_at(path)]), needle);
+    }
 
     // A jsonl line that is not JSON: file and line named.
     let bad_json = dir.path().join("bad.jsonl");

@@ -68,6 +68,15 @@ fn is_target_set(source: &SourceConfig) -> bool {
     source.val_fraction >= 1.0
 }
 
+/// What errors call the entry, and how to give it more validation data.
+fn describe(source: &SourceConfig) -> (&'static str, &'static str) {
+    if is_target_set(source) {
+        ("target set", "add documents")
+    } else {
+        ("source", "raise its val_fraction or add documents")
+    }
+}
+
 /// `key` names the config entry (`data.sources[2]`, `target.sets[0]`) in errors.
 fn load_source(
     key: &str,
@@ -115,11 +124,7 @@ fn open_prepared(
     let train = Shard::open(&dir.join("train.bin"), vocab)?;
     let val = Shard::open(&dir.join("val.bin"), vocab)?;
     let need = seq_len + 1;
-    let kind = if is_target_set(source) {
-        "target set"
-    } else {
-        "source"
-    };
+    let (kind, remedy) = describe(source);
     if train.len() < need && !is_target_set(source) {
         return Err(Error::data(
             &source.path,
@@ -135,7 +140,7 @@ fn open_prepared(
             &source.path,
             format!(
                 "{kind} {:?} has {} validation tokens ({} documents), fewer than data.seq_len + 1 = {need}; \
-                 raise its val_fraction or add documents",
+                 {remedy}",
                 source.name,
                 val.len(),
                 meta.val_documents
@@ -305,11 +310,7 @@ fn build_shards(
             &source.path,
             format!(
                 "{} {:?} is empty: no non-blank documents",
-                if is_target_set(source) {
-                    "target set"
-                } else {
-                    "source"
-                },
+                describe(source).0,
                 source.name
             ),
         ));

@@ -73,10 +73,10 @@ impl Mixer for FastMix {
         let raw = stats.grad_dot_val.as_ref()?;
         let st = &mut self.state;
         let beta = self.config.ema;
-        let measured: Vec<f64> = raw.iter().flatten().copied().collect();
         let normalised: Vec<Option<f64>> = match self.config.normalise {
             SignalNorm::None => raw.clone(),
             SignalNorm::Std => {
+                let measured: Vec<f64> = raw.iter().flatten().copied().collect();
                 let n = measured.len().max(1) as f64;
                 let mean = measured.iter().sum::<f64>() / n;
                 let std = (measured.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();

@@ -80,14 +80,14 @@ fn provenance(config: &Config, backend: &str, kernels: &str, device: &str) -> St
     )
 }
 
-fn by_name(names: &[String], values: impl IntoIterator<Item = Option<f64>>) -> Value {
+fn by_name<V: Into<Value>>(names: &[String], values: impl IntoIterator<Item = Option<V>>) -> Value {
     let map: Map<String, Value> = names
         .iter()
         .cloned()
         .zip(
             values
                 .into_iter()
-                .map(|v| v.map_or(Value::Null, Value::from)),
+                .map(|v| v.map_or(Value::Null, Into::into)),
         )
         .collect();
     Value::Object(map)
@@ -173,11 +173,7 @@ fn train_loop<B: TrainBackend>(
                 add_train_fields(&mut record, &report, &names);
                 record.insert(
                     "tokens_by_source".into(),
-                    json!(names
-                        .iter()
-                        .cloned()
-                        .zip(session.tokens_by_source.iter().map(|&n| json!(n)))
-                        .collect::<Map<String, Value>>()),
+                    by_name(&names, session.tokens_by_source.iter().map(|&n| Some(n))),
                 );
             }
             if step % train.eval_every == 0 || step == total {
@@ -318,7 +314,7 @@ fn write_mixture<B: TrainBackend>(
         "initial": by_name(names, initial.weights.iter().map(|w| Some(*w))),
         "init": initial.method,
         "steps": session.step,
-        "tokens_by_source": by_name(names, session.tokens_by_source.iter().map(|&n| Some(n as f64))),
+        "tokens_by_source": by_name(names, session.tokens_by_source.iter().map(|&n| Some(n))),
     });
     if let Some(entropy) = &initial.entropy {
         mixture["entropy_nats"] = by_name(names, entropy.iter().map(|h| Some(*h)));

@@ -66,8 +66,6 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub lr: f64,
     pub tokens: usize,
-    /// Training tokens (inputs) per source in this step.
-    pub tokens_by_source: Vec<u64>,
 }
 
 /// Mean token losses on the fixed validation windows: per training source (its validation
@@ -318,6 +316,7 @@ impl<B: TrainBackend> Session<B> {
                 .draw_sources(&weights, apply, train.batch_size * train.grad_accum);
         // Per-sequence loss weights, normalised over the whole step so micro-batches add up to
         // the step's weighted mean: Σ_i w_i ℓ_i / Σ_i w_i.
+        // Sequences of each source in this step.
         let mut counts = vec![0usize; k];
         for &s in &sources {
             counts[s] += 1;
@@ -457,14 +456,10 @@ impl<B: TrainBackend> Session<B> {
         self.model = self.optim.step(model, &mut grads, lr, scale);
 
         let step_tokens = sources.len() * self.config.data.seq_len;
-        let mut tokens_by_source = vec![0u64; k];
-        for &s in &sources {
-            tokens_by_source[s] += self.config.data.seq_len as u64;
-        }
         self.step += 1;
         self.tokens += step_tokens as u64;
-        for (total, n) in self.tokens_by_source.iter_mut().zip(&tokens_by_source) {
-            *total += n;
+        for (total, &n) in self.tokens_by_source.iter_mut().zip(&counts) {
+            *total += (n * self.config.data.seq_len) as u64;
         }
         for (sum, w) in self.weight_sums.iter_mut().zip(&weights) {
             *sum += w;
@@ -482,7 +477,6 @@ impl<B: TrainBackend> Session<B> {
             grad_norm,
             lr,
             tokens: step_tokens,
-            tokens_by_source,
         })
     }
 
