@@ -1,7 +1,8 @@
 //! Checkpoints: `checkpoints/step_XXXXXXXX/` with model.safetensors, optimizer.safetensors,
-//! state.json (step, tokens, config hash, sampler, mixer, log lengths) and a `DONE` marker.
-//! Written into a temporary directory, fsynced, renamed; older checkpoints are deleted only
-//! after a newer one is complete.
+//! state.json (step, tokens, config hash, sampler, mixer, log lengths) and a `DONE` marker that
+//! lists every file's SHA-256. Written into a temporary directory, fsynced, renamed; older
+//! checkpoints are deleted only after a newer one is complete; resume takes the newest one whose
+//! digests match.
 
 use std::path::{Path, PathBuf};
 
@@ -9,8 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::TrainBackend;
 use crate::data::SamplerState;
+use sha2::{Digest, Sha256};
+
 use crate::error::{Error, IoContext, Result};
 use crate::export::{read_safetensors, write_safetensors};
+use crate::fault::{self, CheckpointPhase};
+use crate::fsutil::{sync_dir, write_synced};
 use crate::params::{collect_params, load_params};
 use crate::train::Session;
 
@@ -34,6 +39,9 @@ pub struct TrainState {
     /// Training tokens drawn per source (absent in checkpoints of older versions: zeros).
     #[serde(default)]
     pub tokens_by_source: Vec<u64>,
+    /// Steps skipped for a non-finite loss (`train.on_nonfinite = "skip"`).
+    #[serde(default)]
+    pub skipped_steps: u32,
     /// Lengths of metrics.jsonl and ratios.csv when the checkpoint was taken.
     pub metrics_bytes: u64,
     pub ratios_bytes: u64,
@@ -66,48 +74,217 @@ pub fn complete_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(found)
 }
 
-fn sync_dir(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|d| d.sync_all())
-        .at(path)
+/// SHA-256 of a file's bytes, hex.
+fn file_digest(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).at(path)?;
+    Ok(crate::config::hex(&Sha256::digest(&bytes)))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).at(path)?;
-    file.write_all(bytes).at(path)?;
-    file.sync_all().at(path)
+/// The DONE marker lists the SHA-256 of every file of the checkpoint, one `HEX  NAME` line each
+/// (`sha256sum -c DONE` checks it by hand). An empty DONE is a checkpoint of an older version.
+fn write_done(dir: &Path) -> Result<()> {
+    let mut lines = String::new();
+    for name in [MODEL, OPTIMIZER, STATE] {
+        lines.push_str(&format!("{}  {name}\n", file_digest(&dir.join(name))?));
+    }
+    write_synced(&dir.join(DONE), lines.as_bytes())
+}
+
+/// Checks a complete checkpoint's files against the digests in its DONE marker.
+pub fn verify(dir: &Path) -> Result<()> {
+    let done = dir.join(DONE);
+    let text = std::fs::read_to_string(&done)
+        .map_err(|e| Error::checkpoint(dir, format!("unreadable DONE marker: {e}")))?;
+    if text.is_empty() {
+        return Ok(()); // Written before checkpoints carried digests.
+    }
+    let mut listed = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let (digest, name) = line.split_once("  ").ok_or_else(|| {
+            Error::checkpoint(&done, format!("line {}: expected \"SHA256  FILE\"", i + 1))
+        })?;
+        if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+            return Err(Error::checkpoint(
+                &done,
+                format!("line {}: {name:?} is not a file of the checkpoint", i + 1),
+            ));
+        }
+        let path = dir.join(name);
+        let actual = file_digest(&path)
+            .map_err(|e| Error::checkpoint(&path, format!("listed in DONE but unreadable: {e}")))?;
+        if actual != digest {
+            return Err(Error::checkpoint(
+                &path,
+                format!("damaged: SHA-256 {actual}, DONE recorded {digest}"),
+            ));
+        }
+        listed.push(name);
+    }
+    for name in [MODEL, OPTIMIZER, STATE] {
+        if !listed.contains(&name) {
+            return Err(Error::checkpoint(&done, format!("does not list {name}")));
+        }
+    }
+    Ok(())
+}
+
+/// The newest checkpoint in `dir` whose files match their digests and whose state.json reads.
+/// A damaged one is reported with a warning and skipped; with `quarantine` (resume) it is
+/// renamed to `damaged-step_XXXXXXXX` (kept, never deleted) so that the resumed run can write
+/// that step again. Ok(None) when there is no complete checkpoint at all; an error when there
+/// are some but every one is damaged.
+pub fn newest_intact(dir: &Path, quarantine: bool) -> Result<Option<(usize, PathBuf)>> {
+    let mut damaged = Vec::new();
+    for (step, path) in complete_checkpoints(dir)?.into_iter().rev() {
+        match verify(&path).and_then(|()| read_state(&path).map(|_| ())) {
+            Ok(()) => return Ok(Some((step, path))),
+            Err(e) => {
+                let kept = if quarantine {
+                    let aside = unused_name(dir, &format!("damaged-{}", step_dir_name(step)));
+                    std::fs::rename(&path, &aside).at(&aside)?;
+                    sync_dir(dir)?;
+                    aside
+                } else {
+                    path.clone()
+                };
+                tracing::warn!(
+                    checkpoint = %path.display(),
+                    kept_at = %kept.display(),
+                    "damaged checkpoint skipped ({e}); using the previous one"
+                );
+                damaged.push(format!("{} ({e})", kept.display()));
+            }
+        }
+    }
+    if damaged.is_empty() {
+        Ok(None)
+    } else {
+        Err(Error::checkpoint(
+            dir,
+            format!(
+                "no intact checkpoint left; damaged (kept for inspection): {}",
+                damaged.join("; ")
+            ),
+        ))
+    }
+}
+
+/// `dir/name`, or `dir/name.2`, `.3`, … when taken.
+fn unused_name(dir: &Path, name: &str) -> PathBuf {
+    let mut candidate = dir.join(name);
+    let mut n = 2;
+    while candidate.exists() {
+        candidate = dir.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// Removes what interrupted saves left behind: `.tmp-*` (a save that never completed) and
+/// `.trash-*` (an old checkpoint whose deletion was cut short).
+fn remove_leftovers(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(".tmp-") || name.starts_with(".trash-") {
+            std::fs::remove_dir_all(&path).at(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes the session's checkpoint at its current step into `checkpoints_dir`, then deletes
-/// all but the newest `keep` complete checkpoints.
+/// all but the newest `keep` complete checkpoints. Crash-safe at every point: the new
+/// checkpoint appears (renamed from a temporary directory) only once complete; an old one is
+/// first renamed out of the `step_*` namespace and only then deleted. On an error (disk full,
+/// unwritable directory) the partial temporary directory is removed and every earlier
+/// checkpoint is left as it was.
 pub fn save<B: TrainBackend>(
     session: &Session<B>,
     checkpoints_dir: &Path,
     log_lengths: (u64, u64),
     keep: usize,
 ) -> Result<PathBuf> {
+    let save_number = fault::begin_save();
     let final_dir = checkpoints_dir.join(step_dir_name(session.step));
-    if final_dir.join(DONE).is_file() {
+    if final_dir.join(DONE).is_file() && verify(&final_dir).is_ok() {
         return Ok(final_dir);
     }
     std::fs::create_dir_all(checkpoints_dir).at(checkpoints_dir)?;
+    remove_leftovers(checkpoints_dir)?;
     let tmp = checkpoints_dir.join(format!(".tmp-{}", step_dir_name(session.step)));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).at(&tmp)?;
+    let written = write_into(session, &tmp, log_lengths, save_number);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::checkpoint(
+            &final_dir,
+            format!("could not be written ({e}); earlier checkpoints are untouched"),
+        ));
     }
-    std::fs::create_dir_all(&tmp).at(&tmp)?;
+    fault::checkpoint_phase(save_number, CheckpointPhase::BeforeRename);
+    if final_dir.exists() {
+        // An incomplete leftover (no DONE) of an interrupted save, or a damaged copy: kept aside.
+        let aside = unused_name(
+            checkpoints_dir,
+            &format!("damaged-{}", step_dir_name(session.step)),
+        );
+        std::fs::rename(&final_dir, &aside).at(&aside)?;
+    }
+    std::fs::rename(&tmp, &final_dir).at(&final_dir)?;
+    sync_dir(checkpoints_dir)?;
+    fault::checkpoint_phase(save_number, CheckpointPhase::AfterRename);
 
+    prune(checkpoints_dir, keep, save_number)?;
+    Ok(final_dir)
+}
+
+/// Deletes all but the newest `keep` complete checkpoints: each is first renamed out of the
+/// `step_*` namespace (so a kill mid-deletion never leaves a half-deleted "complete" one), then
+/// removed.
+fn prune(checkpoints_dir: &Path, keep: usize, save_number: usize) -> Result<()> {
+    let complete = complete_checkpoints(checkpoints_dir)?;
+    if complete.len() <= keep {
+        return Ok(());
+    }
+    for (step, old) in &complete[..complete.len() - keep] {
+        let trash = checkpoints_dir.join(format!(".trash-{}", step_dir_name(*step)));
+        std::fs::rename(old, &trash).at(&trash)?;
+        sync_dir(checkpoints_dir)?;
+        std::fs::remove_file(trash.join(MODEL)).at(&trash)?;
+        fault::checkpoint_phase(save_number, CheckpointPhase::Pruning);
+        std::fs::remove_dir_all(&trash).at(&trash)?;
+    }
+    Ok(())
+}
+
+/// On resume: finishes what an interrupted save left undone (its temporary or half-deleted
+/// directories, checkpoints beyond `keep`).
+pub fn tidy(checkpoints_dir: &Path, keep: usize) -> Result<()> {
+    if !checkpoints_dir.is_dir() {
+        return Ok(());
+    }
+    remove_leftovers(checkpoints_dir)?;
+    prune(checkpoints_dir, keep, 0)
+}
+
+/// The checkpoint's files, fsynced, in `tmp` (created fresh).
+fn write_into<B: TrainBackend>(
+    session: &Session<B>,
+    tmp: &Path,
+    log_lengths: (u64, u64),
+    save_number: usize,
+) -> Result<()> {
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp).at(tmp)?;
+    }
+    std::fs::create_dir_all(tmp).at(tmp)?;
     let model_path = tmp.join(MODEL);
+    if let Some(e) = fault::checkpoint_write_error(save_number) {
+        return Err(Error::io(model_path, e));
+    }
     write_safetensors(&model_path, &collect_params(&session.model), &[])?;
-    std::fs::File::open(&model_path)
-        .and_then(|f| f.sync_all())
-        .at(&model_path)?;
-    let optim_path = tmp.join(OPTIMIZER);
-    write_safetensors(&optim_path, &session.optim.to_named(), &[])?;
-    std::fs::File::open(&optim_path)
-        .and_then(|f| f.sync_all())
-        .at(&optim_path)?;
+    fault::checkpoint_phase(save_number, CheckpointPhase::Partial);
+    write_safetensors(&tmp.join(OPTIMIZER), &session.optim.to_named(), &[])?;
 
     let state = TrainState {
         format: FORMAT,
@@ -120,29 +297,14 @@ pub fn save<B: TrainBackend>(
         weight_sums: session.weight_sums.clone(),
         loss_since_update: session.loss_since_update.clone(),
         tokens_by_source: session.tokens_by_source.clone(),
+        skipped_steps: session.skipped_steps,
         metrics_bytes: log_lengths.0,
         ratios_bytes: log_lengths.1,
     };
     let state_json = serde_json::to_string_pretty(&state).expect("TrainState serialises");
     write_synced(&tmp.join(STATE), state_json.as_bytes())?;
-    write_synced(&tmp.join(DONE), b"")?;
-    sync_dir(&tmp)?;
-    if final_dir.exists() {
-        // An incomplete leftover (no DONE) of an interrupted save.
-        std::fs::remove_dir_all(&final_dir).at(&final_dir)?;
-    }
-    std::fs::rename(&tmp, &final_dir).at(&final_dir)?;
-    sync_dir(checkpoints_dir)?;
-
-    let complete = complete_checkpoints(checkpoints_dir)?;
-    if complete.len() > keep {
-        for (_, old) in &complete[..complete.len() - keep] {
-            if *old != final_dir {
-                std::fs::remove_dir_all(old).at(old)?;
-            }
-        }
-    }
-    Ok(final_dir)
+    write_done(tmp)?;
+    sync_dir(tmp)
 }
 
 /// Reads only state.json of a checkpoint (validating its presence and format).
@@ -222,6 +384,7 @@ pub fn load<B: TrainBackend>(dir: &Path, session: &mut Session<B>) -> Result<Tra
     session.tokens = state.tokens;
     session.weight_sums = state.weight_sums.clone();
     session.loss_since_update = state.loss_since_update.clone();
+    session.skipped_steps = state.skipped_steps;
     session.tokens_by_source = if state.tokens_by_source.is_empty() {
         vec![0; k]
     } else {

@@ -249,6 +249,21 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Write a training line to metrics.jsonl every this many steps. Default 10.
     pub log_every: usize,
+    /// What a step with a non-finite loss or gradient does: "stop" (default: the step is not
+    /// applied, a checkpoint of the last good state is written, the run exits with an error
+    /// naming the step and sources) or "skip" (the step's batch is dropped unapplied, logged,
+    /// and training goes on).
+    pub on_nonfinite: NonFinitePolicy,
+    /// With `on_nonfinite = "skip"`: the run stops once more steps than this were skipped.
+    /// Default 10.
+    pub max_skipped_steps: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinitePolicy {
+    Stop,
+    Skip,
 }
 
 impl Default for TrainConfig {
@@ -270,6 +285,8 @@ impl Default for TrainConfig {
             checkpoint_every: 100,
             keep_checkpoints: 2,
             log_every: 10,
+            on_nonfinite: NonFinitePolicy::Stop,
+            max_skipped_steps: 10,
         }
     }
 }

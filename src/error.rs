@@ -45,9 +45,13 @@ pub enum Error {
     #[error("run.backend: {0}")]
     Backend(String),
 
-    /// Training produced something unusable (e.g. a non-finite loss).
+    /// Training produced something unusable.
     #[error("training: {0}")]
     Training(String),
+
+    /// A step's loss or gradient was not finite; the step was not applied.
+    #[error("training: step {step}: {message}")]
+    NonFinite { step: usize, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -76,8 +76,8 @@ impl EvalReport {
 /// directory inside one.
 pub fn evaluate_path(path: &Path) -> Result<EvalReport> {
     let (run_dir, checkpoint_dir) = if path.join(CONFIG_FILE).is_file() {
-        let checkpoints = checkpoint::complete_checkpoints(&path.join("checkpoints"))?;
-        let (_, newest) = checkpoints.last().cloned().ok_or_else(|| Error::RunDir {
+        let newest = checkpoint::newest_intact(&path.join("checkpoints"), false)?;
+        let (_, newest) = newest.ok_or_else(|| Error::RunDir {
             path: path.to_path_buf(),
             message: "has no complete checkpoint to evaluate".into(),
         })?;
@@ -97,6 +97,7 @@ pub fn evaluate_path(path: &Path) -> Result<EvalReport> {
     };
     let config = Config::load(&run_dir.join(CONFIG_FILE), &[])?;
     let state = checkpoint::read_state(&checkpoint_dir)?;
+    checkpoint::verify(&checkpoint_dir)?;
     if state.config_hash != config.hash() {
         return Err(Error::checkpoint(
             &checkpoint_dir,

@@ -64,7 +64,7 @@ pub fn write_safetensors(
             out.extend_from_slice(&x.to_le_bytes());
         }
     }
-    std::fs::write(path, out).at(path)
+    crate::fsutil::write_atomic(path, &out)
 }
 
 /// Reads an f32 safetensors file into named tensors. Any malformed or truncated file is an

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
+use crate::run_lock::RunLock;
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -19,6 +20,8 @@ pub struct RunDir {
     pub path: PathBuf,
     metrics: BufWriter<File>,
     ratios: BufWriter<File>,
+    /// Held until the run ends: no second process writes into this directory meanwhile.
+    _lock: RunLock,
 }
 
 /// True when `dir` already holds (part of) a run.
@@ -36,6 +39,10 @@ fn open_append(path: &Path) -> Result<BufWriter<File>> {
 impl RunDir {
     /// Errors if `path` already holds a run (a new run must not overwrite it).
     pub fn check_free(path: &Path) -> Result<()> {
+        if path.is_dir() {
+            // A directory another process is training in: name that process.
+            RunLock::acquire(path)?;
+        }
         if holds_run(path) {
             return Err(Error::RunDir {
                 path: path.to_path_buf(),
@@ -52,11 +59,14 @@ impl RunDir {
         let path = config.run.out_dir.clone();
         Self::check_free(&path)?;
         std::fs::create_dir_all(&path).at(&path)?;
+        let lock = RunLock::acquire(&path)?;
+        // Checked again under the lock: another run may have started here meanwhile.
+        Self::check_free(&path)?;
         let config_path = path.join(CONFIG_FILE);
-        std::fs::write(&config_path, format!("{provenance}\n{}", config.to_toml()))
-            .at(&config_path)?;
+        let text = format!("{provenance}\n{}", config.to_toml());
+        crate::fsutil::write_atomic(&config_path, text.as_bytes())?;
         Self::reset_logs(&path, config)?;
-        Self::open(path)
+        Self::open(path, lock)
     }
 
     /// Opens the run in `config.run.out_dir` for `--resume`; its config.toml must describe the
@@ -64,6 +74,11 @@ impl RunDir {
     pub fn open_for_resume(config: &Config) -> Result<RunDir> {
         let path = config.run.out_dir.clone();
         let config_path = path.join(CONFIG_FILE);
+        let lock = if path.is_dir() {
+            Some(RunLock::acquire(&path)?)
+        } else {
+            None
+        };
         if !config_path.is_file() {
             return Err(Error::RunDir {
                 path,
@@ -77,23 +92,24 @@ impl RunDir {
             return Err(Error::RunDir {
                 path,
                 message: format!(
-                    "its config.toml differs from the given config (hash {} vs {}); resume with \
-                     the same config and --set overrides, or start a new run.out_dir",
-                    saved.hash(),
-                    config.hash()
+                    "its config.toml differs from the given config: {}; resume with the same \
+                     config and --set overrides, or start a new run.out_dir",
+                    describe_differences(&saved, config)
                 ),
             });
         }
-        Self::open(path)
+        let lock = lock.expect("a directory holding config.toml exists");
+        Self::open(path, lock)
     }
 
-    fn open(path: PathBuf) -> Result<RunDir> {
+    fn open(path: PathBuf, lock: RunLock) -> Result<RunDir> {
         let metrics = open_append(&path.join(METRICS_FILE))?;
         let ratios = open_append(&path.join(RATIOS_FILE))?;
         Ok(RunDir {
             path,
             metrics,
             ratios,
+            _lock: lock,
         })
     }
 
@@ -114,7 +130,7 @@ impl RunDir {
     pub fn restart(&mut self, config: &Config) -> Result<()> {
         self.flush()?;
         Self::reset_logs(&self.path, config)?;
-        *self = Self::open(self.path.clone())?;
+        *self = Self::open(self.path.clone(), self._lock.clone())?;
         Ok(())
     }
 
@@ -137,7 +153,7 @@ impl RunDir {
             }
             file.set_len(len).at(&path)?;
         }
-        *self = Self::open(self.path.clone())?;
+        *self = Self::open(self.path.clone(), self._lock.clone())?;
         Ok(())
     }
 
@@ -173,5 +189,67 @@ impl RunDir {
 
     pub fn checkpoints_dir(&self) -> PathBuf {
         self.path.join(CHECKPOINTS_DIR)
+    }
+}
+
+/// The keys whose values differ between a run's saved config and the given one, as
+/// "key = saved there, given here" (at most 5 listed). `train.steps` gets a note: a run cannot
+/// be extended or shortened, since the learning-rate schedule was laid out for its length.
+fn describe_differences(saved: &Config, given: &Config) -> String {
+    let flatten = |config: &Config| {
+        let mut out = Vec::new();
+        let value = serde_json::to_value(config).expect("a Config serialises");
+        flatten_json("", &value, &mut out);
+        out
+    };
+    let (a, b) = (flatten(saved), flatten(given));
+    let b_map: std::collections::BTreeMap<_, _> = b.iter().cloned().collect();
+    let a_map: std::collections::BTreeMap<_, _> = a.iter().cloned().collect();
+    let mut keys: Vec<&String> = a_map.keys().chain(b_map.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let missing = "(unset)".to_string();
+    let differing: Vec<String> = keys
+        .into_iter()
+        .filter(|k| k.as_str() != "run.out_dir" && a_map.get(*k) != b_map.get(*k))
+        .map(|k| {
+            let note = if k == "train.steps" {
+                " (a run cannot be extended or shortened: its learning-rate schedule decays \
+                 over train.steps)"
+            } else {
+                ""
+            };
+            format!(
+                "{k} = {} there, {} here{note}",
+                a_map.get(k).unwrap_or(&missing),
+                b_map.get(k).unwrap_or(&missing)
+            )
+        })
+        .collect();
+    if differing.is_empty() {
+        return format!("hash {} vs {}", saved.hash(), given.hash());
+    }
+    let shown = differing.len().min(5);
+    let more = differing.len() - shown;
+    let mut text = differing[..shown].join("; ");
+    if more > 0 {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
+}
+
+fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_json(&key, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
     }
 }

@@ -171,6 +171,8 @@ fn demix_search<B: TrainBackend>(
     let dir = config.run.out_dir.join(DEMIX_DIR);
     let components_dir = dir.join("components");
     std::fs::create_dir_all(&components_dir).at(&components_dir)?;
+    // Two demix searches (or a search and a run) must not write the same directory.
+    let _lock = crate::run_lock::RunLock::acquire(&config.run.out_dir)?;
     let base = base_config(&config)?;
 
     // The scorer holds the sources and their fixed validation windows; its model is the

@@ -18,9 +18,8 @@ pub const REFERENCE_FILE: &str = "reference.safetensors";
 
 /// The model weights file of a run directory's newest checkpoint, or of a checkpoint directory.
 fn weights_of(path: &Path) -> Result<PathBuf> {
-    let checkpoints = checkpoint::complete_checkpoints(&path.join("checkpoints"))?;
-    let dir = match checkpoints.last() {
-        Some((_, newest)) => newest.clone(),
+    let dir = match checkpoint::newest_intact(&path.join("checkpoints"), false)? {
+        Some((_, newest)) => newest,
         None => path.to_path_buf(),
     };
     let weights = dir.join("model.safetensors");

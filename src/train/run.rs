@@ -14,7 +14,7 @@ use mixtrain_kernels::StatKernels;
 use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::checkpoint;
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::export::export_model;
 use crate::mixer::MixerUpdate;
 use crate::rundir::{RunDir, MIXTURE_FILE, MODEL_FILE};
@@ -99,6 +99,7 @@ fn train_loop<B: TrainBackend>(
     device: B::Device,
     backend: &'static str,
 ) -> Result<RunSummary> {
+    crate::fault::init()?;
     let device_name = format!("{device:?}");
     // Which implementation the cross-entropy and single-pass statistics run on: the CubeCL
     // kernels on wgpu/cuda, the plain-tensor references on the CPU.
@@ -131,10 +132,13 @@ fn train_loop<B: TrainBackend>(
     // On resume, the periodic work of the checkpoint's step is already in the logs.
     let mut resumed_at = None;
     if options.resume {
-        let checkpoints = checkpoint::complete_checkpoints(&run_dir.checkpoints_dir())?;
-        match checkpoints.last() {
+        // Damaged checkpoints are set aside first, so that tidying never prunes the intact one
+        // the run falls back to.
+        let newest = checkpoint::newest_intact(&run_dir.checkpoints_dir(), true)?;
+        checkpoint::tidy(&run_dir.checkpoints_dir(), train.keep_checkpoints)?;
+        match newest {
             Some((_, dir)) => {
-                let state = checkpoint::load(dir, &mut session)?;
+                let state = checkpoint::load(&dir, &mut session)?;
                 run_dir.truncate_logs(state.metrics_bytes, state.ratios_bytes)?;
                 tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
                 resumed_at = Some(state.step);
@@ -216,10 +220,34 @@ fn train_loop<B: TrainBackend>(
         if step == total {
             break;
         }
-        let report = session.train_step()?;
+        let report = match session.train_step() {
+            Ok(report) => report,
+            Err(Error::NonFinite { step, message }) => {
+                // The step was not applied: the session holds the last good state.
+                let lengths = run_dir.flush()?;
+                let saved = checkpoint::save(
+                    &session,
+                    &run_dir.checkpoints_dir(),
+                    lengths,
+                    train.keep_checkpoints,
+                )?;
+                return Err(Error::NonFinite {
+                    step,
+                    message: format!(
+                        "{message}. The last good state (step {}) is checkpoint {}",
+                        session.step,
+                        saved.display()
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         last_lr = report.lr;
         report_progress(&progress, &session, &report, started, start_tokens, &config);
-        if session.step % train.log_every == 0 {
+        if let Some(reason) = &report.skipped {
+            tracing::warn!(step = session.step, "step skipped: {reason}");
+        }
+        if session.step % train.log_every == 0 || report.skipped.is_some() {
             pending_train = Some(report);
         }
     }
@@ -251,6 +279,9 @@ fn train_loop<B: TrainBackend>(
 }
 
 fn add_train_fields(record: &mut Map<String, Value>, report: &StepReport, names: &[String]) {
+    if let Some(reason) = &report.skipped {
+        record.insert("skipped".into(), json!(reason));
+    }
     record.insert("lr".into(), json!(report.lr));
     record.insert("train_loss".into(), json!(report.loss));
     record.insert(
@@ -320,8 +351,8 @@ fn write_mixture<B: TrainBackend>(
         mixture["entropy_nats"] = by_name(names, entropy.iter().map(|h| Some(*h)));
     }
     let path = run_dir.path.join(MIXTURE_FILE);
-    let text = serde_json::to_string_pretty(&mixture).expect("JSON serialises");
-    std::fs::write(&path, text + "\n").map_err(|e| crate::Error::io(path, e))
+    let text = serde_json::to_string_pretty(&mixture).expect("JSON serialises") + "\n";
+    crate::fsutil::write_atomic(&path, text.as_bytes())
 }
 
 fn make_progress(enabled: bool, total: usize, start: usize) -> Option<ProgressBar> {

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use super::probe::{grad_dot, virtual_step, GradProbe};
 use super::single_pass::{param_names, SinglePass};
 use crate::backend::TrainBackend;
-use crate::config::{ApplyMode, Config, GradStats};
+use crate::config::{ApplyMode, Config, GradStats, NonFinitePolicy};
 use crate::data::{
     load_sources, load_target_sets, validation_windows, Batch, Sampler, Shard, Source, Tokenizer,
 };
@@ -37,6 +37,8 @@ pub struct Session<B: TrainBackend> {
     pub loss_since_update: Vec<(f64, u64)>,
     /// Per source: training tokens drawn so far (inputs). Target sets never appear here.
     pub tokens_by_source: Vec<u64>,
+    /// Steps skipped for a non-finite loss or gradient (`train.on_nonfinite = "skip"`).
+    pub skipped_steps: u32,
     /// Start offsets of each source's fixed validation windows.
     val_windows: Vec<Vec<usize>>,
     /// The validation-only target sets (`[[target.sets]]`); the sampler never draws from them.
@@ -66,6 +68,8 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub lr: f64,
     pub tokens: usize,
+    /// Why the step was skipped unapplied (`train.on_nonfinite = "skip"`); None when applied.
+    pub skipped: Option<String>,
 }
 
 /// Mean token losses on the fixed validation windows: per training source (its validation
@@ -141,6 +145,7 @@ impl<B: TrainBackend> Session<B> {
             weight_sums: vec![0.0; k],
             loss_since_update: vec![(0.0, 0); k],
             tokens_by_source: vec![0; k],
+            skipped_steps: 0,
             val_windows,
             target_sets,
             set_windows,
@@ -311,6 +316,9 @@ impl<B: TrainBackend> Session<B> {
         let lr = lr_at(self.step, train);
         let weights = self.mixer.weights().to_vec();
         let k = weights.len();
+        // The sampler as it was before this step, restored if the step turns out non-finite
+        // and the run stops: its checkpoint then replays this very step.
+        let sampler_before = self.sampler.state().clone();
         let sources =
             self.sampler
                 .draw_sources(&weights, apply, train.batch_size * train.grad_accum);
@@ -412,17 +420,13 @@ impl<B: TrainBackend> Session<B> {
                 .convert::<f32>()
                 .to_vec()
                 .expect("converted to f32");
-            for ((&s, &l), &w) in micro.iter().zip(&seq_loss).zip(micro_weights) {
+            let poison = crate::fault::nonfinite_loss(self.step + 1);
+            for (i, ((&s, &l), &w)) in micro.iter().zip(&seq_loss).zip(micro_weights).enumerate() {
+                let l = if poison && i == 0 { f32::NAN } else { l };
                 sums[s].0 += l as f64;
                 sums[s].1 += 1;
                 loss += l as f64 * w / weight_total;
             }
-        }
-        if !loss.is_finite() {
-            return Err(Error::Training(format!(
-                "loss is {loss} at step {}; lower train.lr or raise train.warmup_steps",
-                self.step + 1
-            )));
         }
         if let Some(total) = single_pass_dots {
             let per_source: Vec<f64> = total
@@ -446,6 +450,37 @@ impl<B: TrainBackend> Session<B> {
 
         let mut grads = accumulator.grads();
         let grad_norm = global_grad_norm(&self.model, &grads);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let (policy, max_skipped) = (train.on_nonfinite, train.max_skipped_steps);
+            self.pending_grad_dot = None;
+            let message = self.nonfinite_message(loss, grad_norm, &sums);
+            if policy == NonFinitePolicy::Skip && self.skipped_steps < max_skipped {
+                // The batch is dropped; the schedule moves on as if the step had happened.
+                self.skipped_steps += 1;
+                self.step += 1;
+                for (sum, w) in self.weight_sums.iter_mut().zip(&weights) {
+                    *sum += w;
+                }
+                return Ok(StepReport {
+                    loss,
+                    loss_by_source: vec![None; k],
+                    grad_norm,
+                    lr,
+                    tokens: 0,
+                    skipped: Some(message),
+                });
+            }
+            self.sampler.restore(sampler_before);
+            let message = if policy == NonFinitePolicy::Skip {
+                format!("{message}; more than train.max_skipped_steps = {max_skipped} steps skipped")
+            } else {
+                message
+            };
+            return Err(Error::NonFinite {
+                step: self.step + 1,
+                message,
+            });
+        }
         let clip = train.grad_clip;
         let scale = if clip > 0.0 && grad_norm > clip {
             clip / (grad_norm + 1e-6)
@@ -477,10 +512,32 @@ impl<B: TrainBackend> Session<B> {
             grad_norm,
             lr,
             tokens: step_tokens,
+            skipped: None,
         })
     }
 
     /// Mean token loss of each source and target set on its fixed validation windows.
+    /// Names what was non-finite in a step: the loss (and the sources whose mean sequence loss
+    /// was), or the gradient norm.
+    fn nonfinite_message(&self, loss: f64, grad_norm: f64, sums: &[(f64, u64)]) -> String {
+        let names = self.source_names();
+        let bad: Vec<String> = sums
+            .iter()
+            .zip(&names)
+            .filter(|((s, n), _)| *n > 0 && !s.is_finite())
+            .map(|(_, name)| name.clone())
+            .collect();
+        let what = if !loss.is_finite() {
+            format!("loss is {loss} (non-finite in source(s): {})", bad.join(", "))
+        } else {
+            format!("gradient norm is {grad_norm} (the losses were finite)")
+        };
+        format!(
+            "{what}; the step was not applied (lower train.lr, raise train.warmup_steps, or set \
+             train.on_nonfinite = \"skip\")"
+        )
+    }
+
     pub fn evaluate(&self) -> Evaluation {
         self.evaluate_model(&self.model.valid())
     }

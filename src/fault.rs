@@ -1,0 +1,164 @@
+//! Fault injection for the reliability tests (`tests/faults.rs`): the environment variable
+//! `MIXTRAIN_FAULT` makes a run fail in one chosen, reproducible way, so a test can place a kill
+//! or an error exactly where a real fault could strike. Unset (always, outside tests) it costs
+//! one lookup per checkpoint phase and per step.
+//!
+//! Forms (one per run):
+//! - `checkpoint-kill=PHASE:N`: SIGKILL this process at PHASE of its N-th checkpoint save
+//!   (counted from 1 in this process). PHASE: `partial` (model written, nothing else),
+//!   `before-rename` (DONE written, directory still temporary), `after-rename` (complete, older
+//!   checkpoints not yet pruned), `pruning` (an older checkpoint half deleted).
+//! - `checkpoint-write-error=N`: the N-th save fails with "no space left on device" while
+//!   writing its model file.
+//! - `nonfinite-loss=STEP`: the loss of the first sequence of step STEP (counted from 1) is NaN.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+pub const ENV: &str = "MIXTRAIN_FAULT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointPhase {
+    Partial,
+    BeforeRename,
+    AfterRename,
+    Pruning,
+}
+
+impl CheckpointPhase {
+    const ALL: [(&'static str, CheckpointPhase); 4] = [
+        ("partial", CheckpointPhase::Partial),
+        ("before-rename", CheckpointPhase::BeforeRename),
+        ("after-rename", CheckpointPhase::AfterRename),
+        ("pruning", CheckpointPhase::Pruning),
+    ];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    CheckpointKill { phase: CheckpointPhase, save: usize },
+    CheckpointWriteError { save: usize },
+    NonfiniteLoss { step: usize },
+}
+
+static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
+/// Checkpoint saves begun by this process.
+static SAVES: AtomicUsize = AtomicUsize::new(0);
+
+fn parse(spec: &str) -> std::result::Result<Fault, String> {
+    let (name, value) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {spec:?}"))?;
+    let number = |s: &str| {
+        s.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{s:?} is not a positive integer"))
+    };
+    match name {
+        "checkpoint-kill" => {
+            let (phase, save) = value
+                .split_once(':')
+                .ok_or_else(|| format!("checkpoint-kill expects PHASE:N, got {value:?}"))?;
+            let phase = CheckpointPhase::ALL
+                .iter()
+                .find(|(n, _)| *n == phase)
+                .map(|(_, p)| *p)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = CheckpointPhase::ALL.iter().map(|(n, _)| *n).collect();
+                    format!("unknown phase {phase:?} (one of {})", names.join(", "))
+                })?;
+            Ok(Fault::CheckpointKill {
+                phase,
+                save: number(save)?,
+            })
+        }
+        "checkpoint-write-error" => Ok(Fault::CheckpointWriteError {
+            save: number(value)?,
+        }),
+        "nonfinite-loss" => Ok(Fault::NonfiniteLoss {
+            step: number(value)?,
+        }),
+        other => Err(format!(
+            "unknown fault {other:?} (checkpoint-kill, checkpoint-write-error, nonfinite-loss)"
+        )),
+    }
+}
+
+/// Reads `MIXTRAIN_FAULT` once; a malformed value is an error naming the variable.
+pub fn init() -> Result<()> {
+    let parsed = match std::env::var(ENV) {
+        Ok(spec) if !spec.trim().is_empty() => {
+            Some(parse(spec.trim()).map_err(|message| Error::value(ENV, message))?)
+        }
+        _ => None,
+    };
+    FAULT.get_or_init(|| parsed);
+    Ok(())
+}
+
+fn fault() -> Option<Fault> {
+    *FAULT.get_or_init(|| None)
+}
+
+/// Counts a checkpoint save; returns its number (from 1) for the hooks below.
+pub fn begin_save() -> usize {
+    SAVES.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// Kills the process (SIGKILL: no destructors, no flushes) when the fault names this phase of
+/// this save.
+pub fn checkpoint_phase(save: usize, phase: CheckpointPhase) {
+    if fault() == Some(Fault::CheckpointKill { phase, save }) {
+        // SAFETY: sending a signal to our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// The error a full disk would give while writing this save's model file, if injected.
+pub fn checkpoint_write_error(save: usize) -> Option<std::io::Error> {
+    (fault() == Some(Fault::CheckpointWriteError { save }))
+        .then(|| std::io::Error::from_raw_os_error(libc::ENOSPC))
+}
+
+/// True when the loss of step `step` (from 1) is to be poisoned.
+pub fn nonfinite_loss(step: usize) -> bool {
+    fault() == Some(Fault::NonfiniteLoss { step })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form_and_rejects_malformed_ones() {
+        assert_eq!(
+            parse("checkpoint-kill=pruning:3"),
+            Ok(Fault::CheckpointKill {
+                phase: CheckpointPhase::Pruning,
+                save: 3
+            })
+        );
+        assert_eq!(
+            parse("checkpoint-write-error=2"),
+            Ok(Fault::CheckpointWriteError { save: 2 })
+        );
+        assert_eq!(
+            parse("nonfinite-loss=7"),
+            Ok(Fault::NonfiniteLoss { step: 7 })
+        );
+        for bad in [
+            "checkpoint-kill=sideways:1",
+            "checkpoint-kill=partial",
+            "nonfinite-loss=0",
+            "nonfinite-loss=x",
+            "explode",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}
