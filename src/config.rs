@@ -689,7 +689,14 @@ impl Config {
                     },
                 }
             })?;
-        config.validate()?;
+        // A value error names its key; from a file it names the file too.
+        config.validate().map_err(|e| match e {
+            Error::ConfigValue { key, message } => Error::ConfigParse {
+                file: file.to_string(),
+                message: format!("{key}: {message}"),
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 

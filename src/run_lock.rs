@@ -31,7 +31,9 @@ impl RunLock {
     /// Locks `dir` (which must exist) or fails at once naming the process that holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
         let key = dir.canonicalize().at(dir)?;
-        let mut held = held().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut held = held()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(file) = held.get(&key).and_then(Weak::upgrade) {
             return Ok(RunLock { _file: file });
         }

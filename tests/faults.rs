@@ -35,10 +35,7 @@ fn outputs(run: &Path) -> RunOutputs {
 /// The tiny config with fastmix (mixer state in every checkpoint), 40 steps, a checkpoint
 /// every 5 steps (8 saves; from the 3rd on each one prunes an older one).
 fn config(dir: &Path) -> PathBuf {
-    tiny_config(
-        dir,
-        "[mixer]\nkind = \"fastmix\"\nevery = 3\n",
-    )
+    tiny_config(dir, "[mixer]\nkind = \"fastmix\"\nevery = 3\n")
 }
 
 fn run_cmd(config: &Path, fault: Option<&str>, resume: bool) -> Command {
@@ -146,7 +143,12 @@ fn kills_at_every_phase_of_a_checkpoint_write_resume_bit_identically() {
 fn a_second_process_on_a_run_directory_is_refused_naming_the_holder() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), "");
-    let long = ["--set", "train.steps=3000", "--set", "train.checkpoint_every=50"];
+    let long = [
+        "--set",
+        "train.steps=3000",
+        "--set",
+        "train.checkpoint_every=50",
+    ];
     let mut first = run_cmd(&cfg, None, false)
         .args(long)
         .stdout(Stdio::null())
@@ -168,14 +170,25 @@ fn a_second_process_on_a_run_directory_is_refused_naming_the_holder() {
             stderr.contains("is in use by another mixtrain process") && stderr.contains(&holder),
             "resume={resume}: {stderr}"
         );
-        assert!(started.elapsed() < Duration::from_secs(20), "not refused at once");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not refused at once"
+        );
     }
-    assert!(first.try_wait().unwrap().is_none(), "the first run was disturbed");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first run was disturbed"
+    );
     first.kill().unwrap(); // SIGKILL: the lock file stays behind, the lock does not.
     first.wait().unwrap();
     assert!(dir.path().join("run/.lock").is_file());
     let mut resumed = run_cmd(&cfg, None, true)
-        .args(["--set", "train.steps=3000", "--set", "train.checkpoint_every=50"])
+        .args([
+            "--set",
+            "train.steps=3000",
+            "--set",
+            "train.checkpoint_every=50",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -222,7 +235,11 @@ fn a_damaged_checkpoint_is_reported_kept_and_skipped_for_the_previous_one() {
     );
     assert!(outputs(&run) == expected, "resumed run differs");
     let aside = run.join("checkpoints/damaged-step_00000040/model.safetensors");
-    assert_eq!(std::fs::read(&aside).unwrap(), bytes, "the damaged copy was kept");
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        bytes,
+        "the damaged copy was kept"
+    );
 
     // With every checkpoint damaged, resume refuses and deletes nothing.
     for (step, file) in [(35, "state.json"), (40, "optimizer.safetensors")] {
@@ -272,8 +289,7 @@ fn extending_a_run_is_refused_naming_train_steps() {
     run_ok(&mut run_cmd(&cfg, None, false));
     let (_, stderr) = run_failing(run_cmd(&cfg, None, true).args(["--set", "train.steps=80"]));
     assert!(
-        stderr.contains("train.steps = 40 there, 80 here")
-            && stderr.contains("cannot be extended"),
+        stderr.contains("train.steps = 40 there, 80 here") && stderr.contains("cannot be extended"),
         "{stderr}"
     );
 }

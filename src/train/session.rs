@@ -472,7 +472,9 @@ impl<B: TrainBackend> Session<B> {
             }
             self.sampler.restore(sampler_before);
             let message = if policy == NonFinitePolicy::Skip {
-                format!("{message}; more than train.max_skipped_steps = {max_skipped} steps skipped")
+                format!(
+                    "{message}; more than train.max_skipped_steps = {max_skipped} steps skipped"
+                )
             } else {
                 message
             };
@@ -528,7 +530,10 @@ impl<B: TrainBackend> Session<B> {
             .map(|(_, name)| name.clone())
             .collect();
         let what = if !loss.is_finite() {
-            format!("loss is {loss} (non-finite in source(s): {})", bad.join(", "))
+            format!(
+                "loss is {loss} (non-finite in source(s): {})",
+                bad.join(", ")
+            )
         } else {
             format!("gradient norm is {grad_norm} (the losses were finite)")
         };
