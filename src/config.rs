@@ -1203,7 +1203,7 @@ path = "y"
         let err = Config::from_toml_str(MINIMAL, "t.toml", &["train.lr=-1".into()])
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "train.lr: must be > 0 (got -1)");
+        assert_eq!(err, "t.toml: train.lr: must be > 0 (got -1)");
     }
 
     #[test]

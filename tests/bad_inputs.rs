@@ -246,7 +246,10 @@ fn corrupt_shard_is_reported() {
 fn run_directory_and_checkpoint_errors_keep_existing_files() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
-    run_ok(&mut run_with(&config, &["train.steps=10"]));
+    run_ok(&mut run_with(
+        &config,
+        &["train.steps=10", "train.keep_checkpoints=1"],
+    ));
     let run = dir.path().join("run");
     let snapshot = |name: &str| std::fs::read(run.join(name)).unwrap();
     let before: Vec<Vec<u8>> = ["metrics.jsonl", "ratios.csv", "config.toml"]
@@ -263,39 +266,64 @@ fn run_directory_and_checkpoint_errors_keep_existing_files() {
 
     // A second run into the same out_dir without --resume is refused.
     expect_error(
-        &mut run_with(&config, &["train.steps=10"]),
+        &mut run_with(&config, &["train.steps=10", "train.keep_checkpoints=1"]),
         "already holds a run; pass --resume",
     );
     unchanged();
 
     // Resuming with another config is refused.
-    let mut cmd = run_with(&config, &["train.steps=10", "train.lr=1e-3"]);
+    let mut cmd = run_with(
+        &config,
+        &[
+            "train.steps=10",
+            "train.keep_checkpoints=1",
+            "train.lr=1e-3",
+        ],
+    );
     cmd.arg("--resume");
     expect_error(&mut cmd, "differs from the given config");
     unchanged();
 
-    // A corrupt checkpoint: truncated model weights.
+    // A damaged checkpoint (the only one: keep_checkpoints = 1): truncated model weights, then
+    // a corrupt state. Resume refuses, names it, and keeps it (set aside as damaged-...).
     let newest = run.join("checkpoints/step_00000010");
+    let aside = run.join("checkpoints/damaged-step_00000010");
+    for (file, damage) in [
+        ("model.safetensors", None),
+        ("state.json", Some(&b"{\"format\": 1, \"step\": "[..])),
+    ] {
+        let path = newest.join(file);
+        let original = std::fs::read(&path).unwrap();
+        let damaged =
+            damage.map_or_else(|| original[..original.len() / 2].to_vec(), <[u8]>::to_vec);
+        std::fs::write(&path, &damaged).unwrap();
+        let mut cmd = run_with(&config, &["train.steps=10", "train.keep_checkpoints=1"]);
+        cmd.arg("--resume");
+        expect_error(&mut cmd, "no intact checkpoint left");
+        unchanged();
+        assert_eq!(
+            std::fs::read(aside.join(file)).unwrap(),
+            damaged,
+            "{file} was not kept"
+        );
+        std::fs::rename(&aside, &newest).unwrap();
+        std::fs::write(&path, &original).unwrap();
+    }
+
+    // Without digests (an older version's empty DONE) the readers' own checks still hold.
     let model = newest.join("model.safetensors");
     let weights = std::fs::read(&model).unwrap();
+    std::fs::write(newest.join("DONE"), b"").unwrap();
     std::fs::write(&model, &weights[..weights.len() / 2]).unwrap();
-    let mut cmd = run_with(&config, &["train.steps=10"]);
+    let mut cmd = run_with(&config, &["train.steps=10", "train.keep_checkpoints=1"]);
     cmd.arg("--resume");
     expect_error(&mut cmd, "corrupt safetensors file");
     unchanged();
     std::fs::write(&model, &weights).unwrap();
 
-    // A corrupt checkpoint state.
+    // eval on a checkpoint whose state was tampered with to another config hash.
     let state = newest.join("state.json");
     let state_bytes = std::fs::read(&state).unwrap();
-    std::fs::write(&state, b"{\"format\": 1, \"step\": ").unwrap();
-    let mut cmd = run_with(&config, &["train.steps=10"]);
-    cmd.arg("--resume");
-    expect_error(&mut cmd, "state.json: corrupt state");
-    unchanged();
-    std::fs::write(&state, &state_bytes).unwrap();
-
-    // eval on a checkpoint whose state was tampered with to another config hash.
     let tampered = String::from_utf8(state_bytes.clone())
         .unwrap()
         .replace("\"config_hash\": \"", "\"config_hash\": \"00");
