@@ -349,3 +349,22 @@ fn skip_mode_drops_nonfinite_steps_and_stops_past_the_limit() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_unwritable_out_dir_is_a_clear_error() {
+    // A regular file where a directory must go fails even for root (which ignores permissions).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"a file").unwrap();
+    let out_dir = blocker.join("run");
+    let (out, stderr) = run_failing(
+        run_cmd(&cfg, None, false).args(["--set", &format!("run.out_dir={}", out_dir.display())]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains(&out_dir.display().to_string()) && stderr.contains("Not a directory"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"a file");
+}

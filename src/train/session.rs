@@ -661,7 +661,24 @@ impl<B: TrainBackend> Session<B> {
         };
         let k = self.sources.len();
         self.loss_since_update = vec![(0.0, 0); k];
-        Ok(self.mixer.update(&stats))
+        let update = self.mixer.update(&stats);
+        if let Some(update) = &update {
+            // A mixture with NaN in it would silently starve or flood a source: stop instead.
+            let total: f64 = update.weights.iter().sum();
+            if update.weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+                || (total - 1.0).abs() > 1e-6
+            {
+                return Err(Error::NonFinite {
+                    step: self.step,
+                    message: format!(
+                        "the {:?} mixer's update gave weights {:?} (not a distribution); the \
+                         run stops before using them (its last checkpoint is intact)",
+                        self.config.mixer.kind, update.weights
+                    ),
+                });
+            }
+        }
+        Ok(update)
     }
 }
 
