@@ -5,8 +5,20 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use mixtrain_kernels::StatKernels;
 
-use crate::config::BackendKind;
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
+
+/// `run.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Cpu,
+    Flex,
+    Ndarray,
+    Wgpu,
+    Cuda,
+}
 
 /// A backend mixtrain trains on: autodiff, with the per-source statistics (`StatKernels`) on
 /// both it and its inner backend, so the training path runs the CubeCL kernels where the

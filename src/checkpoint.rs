@@ -77,7 +77,7 @@ pub fn complete_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
 /// SHA-256 of a file's bytes, hex.
 fn file_digest(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).at(path)?;
-    Ok(crate::config::hex(&Sha256::digest(&bytes)))
+    Ok(crate::fsutil::hex(&Sha256::digest(&bytes)))
 }
 
 /// The DONE marker lists the SHA-256 of every file of the checkpoint, one `HEX  NAME` line each

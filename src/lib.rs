@@ -23,5 +23,6 @@ pub mod run_lock;
 pub mod rundir;
 pub mod target;
 pub mod train;
+pub mod validate;
 
 pub use error::{Error, Result};

@@ -8,7 +8,88 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use mixtrain_kernels::{KernelImpl, StatKernels};
 
-use crate::config::{MlpKind, ModelConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::validate::{at_least_one, positive};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlpKind {
+    Swiglu,
+    Gelu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Width of the residual stream. Default 128.
+    pub d_model: usize,
+    /// Number of transformer blocks. Default 4.
+    pub n_layers: usize,
+    /// Attention heads; must divide d_model, and d_model / n_heads must be even (RoPE).
+    /// Default 4.
+    pub n_heads: usize,
+    /// Hidden width of the MLP. Default 384.
+    pub d_ff: usize,
+    /// "swiglu" or "gelu". Default "swiglu".
+    pub mlp: MlpKind,
+    /// Share the token embedding with the LM head. Default true.
+    pub tie_embeddings: bool,
+    /// RoPE base frequency. Default 10000.
+    pub rope_theta: f64,
+    /// RMSNorm epsilon. Default 1e-5.
+    pub norm_eps: f64,
+    /// Standard deviation of the normal initialisation (output projections are further scaled by
+    /// 1/sqrt(2 n_layers)). Default 0.02.
+    pub init_std: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            d_model: 128,
+            n_layers: 4,
+            n_heads: 4,
+            d_ff: 384,
+            mlp: MlpKind::Swiglu,
+            tie_embeddings: true,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+            init_std: 0.02,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<()> {
+        at_least_one("model.d_model", self.d_model)?;
+        at_least_one("model.n_layers", self.n_layers)?;
+        at_least_one("model.n_heads", self.n_heads)?;
+        at_least_one("model.d_ff", self.d_ff)?;
+        if !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(Error::value(
+                "model.n_heads",
+                format!(
+                    "must divide model.d_model = {} (got {})",
+                    self.d_model, self.n_heads
+                ),
+            ));
+        }
+        if !(self.d_model / self.n_heads).is_multiple_of(2) {
+            return Err(Error::value(
+                "model.n_heads",
+                format!(
+                    "head size d_model / n_heads = {} must be even for RoPE",
+                    self.d_model / self.n_heads
+                ),
+            ));
+        }
+        positive("model.rope_theta", self.rope_theta)?;
+        positive("model.norm_eps", self.norm_eps)?;
+        positive("model.init_std", self.init_std)
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct Gpt<B: Backend> {

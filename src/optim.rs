@@ -10,8 +10,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::config::TrainConfig;
 use crate::params::{NamedTensor, ParamPath};
+use crate::train::TrainConfig;
 use mixtrain_kernels::host::AdamWStep;
 use mixtrain_kernels::StatKernels;
 

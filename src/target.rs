@@ -17,8 +17,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{check_name, SourceConfig};
+use crate::data::SourceConfig;
 use crate::error::{Error, Result};
+use crate::validate::check_name;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -1,12 +1,14 @@
 //! Data: tokenizers, token shards on disk, sources (tokenised once and cached), and the
 //! sampler that turns mixture weights into batches tagged with source ids.
 
+mod config;
 mod sampler;
 mod shard;
 mod source;
 mod tokenizer;
 
-pub use sampler::{validation_windows, Batch, Sampler, SamplerState};
+pub use config::{DataConfig, SourceConfig};
+pub use sampler::{validation_windows, ApplyMode, Batch, Sampler, SamplerState};
 pub use shard::{write_shard, Shard, SHARD_HEADER_BYTES};
 pub(crate) use source::is_validation;
 pub use source::{load_sources, load_target_sets, read_documents, resolve_files, Source};

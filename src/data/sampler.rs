@@ -5,12 +5,24 @@
 //! The whole state is the RNG and, per source, (epoch, position); the visiting order is
 //! recomputed from (seed, source, epoch), so a checkpoint restores the exact batch stream.
 
-use serde::{Deserialize, Serialize};
-
 use super::shard::Shard;
 use super::source::Source;
-use crate::config::ApplyMode;
 use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+/// `mixer.apply`: how the sampler turns the mixture into a step's sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyMode {
+    /// Draw each sequence's source with probability p_k.
+    Sample,
+    /// Draw sources uniformly (balanced per batch) and weight each sequence's loss by p_k.
+    Reweight,
+    /// Draw n_k ≈ n p_k sequences of source k with a systematic (low-variance) draw,
+    /// |n_k − n p_k| < 1, and weight each by p_k n / n_k, so the loss is exactly the
+    /// p-weighted mean over the sources drawn while the compute follows p.
+    Hybrid,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {

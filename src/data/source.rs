@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::config::{DataConfig, SourceConfig};
 use super::shard::{write_shard, Shard};
 use super::tokenizer::Tokenizer;
-use crate::config::{hex, DataConfig, SourceConfig, TargetConfig};
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::hex;
+use crate::target::TargetConfig;
 
 /// One source, tokenised: the train and validation token streams (documents joined by the
 /// end-of-document token).

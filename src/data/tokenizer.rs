@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::hex;
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::hex;
 
 pub enum Tokenizer {
     /// Bytes 0..=255 are tokens; 256 ends a document.

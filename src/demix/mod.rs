@@ -8,9 +8,11 @@
 //! (each written atomically; a restarted demix reuses finished ones), proxies.csv,
 //! predicted_vs_measured.svg, mixture.json, and with `--validate M` validation.csv.
 
+mod config;
 mod merge;
 mod search;
 
+pub use config::DemixConfig;
 pub use merge::Components;
 pub use search::{cross_validated, spearman, CandidateSampler};
 

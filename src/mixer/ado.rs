@@ -20,7 +20,63 @@ use serde::{Deserialize, Serialize};
 
 use super::init::{apply_floor, normalise};
 use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest};
-use crate::config::AdoConfig;
+use crate::error::Error;
+use crate::validate::{non_negative, unit_open};
+
+/// `[mixer.ado]`: Adaptive Data Optimization (arXiv 2410.11820): a power law per source fitted
+/// to its training-loss history, weight ∝ prior × credit × fitted rate of improvement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdoConfig {
+    /// γ₁ of the credit h_k ← γ₁ h_k + (1 − γ₁) p_k (how much each source was trained on
+    /// lately). Default 0.9.
+    pub credit_smoothing: f64,
+    /// Exponent s of the credit in ρ_k ∝ μ_k h_k^s r_k. Default 0.5.
+    pub credit_power: f64,
+    /// γ₂ of the mixture π̄ ← γ₂ π̄ + (1 − γ₂) ρ. Default 0.9.
+    pub smoothing: f64,
+    /// Loss points a source needs before its power law is fitted (no update before every
+    /// source has them). Default 4.
+    pub min_points: usize,
+    /// Newest loss points kept per source for the fit. Default 64.
+    pub history: usize,
+}
+
+impl Default for AdoConfig {
+    fn default() -> Self {
+        AdoConfig {
+            credit_smoothing: 0.9,
+            credit_power: 0.5,
+            smoothing: 0.9,
+            min_points: 4,
+            history: 64,
+        }
+    }
+}
+
+impl AdoConfig {
+    pub fn validate(&self) -> crate::Result<()> {
+        unit_open("mixer.ado.credit_smoothing", self.credit_smoothing)?;
+        unit_open("mixer.ado.smoothing", self.smoothing)?;
+        non_negative("mixer.ado.credit_power", self.credit_power)?;
+        if self.min_points < 2 {
+            return Err(Error::value(
+                "mixer.ado.min_points",
+                format!("must be at least 2 (got {})", self.min_points),
+            ));
+        }
+        if self.history < self.min_points {
+            return Err(Error::value(
+                "mixer.ado.history",
+                format!(
+                    "must be >= mixer.ado.min_points = {} (got {})",
+                    self.min_points, self.history
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Values of ε tried by the fit, as fractions of the smallest loss seen.
 const EPS_GRID: usize = 32;

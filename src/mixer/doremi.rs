@@ -6,7 +6,48 @@ use serde::{Deserialize, Serialize};
 
 use super::init::softmax;
 use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest};
-use crate::config::DoremiConfig;
+use crate::validate::{at_least_one, positive, unit_open};
+
+/// `[mixer.doremi]`: excess loss against a reference model, exponentiated-gradient update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DoremiConfig {
+    /// The reference model: a run directory (its newest checkpoint) or a checkpoint directory
+    /// of a run with the same model, tokenizer and sources. Empty: train one first for
+    /// `reference_steps` steps on the initial mixture. Default "".
+    pub reference: String,
+    /// Steps of reference training when `reference` is empty. Default 100.
+    pub reference_steps: usize,
+    /// Step size η of log α ← log α + η λ. Default 1.0.
+    pub eta: f64,
+    /// Smoothing c: α ← (1 − c) α + c / K. Default 1e-3.
+    pub smoothing: f64,
+    /// Random training sequences of each source behind λ_k at each update. Default 16.
+    pub samples_per_source: usize,
+}
+
+impl Default for DoremiConfig {
+    fn default() -> Self {
+        DoremiConfig {
+            reference: String::new(),
+            reference_steps: 100,
+            eta: 1.0,
+            smoothing: 1e-3,
+            samples_per_source: 16,
+        }
+    }
+}
+
+impl DoremiConfig {
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.reference.is_empty() {
+            at_least_one("mixer.doremi.reference_steps", self.reference_steps)?;
+        }
+        positive("mixer.doremi.eta", self.eta)?;
+        unit_open("mixer.doremi.smoothing", self.smoothing)?;
+        at_least_one("mixer.doremi.samples_per_source", self.samples_per_source)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {

@@ -5,8 +5,60 @@
 use serde::{Deserialize, Serialize};
 
 use super::init::{apply_floor, softmax};
+use super::ScopeKind;
 use super::{restore_state, GradScope, Mixer, MixerUpdate, ProbeSpec, SourceStats, StatsRequest};
-use crate::config::{FastMixConfig, ScopeKind, SignalNorm};
+use crate::validate::{at_least_one, positive, unit_open};
+
+/// `[mixer.fastmix]`: validation-gradient hypergradient on softmax logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastMixConfig {
+    /// Adam learning rate of the mixture logits. Default 0.1.
+    pub lr: f64,
+    /// Parameters of ⟨g_val, g_k⟩: "all" or "head". Default "all".
+    pub scope: ScopeKind,
+    /// Use ⟨P g_val, g_k⟩ with AdamW's diagonal preconditioner P. Default true.
+    pub precondition: bool,
+    /// EMA factor of s_k across updates (0 = none). Default 0.5.
+    pub ema: f64,
+    /// Fresh validation batches behind g_val at each update. Default 2.
+    pub val_batches: usize,
+    /// Per-update standardisation of s before the EMA: "std" (s̃_k = (s_k − mean s) / std s
+    /// over the sources measured) or "none". Default "std": the magnitude of ⟨P g_val, g_k⟩
+    /// swings by 50x between updates (P and the gradient norms change fast early on), and one
+    /// large early update then holds Adam's momentum for ~30 updates (README, "Target-directed
+    /// mixing").
+    pub normalise: SignalNorm,
+}
+
+/// fastmix's per-update normalisation of s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalNorm {
+    Std,
+    None,
+}
+
+impl Default for FastMixConfig {
+    fn default() -> Self {
+        FastMixConfig {
+            lr: 0.1,
+            scope: ScopeKind::All,
+            precondition: true,
+            ema: 0.5,
+            val_batches: 2,
+            normalise: SignalNorm::Std,
+        }
+    }
+}
+
+impl FastMixConfig {
+    pub fn validate(&self) -> crate::Result<()> {
+        positive("mixer.fastmix.lr", self.lr)?;
+        unit_open("mixer.fastmix.ema", self.ema)?;
+        at_least_one("mixer.fastmix.val_batches", self.val_batches)
+    }
+}
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.95;

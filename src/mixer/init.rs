@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::config::MixtureInit;
+use super::MixtureInit;
 use crate::error::{Error, IoContext, Result};
 
 /// Weights for `init` over sources `names` with `train_tokens[k]` training tokens (and, for

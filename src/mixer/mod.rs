@@ -3,6 +3,7 @@
 //! files; its state is serialisable into checkpoints.
 
 mod ado;
+mod config;
 mod doremi;
 mod entropy;
 mod fastmix;
@@ -13,18 +14,18 @@ mod tikmix;
 mod tikmix_m;
 mod trust_region;
 
-pub use ado::Ado;
-pub use doremi::DoReMi;
+pub use ado::{Ado, AdoConfig};
+pub use config::{ApplyMode, GradStats, InitSpec, MixerConfig, MixerKind, MixtureInit, ScopeKind};
+pub use doremi::{DoReMi, DoremiConfig};
 pub use entropy::{token_entropy, EntropyKind};
-pub use fastmix::FastMix;
+pub use fastmix::{FastMix, FastMixConfig, SignalNorm};
 pub use init::{apply_floor, demix_mixture_file, normalise, resolve_init, softmax};
-pub use odm::Odm;
+pub use odm::{Odm, OdmConfig};
 pub use static_mixer::StaticMixer;
-pub use tikmix::TikMix;
-pub use tikmix_m::TikMixM;
+pub use tikmix::{InfluenceFrom, InfluenceNorm, TikMix, TikMixConfig};
+pub use tikmix_m::{TikMixM, TikMixMConfig};
 pub use trust_region::{bounded_step, TrustRegion};
 
-use crate::config::{Config, InitSpec, MixerKind, MixtureInit};
 use crate::data::Source;
 use crate::error::Result;
 
@@ -161,14 +162,15 @@ pub struct InitialMixture {
 }
 
 /// The initial mixture of `mixer.init` over the loaded `sources` (entropy seeds read each
-/// training shard once).
+/// training shard once); `out_dir` is the run's, where `init = "demix"` finds its seed.
 pub fn initial_mixture(
-    config: &Config,
+    mixer: &MixerConfig,
+    out_dir: &std::path::Path,
     sources: &[Source],
     vocab_size: usize,
 ) -> Result<InitialMixture> {
-    let init = match config.mixture_init()? {
-        MixtureInit::Demix(None) => MixtureInit::Demix(Some(config.run.out_dir.join("demix"))),
+    let init = match mixer.mixture_init()? {
+        MixtureInit::Demix(None) => MixtureInit::Demix(Some(out_dir.join("demix"))),
         other => other,
     };
     let train_tokens: Vec<usize> = sources.iter().map(|s| s.train.len()).collect();
@@ -187,13 +189,9 @@ pub fn initial_mixture(
         ),
         _ => None,
     };
-    let weights = resolve_init(
-        &init,
-        &config.source_names(),
-        &train_tokens,
-        entropy.as_deref(),
-    )?;
-    let method = match &config.mixer.init {
+    let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    let weights = resolve_init(&init, &names, &train_tokens, entropy.as_deref())?;
+    let method = match &mixer.init {
         InitSpec::Named(name) => name.clone(),
         InitSpec::Explicit(_) => "table".into(),
     };
@@ -204,39 +202,23 @@ pub fn initial_mixture(
     })
 }
 
-/// Builds the mixer named by `mixer.kind`, starting from `init`.
-pub fn build(config: &Config, init: &[f64]) -> Result<Box<dyn Mixer>> {
+/// Builds the mixer named by `mixer.kind`, starting from `init` (one weight per source);
+/// `seed` feeds the mixers that draw candidates. Adding a mixer: its file (the `Mixer` impl
+/// and its `[mixer.NAME]` config), a `MixerKind` variant, and one arm here.
+pub fn build(mixer: &MixerConfig, init: &[f64], seed: u64) -> Result<Box<dyn Mixer>> {
+    let floor = mixer.min_weight(init.len());
     let init = init.to_vec();
-    let mixer: Box<dyn Mixer> = match config.mixer.kind {
+    let built: Box<dyn Mixer> = match mixer.kind {
         MixerKind::Static => Box::new(StaticMixer::new(init)),
-        MixerKind::Fastmix => Box::new(FastMix::new(
-            config.mixer.fastmix.clone(),
-            &init,
-            config.min_weight(),
-        )),
-        MixerKind::Tikmix => Box::new(TikMix::new(
-            config.mixer.tikmix.clone(),
-            &init,
-            config.min_weight(),
-        )),
-        MixerKind::TikmixM => Box::new(TikMixM::new(
-            config.mixer.tikmix_m.clone(),
-            &init,
-            config.min_weight(),
-            config.run.seed,
-        )),
-        MixerKind::Odm => Box::new(Odm::new(config.mixer.odm.clone(), &init)),
-        MixerKind::Doremi => Box::new(DoReMi::new(config.mixer.doremi.clone(), &init)),
-        MixerKind::Ado => Box::new(Ado::new(
-            config.mixer.ado.clone(),
-            &init,
-            config.min_weight(),
-        )),
+        MixerKind::Fastmix => Box::new(FastMix::new(mixer.fastmix.clone(), &init, floor)),
+        MixerKind::Tikmix => Box::new(TikMix::new(mixer.tikmix.clone(), &init, floor)),
+        MixerKind::TikmixM => Box::new(TikMixM::new(mixer.tikmix_m.clone(), &init, floor, seed)),
+        MixerKind::Odm => Box::new(Odm::new(mixer.odm.clone(), &init)),
+        MixerKind::Doremi => Box::new(DoReMi::new(mixer.doremi.clone(), &init)),
+        MixerKind::Ado => Box::new(Ado::new(mixer.ado.clone(), &init, floor)),
     };
-    Ok(match config.mixer.max_change {
-        Some(delta) if config.mixer.kind != MixerKind::Static => {
-            Box::new(TrustRegion::new(mixer, delta))
-        }
-        _ => mixer,
+    Ok(match mixer.max_change {
+        Some(delta) if mixer.kind != MixerKind::Static => Box::new(TrustRegion::new(built, delta)),
+        _ => built,
     })
 }

@@ -7,7 +7,27 @@ use serde::{Deserialize, Serialize};
 
 use super::init::softmax;
 use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest};
-use crate::config::OdmConfig;
+use crate::validate::unit_open;
+
+/// `[mixer.odm]`: EXP3 bandit on importance-weighted training loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OdmConfig {
+    /// Reward smoothing a: R ← a R + (1 − a) L̄_k / p_k. Default 0.9.
+    pub alpha: f64,
+}
+
+impl Default for OdmConfig {
+    fn default() -> Self {
+        OdmConfig { alpha: 0.9 }
+    }
+}
+
+impl OdmConfig {
+    pub fn validate(&self) -> crate::Result<()> {
+        unit_open("mixer.odm.alpha", self.alpha)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {

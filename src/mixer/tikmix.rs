@@ -10,7 +10,70 @@ use super::{
     restore_state, GradScope, InfluenceSpec, Mixer, MixerUpdate, ProbeSpec, SourceStats,
     StatsRequest,
 };
-use crate::config::{InfluenceFrom, InfluenceNorm, TikMixConfig};
+use crate::validate::{at_least_one, positive, unit_closed_above};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluenceNorm {
+    /// Ĩ = I / std(I).
+    Std,
+    /// Ĩ = I / max |I|.
+    Max,
+}
+
+/// Where tikmix's G_k comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InfluenceFrom {
+    /// The training step just before the update: G_k = the gradient of source k's sequences
+    /// in that step, measured by the step's own backward (`mixer.grad_stats`), as fastmix's
+    /// s_k. No extra backward.
+    Probe,
+    /// `samples_per_source` extra random sequences of each source, one extra backward each.
+    ExtraPasses,
+}
+
+/// `[mixer.tikmix]`: group influence, entropy-regularised argmax, blended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TikMixConfig {
+    /// Where G_k comes from: "probe" (the step before the update, no extra backward) or
+    /// "extra-passes". Default "extra-passes": on the synthetic test (2 sequences of each
+    /// source per step) the probe's G_k was too noisy to find one of the two targets.
+    pub influence: InfluenceFrom,
+    /// Sequences of each source behind G_k with `influence = "extra-passes"`. Default 32.
+    pub samples_per_source: usize,
+    /// Entropy temperature τ: p_new = softmax(Ĩ / τ). Default 1.0.
+    pub tau: f64,
+    /// Blend β: p ← (1 − β) p + β p_new. Default 0.5.
+    pub blend: f64,
+    /// Normalisation of I: "std" or "max". Default "std".
+    pub normalise: InfluenceNorm,
+    /// Fresh validation batches behind g_val at each update. Default 2.
+    pub val_batches: usize,
+}
+
+impl Default for TikMixConfig {
+    fn default() -> Self {
+        TikMixConfig {
+            influence: InfluenceFrom::ExtraPasses,
+            samples_per_source: 32,
+            tau: 1.0,
+            blend: 0.5,
+            normalise: InfluenceNorm::Std,
+            val_batches: 2,
+        }
+    }
+}
+
+impl TikMixConfig {
+    pub fn validate(&self) -> crate::Result<()> {
+        at_least_one("mixer.tikmix.samples_per_source", self.samples_per_source)?;
+        positive("mixer.tikmix.tau", self.tau)?;
+        unit_closed_above("mixer.tikmix.blend", self.blend)?;
+        at_least_one("mixer.tikmix.val_batches", self.val_batches)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {

@@ -1,11 +1,13 @@
 //! The inner loop (one training step, evaluation) and the run loop around it.
 
+mod config;
 mod probe;
 mod reference;
 mod run;
 mod session;
 mod single_pass;
 
+pub use config::{NonFinitePolicy, RunConfig, TrainConfig};
 pub use probe::GradProbe;
 pub use run::{run, RunOptions, RunSummary};
 pub use session::{Session, StepReport};

@@ -9,9 +9,9 @@ use burn::module::AutodiffModule;
 use super::session::Session;
 use crate::backend::TrainBackend;
 use crate::checkpoint;
-use crate::config::MixerKind;
 use crate::error::{Error, IoContext, Result};
 use crate::export::{read_safetensors, write_safetensors};
+use crate::mixer::MixerKind;
 use crate::params::{collect_params, load_params};
 
 pub const REFERENCE_FILE: &str = "reference.safetensors";

@@ -7,13 +7,15 @@ use burn::prelude::*;
 
 use super::probe::{grad_dot, virtual_step, GradProbe};
 use super::single_pass::{param_names, SinglePass};
+use super::NonFinitePolicy;
 use crate::backend::TrainBackend;
-use crate::config::{ApplyMode, Config, GradStats, NonFinitePolicy};
+use crate::config::Config;
 use crate::data::{
     load_sources, load_target_sets, validation_windows, Batch, Sampler, Shard, Source, Tokenizer,
 };
 use crate::error::{Error, Result};
 use crate::mixer::{self, GradScope, Mixer, SourceStats, VirtualStepSpec};
+use crate::mixer::{ApplyMode, GradStats};
 use crate::model::{token_losses, Gpt, Trace};
 use crate::optim::{global_grad_norm, lr_at, AdamW};
 use crate::target::Target;
@@ -114,8 +116,9 @@ impl<B: TrainBackend> Session<B> {
         let sources = load_sources(&config.data, &tokenizer)?;
         let target_sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
         let vocab_size = tokenizer.vocab_size();
-        let initial = mixer::initial_mixture(&config, &sources, vocab_size)?;
-        let mixer = mixer::build(&config, &initial.weights)?;
+        let initial =
+            mixer::initial_mixture(&config.mixer, &config.run.out_dir, &sources, vocab_size)?;
+        let mixer = mixer::build(&config.mixer, &initial.weights, config.run.seed)?;
         B::seed(&device, config.run.seed);
         let model = config.model.init::<B>(vocab_size, &device);
         crate::params::materialize(&model);

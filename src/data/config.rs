@@ -1,0 +1,92 @@
+//! `[data]`: the tokenizer, the sequence length, the cache and the training sources.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::validate::{at_least_one, check_name};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// "bytes" (byte-level, vocab 256 + end-of-document) or "bpe:PATH" (a tokenizer.json, e.g.
+    /// from `mixtrain prepare --train-bpe`). Default "bytes".
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// Tokens per training sequence. Default 128.
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    /// Where tokenised sources are cached, keyed by content hash and tokenizer.
+    /// Default ".mixtrain-cache".
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// The data sources; at least one. Each is `{ name, path, val_fraction }`.
+    pub sources: Vec<SourceConfig>,
+}
+
+fn default_tokenizer() -> String {
+    "bytes".into()
+}
+fn default_seq_len() -> usize {
+    128
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from(".mixtrain-cache")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name used in logs, ratios.csv and mixture.json: letters, digits, '_' and '-'.
+    pub name: String,
+    /// A `.txt` file (one document), a `.jsonl` file (one document per line, in its "text"
+    /// field), a directory of them (searched recursively), a glob, or a directory of prepared
+    /// shards (`train.bin`, `val.bin`, `meta.json`, as `mixtrain prepare` writes).
+    pub path: String,
+    /// Fraction of documents held out for validation, chosen by a hash of each document's
+    /// text (deterministic, independent of file order). Default 0.05.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+}
+
+fn default_val_fraction() -> f64 {
+    0.05
+}
+
+impl DataConfig {
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.iter().map(|s| s.name.clone()).collect()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        at_least_one("data.seq_len", self.seq_len)?;
+        if self.sources.is_empty() {
+            return Err(Error::value(
+                "data.sources",
+                "at least one source is needed ([[data.sources]] with name and path)",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let key = format!("data.sources[{i}]");
+            check_name(&format!("{key}.name"), &source.name)?;
+            if !seen.insert(source.name.clone()) {
+                return Err(Error::value(
+                    format!("{key}.name"),
+                    format!("duplicate source name {:?}", source.name),
+                ));
+            }
+            if source.path.is_empty() {
+                return Err(Error::value(format!("{key}.path"), "must not be empty"));
+            }
+            if !(source.val_fraction > 0.0 && source.val_fraction < 1.0) {
+                return Err(Error::value(
+                    format!("{key}.val_fraction"),
+                    format!("must be in (0, 1) (got {})", source.val_fraction),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

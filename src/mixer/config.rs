@@ -1,0 +1,234 @@
+//! `[mixer]`: which mixer, how its mixture is applied and when it updates, the initial
+//! mixture, the floor, and each mixer's own section (declared beside the mixer).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::TikMixMConfig;
+use super::{AdoConfig, DoremiConfig, EntropyKind, FastMixConfig, OdmConfig, TikMixConfig};
+pub use crate::data::ApplyMode;
+use crate::error::{Error, Result};
+use crate::validate::{at_least_one, unit_closed_above};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MixerKind {
+    Static,
+    Fastmix,
+    Tikmix,
+    TikmixM,
+    Odm,
+    Doremi,
+    Ado,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeKind {
+    /// The LM head only (the embedding when tied), as FastMix's reference code.
+    Head,
+    /// Every parameter.
+    All,
+}
+
+/// How a probed training step gets ⟨g_val, g_k⟩ for every source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GradStats {
+    /// Domain-homogeneous micro-batches; each one's gradient buffer dotted with g_val.
+    PerSource,
+    /// Any micro-batches; per-token output gradients of every layer from the step's own
+    /// backward, segment-summed by source (src/train/single_pass.rs).
+    SinglePass,
+}
+
+/// `mixer.init`: a named rule, or explicit weights by source name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InitSpec {
+    Named(String),
+    Explicit(BTreeMap<String, f64>),
+}
+
+/// How the initial mixture is computed, resolved from `InitSpec` by `validate`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MixtureInit {
+    Uniform,
+    /// p ∝ training tokens of each source.
+    Proportional,
+    /// p ∝ n_k^τ with τ = `mixer.temperature`.
+    Temperature(f64),
+    /// Weights by source name (normalised to sum 1).
+    Explicit(BTreeMap<String, f64>),
+    /// The "final" weights of a mixture.json written by an earlier run.
+    File(PathBuf),
+    /// p ∝ an entropy of each source's training tokens (BiMix).
+    Entropy(EntropyKind),
+    /// The seed of `mixtrain demix`: a demix/ directory or its mixture.json; None = this run's
+    /// own out_dir/demix, computed first when missing.
+    Demix(Option<PathBuf>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MixerConfig {
+    /// The mixer: "static", "fastmix", "tikmix", "tikmix-m", "odm", "doremi" or "ado".
+    /// Default "static".
+    pub kind: MixerKind,
+    /// "sample", "reweight" or "hybrid" (see ApplyMode). Default "hybrid" (README, "Mixer
+    /// comparison": the compute follows the mixture).
+    pub apply: ApplyMode,
+    /// Steps between mixer updates. Default 10.
+    pub every: usize,
+    /// No mixer update before this step (the mixture stays at `init`; the first update is at
+    /// the first multiple of `every` at or after it). Default 0.
+    pub warmup_steps: usize,
+    /// Trust region: an update moves the applied mixture by at most this much in total
+    /// variation (½ Σ |Δp_k|) toward the mixer's proposal. Unset: no bound. Default unset.
+    pub max_change: Option<f64>,
+    /// How fastmix's probed step measures ⟨g_val, g_k⟩: "per-source" or "single-pass".
+    /// Default "per-source".
+    pub grad_stats: GradStats,
+    /// Weight floor ε for online mixers, p ← (1−Kε)p + ε; must satisfy Kε < 1. Default 0.2/K.
+    /// The static mixer uses its weights exactly as given.
+    pub min_weight: Option<f64>,
+    /// Exponent τ of `init = "temperature"` (p ∝ tokens^τ). Default 0.5.
+    pub temperature: f64,
+    /// Initial mixture: "uniform", "proportional", "temperature", "file:PATH/mixture.json",
+    /// or a table of weights by source name (`{ code = 2, prose = 1 }`, normalised).
+    /// Default "uniform".
+    pub init: InitSpec,
+    pub fastmix: FastMixConfig,
+    pub tikmix: TikMixConfig,
+    #[serde(rename = "tikmix-m")]
+    pub tikmix_m: TikMixMConfig,
+    pub odm: OdmConfig,
+    pub doremi: DoremiConfig,
+    pub ado: AdoConfig,
+}
+
+impl MixerConfig {
+    /// True when the mixer updates after `step` optimizer steps of a `total`-step run: every
+    /// `every` steps from `warmup_steps` on, never at step 0 or at the end.
+    pub fn updates_at(&self, step: usize, total: usize) -> bool {
+        step > 0 && step < total && step >= self.warmup_steps && step.is_multiple_of(self.every)
+    }
+}
+
+impl Default for MixerConfig {
+    fn default() -> Self {
+        MixerConfig {
+            kind: MixerKind::Static,
+            apply: ApplyMode::Hybrid,
+            every: 10,
+            warmup_steps: 0,
+            max_change: None,
+            grad_stats: GradStats::PerSource,
+            min_weight: None,
+            temperature: 0.5,
+            init: InitSpec::Named("uniform".into()),
+            fastmix: FastMixConfig::default(),
+            tikmix: TikMixConfig::default(),
+            tikmix_m: TikMixMConfig::default(),
+            odm: OdmConfig::default(),
+            doremi: DoremiConfig::default(),
+            ado: AdoConfig::default(),
+        }
+    }
+}
+
+impl MixerConfig {
+    /// The weight floor ε of online mixers over `k` sources (default 0.2/K).
+    pub fn min_weight(&self, k: usize) -> f64 {
+        self.min_weight.unwrap_or(0.2 / k as f64)
+    }
+
+    /// Parses `init`.
+    pub fn mixture_init(&self) -> Result<MixtureInit> {
+        match &self.init {
+            InitSpec::Named(name) => match name.as_str() {
+                "uniform" => Ok(MixtureInit::Uniform),
+                "proportional" => Ok(MixtureInit::Proportional),
+                "temperature" => Ok(MixtureInit::Temperature(self.temperature)),
+                other => {
+                    if let Some(path) = other.strip_prefix("file:").filter(|p| !p.is_empty()) {
+                        return Ok(MixtureInit::File(PathBuf::from(path)));
+                    }
+                    if let Some(kind) = other.strip_prefix("entropy:").and_then(EntropyKind::parse)
+                    {
+                        return Ok(MixtureInit::Entropy(kind));
+                    }
+                    if other == "demix" {
+                        return Ok(MixtureInit::Demix(None));
+                    }
+                    if let Some(path) = other.strip_prefix("demix:").filter(|p| !p.is_empty()) {
+                        return Ok(MixtureInit::Demix(Some(PathBuf::from(path))));
+                    }
+                    Err(Error::value(
+                        "mixer.init",
+                        format!(
+                            "unknown mixture {other:?}; expected \"uniform\", \"proportional\", \
+                             \"temperature\", \"entropy:conditional\" (or :shannon, :joint), \"demix\", \
+                             \"demix:PATH\", \"file:PATH/mixture.json\" or a table of weights \
+                             by source name"
+                        ),
+                    ))
+                }
+            },
+            InitSpec::Explicit(weights) => Ok(MixtureInit::Explicit(weights.clone())),
+        }
+    }
+
+    /// Checks `[mixer]` and every mixer's section, for a run over `sources` (names).
+    pub fn validate(&self, sources: &[String]) -> Result<()> {
+        at_least_one("mixer.every", self.every)?;
+        if let Some(delta) = self.max_change {
+            unit_closed_above("mixer.max_change", delta)?;
+        }
+        let k = sources.len() as f64;
+        if let Some(eps) = self.min_weight {
+            if !(eps >= 0.0 && eps * k < 1.0) {
+                return Err(Error::value(
+                    "mixer.min_weight",
+                    format!("must be >= 0 and below 1/K = {} (got {eps})", 1.0 / k),
+                ));
+            }
+        }
+        if !self.temperature.is_finite() {
+            return Err(Error::value(
+                "mixer.temperature",
+                format!("must be finite (got {})", self.temperature),
+            ));
+        }
+        if let MixtureInit::Explicit(weights) = self.mixture_init()? {
+            for (name, w) in &weights {
+                if !sources.contains(name) {
+                    return Err(Error::value(
+                        format!("mixer.init.{name}"),
+                        format!("no source named {name:?} (sources: {})", sources.join(", ")),
+                    ));
+                }
+                if !(w.is_finite() && *w >= 0.0) {
+                    return Err(Error::value(
+                        format!("mixer.init.{name}"),
+                        format!("must be >= 0 (got {w})"),
+                    ));
+                }
+            }
+            if weights.values().sum::<f64>() <= 0.0 {
+                return Err(Error::value(
+                    "mixer.init",
+                    "explicit weights must have a positive sum",
+                ));
+            }
+        }
+        self.fastmix.validate()?;
+        self.tikmix.validate()?;
+        self.tikmix_m.validate()?;
+        self.odm.validate()?;
+        self.ado.validate()?;
+        self.doremi.validate()
+    }
+}
