@@ -4,22 +4,21 @@
 //! checkpoints are deleted only after a newer one is complete; resume takes the newest one whose
 //! digests match.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
-use crate::backend::TrainBackend;
-use crate::data::SamplerState;
 use sha2::{Digest, Sha256};
 
+use crate::data::SamplerState;
+
 use crate::error::{Error, IoContext, Result};
-use crate::export::{read_safetensors, write_safetensors};
 use crate::fault::{self, CheckpointPhase};
 use crate::fsutil::{sync_dir, write_synced};
-use crate::params::{collect_params, load_params};
-use crate::train::Session;
+use crate::params::NamedTensor;
+use crate::tensor_file::{read_safetensors, write_safetensors};
 
-const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 1;
 const DONE: &str = "DONE";
 const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
@@ -199,21 +198,17 @@ fn remove_leftovers(dir: &Path) -> Result<()> {
 /// first renamed out of the `step_*` namespace and only then deleted. On an error (disk full,
 /// unwritable directory) the partial temporary directory is removed and every earlier
 /// checkpoint is left as it was.
-pub fn save<B: TrainBackend>(
-    session: &Session<B>,
-    checkpoints_dir: &Path,
-    log_lengths: (u64, u64),
-    keep: usize,
-) -> Result<PathBuf> {
+pub fn save(snapshot: &Snapshot, checkpoints_dir: &Path, keep: usize) -> Result<PathBuf> {
+    let step = snapshot.state.step;
     let save_number = fault::begin_save();
-    let final_dir = checkpoints_dir.join(step_dir_name(session.step));
+    let final_dir = checkpoints_dir.join(step_dir_name(step));
     if final_dir.join(DONE).is_file() && verify(&final_dir).is_ok() {
         return Ok(final_dir);
     }
     std::fs::create_dir_all(checkpoints_dir).at(checkpoints_dir)?;
     remove_leftovers(checkpoints_dir)?;
-    let tmp = checkpoints_dir.join(format!(".tmp-{}", step_dir_name(session.step)));
-    let written = write_into(session, &tmp, log_lengths, save_number);
+    let tmp = checkpoints_dir.join(format!(".tmp-{}", step_dir_name(step)));
+    let written = write_into(snapshot, &tmp, save_number);
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(Error::checkpoint(
@@ -224,10 +219,7 @@ pub fn save<B: TrainBackend>(
     fault::checkpoint_phase(save_number, CheckpointPhase::BeforeRename);
     if final_dir.exists() {
         // An incomplete leftover (no DONE) of an interrupted save, or a damaged copy: kept aside.
-        let aside = unused_name(
-            checkpoints_dir,
-            &format!("damaged-{}", step_dir_name(session.step)),
-        );
+        let aside = unused_name(checkpoints_dir, &format!("damaged-{}", step_dir_name(step)));
         std::fs::rename(&final_dir, &aside).at(&aside)?;
     }
     std::fs::rename(&tmp, &final_dir).at(&final_dir)?;
@@ -267,13 +259,16 @@ pub fn tidy(checkpoints_dir: &Path, keep: usize) -> Result<()> {
     prune(checkpoints_dir, keep, 0)
 }
 
+/// What a checkpoint saves: the model's and the optimizer's tensors, and the rest of the
+/// training state.
+pub struct Snapshot {
+    pub model: Vec<NamedTensor>,
+    pub optimizer: Vec<NamedTensor>,
+    pub state: TrainState,
+}
+
 /// The checkpoint's files, fsynced, in `tmp` (created fresh).
-fn write_into<B: TrainBackend>(
-    session: &Session<B>,
-    tmp: &Path,
-    log_lengths: (u64, u64),
-    save_number: usize,
-) -> Result<()> {
+fn write_into(snapshot: &Snapshot, tmp: &Path, save_number: usize) -> Result<()> {
     if tmp.exists() {
         std::fs::remove_dir_all(tmp).at(tmp)?;
     }
@@ -282,26 +277,10 @@ fn write_into<B: TrainBackend>(
     if let Some(e) = fault::checkpoint_write_error(save_number) {
         return Err(Error::io(model_path, e));
     }
-    write_safetensors(&model_path, &collect_params(&session.model), &[])?;
+    write_safetensors(&model_path, &snapshot.model, &[])?;
     fault::checkpoint_phase(save_number, CheckpointPhase::Partial);
-    write_safetensors(&tmp.join(OPTIMIZER), &session.optim.to_named(), &[])?;
-
-    let state = TrainState {
-        format: FORMAT,
-        step: session.step,
-        tokens: session.tokens,
-        config_hash: session.config.hash(),
-        optimizer_steps: session.optim.steps,
-        sampler: session.sampler.state().clone(),
-        mixer: session.mixer.state(),
-        weight_sums: session.weight_sums.clone(),
-        loss_since_update: session.loss_since_update.clone(),
-        tokens_by_source: session.tokens_by_source.clone(),
-        skipped_steps: session.skipped_steps,
-        metrics_bytes: log_lengths.0,
-        ratios_bytes: log_lengths.1,
-    };
-    let state_json = serde_json::to_string_pretty(&state).expect("TrainState serialises");
+    write_safetensors(&tmp.join(OPTIMIZER), &snapshot.optimizer, &[])?;
+    let state_json = serde_json::to_string_pretty(&snapshot.state).expect("TrainState serialises");
     write_synced(&tmp.join(STATE), state_json.as_bytes())?;
     write_done(tmp)?;
     sync_dir(tmp)
@@ -328,69 +307,50 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     Ok(state)
 }
 
-/// Loads the model weights of a checkpoint into `session` (for evaluation).
-pub fn load_model<B: TrainBackend>(dir: &Path, session: &mut Session<B>) -> Result<()> {
+/// The model weights of a checkpoint, by parameter name.
+pub fn read_model(dir: &Path) -> Result<(PathBuf, BTreeMap<String, NamedTensor>)> {
     let path = dir.join(MODEL);
     let tensors = read_safetensors(&path)?;
-    session.model = load_params(session.model.clone(), &tensors, &path)?;
-    Ok(())
+    Ok((path, tensors))
 }
 
-/// Restores everything a checkpoint holds into `session`; the config must hash the same.
-pub fn load<B: TrainBackend>(dir: &Path, session: &mut Session<B>) -> Result<TrainState> {
+/// Everything a checkpoint holds, read back for a resume: the state (its config hash checked
+/// against `config_hash`), the model weights and the optimizer moments.
+pub struct Restored {
+    pub state: TrainState,
+    pub model_path: PathBuf,
+    pub model: BTreeMap<String, NamedTensor>,
+    pub optimizer_path: PathBuf,
+    pub optimizer: BTreeMap<String, NamedTensor>,
+}
+
+pub fn read(dir: &Path, config_hash: &str) -> Result<Restored> {
     let state = read_state(dir)?;
-    let hash = session.config.hash();
-    if state.config_hash != hash {
+    if state.config_hash != config_hash {
         return Err(Error::checkpoint(
             dir,
             format!(
-                "was written with a different config (hash {}, now {hash}); resume with the \
-                 original config, or start a new run.out_dir",
+                "was written with a different config (hash {}, now {config_hash}); resume with \
+                 the original config, or start a new run.out_dir",
                 state.config_hash
             ),
         ));
     }
-    load_model(dir, session)?;
-    let optim_path = dir.join(OPTIMIZER);
-    let moments = read_safetensors(&optim_path)?;
-    if !session.optim.load_named(&moments, &session.device) {
-        return Err(Error::checkpoint(
-            &optim_path,
-            "optimizer moments are incomplete",
-        ));
-    }
-    session.optim.steps = state.optimizer_steps;
-    let k = session.sources.len();
-    if state.weight_sums.len() != k
-        || state.loss_since_update.len() != k
-        || !(state.tokens_by_source.is_empty() || state.tokens_by_source.len() == k)
-    {
-        return Err(Error::checkpoint(
-            dir.join(STATE),
-            format!("state is for a different number of sources than {k}"),
-        ));
-    }
-    if !session.sampler.restore(state.sampler.clone()) {
-        return Err(Error::checkpoint(
-            dir.join(STATE),
-            "sampler state does not fit the sources (did the data change?)",
-        ));
-    }
-    session
-        .mixer
-        .restore(&state.mixer)
-        .map_err(|e| Error::checkpoint(dir.join(STATE), e))?;
-    session.step = state.step;
-    session.tokens = state.tokens;
-    session.weight_sums = state.weight_sums.clone();
-    session.loss_since_update = state.loss_since_update.clone();
-    session.skipped_steps = state.skipped_steps;
-    session.tokens_by_source = if state.tokens_by_source.is_empty() {
-        vec![0; k]
-    } else {
-        state.tokens_by_source.clone()
-    };
-    Ok(state)
+    let (model_path, model) = read_model(dir)?;
+    let optimizer_path = dir.join(OPTIMIZER);
+    let optimizer = read_safetensors(&optimizer_path)?;
+    Ok(Restored {
+        state,
+        model_path,
+        model,
+        optimizer_path,
+        optimizer,
+    })
+}
+
+/// Path of a checkpoint's state.json (for errors about its contents).
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE)
 }
 
 #[cfg(test)]

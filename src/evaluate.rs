@@ -124,7 +124,7 @@ impl BackendTask for EvalTask {
     type Output = EvalReport;
     fn run<B: TrainBackend>(self, device: B::Device, _backend: &'static str) -> Result<EvalReport> {
         let mut session = Session::<B>::build(self.config, device)?;
-        checkpoint::load_model(&self.checkpoint_dir, &mut session)?;
+        session.load_checkpoint_model(&self.checkpoint_dir)?;
         let val = session.evaluate();
         Ok(EvalReport {
             checkpoint: self.checkpoint_dir,

@@ -1,102 +1,33 @@
-//! safetensors files: checkpoints (burn's layout) and the exported final model (PyTorch's
-//! layout: Linear weights [out, in], RMSNorm gains named `weight`).
+//! The exported final model: PyTorch's layout (Linear weights [out, in], RMSNorm gains named
+//! `weight`) with the model config as metadata.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors};
+use burn::prelude::Backend;
 
-use crate::backend::TrainBackend;
-use crate::error::{Error, IoContext, Result};
+use crate::error::Result;
+use crate::model::{Gpt, ModelConfig};
 use crate::params::{collect_params, NamedTensor};
-use crate::train::Session;
+pub use crate::tensor_file::{read_safetensors, write_safetensors};
 
-/// Writes the session's model as safetensors in PyTorch's layout, with the model config
-/// (`mixtrain_model`, JSON) and `vocab_size` as metadata.
-pub fn export_model<B: TrainBackend>(path: &Path, session: &Session<B>) -> Result<()> {
-    let params = to_pytorch_layout(&collect_params(&session.model));
+/// Writes `model` as safetensors in PyTorch's layout, with its config (`mixtrain_model`, JSON)
+/// and `vocab_size` as metadata.
+pub fn export_model<B: Backend>(
+    path: &Path,
+    model: &Gpt<B>,
+    config: &ModelConfig,
+    vocab_size: usize,
+) -> Result<()> {
+    let params = to_pytorch_layout(&collect_params(model));
     let metadata = [
         ("format", "pt".to_string()),
         (
             "mixtrain_model",
-            serde_json::to_string(&session.config.model).expect("JSON serialises"),
+            serde_json::to_string(config).expect("JSON serialises"),
         ),
-        ("vocab_size", session.vocab_size.to_string()),
+        ("vocab_size", vocab_size.to_string()),
     ];
     write_safetensors(path, &params, &metadata)
-}
-
-/// Writes `tensors` (f32) with string metadata to `path` in the safetensors format. The header
-/// is built here rather than by the safetensors crate so its key order (and so the file's
-/// bytes) is deterministic: metadata in the given order, tensors in the given order.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[NamedTensor],
-    metadata: &[(&str, String)],
-) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    if !metadata.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.as_str())))
-            .collect();
-        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
-    }
-    let mut offset = 0usize;
-    for t in tensors {
-        let bytes = t.data.len() * 4;
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({ "dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + bytes] }),
-        );
-        offset += bytes;
-    }
-    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
-    // The data starts 8-byte aligned: pad the header with spaces.
-    while !(8 + header.len()).is_multiple_of(8) {
-        header.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(&header);
-    for t in tensors {
-        for x in &t.data {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    crate::fsutil::write_atomic(path, &out)
-}
-
-/// Reads an f32 safetensors file into named tensors. Any malformed or truncated file is an
-/// error naming `path`.
-pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, NamedTensor>> {
-    let bytes = std::fs::read(path).at(path)?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::checkpoint(path, format!("corrupt safetensors file: {e}")))?;
-    let mut out = BTreeMap::new();
-    for (name, view) in file.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(Error::checkpoint(
-                path,
-                format!("tensor {name} is {:?}, expected F32", view.dtype()),
-            ));
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("chunks of 4")))
-            .collect();
-        out.insert(
-            name.clone(),
-            NamedTensor {
-                name,
-                shape: view.shape().to_vec(),
-                data,
-                is_linear_weight: false,
-            },
-        );
-    }
-    Ok(out)
 }
 
 /// The parameters renamed and laid out as a PyTorch model of the same architecture expects.

@@ -13,6 +13,7 @@ pub mod fault;
 pub mod fsutil;
 pub mod gbt;
 pub mod mixer;
+pub mod mixture_file;
 pub mod model;
 pub mod optim;
 pub mod params;
@@ -22,6 +23,7 @@ pub mod rng;
 pub mod run_lock;
 pub mod rundir;
 pub mod target;
+pub mod tensor_file;
 pub mod train;
 pub mod validate;
 

@@ -12,7 +12,7 @@ use crate::run_lock::RunLock;
 pub const CONFIG_FILE: &str = "config.toml";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const RATIOS_FILE: &str = "ratios.csv";
-pub const MIXTURE_FILE: &str = "mixture.json";
+pub use crate::mixture_file::MIXTURE_FILE;
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 

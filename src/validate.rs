@@ -29,6 +29,18 @@ pub fn at_least_one(key: &str, v: usize) -> Result<()> {
     }
 }
 
+/// `v` (at `key`) must not exceed the value of the key `bound_key`.
+pub fn at_most(key: &str, v: usize, bound_key: &str, bound: usize) -> Result<()> {
+    if v <= bound {
+        Ok(())
+    } else {
+        Err(Error::value(
+            key,
+            format!("must be <= {bound_key} = {bound} (got {v})"),
+        ))
+    }
+}
+
 /// In [0, 1): smoothing factors, betas.
 pub fn unit_open(key: &str, v: f64) -> Result<()> {
     if (0.0..1.0).contains(&v) {

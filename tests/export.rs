@@ -48,7 +48,13 @@ warmup_steps = 1
         session.train_step().unwrap();
     }
     let model_path = dir.path().join("model.safetensors");
-    export_model(&model_path, &session).unwrap();
+    export_model(
+        &model_path,
+        &session.model,
+        &session.config.model,
+        session.vocab_size,
+    )
+    .unwrap();
 
     let tokens: Vec<i32> = "fn main() { println!(\"hi\"); }\nTo be, or not"
         .bytes()

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::validate::{at_least_one, positive};
+use crate::validate::{at_least_one, at_most, positive};
 
 /// `[demix]`: the seed mixture from merged per-source component models (`mixtrain demix`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,12 +82,6 @@ impl DemixConfig {
         at_least_one("demix.rounds", self.rounds)?;
         at_least_one("demix.pool", self.pool)?;
         at_least_one("demix.top_k", self.top_k)?;
-        if self.top_k > self.pool {
-            return Err(Error::value(
-                "demix.top_k",
-                format!("must be <= demix.pool = {} (got {})", self.pool, self.top_k),
-            ));
-        }
-        Ok(())
+        at_most("demix.top_k", self.top_k, "demix.pool", self.pool)
     }
 }

@@ -26,11 +26,12 @@ use serde_json::json;
 use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::config::{ApplyMode, Config, InitSpec, MixerKind, MixtureInit};
 use crate::error::{IoContext, Result};
-use crate::export::{read_safetensors, write_safetensors};
 use crate::mixer::normalise;
+use crate::mixture_file::{MixtureFile, MIXTURE_FILE};
 use crate::params::{collect_params, load_params, NamedTensor};
 use crate::rng::Rng;
 use crate::target::Target;
+use crate::tensor_file::{read_safetensors, write_safetensors};
 use crate::train::Session;
 
 pub const DEMIX_DIR: &str = "demix";
@@ -69,7 +70,7 @@ pub fn ensure_seed<B: TrainBackend>(config: &Config, device: &B::Device) -> Resu
             .run
             .out_dir
             .join(DEMIX_DIR)
-            .join("mixture.json")
+            .join(MIXTURE_FILE)
             .is_file()
     {
         tracing::info!("mixer.init = \"demix\": running the demix search first");
@@ -318,9 +319,7 @@ fn demix_search<B: TrainBackend>(
         .iter()
         .min_by(|a, b| a.target_loss.total_cmp(&b.target_loss))
         .expect("at least one proxy");
-    let report = json!({
-        "sources": names,
-        "final": named(&mixture),
+    let extra = json!({
         "merged_seed_target_loss": seed_target_loss,
         "merged_seed_losses": named(&seed_losses),
         "prior": named(&prior),
@@ -336,14 +335,13 @@ fn demix_search<B: TrainBackend>(
             .chain(target.sets.iter().map(|&j| scorer.target_sets[j].name.clone()))
             .collect::<Vec<_>>(),
     });
-    let path = dir.join("mixture.json");
-    let tmp = dir.join("mixture.json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_string_pretty(&report).expect("JSON") + "\n",
-    )
-    .at(&tmp)?;
-    std::fs::rename(&tmp, &path).at(&path)?;
+    let mut file = MixtureFile::new(&names, &mixture);
+    if let serde_json::Value::Object(fields) = extra {
+        for (key, value) in fields {
+            file = file.with(&key, value);
+        }
+    }
+    file.write(&dir.join(MIXTURE_FILE))?;
     Ok(DemixSummary {
         dir,
         sources: names,

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use super::MixtureInit;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::mixture_file::MixtureFile;
 
 /// Weights for `init` over sources `names` with `train_tokens[k]` training tokens (and, for
 /// `init = "entropy:..."`, `entropy[k]` nats); sums to 1.
@@ -25,8 +26,10 @@ pub fn resolve_init(
             .iter()
             .map(|n| weights.get(n).copied().unwrap_or(0.0))
             .collect(),
-        MixtureInit::File(path) => read_mixture_file(path, names)?,
-        MixtureInit::Demix(Some(path)) => read_mixture_file(&demix_mixture_file(path), names)?,
+        MixtureInit::File(path) => MixtureFile::read_final(path, names)?,
+        MixtureInit::Demix(Some(path)) => {
+            MixtureFile::read_final(&demix_mixture_file(path), names)?
+        }
         MixtureInit::Demix(None) => {
             return Err(Error::value(
                 "mixer.init",
@@ -50,42 +53,10 @@ pub fn resolve_init(
 /// A demix seed given as its directory or as the mixture.json inside it.
 pub fn demix_mixture_file(path: &Path) -> std::path::PathBuf {
     if path.is_dir() {
-        path.join("mixture.json")
+        path.join(crate::mixture_file::MIXTURE_FILE)
     } else {
         path.to_path_buf()
     }
-}
-
-fn read_mixture_file(path: &Path, names: &[String]) -> Result<Vec<f64>> {
-    let text = std::fs::read_to_string(path).at(path)?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::data(path, format!("mixer.init: not valid JSON: {e}")))?;
-    let weights = value
-        .get("final")
-        .and_then(|v| v.as_object())
-        .ok_or_else(|| {
-            Error::data(
-                path,
-                "mixer.init: expected an object with a \"final\" table of weights",
-            )
-        })?;
-    names
-        .iter()
-        .map(|name| {
-            weights
-                .get(name)
-                .and_then(|w| w.as_f64())
-                .filter(|w| w.is_finite() && *w >= 0.0)
-                .ok_or_else(|| {
-                    Error::data(
-                        path,
-                        format!(
-                            "mixer.init: no non-negative weight for source {name:?} in \"final\""
-                        ),
-                    )
-                })
-        })
-        .collect()
 }
 
 /// Scales non-negative weights to sum to 1.

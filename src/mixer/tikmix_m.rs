@@ -10,10 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::init::{apply_floor, blend_and_floor};
 use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest, VirtualStepSpec};
-use crate::error::Error;
 use crate::gbt::{Gbt, GbtParams};
 use crate::rng::Rng;
-use crate::validate::{at_least_one, positive, unit_closed_above};
+use crate::validate::{at_least_one, at_most, positive, unit_closed_above};
 
 /// `[mixer.tikmix-m]`: candidate mixtures scored by their true one-step group influence, a
 /// gradient-boosted-tree regressor over the history, the best predicted mixture blended in.
@@ -75,15 +74,12 @@ impl TikMixMConfig {
         at_least_one("mixer.tikmix-m.history", self.history)?;
         at_least_one("mixer.tikmix-m.pool", self.pool)?;
         at_least_one("mixer.tikmix-m.top_k", self.top_k)?;
-        if self.top_k > self.pool {
-            return Err(Error::value(
-                "mixer.tikmix-m.top_k",
-                format!(
-                    "must be <= mixer.tikmix-m.pool = {} (got {})",
-                    self.pool, self.top_k
-                ),
-            ));
-        }
+        at_most(
+            "mixer.tikmix-m.top_k",
+            self.top_k,
+            "mixer.tikmix-m.pool",
+            self.pool,
+        )?;
         unit_closed_above("mixer.tikmix-m.blend", self.blend)
     }
 }

@@ -6,6 +6,7 @@ mod reference;
 mod run;
 mod session;
 mod single_pass;
+mod state;
 
 pub use config::{NonFinitePolicy, RunConfig, TrainConfig};
 pub use probe::GradProbe;

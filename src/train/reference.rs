@@ -10,9 +10,9 @@ use super::session::Session;
 use crate::backend::TrainBackend;
 use crate::checkpoint;
 use crate::error::{Error, IoContext, Result};
-use crate::export::{read_safetensors, write_safetensors};
 use crate::mixer::MixerKind;
 use crate::params::{collect_params, load_params};
+use crate::tensor_file::{read_safetensors, write_safetensors};
 
 pub const REFERENCE_FILE: &str = "reference.safetensors";
 

@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::export::export_model;
 use crate::mixer::MixerUpdate;
-use crate::rundir::{RunDir, MIXTURE_FILE, MODEL_FILE};
+use crate::mixture_file::{self, MixtureFile, MIXTURE_FILE};
+use crate::rundir::{RunDir, MODEL_FILE};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -138,7 +139,7 @@ fn train_loop<B: TrainBackend>(
         checkpoint::tidy(&run_dir.checkpoints_dir(), train.keep_checkpoints)?;
         match newest {
             Some((_, dir)) => {
-                let state = checkpoint::load(&dir, &mut session)?;
+                let state = session.restore_checkpoint(&dir)?;
                 run_dir.truncate_logs(state.metrics_bytes, state.ratios_bytes)?;
                 tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
                 resumed_at = Some(state.step);
@@ -209,8 +210,7 @@ fn train_loop<B: TrainBackend>(
                 || (train.checkpoint_every > 0 && step > 0 && step % train.checkpoint_every == 0);
             if checkpoint_due {
                 let lengths = run_dir.flush()?;
-                checkpoint::save(
-                    &session,
+                session.save_checkpoint(
                     &run_dir.checkpoints_dir(),
                     lengths,
                     train.keep_checkpoints,
@@ -225,8 +225,7 @@ fn train_loop<B: TrainBackend>(
             Err(Error::NonFinite { step, message }) => {
                 // The step was not applied: the session holds the last good state.
                 let lengths = run_dir.flush()?;
-                let saved = checkpoint::save(
-                    &session,
+                let saved = session.save_checkpoint(
                     &run_dir.checkpoints_dir(),
                     lengths,
                     train.keep_checkpoints,
@@ -256,7 +255,12 @@ fn train_loop<B: TrainBackend>(
     }
     run_dir.flush()?;
     write_mixture(&run_dir, &session, &names)?;
-    export_model(&run_dir.path.join(MODEL_FILE), &session)?;
+    export_model(
+        &run_dir.path.join(MODEL_FILE),
+        &session.model,
+        &config.model,
+        session.vocab_size,
+    )?;
 
     let final_val = match last_val_loss {
         Some(v) => v,
@@ -338,21 +342,23 @@ fn write_mixture<B: TrainBackend>(
 ) -> Result<()> {
     let steps = session.step.max(1) as f64;
     let initial = &session.initial;
-    let mut mixture = json!({
-        "sources": names,
-        "final": by_name(names, session.mixer.weights().iter().map(|w| Some(*w))),
-        "time_averaged": by_name(names, session.weight_sums.iter().map(|w| Some(w / steps))),
-        "initial": by_name(names, initial.weights.iter().map(|w| Some(*w))),
-        "init": initial.method,
-        "steps": session.step,
-        "tokens_by_source": by_name(names, session.tokens_by_source.iter().map(|&n| Some(n))),
-    });
+    let time_averaged: Vec<f64> = session.weight_sums.iter().map(|w| w / steps).collect();
+    let mut file = MixtureFile::new(names, session.mixer.weights())
+        .with(
+            "time_averaged",
+            mixture_file::by_name(names, &time_averaged),
+        )
+        .with("initial", mixture_file::by_name(names, &initial.weights))
+        .with("init", json!(initial.method))
+        .with("steps", json!(session.step))
+        .with(
+            "tokens_by_source",
+            mixture_file::by_name(names, &session.tokens_by_source),
+        );
     if let Some(entropy) = &initial.entropy {
-        mixture["entropy_nats"] = by_name(names, entropy.iter().map(|h| Some(*h)));
+        file = file.with("entropy_nats", mixture_file::by_name(names, entropy));
     }
-    let path = run_dir.path.join(MIXTURE_FILE);
-    let text = serde_json::to_string_pretty(&mixture).expect("JSON serialises") + "\n";
-    crate::fsutil::write_atomic(&path, text.as_bytes())
+    file.write(&run_dir.path.join(MIXTURE_FILE))
 }
 
 fn make_progress(enabled: bool, total: usize, start: usize) -> Option<ProgressBar> {
