@@ -1,5 +1,5 @@
 //! mixtrain: train a GPT-style language model on several data sources while learning the data
-//! mixture online. See README.md for the commands and design.md for the architecture.
+//! mixture online. See README.md for the commands and docs/design.md for the architecture.
 
 pub mod backend;
 pub mod checkpoint;

@@ -1,5 +1,5 @@
 //! Single-pass per-source gradient statistics: s_k = ⟨G_val, g_k⟩ for every source and every
-//! parameter in scope, out of the training step's own backward pass (design.md, "Per-source
+//! parameter in scope, out of the training step's own backward pass (docs/design.md, "Per-source
 //! gradient statistics"). A traced forward records each parameter's input and a zero probe on
 //! its output; after backward the probe's gradient is the per-token output gradient δ_t, and
 //!   linear W [in, out]:  ⟨G, Σ_{t∈k} a_t ⊗ δ_t⟩ = Σ_{t∈k} ⟨a_t G, δ_t⟩
