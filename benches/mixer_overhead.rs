@@ -40,11 +40,14 @@ impl BackendTask for Bench {
         }
         let start = Instant::now();
         let mut lr = 0.0;
+        let mut probed = None;
         for _ in 0..self.steps {
             if session.step % every == 0 {
-                session.mixer_update(lr, None)?;
+                session.mixer_update(lr, None, probed.take())?;
             }
-            lr = session.train_step()?.lr;
+            let report = session.train_step()?;
+            lr = report.lr;
+            probed = report.grad_dot;
         }
         Ok(start.elapsed().as_secs_f64() * 1e3 / self.steps as f64)
     }

@@ -1,12 +1,14 @@
 //! The inner loop (one training step, evaluation) and the run loop around it.
 
 mod config;
+mod measure;
 mod probe;
 mod reference;
 mod run;
 mod session;
 mod single_pass;
 mod state;
+mod step;
 
 pub use config::{NonFinitePolicy, RunConfig, TrainConfig};
 pub use probe::GradProbe;

@@ -168,6 +168,8 @@ fn train_loop<B: TrainBackend>(
     let mut last_val_loss = None;
     let mut pending_train: Option<StepReport> = None;
     let mut last_lr = 0.0;
+    // ⟨g_val, g_k⟩ from the step just before a mixer update (a probed step), for that update.
+    let mut probed: Option<Vec<Option<f64>>> = None;
     loop {
         let step = session.step;
         if resumed_at != Some(step) {
@@ -192,7 +194,7 @@ fn train_loop<B: TrainBackend>(
             if step == 0 {
                 run_dir.write_ratios(0, session.mixer.weights())?;
             } else if config.mixer.updates_at(step, total) {
-                if let Some(update) = session.mixer_update(last_lr, None)? {
+                if let Some(update) = session.mixer_update(last_lr, None, probed.take())? {
                     run_dir.write_ratios(step, &update.weights)?;
                     add_mixer_fields(&mut record, &update, &names);
                 }
@@ -220,7 +222,7 @@ fn train_loop<B: TrainBackend>(
         if step == total {
             break;
         }
-        let report = match session.train_step() {
+        let mut report = match session.train_step() {
             Ok(report) => report,
             Err(Error::NonFinite { step, message }) => {
                 // The step was not applied: the session holds the last good state.
@@ -242,6 +244,7 @@ fn train_loop<B: TrainBackend>(
             Err(e) => return Err(e),
         };
         last_lr = report.lr;
+        probed = report.grad_dot.take();
         report_progress(&progress, &session, &report, started, start_tokens, &config);
         if let Some(reason) = &report.skipped {
             tracing::warn!(step = session.step, "step skipped: {reason}");

@@ -1,0 +1,372 @@
+//! One training step, built from micro-steps: draw the step's sequences from the mixture,
+//! forward/backward each micro-batch with per-sequence loss weights (`micro_step`), accumulate,
+//! check that the step is finite, clip, AdamW. Before a mixer update whose mixer asks for
+//! ⟨g_val, g_k⟩ the step is probed and returns the measurement in its report.
+
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+
+use super::probe::{grad_dot, GradProbe};
+use super::single_pass::{param_names, SinglePass};
+use super::{NonFinitePolicy, Session, StepReport};
+use crate::backend::TrainBackend;
+use crate::error::{Error, Result};
+use crate::mixer::{ApplyMode, GradStats};
+use crate::model::{token_losses, Gpt, Trace};
+use crate::optim::{global_grad_norm, lr_at};
+
+/// What one micro-batch's forward and backward produced.
+struct MicroOut<B: TrainBackend> {
+    grads: GradientsParams,
+    /// Mean token loss of each sequence. [n]
+    seq_loss: Vec<f32>,
+    probe: MicroProbe<B>,
+}
+
+/// A micro-batch's share of ⟨g_val, g_k⟩.
+enum MicroProbe<B: TrainBackend> {
+    None,
+    /// ⟨g_val, this micro-batch's gradient⟩; all its sequences are of one source.
+    Homogeneous(f64),
+    /// Per source, from the traced backward. [k]
+    SinglePass(Tensor<B::InnerBackend, 1>),
+}
+
+impl<B: TrainBackend> Session<B> {
+    /// The probe the next training step runs, if the mixer updates right after it.
+    fn probe_for_next_step(&mut self) -> Option<GradProbe> {
+        let spec = self.mixer.needs().grad_probe?;
+        if !self
+            .config
+            .mixer
+            .updates_at(self.step + 1, self.config.train.steps)
+        {
+            return None;
+        }
+        Some(GradProbe {
+            g_val: self.validation_gradient(spec.val_batches),
+            scope: spec.scope,
+            precondition: spec.precondition,
+        })
+    }
+
+    /// One optimizer step: draw the step's sequences from the mixture, forward/backward each
+    /// micro-batch with per-sequence loss weights, accumulate, clip, AdamW. Before a mixer
+    /// update whose mixer asks for ⟨g_val, g_k⟩, micro-batches are domain-homogeneous and each
+    /// one's gradient is dotted with g_val before it joins the accumulation buffer.
+    pub fn train_step(&mut self) -> Result<StepReport> {
+        let probe = self.probe_for_next_step();
+        self.train_step_probed(probe)
+    }
+
+    /// One optimizer step; with `probe`, it also measures ⟨g_val, g_k⟩ per source the way
+    /// `mixer.grad_stats` says (returned in the report's `grad_dot`). `train_step` probes the
+    /// steps right before the mixer's updates; benches call this directly to time a probed step.
+    pub fn train_step_probed(&mut self, probe: Option<GradProbe>) -> Result<StepReport> {
+        let train = &self.config.train;
+        let apply = self.config.mixer.apply;
+        let (policy, max_skipped) = (train.on_nonfinite, train.max_skipped_steps);
+        let step_sequences = train.batch_size * train.grad_accum;
+        let batch_size = train.batch_size;
+        let lr = lr_at(self.step, train);
+        let weights = self.mixer.weights().to_vec();
+        let k = weights.len();
+        // The sampler as it was before this step, restored if the step turns out non-finite
+        // and the run stops: its checkpoint then replays this very step.
+        let sampler_before = self.sampler.state().clone();
+        let sources = self.sampler.draw_sources(&weights, apply, step_sequences);
+        let mut counts = vec![0usize; k]; // sequences of each source in this step
+        for &s in &sources {
+            counts[s] += 1;
+        }
+        let seq_weights = sequence_weights(&sources, &weights, &counts, apply);
+        // Normalised over the whole step so micro-batches add up to the step's weighted mean:
+        // Σ_i w_i ℓ_i / Σ_i w_i.
+        let weight_total: f64 = seq_weights.iter().sum();
+        // Per-source statistics from the step's own backward need no homogeneous micro-batches.
+        let single_pass = probe.is_some() && self.config.mixer.grad_stats == GradStats::SinglePass;
+        let ranges = micro_batch_ranges(&sources, batch_size, probe.is_some() && !single_pass);
+
+        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+        let mut loss = 0.0;
+        let mut sums = vec![(0.0f64, 0u64); k];
+        // Per source: Σ ⟨g_val, Δ buffer⟩ and Σ w_i of its sequences.
+        let mut dots = vec![(0.0f64, 0.0f64); k];
+        // Single-pass: Σ over micro-batches of the per-source dots, kept on the device and read
+        // once after the last micro-batch. [k]
+        let mut single_pass_dots: Option<Tensor<B::InnerBackend, 1>> = None;
+        for range in ranges {
+            let micro = &sources[range.clone()];
+            let micro_weights = &seq_weights[range];
+            let out = self.micro_step(
+                micro,
+                micro_weights,
+                weight_total,
+                probe.as_ref(),
+                single_pass,
+            );
+            match out.probe {
+                MicroProbe::None => {}
+                MicroProbe::Homogeneous(dot) => {
+                    dots[micro[0]].0 += dot;
+                    dots[micro[0]].1 += micro_weights.iter().sum::<f64>();
+                }
+                MicroProbe::SinglePass(micro_dots) => {
+                    single_pass_dots = Some(match single_pass_dots.take() {
+                        Some(total) => total + micro_dots,
+                        None => micro_dots,
+                    });
+                    for (&s, &w) in micro.iter().zip(micro_weights) {
+                        dots[s].1 += w;
+                    }
+                }
+            }
+            accumulator.accumulate(&self.model, out.grads);
+            let poison = crate::fault::nonfinite_loss(self.step + 1);
+            for (i, ((&s, &l), &w)) in micro
+                .iter()
+                .zip(&out.seq_loss)
+                .zip(micro_weights)
+                .enumerate()
+            {
+                let l = if poison && i == 0 { f32::NAN } else { l };
+                sums[s].0 += l as f64;
+                sums[s].1 += 1;
+                loss += l as f64 * w / weight_total;
+            }
+        }
+        if let Some(total) = single_pass_dots {
+            let per_source: Vec<f64> = total
+                .into_data()
+                .convert::<f64>()
+                .to_vec()
+                .expect("converted to f64");
+            for (dot, value) in dots.iter_mut().zip(per_source) {
+                dot.0 += value;
+            }
+        }
+        // The buffer grew by (Σ_{i∈k} w_i / W) ∇(mean loss of k) when source k's sequences share
+        // one weight: undo that factor to get ⟨g_val, g_k⟩.
+        let grad_dot = probe.is_some().then(|| {
+            dots.iter()
+                .map(|&(dot, w)| (w > 0.0).then(|| dot * weight_total / w))
+                .collect()
+        });
+
+        let mut grads = accumulator.grads();
+        let grad_norm = global_grad_norm(&self.model, &grads);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let message = self.nonfinite_message(loss, grad_norm, &sums);
+            if policy == NonFinitePolicy::Skip && self.skipped_steps < max_skipped {
+                // The batch is dropped; the schedule moves on as if the step had happened.
+                self.skipped_steps += 1;
+                self.step += 1;
+                for (sum, w) in self.weight_sums.iter_mut().zip(&weights) {
+                    *sum += w;
+                }
+                return Ok(StepReport {
+                    loss,
+                    loss_by_source: vec![None; k],
+                    grad_norm,
+                    lr,
+                    tokens: 0,
+                    skipped: Some(message),
+                    grad_dot: None,
+                });
+            }
+            self.sampler.restore(sampler_before);
+            let message = if policy == NonFinitePolicy::Skip {
+                format!(
+                    "{message}; more than train.max_skipped_steps = {max_skipped} steps skipped"
+                )
+            } else {
+                message
+            };
+            return Err(Error::NonFinite {
+                step: self.step + 1,
+                message,
+            });
+        }
+        let clip = self.config.train.grad_clip;
+        let scale = if clip > 0.0 && grad_norm > clip {
+            clip / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        let model = self.model.clone();
+        self.model = self.optim.step(model, &mut grads, lr, scale);
+
+        let seq_len = self.config.data.seq_len;
+        let step_tokens = sources.len() * seq_len;
+        self.step += 1;
+        self.tokens += step_tokens as u64;
+        for (total, &n) in self.tokens_by_source.iter_mut().zip(&counts) {
+            *total += (n * seq_len) as u64;
+        }
+        for (sum, w) in self.weight_sums.iter_mut().zip(&weights) {
+            *sum += w;
+        }
+        for (acc, (s, n)) in self.loss_since_update.iter_mut().zip(&sums) {
+            acc.0 += s;
+            acc.1 += n;
+        }
+        Ok(StepReport {
+            loss,
+            loss_by_source: sums
+                .iter()
+                .map(|&(s, n)| (n > 0).then(|| s / n as f64))
+                .collect(),
+            grad_norm,
+            lr,
+            tokens: step_tokens,
+            skipped: None,
+            grad_dot,
+        })
+    }
+
+    /// Forward and backward of one micro-batch: `micro` lists each sequence's source and
+    /// `micro_weights` its loss weight (of `weight_total` over the step). With `probe`, also the
+    /// micro-batch's contribution to ⟨g_val, g_k⟩: the whole micro-batch's (it is
+    /// domain-homogeneous) or, `single_pass`, per source from this backward's own traces.
+    fn micro_step(
+        &mut self,
+        micro: &[usize],
+        micro_weights: &[f64],
+        weight_total: f64,
+        probe: Option<&GradProbe>,
+        single_pass: bool,
+    ) -> MicroOut<B> {
+        let k = self.sources.len();
+        let head = self.head_name();
+        let batch = self.sampler.fill(micro, &self.sources);
+        let n = batch.len();
+        let seq = batch.seq_len;
+        let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
+        let mut trace = (probe.is_some() && single_pass).then(Trace::new);
+        let logits = self.model.forward_traced(inputs, trace.as_mut()); // [n · seq, vocab]
+        let seq_loss = token_losses(logits, targets)
+            .reshape([n, seq])
+            .mean_dim(1)
+            .reshape([n]); // [n]
+        let w: Vec<f32> = micro_weights
+            .iter()
+            .map(|w| (w / weight_total) as f32)
+            .collect();
+        let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), &self.device);
+        let mut raw_grads = (seq_loss.clone() * w).sum().backward();
+        let mut micro_probe = MicroProbe::None;
+        if let (Some(probe), Some(trace)) = (probe, trace) {
+            let names = self
+                .param_names
+                .get_or_insert_with(|| param_names(&self.model));
+            let stats = SinglePass {
+                g_val: &probe.g_val,
+                names,
+                scope: probe.scope,
+                head,
+                optim: probe.precondition.then_some(&self.optim),
+            };
+            // Token t belongs to sequence t / seq. [n · seq]
+            let seg: Vec<i64> = micro
+                .iter()
+                .flat_map(|&s| std::iter::repeat_n(s as i64, seq))
+                .collect();
+            let seg = Tensor::<B::InnerBackend, 1, Int>::from_data(
+                TensorData::new(seg, [n * seq]),
+                &self.device,
+            );
+            micro_probe = MicroProbe::SinglePass(stats.source_dots(trace, &mut raw_grads, seg, k));
+        }
+        let grads = GradientsParams::from_grads(raw_grads, &self.model);
+        if let (Some(probe), false) = (probe, single_pass) {
+            let optim = probe.precondition.then_some(&self.optim);
+            micro_probe = MicroProbe::Homogeneous(grad_dot(
+                &self.model,
+                &probe.g_val,
+                &grads,
+                probe.scope,
+                head,
+                optim,
+            ));
+        }
+        // Host sync: per-sequence losses for the per-source report.
+        let seq_loss: Vec<f32> = seq_loss
+            .inner()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("converted to f32");
+        MicroOut {
+            grads,
+            seq_loss,
+            probe: micro_probe,
+        }
+    }
+
+    /// Names what was non-finite in a step: the loss (and the sources whose mean sequence loss
+    /// was), or the gradient norm.
+    fn nonfinite_message(&self, loss: f64, grad_norm: f64, sums: &[(f64, u64)]) -> String {
+        let names = self.source_names();
+        let bad: Vec<String> = sums
+            .iter()
+            .zip(&names)
+            .filter(|((s, n), _)| *n > 0 && !s.is_finite())
+            .map(|(_, name)| name.clone())
+            .collect();
+        let what = if !loss.is_finite() {
+            format!(
+                "loss is {loss} (non-finite in source(s): {})",
+                bad.join(", ")
+            )
+        } else {
+            format!("gradient norm is {grad_norm} (the losses were finite)")
+        };
+        format!(
+            "{what}; the step was not applied (lower train.lr, raise train.warmup_steps, or set \
+             train.on_nonfinite = \"skip\")"
+        )
+    }
+}
+
+/// Each sequence's loss weight under `apply`: 1 (sample), p_k (reweight), or p_k n / n_k
+/// (hybrid: the draw follows p up to rounding; the weight corrects the rounding only).
+fn sequence_weights(
+    sources: &[usize],
+    weights: &[f64],
+    counts: &[usize],
+    apply: ApplyMode,
+) -> Vec<f64> {
+    let n = sources.len() as f64;
+    sources
+        .iter()
+        .map(|&s| match apply {
+            ApplyMode::Sample => 1.0,
+            ApplyMode::Reweight => weights[s],
+            ApplyMode::Hybrid => weights[s] * n / counts[s] as f64,
+        })
+        .collect()
+}
+
+/// Index ranges of a step's micro-batches over `sources` (sorted by source): chunks of
+/// `batch_size`, or, when `homogeneous`, chunks that never mix two sources.
+fn micro_batch_ranges(
+    sources: &[usize],
+    batch_size: usize,
+    homogeneous: bool,
+) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < sources.len() {
+        let mut end = (start + batch_size).min(sources.len());
+        if homogeneous {
+            end = start
+                + sources[start..end]
+                    .iter()
+                    .take_while(|&&s| s == sources[start])
+                    .count();
+        }
+        ranges.push(start..end);
+        start = end;
+    }
+    ranges
+}
