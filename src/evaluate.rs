@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::checkpoint;
 use crate::config::Config;
+use crate::data::{load_sources, load_target_sets, Source, Tokenizer};
 use crate::error::{Error, Result};
+use crate::params::load_params;
 use crate::rundir::CONFIG_FILE;
-use crate::train::Session;
+use crate::train::Evaluator;
 
 #[derive(Debug, Clone)]
 pub struct EvalReport {
@@ -123,15 +125,25 @@ struct EvalTask {
 impl BackendTask for EvalTask {
     type Output = EvalReport;
     fn run<B: TrainBackend>(self, device: B::Device, _backend: &'static str) -> Result<EvalReport> {
-        let mut session = Session::<B>::build(self.config, device)?;
-        session.load_checkpoint_model(&self.checkpoint_dir)?;
-        let val = session.evaluate();
+        // Only the data, the validation windows and the model: no optimizer, no mixer.
+        let config = &self.config;
+        let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
+        let sources = load_sources(&config.data, &tokenizer)?;
+        let target_sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
+        let evaluator = Evaluator::new(config, &sources, &target_sets);
+        let (path, tensors) = checkpoint::read_model(&self.checkpoint_dir)?;
+        let model = config
+            .model
+            .init::<B::InnerBackend>(tokenizer.vocab_size(), &device);
+        let model = load_params(model, &tensors, &path)?;
+        let val = evaluator.evaluate(&model, &sources, &target_sets, &device);
+        let names = |data: &[Source]| data.iter().map(|s| s.name.clone()).collect();
         Ok(EvalReport {
             checkpoint: self.checkpoint_dir,
             step: self.step,
-            sources: session.source_names(),
-            target_sets: session.target_sets.iter().map(|s| s.name.clone()).collect(),
-            target_loss: val.target(&session.target),
+            sources: names(&sources),
+            target_sets: names(&target_sets),
+            target_loss: val.target(&config.target()),
             val_loss: val.sources,
             target_set_loss: val.sets,
         })

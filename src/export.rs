@@ -65,7 +65,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_transpose() {
+    fn pytorch_layout_transposes_linears_and_renames_gains() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         let lin = NamedTensor {
@@ -87,8 +87,5 @@ mod tests {
         assert_eq!(w.shape, vec![3, 2]);
         assert_eq!(w.data, vec![1., 4., 2., 5., 3., 6.]);
         assert!(back.contains_key("norm_f.weight"));
-
-        std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
-        assert!(read_safetensors(&path).is_err());
     }
 }

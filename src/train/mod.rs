@@ -1,6 +1,7 @@
 //! The inner loop (one training step, evaluation) and the run loop around it.
 
 mod config;
+mod evaluator;
 mod measure;
 mod probe;
 mod reference;
@@ -11,6 +12,7 @@ mod state;
 mod step;
 
 pub use config::{NonFinitePolicy, RunConfig, TrainConfig};
+pub use evaluator::{batch_tensors, Evaluation, Evaluator};
 pub use probe::GradProbe;
 pub use run::{run, RunOptions, RunSummary};
 pub use session::{Session, StepReport};

@@ -7,8 +7,9 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
+use super::evaluator::Evaluation;
 use super::reference;
-use super::session::{Evaluation, Session, StepReport};
+use super::session::{Session, StepReport};
 use mixtrain_kernels::StatKernels;
 
 use crate::backend::{dispatch, BackendTask, TrainBackend};

@@ -4,14 +4,13 @@
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 
+use super::evaluator::{batch_tensors, Evaluation, Evaluator};
 use crate::backend::TrainBackend;
 use crate::config::Config;
-use crate::data::{
-    load_sources, load_target_sets, validation_windows, Batch, Sampler, Shard, Source, Tokenizer,
-};
+use crate::data::{load_sources, load_target_sets, Batch, Sampler, Source, Tokenizer};
 use crate::error::{Error, Result};
 use crate::mixer::{self, Mixer, SourceStats};
-use crate::model::{token_losses, Gpt};
+use crate::model::Gpt;
 use crate::optim::AdamW;
 use crate::target::Target;
 
@@ -36,12 +35,10 @@ pub struct Session<B: TrainBackend> {
     pub tokens_by_source: Vec<u64>,
     /// Steps skipped for a non-finite loss or gradient (`train.on_nonfinite = "skip"`).
     pub skipped_steps: u32,
-    /// Start offsets of each source's fixed validation windows.
-    val_windows: Vec<Vec<usize>>,
+    /// The fixed validation windows of the sources and target sets.
+    evaluator: Evaluator,
     /// The validation-only target sets (`[[target.sets]]`); the sampler never draws from them.
     pub target_sets: Vec<Source>,
-    /// Start offsets of each target set's fixed validation windows.
-    set_windows: Vec<Vec<usize>>,
     /// The resolved `[target]`.
     pub target: Target,
     /// The mixture the run started from.
@@ -70,26 +67,6 @@ pub struct StepReport {
     pub grad_dot: Option<Vec<Option<f64>>>,
 }
 
-/// Mean token losses on the fixed validation windows: per training source (its validation
-/// split) and per target set.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Evaluation {
-    pub sources: Vec<f64>,
-    pub sets: Vec<f64>,
-}
-
-impl Evaluation {
-    /// The target loss: the mean over the target's members.
-    pub fn target(&self, target: &Target) -> f64 {
-        target.mean(&self.sources, &self.sets)
-    }
-
-    /// The mean over training sources.
-    pub fn mean(&self) -> f64 {
-        self.sources.iter().sum::<f64>() / self.sources.len() as f64
-    }
-}
-
 impl<B: TrainBackend> Session<B> {
     /// Loads the tokenizer and sources (tokenising them on first use), seeds and builds the
     /// model, optimizer, sampler and mixer.
@@ -105,15 +82,7 @@ impl<B: TrainBackend> Session<B> {
         let model = config.model.init::<B>(vocab_size, &device);
         crate::params::materialize(&model);
         let seq_len = config.data.seq_len;
-        let eval_sequences = config.train.eval_batches * config.train.batch_size;
-        let val_windows = sources
-            .iter()
-            .map(|s| validation_windows(s, seq_len, eval_sequences))
-            .collect();
-        let set_windows = target_sets
-            .iter()
-            .map(|s| validation_windows(s, seq_len, eval_sequences))
-            .collect();
+        let evaluator = Evaluator::new(&config, &sources, &target_sets);
         let k = sources.len();
         let target = config.target();
         Ok(Session {
@@ -131,9 +100,8 @@ impl<B: TrainBackend> Session<B> {
             loss_since_update: vec![(0.0, 0); k],
             tokens_by_source: vec![0; k],
             skipped_steps: 0,
-            val_windows,
+            evaluator,
             target_sets,
-            set_windows,
             target,
             initial,
             param_names: None,
@@ -150,15 +118,7 @@ impl<B: TrainBackend> Session<B> {
         batch: &Batch,
         device: &BB::Device,
     ) -> (Tensor<BB, 2, Int>, Tensor<BB, 1, Int>) {
-        let n = batch.len();
-        let seq = batch.seq_len;
-        let tokens = Tensor::<BB, 2, Int>::from_data(
-            TensorData::new(batch.tokens.clone(), [n, seq + 1]),
-            device,
-        );
-        let inputs = tokens.clone().narrow(1, 0, seq); // [n, seq]
-        let targets = tokens.narrow(1, 1, seq).reshape([n * seq]); // [n · seq]
-        (inputs, targets)
+        batch_tensors::<BB>(batch, device)
     }
 
     /// Name of the LM head's weight (the embedding when tied).
@@ -177,43 +137,13 @@ impl<B: TrainBackend> Session<B> {
     /// Mean token loss of `model` (same architecture) on each source's and target set's fixed
     /// validation windows.
     pub fn evaluate_model(&self, model: &Gpt<B::InnerBackend>) -> Evaluation {
-        let losses = |data: &[Source], windows: &[Vec<usize>]| -> Vec<f64> {
-            data.iter()
-                .zip(windows)
-                .map(|(source, starts)| self.windows_loss(model, &source.val, starts))
-                .collect()
-        };
-        Evaluation {
-            sources: losses(&self.sources, &self.val_windows),
-            sets: losses(&self.target_sets, &self.set_windows),
-        }
+        self.evaluator
+            .evaluate(model, &self.sources, &self.target_sets, &self.device)
     }
 
-    /// Mean token loss of `model` on the windows of `stream` starting at `starts`.
-    fn windows_loss(&self, model: &Gpt<B::InnerBackend>, stream: &Shard, starts: &[usize]) -> f64 {
-        let seq = self.config.data.seq_len;
-        let mut total = 0.0f64;
-        for chunk in starts.chunks(self.config.train.batch_size) {
-            let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
-            for &start in chunk {
-                stream.extend_window(start, seq + 1, &mut tokens);
-            }
-            let batch = Batch {
-                tokens,
-                sources: vec![0; chunk.len()],
-                seq_len: seq,
-            };
-            let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(&batch, &self.device);
-            let sum = token_losses(model.forward(inputs), targets).sum();
-            total += sum.into_scalar().elem::<f64>();
-        }
-        total / (starts.len() * seq) as f64
-    }
-
-    /// Asks the mixer for an update with the statistics it requested. Resets the running
-    /// training-loss means.
-    /// Gathers what the mixer asked for and updates it. `grad_dot` is the probed step's
-    /// measurement (its report's `grad_dot`), for mixers that take ⟨g_val, g_k⟩.
+    /// Gathers what the mixer asked for and updates it (resetting the running training-loss
+    /// means). `grad_dot` is the probed step's measurement (its report's `grad_dot`), for
+    /// mixers that take ⟨g_val, g_k⟩.
     pub fn mixer_update(
         &mut self,
         lr: f64,

@@ -1,0 +1,120 @@
+//! Evaluation: a model's mean token loss on the fixed validation windows of every training
+//! source and target set. Needs the data and a model only (no optimizer, no mixer), so
+//! `mixtrain eval` and DeMix's proxy scoring use it as the training loop does.
+
+use burn::prelude::*;
+use mixtrain_kernels::StatKernels;
+
+use crate::config::Config;
+use crate::data::{validation_windows, Batch, Shard, Source};
+use crate::model::{token_losses, Gpt};
+use crate::target::Target;
+
+/// Mean token losses on the fixed validation windows: per training source (its validation
+/// split) and per target set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub sources: Vec<f64>,
+    pub sets: Vec<f64>,
+}
+
+impl Evaluation {
+    /// The target loss: the mean over the target's members.
+    pub fn target(&self, target: &Target) -> f64 {
+        target.mean(&self.sources, &self.sets)
+    }
+
+    /// The mean over training sources.
+    pub fn mean(&self) -> f64 {
+        self.sources.iter().sum::<f64>() / self.sources.len() as f64
+    }
+}
+
+/// The start offsets of each source's and each target set's validation windows: up to
+/// `train.eval_batches × train.batch_size` windows spread evenly over each validation split,
+/// the same every time.
+pub struct Evaluator {
+    seq_len: usize,
+    batch_size: usize,
+    source_windows: Vec<Vec<usize>>,
+    set_windows: Vec<Vec<usize>>,
+}
+
+impl Evaluator {
+    pub fn new(config: &Config, sources: &[Source], target_sets: &[Source]) -> Self {
+        let seq_len = config.data.seq_len;
+        let count = config.train.eval_batches * config.train.batch_size;
+        let windows = |data: &[Source]| -> Vec<Vec<usize>> {
+            data.iter()
+                .map(|s| validation_windows(s, seq_len, count))
+                .collect()
+        };
+        Evaluator {
+            seq_len,
+            batch_size: config.train.batch_size,
+            source_windows: windows(sources),
+            set_windows: windows(target_sets),
+        }
+    }
+
+    /// `model`'s losses on the windows of `sources` and `target_sets` (the ones it was built
+    /// for, in the same order).
+    pub fn evaluate<B: StatKernels>(
+        &self,
+        model: &Gpt<B>,
+        sources: &[Source],
+        target_sets: &[Source],
+        device: &B::Device,
+    ) -> Evaluation {
+        let losses = |data: &[Source], windows: &[Vec<usize>]| -> Vec<f64> {
+            data.iter()
+                .zip(windows)
+                .map(|(source, starts)| self.windows_loss(model, &source.val, starts, device))
+                .collect()
+        };
+        Evaluation {
+            sources: losses(sources, &self.source_windows),
+            sets: losses(target_sets, &self.set_windows),
+        }
+    }
+
+    fn windows_loss<B: StatKernels>(
+        &self,
+        model: &Gpt<B>,
+        stream: &Shard,
+        starts: &[usize],
+        device: &B::Device,
+    ) -> f64 {
+        let seq = self.seq_len;
+        let mut total = 0.0f64;
+        for chunk in starts.chunks(self.batch_size) {
+            let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
+            for &start in chunk {
+                stream.extend_window(start, seq + 1, &mut tokens);
+            }
+            let batch = Batch {
+                tokens,
+                sources: vec![0; chunk.len()],
+                seq_len: seq,
+            };
+            let (inputs, targets) = batch_tensors::<B>(&batch, device);
+            let sum = token_losses(model.forward(inputs), targets).sum();
+            total += sum.into_scalar().elem::<f64>();
+        }
+        total / (starts.len() * seq) as f64
+    }
+}
+
+/// [n, seq_len + 1] tokens → inputs [n, seq_len] and targets [n · seq_len].
+pub fn batch_tensors<B: Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
+    let n = batch.len();
+    let seq = batch.seq_len;
+    let tokens =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(batch.tokens.clone(), [n, seq + 1]), device);
+    let inputs = tokens.clone().narrow(1, 0, seq); // [n, seq]
+    let targets = tokens.narrow(1, 1, seq).reshape([n * seq]); // [n · seq]
+    (inputs, targets)
+}
