@@ -43,7 +43,7 @@ impl BackendTask for Bench {
         let mut probed = None;
         for _ in 0..self.steps {
             if session.step % every == 0 {
-                session.mixer_update(lr, None, probed.take())?;
+                session.mixer_update(lr, probed.take())?;
             }
             let report = session.train_step()?;
             lr = report.lr;

@@ -254,7 +254,6 @@ mod tests {
             step: 0,
             lr: 1e-3,
             train_loss: losses.iter().map(|&l| Some(l)).collect(),
-            val_loss: None,
             grad_dot_val: None,
             influence: None,
             excess_loss: None,

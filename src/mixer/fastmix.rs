@@ -187,7 +187,6 @@ mod tests {
             step: 10,
             lr,
             train_loss: vec![None; s.len()],
-            val_loss: None,
             grad_dot_val: Some(s),
             influence: None,
             excess_loss: None,

@@ -72,8 +72,6 @@ pub struct VirtualStepSpec {
 /// What a mixer needs the trainer to measure before each update.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StatsRequest {
-    /// Per-source validation loss on the fixed validation batches.
-    pub val_losses: bool,
     /// s_k = ⟨g_val, g_k⟩ from the training step just before the update, g_k the gradient of
     /// source k's mean loss in that step (domain-homogeneous micro-batches, no extra backward).
     pub grad_probe: Option<ProbeSpec>,
@@ -97,7 +95,6 @@ pub struct SourceStats {
     pub lr: f64,
     /// Mean training loss per source since the last update; None where a source had no sequence.
     pub train_loss: Vec<Option<f64>>,
-    pub val_loss: Option<Vec<f64>>,
     /// s_k; None for a source absent from the probed step.
     pub grad_dot_val: Option<Vec<Option<f64>>>,
     pub influence: Option<Vec<f64>>,

@@ -190,7 +190,6 @@ mod tests {
             step: 10,
             lr: 1e-3,
             train_loss: vec![None; influence.len()],
-            val_loss: None,
             grad_dot_val: None,
             influence: Some(influence),
             excess_loss: None,

@@ -244,7 +244,6 @@ mod tests {
             step: 10,
             lr: 1e-3,
             train_loss: vec![None; 3],
-            val_loss: None,
             grad_dot_val: None,
             influence: None,
             excess_loss: None,

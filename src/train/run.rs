@@ -195,7 +195,7 @@ fn train_loop<B: TrainBackend>(
             if step == 0 {
                 run_dir.write_ratios(0, session.mixer.weights())?;
             } else if config.mixer.updates_at(step, total) {
-                if let Some(update) = session.mixer_update(last_lr, None, probed.take())? {
+                if let Some(update) = session.mixer_update(last_lr, probed.take())? {
                     run_dir.write_ratios(step, &update.weights)?;
                     add_mixer_fields(&mut record, &update, &names);
                 }

@@ -147,18 +147,9 @@ impl<B: TrainBackend> Session<B> {
     pub fn mixer_update(
         &mut self,
         lr: f64,
-        val_loss: Option<&[f64]>,
         grad_dot: Option<Vec<Option<f64>>>,
     ) -> Result<Option<mixer::MixerUpdate>> {
         let needs = self.mixer.needs();
-        let val_loss = if needs.val_losses {
-            Some(match val_loss {
-                Some(v) => v.to_vec(),
-                None => self.evaluate().sources,
-            })
-        } else {
-            None
-        };
         let influence = needs.group_influence.map(|spec| {
             let g_val = self.validation_gradient(spec.val_batches);
             self.group_influence(&g_val, spec.samples_per_source)
@@ -179,7 +170,6 @@ impl<B: TrainBackend> Session<B> {
                 .iter()
                 .map(|&(s, n)| (n > 0).then(|| s / n as f64))
                 .collect(),
-            val_loss,
             grad_dot_val: grad_dot,
             influence,
             excess_loss,
