@@ -301,20 +301,38 @@ fn extending_a_run_is_refused_naming_train_steps() {
 #[test]
 fn a_nonfinite_loss_stops_the_run_naming_step_and_source_after_saving_the_last_good_state() {
     let (_ref_dir, expected) = reference_outputs();
+    // Step 13 is a plain step; step 15 is probed (fastmix updates at 15), so its validation
+    // batches were drawn before it failed and must be drawn again on resume.
+    for step in [13, 15] {
+        nonfinite_then_resume(step, &expected);
+    }
+}
+
+fn nonfinite_then_resume(step: usize, expected: &RunOutputs) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let (_, stderr) = run_failing(&mut run_cmd(&cfg, Some("nonfinite-loss=13"), false));
+    let fault = format!("nonfinite-loss={step}");
+    let (_, stderr) = run_failing(&mut run_cmd(&cfg, Some(&fault), false));
+    let last_good = format!("step_{:08}", step - 1);
     assert!(
-        stderr.contains("step 13: loss is NaN (non-finite in source(s): ")
-            && stderr.contains("step_00000012"),
+        stderr.contains(&format!(
+            "step {step}: loss is NaN (non-finite in source(s): "
+        )) && stderr.contains(&last_good),
         "{stderr}"
     );
     let run = dir.path().join("run");
-    assert!(run.join("checkpoints/step_00000012/DONE").is_file());
-    // The checkpoint holds the state before step 13 (sampler included): resuming without the
-    // fault replays step 13 and ends exactly like a run that never failed.
+    assert!(run
+        .join("checkpoints")
+        .join(&last_good)
+        .join("DONE")
+        .is_file());
+    // The checkpoint holds the state before the step (sampler included): resuming without the
+    // fault replays it and ends exactly like a run that never failed.
     run_ok(&mut run_cmd(&cfg, None, true));
-    assert!(outputs(&run) == expected, "resumed run differs");
+    assert!(
+        outputs(&run) == *expected,
+        "step {step}: resumed run differs"
+    );
 }
 
 #[test]

@@ -55,14 +55,28 @@ impl<B: TrainBackend> Session<B> {
     /// update whose mixer asks for ⟨g_val, g_k⟩, micro-batches are domain-homogeneous and each
     /// one's gradient is dotted with g_val before it joins the accumulation buffer.
     pub fn train_step(&mut self) -> Result<StepReport> {
+        // Taken before the probe: its validation batches draw from the sampler too.
+        let sampler_before = self.sampler.state().clone();
         let probe = self.probe_for_next_step();
-        self.train_step_probed(probe)
+        self.step_from(probe, sampler_before)
     }
 
     /// One optimizer step; with `probe`, it also measures ⟨g_val, g_k⟩ per source the way
     /// `mixer.grad_stats` says (returned in the report's `grad_dot`). `train_step` probes the
     /// steps right before the mixer's updates; benches call this directly to time a probed step.
     pub fn train_step_probed(&mut self, probe: Option<GradProbe>) -> Result<StepReport> {
+        let sampler_before = self.sampler.state().clone();
+        self.step_from(probe, sampler_before)
+    }
+
+    /// The step itself. `sampler_before` is the sampler as it was before this step (and its
+    /// probe), restored if the step turns out non-finite and the run stops: its checkpoint then
+    /// replays this very step.
+    fn step_from(
+        &mut self,
+        probe: Option<GradProbe>,
+        sampler_before: crate::data::SamplerState,
+    ) -> Result<StepReport> {
         let train = &self.config.train;
         let apply = self.config.mixer.apply;
         let (policy, max_skipped) = (train.on_nonfinite, train.max_skipped_steps);
@@ -71,9 +85,6 @@ impl<B: TrainBackend> Session<B> {
         let lr = lr_at(self.step, train);
         let weights = self.mixer.weights().to_vec();
         let k = weights.len();
-        // The sampler as it was before this step, restored if the step turns out non-finite
-        // and the run stops: its checkpoint then replays this very step.
-        let sampler_before = self.sampler.state().clone();
         let sources = self.sampler.draw_sources(&weights, apply, step_sequences);
         let mut counts = vec![0usize; k]; // sequences of each source in this step
         for &s in &sources {
