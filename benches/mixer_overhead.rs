@@ -34,7 +34,7 @@ impl BackendTask for Bench {
         let every = self.config.mixer.every;
         let mut session = Session::<B>::build(self.config, device)?;
         // DoReMi's reference: the initial model (the cost is the same as a trained one's).
-        session.reference = Some(burn::module::AutodiffModule::valid(&session.model));
+        session.set_reference(burn::module::AutodiffModule::valid(&session.model));
         for _ in 0..3 {
             session.train_step()?;
         }
@@ -42,7 +42,7 @@ impl BackendTask for Bench {
         let mut lr = 0.0;
         let mut probed = None;
         for _ in 0..self.steps {
-            if session.step % every == 0 {
+            if session.step() % every == 0 {
                 session.mixer_update(lr, probed.take())?;
             }
             let report = session.train_step()?;

@@ -12,12 +12,12 @@ use crate::error::{Error, IoContext, Result};
 pub const MIXTURE_FILE: &str = "mixture.json";
 
 /// One value per source as an object keyed by source name.
-pub fn by_name<V: Into<Value> + Clone>(names: &[String], values: &[V]) -> Value {
+pub fn by_name<V: Into<Value>>(names: &[String], values: impl IntoIterator<Item = V>) -> Value {
     Value::Object(
         names
             .iter()
             .cloned()
-            .zip(values.iter().cloned().map(Into::into))
+            .zip(values.into_iter().map(Into::into))
             .collect(),
     )
 }
@@ -32,8 +32,10 @@ impl MixtureFile {
         let mut file = MixtureFile { fields: Map::new() };
         file.fields
             .insert("sources".into(), Value::from(sources.to_vec()));
-        file.fields
-            .insert("final".into(), by_name(sources, final_weights));
+        file.fields.insert(
+            "final".into(),
+            by_name(sources, final_weights.iter().copied()),
+        );
         file
     }
 

@@ -52,7 +52,7 @@ warmup_steps = 1
         &model_path,
         &session.model,
         &session.config.model,
-        session.vocab_size,
+        session.vocab_size(),
     )
     .unwrap();
 

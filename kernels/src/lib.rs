@@ -7,9 +7,11 @@
 //! CPU. `StatKernels` picks between them by backend type, so mixtrain's training path runs the
 //! kernels on CubeCL backends, the host loops on ndarray and the references elsewhere.
 
+mod backward;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
 pub mod host;
+mod ndarray_backend;
 pub mod reference;
 mod stat_kernels;
 

@@ -3,7 +3,6 @@
 //! every token is inside the vocabulary, so a truncated or corrupt shard is an error, not a panic.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -113,7 +112,7 @@ impl Shard {
     }
 }
 
-/// Writes `tokens` as a shard at `path` (via a temporary file and rename).
+/// Writes `tokens` as a shard at `path` (atomically: a reader never sees half a shard).
 pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()> {
     let token_bytes: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
     let mut bytes = Vec::with_capacity(SHARD_HEADER_BYTES + tokens.len() * token_bytes as usize);
@@ -130,12 +129,7 @@ pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()>
             bytes.extend_from_slice(&t.to_le_bytes());
         }
     }
-    let tmp = path.with_extension("bin.tmp");
-    let mut file = File::create(&tmp).at(&tmp)?;
-    file.write_all(&bytes).at(&tmp)?;
-    file.sync_all().at(&tmp)?;
-    std::fs::rename(&tmp, path).at(path)?;
-    Ok(())
+    crate::fsutil::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

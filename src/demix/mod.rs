@@ -26,6 +26,7 @@ use serde_json::json;
 use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::config::{ApplyMode, Config, InitSpec, MixerKind, MixtureInit};
 use crate::error::{IoContext, Result};
+use crate::fsutil::write_atomic;
 use crate::mixer::normalise;
 use crate::mixture_file::{MixtureFile, MIXTURE_FILE};
 use crate::params::{collect_params, load_params, NamedTensor};
@@ -139,7 +140,7 @@ fn by_name(tensors: Vec<NamedTensor>) -> BTreeMap<String, NamedTensor> {
     tensors.into_iter().map(|t| (t.name.clone(), t)).collect()
 }
 
-/// Loads `path` if a finished run left it, else computes and saves it (temp file + rename).
+/// Loads `path` if a finished run left it, else computes and saves it.
 fn cached(
     path: &Path,
     compute: impl FnOnce() -> Result<Vec<NamedTensor>>,
@@ -149,9 +150,7 @@ fn cached(
         return read_safetensors(path);
     }
     let tensors = compute()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    write_safetensors(&tmp, &tensors, &[])?;
-    std::fs::rename(&tmp, path).at(path)?;
+    write_safetensors(path, &tensors, &[])?; // atomic: a killed run never leaves half a file
     Ok(by_name(tensors))
 }
 
@@ -381,7 +380,7 @@ fn write_proxies(
         let chosen = p.predicted.map_or(String::new(), |v| v.to_string());
         writeln!(text, ",{},{chosen},{oof}", p.target_loss).expect("String");
     }
-    std::fs::write(path, text).at(path)
+    write_atomic(path, text.as_bytes())
 }
 
 /// Trains `count` real models (from the base, `validate_steps`) on scored mixtures spread over
@@ -445,6 +444,6 @@ fn validate<B: TrainBackend>(
         trained.push(loss);
     }
     let path = dir.join("validation.csv");
-    std::fs::write(&path, text).at(&path)?;
+    write_atomic(&path, text.as_bytes())?;
     Ok(spearman(&proxy, &trained))
 }

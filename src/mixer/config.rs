@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::TikMixMConfig;
+use super::{Ado, DoReMi, FastMix, Mixer, Odm, StaticMixer, TikMix, TikMixM, TrustRegion};
 use super::{AdoConfig, DoremiConfig, EntropyKind, FastMixConfig, OdmConfig, TikMixConfig};
 pub use crate::data::ApplyMode;
 use crate::error::{Error, Result};
@@ -109,7 +110,32 @@ pub struct MixerConfig {
     pub ado: AdoConfig,
 }
 
+/// The registration point of the mixers: adding one touches its own file (the `Mixer` impl
+/// and its `[mixer.NAME]` config with `validate`) and this file: a `MixerKind` variant, the
+/// config field with its default and `validate` call, and one arm of `build`.
 impl MixerConfig {
+    /// Builds the mixer named by `kind`, starting from `init` (one weight per source); `seed`
+    /// feeds the mixers that draw candidates.
+    pub fn build(&self, init: &[f64], seed: u64) -> Result<Box<dyn Mixer>> {
+        let floor = self.min_weight(init.len());
+        let init = init.to_vec();
+        let built: Box<dyn Mixer> = match self.kind {
+            MixerKind::Static => Box::new(StaticMixer::new(init)),
+            MixerKind::Fastmix => Box::new(FastMix::new(self.fastmix.clone(), &init, floor)),
+            MixerKind::Tikmix => Box::new(TikMix::new(self.tikmix.clone(), &init, floor)),
+            MixerKind::TikmixM => Box::new(TikMixM::new(self.tikmix_m.clone(), &init, floor, seed)),
+            MixerKind::Odm => Box::new(Odm::new(self.odm.clone(), &init)),
+            MixerKind::Doremi => Box::new(DoReMi::new(self.doremi.clone(), &init)),
+            MixerKind::Ado => Box::new(Ado::new(self.ado.clone(), &init, floor)),
+        };
+        Ok(match self.max_change {
+            Some(delta) if self.kind != MixerKind::Static => {
+                Box::new(TrustRegion::new(built, delta))
+            }
+            _ => built,
+        })
+    }
+
     /// True when the mixer updates after `step` optimizer steps of a `total`-step run: every
     /// `every` steps from `warmup_steps` on, never at step 0 or at the end.
     pub fn updates_at(&self, step: usize, total: usize) -> bool {

@@ -198,24 +198,3 @@ pub fn initial_mixture(
         entropy,
     })
 }
-
-/// Builds the mixer named by `mixer.kind`, starting from `init` (one weight per source);
-/// `seed` feeds the mixers that draw candidates. Adding a mixer: its file (the `Mixer` impl
-/// and its `[mixer.NAME]` config), a `MixerKind` variant, and one arm here.
-pub fn build(mixer: &MixerConfig, init: &[f64], seed: u64) -> Result<Box<dyn Mixer>> {
-    let floor = mixer.min_weight(init.len());
-    let init = init.to_vec();
-    let built: Box<dyn Mixer> = match mixer.kind {
-        MixerKind::Static => Box::new(StaticMixer::new(init)),
-        MixerKind::Fastmix => Box::new(FastMix::new(mixer.fastmix.clone(), &init, floor)),
-        MixerKind::Tikmix => Box::new(TikMix::new(mixer.tikmix.clone(), &init, floor)),
-        MixerKind::TikmixM => Box::new(TikMixM::new(mixer.tikmix_m.clone(), &init, floor, seed)),
-        MixerKind::Odm => Box::new(Odm::new(mixer.odm.clone(), &init)),
-        MixerKind::Doremi => Box::new(DoReMi::new(mixer.doremi.clone(), &init)),
-        MixerKind::Ado => Box::new(Ado::new(mixer.ado.clone(), &init, floor)),
-    };
-    Ok(match mixer.max_change {
-        Some(delta) if mixer.kind != MixerKind::Static => Box::new(TrustRegion::new(built, delta)),
-        _ => built,
-    })
-}

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::export::export_model;
 use crate::mixer::MixerUpdate;
-use crate::mixture_file::{self, MixtureFile, MIXTURE_FILE};
+use crate::mixture_file::{by_name, MixtureFile, MIXTURE_FILE};
 use crate::rundir::{RunDir, MODEL_FILE};
 
 #[derive(Debug, Clone)]
@@ -80,19 +80,6 @@ fn provenance(config: &Config, backend: &str, kernels: &str, device: &str) -> St
         env!("MIXTRAIN_GIT_HASH"),
         config.hash()
     )
-}
-
-fn by_name<V: Into<Value>>(names: &[String], values: impl IntoIterator<Item = Option<V>>) -> Value {
-    let map: Map<String, Value> = names
-        .iter()
-        .cloned()
-        .zip(
-            values
-                .into_iter()
-                .map(|v| v.map_or(Value::Null, Into::into)),
-        )
-        .collect();
-    Value::Object(map)
 }
 
 fn train_loop<B: TrainBackend>(
@@ -160,11 +147,11 @@ fn train_loop<B: TrainBackend>(
         "training"
     );
 
-    let progress = make_progress(options.progress, total, session.step);
+    let progress = make_progress(options.progress, total, session.progress.step);
     let started = Instant::now();
     // Tokens trained before this process started (non-zero when resumed): throughput counts
     // only this process's work.
-    let start_tokens = session.tokens;
+    let start_tokens = session.progress.tokens;
     let mut initial_val_loss = None;
     let mut last_val_loss = None;
     let mut pending_train: Option<StepReport> = None;
@@ -172,16 +159,19 @@ fn train_loop<B: TrainBackend>(
     // ⟨g_val, g_k⟩ from the step just before a mixer update (a probed step), for that update.
     let mut probed: Option<Vec<Option<f64>>> = None;
     loop {
-        let step = session.step;
+        let step = session.progress.step;
         if resumed_at != Some(step) {
             let mut record = Map::new();
             record.insert("step".into(), json!(step));
-            record.insert("tokens".into(), json!(session.tokens));
+            record.insert("tokens".into(), json!(session.progress.tokens));
             if let Some(report) = pending_train.take() {
                 add_train_fields(&mut record, &report, &names);
                 record.insert(
                     "tokens_by_source".into(),
-                    by_name(&names, session.tokens_by_source.iter().map(|&n| Some(n))),
+                    by_name(
+                        &names,
+                        session.progress.tokens_by_source.iter().map(|&n| Some(n)),
+                    ),
                 );
             }
             if step % train.eval_every == 0 || step == total {
@@ -202,7 +192,7 @@ fn train_loop<B: TrainBackend>(
             }
             if record.len() > 2 {
                 let elapsed = started.elapsed().as_secs_f64();
-                let tokens_done = (session.tokens - start_tokens) as f64;
+                let tokens_done = (session.progress.tokens - start_tokens) as f64;
                 record.insert(
                     "wall".into(),
                     json!({ "elapsed_s": elapsed, "tokens_per_s": tokens_done / elapsed.max(1e-9) }),
@@ -237,7 +227,7 @@ fn train_loop<B: TrainBackend>(
                     step,
                     message: format!(
                         "{message}. The last good state (step {}) is checkpoint {}",
-                        session.step,
+                        session.progress.step,
                         saved.display()
                     ),
                 });
@@ -248,9 +238,9 @@ fn train_loop<B: TrainBackend>(
         probed = report.grad_dot.take();
         report_progress(&progress, &session, &report, started, start_tokens, &config);
         if let Some(reason) = &report.skipped {
-            tracing::warn!(step = session.step, "step skipped: {reason}");
+            tracing::warn!(step = session.progress.step, "step skipped: {reason}");
         }
-        if session.step % train.log_every == 0 || report.skipped.is_some() {
+        if session.progress.step % train.log_every == 0 || report.skipped.is_some() {
             pending_train = Some(report);
         }
     }
@@ -344,23 +334,25 @@ fn write_mixture<B: TrainBackend>(
     session: &Session<B>,
     names: &[String],
 ) -> Result<()> {
-    let steps = session.step.max(1) as f64;
+    let steps = session.progress.step.max(1) as f64;
     let initial = &session.initial;
-    let time_averaged: Vec<f64> = session.weight_sums.iter().map(|w| w / steps).collect();
+    let time_averaged: Vec<f64> = session
+        .progress
+        .weight_sums
+        .iter()
+        .map(|w| w / steps)
+        .collect();
     let mut file = MixtureFile::new(names, session.mixer.weights())
-        .with(
-            "time_averaged",
-            mixture_file::by_name(names, &time_averaged),
-        )
-        .with("initial", mixture_file::by_name(names, &initial.weights))
+        .with("time_averaged", by_name(names, time_averaged))
+        .with("initial", by_name(names, initial.weights.iter().copied()))
         .with("init", json!(initial.method))
-        .with("steps", json!(session.step))
+        .with("steps", json!(session.progress.step))
         .with(
             "tokens_by_source",
-            mixture_file::by_name(names, &session.tokens_by_source),
+            by_name(names, session.progress.tokens_by_source.iter().copied()),
         );
     if let Some(entropy) = &initial.entropy {
-        file = file.with("entropy_nats", mixture_file::by_name(names, entropy));
+        file = file.with("entropy_nats", by_name(names, entropy.iter().copied()));
     }
     file.write(&run_dir.path.join(MIXTURE_FILE))
 }
@@ -389,18 +381,18 @@ fn report_progress<B: TrainBackend>(
     config: &Config,
 ) {
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    let tokens_per_s = (session.tokens - start_tokens) as f64 / elapsed;
+    let tokens_per_s = (session.progress.tokens - start_tokens) as f64 / elapsed;
     match bar {
         Some(bar) => {
-            bar.set_position(session.step as u64);
+            bar.set_position(session.progress.step as u64);
             bar.set_message(format!(
                 "loss {:.4}  {:.0} tok/s",
                 report.loss, tokens_per_s
             ));
         }
-        None if session.step.is_multiple_of(config.train.log_every) => {
+        None if session.progress.step.is_multiple_of(config.train.log_every) => {
             tracing::info!(
-                step = session.step,
+                step = session.progress.step,
                 loss = format!("{:.4}", report.loss),
                 tokens_per_s = format!("{tokens_per_s:.0}"),
                 lr = format!("{:.2e}", report.lr),

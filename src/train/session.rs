@@ -5,6 +5,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 
 use super::evaluator::{batch_tensors, Evaluation, Evaluator};
+use super::state::Progress;
 use crate::backend::TrainBackend;
 use crate::config::Config;
 use crate::data::{load_sources, load_target_sets, Batch, Sampler, Source, Tokenizer};
@@ -16,37 +17,27 @@ use crate::target::Target;
 
 pub struct Session<B: TrainBackend> {
     pub config: Config,
-    pub device: B::Device,
-    pub sources: Vec<Source>,
-    pub vocab_size: usize,
-    pub sampler: Sampler,
+    pub(crate) device: B::Device,
+    pub(crate) sources: Vec<Source>,
+    pub(crate) vocab_size: usize,
+    pub(crate) sampler: Sampler,
     pub model: Gpt<B>,
-    pub optim: AdamW<B::InnerBackend>,
-    pub mixer: Box<dyn Mixer>,
-    /// Optimizer steps completed.
-    pub step: usize,
-    /// Training tokens consumed (inputs, all micro-batches).
-    pub tokens: u64,
-    /// Σ over steps of the weights in force at each step, for the time-averaged mixture.
-    pub weight_sums: Vec<f64>,
-    /// Per source: (Σ sequence losses, sequences) since the last mixer update.
-    pub loss_since_update: Vec<(f64, u64)>,
-    /// Per source: training tokens drawn so far (inputs). Target sets never appear here.
-    pub tokens_by_source: Vec<u64>,
-    /// Steps skipped for a non-finite loss or gradient (`train.on_nonfinite = "skip"`).
-    pub skipped_steps: u32,
+    pub(crate) optim: AdamW<B::InnerBackend>,
+    pub(crate) mixer: Box<dyn Mixer>,
+    /// Steps, tokens and the per-source counters, saved with every checkpoint.
+    pub(crate) progress: Progress,
     /// The fixed validation windows of the sources and target sets.
     evaluator: Evaluator,
     /// The validation-only target sets (`[[target.sets]]`); the sampler never draws from them.
-    pub target_sets: Vec<Source>,
+    pub(crate) target_sets: Vec<Source>,
     /// The resolved `[target]`.
-    pub target: Target,
+    pub(crate) target: Target,
     /// The mixture the run started from.
-    pub initial: mixer::InitialMixture,
+    pub(crate) initial: mixer::InitialMixture,
     /// Parameter names by id, for single-pass statistics (built on first use).
     pub(super) param_names: Option<std::collections::HashMap<burn::module::ParamId, String>>,
     /// The reference model of DoReMi's excess loss.
-    pub reference: Option<Gpt<B::InnerBackend>>,
+    pub(crate) reference: Option<Gpt<B::InnerBackend>>,
 }
 
 /// What one training step measured.
@@ -77,7 +68,7 @@ impl<B: TrainBackend> Session<B> {
         let vocab_size = tokenizer.vocab_size();
         let initial =
             mixer::initial_mixture(&config.mixer, &config.run.out_dir, &sources, vocab_size)?;
-        let mixer = mixer::build(&config.mixer, &initial.weights, config.run.seed)?;
+        let mixer = config.mixer.build(&initial.weights, config.run.seed)?;
         B::seed(&device, config.run.seed);
         let model = config.model.init::<B>(vocab_size, &device);
         crate::params::materialize(&model);
@@ -94,12 +85,7 @@ impl<B: TrainBackend> Session<B> {
             vocab_size,
             model,
             mixer,
-            step: 0,
-            tokens: 0,
-            weight_sums: vec![0.0; k],
-            loss_since_update: vec![(0.0, 0); k],
-            tokens_by_source: vec![0; k],
-            skipped_steps: 0,
+            progress: Progress::new(k),
             evaluator,
             target_sets,
             target,
@@ -107,6 +93,21 @@ impl<B: TrainBackend> Session<B> {
             param_names: None,
             reference: None,
         })
+    }
+
+    /// Optimizer steps completed.
+    pub fn step(&self) -> usize {
+        self.progress.step
+    }
+
+    /// Tokens in the vocabulary (the model's embedding rows).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Sets DoReMi's reference model (normally trained by the run loop first).
+    pub fn set_reference(&mut self, reference: Gpt<B::InnerBackend>) {
+        self.reference = Some(reference);
     }
 
     pub fn source_names(&self) -> Vec<String> {
@@ -163,9 +164,10 @@ impl<B: TrainBackend> Session<B> {
             self.virtual_step_deltas(spec, lr, &candidates)
         });
         let stats = SourceStats {
-            step: self.step,
+            step: self.progress.step,
             lr,
             train_loss: self
+                .progress
                 .loss_since_update
                 .iter()
                 .map(|&(s, n)| (n > 0).then(|| s / n as f64))
@@ -174,10 +176,10 @@ impl<B: TrainBackend> Session<B> {
             influence,
             excess_loss,
             candidate_delta,
-            tokens_seen: self.tokens_by_source.clone(),
+            tokens_seen: self.progress.tokens_by_source.clone(),
         };
         let k = self.sources.len();
-        self.loss_since_update = vec![(0.0, 0); k];
+        self.progress.loss_since_update = vec![(0.0, 0); k];
         let update = self.mixer.update(&stats);
         if let Some(update) = &update {
             // A mixture with NaN in it would silently starve or flood a source: stop instead.
@@ -186,7 +188,7 @@ impl<B: TrainBackend> Session<B> {
                 || (total - 1.0).abs() > 1e-6
             {
                 return Err(Error::NonFinite {
-                    step: self.step,
+                    step: self.progress.step,
                     message: format!(
                         "the {:?} mixer's update gave weights {:?} (not a distribution); the \
                          run stops before using them (its last checkpoint is intact)",

@@ -9,6 +9,73 @@ use crate::checkpoint::{self, Snapshot, TrainState, FORMAT};
 use crate::error::{Error, Result};
 use crate::params::{collect_params, load_params};
 
+/// What a session has done so far: the counters a checkpoint carries beside the model,
+/// optimizer, sampler and mixer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Optimizer steps completed (skipped steps included: the schedule moves on).
+    pub step: usize,
+    /// Training tokens consumed (inputs, all micro-batches).
+    pub tokens: u64,
+    /// Σ over steps of the weights in force at each step, for the time-averaged mixture.
+    pub weight_sums: Vec<f64>,
+    /// Per source: (Σ sequence losses, sequences) since the last mixer update.
+    pub loss_since_update: Vec<(f64, u64)>,
+    /// Per source: training tokens drawn so far (inputs). Target sets never appear here.
+    pub tokens_by_source: Vec<u64>,
+    /// Steps skipped for a non-finite loss or gradient (`train.on_nonfinite = "skip"`).
+    pub skipped_steps: u32,
+}
+
+impl Progress {
+    pub fn new(sources: usize) -> Self {
+        Progress {
+            step: 0,
+            tokens: 0,
+            weight_sums: vec![0.0; sources],
+            loss_since_update: vec![(0.0, 0); sources],
+            tokens_by_source: vec![0; sources],
+            skipped_steps: 0,
+        }
+    }
+
+    /// An applied step of `tokens` inputs: `sequences[k]` sequences of `seq_len` from source
+    /// k, the mixture `weights` in force, and per source (Σ sequence losses, sequences).
+    pub fn record_step(
+        &mut self,
+        tokens: u64,
+        seq_len: usize,
+        sequences: &[usize],
+        weights: &[f64],
+        loss_sums: &[(f64, u64)],
+    ) {
+        self.step += 1;
+        self.tokens += tokens;
+        for (total, &n) in self.tokens_by_source.iter_mut().zip(sequences) {
+            *total += (n * seq_len) as u64;
+        }
+        self.add_weights(weights);
+        for (acc, (sum, n)) in self.loss_since_update.iter_mut().zip(loss_sums) {
+            acc.0 += sum;
+            acc.1 += n;
+        }
+    }
+
+    /// A step dropped unapplied: the schedule and the time-averaged mixture move on, no tokens
+    /// are counted.
+    pub fn record_skipped(&mut self, weights: &[f64]) {
+        self.skipped_steps += 1;
+        self.step += 1;
+        self.add_weights(weights);
+    }
+
+    fn add_weights(&mut self, weights: &[f64]) {
+        for (sum, w) in self.weight_sums.iter_mut().zip(weights) {
+            *sum += w;
+        }
+    }
+}
+
 impl<B: TrainBackend> Session<B> {
     /// Everything needed to continue this session exactly; `log_lengths` are the lengths of
     /// metrics.jsonl and ratios.csv at this moment.
@@ -18,16 +85,16 @@ impl<B: TrainBackend> Session<B> {
             optimizer: self.optim.to_named(),
             state: TrainState {
                 format: FORMAT,
-                step: self.step,
-                tokens: self.tokens,
+                step: self.progress.step,
+                tokens: self.progress.tokens,
                 config_hash: self.config.hash(),
                 optimizer_steps: self.optim.steps,
                 sampler: self.sampler.state().clone(),
                 mixer: self.mixer.state(),
-                weight_sums: self.weight_sums.clone(),
-                loss_since_update: self.loss_since_update.clone(),
-                tokens_by_source: self.tokens_by_source.clone(),
-                skipped_steps: self.skipped_steps,
+                weight_sums: self.progress.weight_sums.clone(),
+                loss_since_update: self.progress.loss_since_update.clone(),
+                tokens_by_source: self.progress.tokens_by_source.clone(),
+                skipped_steps: self.progress.skipped_steps,
                 metrics_bytes: log_lengths.0,
                 ratios_bytes: log_lengths.1,
             },
@@ -83,15 +150,17 @@ impl<B: TrainBackend> Session<B> {
         self.mixer
             .restore(&state.mixer)
             .map_err(|e| Error::checkpoint(&state_path, e))?;
-        self.step = state.step;
-        self.tokens = state.tokens;
-        self.weight_sums = state.weight_sums.clone();
-        self.loss_since_update = state.loss_since_update.clone();
-        self.skipped_steps = state.skipped_steps;
-        self.tokens_by_source = if state.tokens_by_source.is_empty() {
-            vec![0; k]
-        } else {
-            state.tokens_by_source.clone()
+        self.progress = Progress {
+            step: state.step,
+            tokens: state.tokens,
+            weight_sums: state.weight_sums.clone(),
+            loss_since_update: state.loss_since_update.clone(),
+            tokens_by_source: if state.tokens_by_source.is_empty() {
+                vec![0; k]
+            } else {
+                state.tokens_by_source.clone()
+            },
+            skipped_steps: state.skipped_steps,
         };
         Ok(state)
     }

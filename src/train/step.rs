@@ -39,7 +39,7 @@ impl<B: TrainBackend> Session<B> {
         if !self
             .config
             .mixer
-            .updates_at(self.step + 1, self.config.train.steps)
+            .updates_at(self.progress.step + 1, self.config.train.steps)
         {
             return None;
         }
@@ -82,7 +82,7 @@ impl<B: TrainBackend> Session<B> {
         let (policy, max_skipped) = (train.on_nonfinite, train.max_skipped_steps);
         let step_sequences = train.batch_size * train.grad_accum;
         let batch_size = train.batch_size;
-        let lr = lr_at(self.step, train);
+        let lr = lr_at(self.progress.step, train);
         let weights = self.mixer.weights().to_vec();
         let k = weights.len();
         let sources = self.sampler.draw_sources(&weights, apply, step_sequences);
@@ -133,7 +133,7 @@ impl<B: TrainBackend> Session<B> {
                 }
             }
             accumulator.accumulate(&self.model, out.grads);
-            let poison = crate::fault::nonfinite_loss(self.step + 1);
+            let poison = crate::fault::nonfinite_loss(self.progress.step + 1);
             for (i, ((&s, &l), &w)) in micro
                 .iter()
                 .zip(&out.seq_loss)
@@ -168,13 +168,9 @@ impl<B: TrainBackend> Session<B> {
         let grad_norm = global_grad_norm(&self.model, &grads);
         if !loss.is_finite() || !grad_norm.is_finite() {
             let message = self.nonfinite_message(loss, grad_norm, &sums);
-            if policy == NonFinitePolicy::Skip && self.skipped_steps < max_skipped {
+            if policy == NonFinitePolicy::Skip && self.progress.skipped_steps < max_skipped {
                 // The batch is dropped; the schedule moves on as if the step had happened.
-                self.skipped_steps += 1;
-                self.step += 1;
-                for (sum, w) in self.weight_sums.iter_mut().zip(&weights) {
-                    *sum += w;
-                }
+                self.progress.record_skipped(&weights);
                 return Ok(StepReport {
                     loss,
                     loss_by_source: vec![None; k],
@@ -194,7 +190,7 @@ impl<B: TrainBackend> Session<B> {
                 message
             };
             return Err(Error::NonFinite {
-                step: self.step + 1,
+                step: self.progress.step + 1,
                 message,
             });
         }
@@ -209,18 +205,8 @@ impl<B: TrainBackend> Session<B> {
 
         let seq_len = self.config.data.seq_len;
         let step_tokens = sources.len() * seq_len;
-        self.step += 1;
-        self.tokens += step_tokens as u64;
-        for (total, &n) in self.tokens_by_source.iter_mut().zip(&counts) {
-            *total += (n * seq_len) as u64;
-        }
-        for (sum, w) in self.weight_sums.iter_mut().zip(&weights) {
-            *sum += w;
-        }
-        for (acc, (s, n)) in self.loss_since_update.iter_mut().zip(&sums) {
-            acc.0 += s;
-            acc.1 += n;
-        }
+        self.progress
+            .record_step(step_tokens as u64, seq_len, &counts, &weights, &sums);
         Ok(StepReport {
             loss,
             loss_by_source: sums

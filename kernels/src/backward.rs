@@ -1,0 +1,307 @@
+//! `StatKernels` for `Autodiff<B>`: each fused op is a tracked op whose forward and backward
+//! are `B`'s (`B`'s kernels or host loops); with `B`'s references, burn's autodiff through the
+//! reference ops instead, so those numbers are exactly burn's.
+
+use burn::backend::autodiff::{
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+    Autodiff, NodeId,
+};
+use burn::prelude::*;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::TensorPrimitive;
+
+use crate::reference;
+use crate::{KernelImpl, StatKernels};
+
+fn float<B: Backend, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+fn int<B: Backend, const D: usize>(primitive: IntTensor<B>) -> Tensor<B, D, Int> {
+    Tensor::from_primitive(primitive)
+}
+
+/// The backward of the causal softmax: state = (its output y, scale).
+#[derive(Debug)]
+struct CausalSoftmaxBackward;
+
+impl<B: StatKernels> Backward<B, 1> for CausalSoftmaxBackward {
+    type State = (FloatTensor<B>, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [scores_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (y, scale) = ops.state;
+        if let Some(node) = scores_node {
+            let ds = B::causal_softmax_backward(float::<B, 4>(y), float::<B, 4>(dy), scale);
+            grads.register::<B>(node.id, ds.into_primitive().tensor());
+        }
+    }
+}
+
+/// The backward of RoPE: the inverse rotation. State = (cos, sin) [seq, head_dim / 2].
+#[derive(Debug)]
+struct RopeBackward;
+
+impl<B: StatKernels> Backward<B, 1> for RopeBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (cos, sin) = ops.state;
+        if let Some(node) = x_node {
+            let dx = B::rope(float::<B, 4>(dy), float::<B, 2>(cos), -float::<B, 2>(sin));
+            grads.register::<B>(node.id, dx.into_primitive().tensor());
+        }
+    }
+}
+
+/// The backward of RMSNorm: state = (x [rows, d], gain [d], eps).
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl<B: StatKernels> Backward<B, 2> for RmsNormBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node, gain_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, gain, eps) = ops.state;
+        let (dx, dgain) = B::rms_norm_backward(
+            float::<B, 2>(x),
+            float::<B, 1>(gain),
+            float::<B, 2>(dy),
+            eps,
+        );
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, dx.into_primitive().tensor());
+        }
+        if let Some(node) = gain_node {
+            grads.register::<B>(node.id, dgain.into_primitive().tensor());
+        }
+    }
+}
+
+/// The backward of GELU: state = x.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl<B: StatKernels> Backward<B, 1> for GeluBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = x_node {
+            let dx = B::gelu_rows_backward(float::<B, 2>(ops.state), float::<B, 2>(dy));
+            grads.register::<B>(node.id, dx.into_primitive().tensor());
+        }
+    }
+}
+
+/// The backward of the fused cross-entropy: state = (logits' checkpoint, targets [n],
+/// logsumexp [n]).
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl<B: StatKernels> Backward<B, 1> for CrossEntropyBackward {
+    type State = (NodeId, IntTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [logits_node] = ops.parents;
+        let dloss = grads.consume::<B>(&ops.node); // [n]
+        let (logits_id, targets, logsumexp) = ops.state;
+        let logits: FloatTensor<B> = checkpointer.retrieve_node_output(logits_id);
+        if let Some(node) = logits_node {
+            let dlogits = B::cross_entropy_rows_backward(
+                float::<B, 2>(logits),
+                int::<B, 1>(targets),
+                float::<B, 1>(logsumexp),
+                float::<B, 1>(dloss),
+            );
+            grads.register::<B>(node.id, dlogits.into_primitive().tensor());
+        }
+    }
+}
+
+impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
+    const IMPL: KernelImpl = B::IMPL;
+
+    fn cross_entropy_per_token(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        if B::IMPL == KernelImpl::Reference {
+            return reference::cross_entropy_per_token(logits, targets);
+        }
+        let logits = logits.into_primitive().tensor();
+        let targets: IntTensor<B> = targets.into_primitive();
+        let loss = match CrossEntropyBackward
+            .prepare::<C>([logits.node.clone()])
+            // Keeps its state (logits' checkpoint, logsumexp) rather than recomputing the
+            // forward when gradient checkpointing is on.
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let logits_id = prep.checkpoint(&logits);
+                let (loss, logsumexp) = B::cross_entropy_rows(
+                    float::<B, 2>(logits.primitive),
+                    int::<B, 1>(targets.clone()),
+                );
+                let state = (logits_id, targets, logsumexp.into_primitive().tensor());
+                prep.finish(state, loss.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => {
+                let (loss, _) =
+                    B::cross_entropy_rows(float::<B, 2>(logits.primitive), int::<B, 1>(targets));
+                prep.finish(loss.into_primitive().tensor())
+            }
+        };
+        float::<Self, 1>(loss)
+    }
+
+    /// A tracked op where `B` has fused host loops (one graph node instead of the scale, mask
+    /// and softmax's five); burn's autodiff of the reference ops elsewhere (the GPU backends
+    /// keep the graph their kernels were tested with).
+    fn causal_softmax(scores: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
+        if B::IMPL != KernelImpl::Host {
+            return reference::causal_softmax(scores, scale);
+        }
+        let scores = scores.into_primitive().tensor();
+        let y = match CausalSoftmaxBackward
+            .prepare::<C>([scores.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::causal_softmax(float::<B, 4>(scores.primitive), scale)
+                    .into_primitive()
+                    .tensor();
+                prep.finish((y.clone(), scale), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::causal_softmax(float::<B, 4>(scores.primitive), scale)
+                    .into_primitive()
+                    .tensor(),
+            ),
+        };
+        float::<Self, 4>(y)
+    }
+
+    /// A tracked op where `B` has fused host loops (the tables are constants; its backward is
+    /// the inverse rotation); burn's autodiff of the reference ops elsewhere.
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 2>, sin: Tensor<Self, 2>) -> Tensor<Self, 4> {
+        if B::IMPL != KernelImpl::Host {
+            return reference::rope(x, cos, sin);
+        }
+        let x = x.into_primitive().tensor();
+        let (cos, sin) = (cos.inner(), sin.inner());
+        let y = match RopeBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::rope(float::<B, 4>(x.primitive), cos.clone(), sin.clone());
+                let state = (cos.into_primitive().tensor(), sin.into_primitive().tensor());
+                prep.finish(state, y.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::rope(float::<B, 4>(x.primitive), cos, sin)
+                    .into_primitive()
+                    .tensor(),
+            ),
+        };
+        float::<Self, 4>(y)
+    }
+
+    /// A tracked op where `B` has fused host loops; burn's autodiff of the reference ops
+    /// elsewhere (the GPU backends' numbers stay what they were).
+    fn rms_norm(x: Tensor<Self, 2>, gain: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        if B::IMPL != KernelImpl::Host {
+            return reference::rms_norm(x, gain, eps);
+        }
+        let x = x.into_primitive().tensor();
+        let gain = gain.into_primitive().tensor();
+        let y = match RmsNormBackward
+            .prepare::<C>([x.node.clone(), gain.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::rms_norm(
+                    float::<B, 2>(x.primitive.clone()),
+                    float::<B, 1>(gain.primitive.clone()),
+                    eps,
+                );
+                prep.finish(
+                    (x.primitive, gain.primitive, eps),
+                    y.into_primitive().tensor(),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::rms_norm(
+                    float::<B, 2>(x.primitive),
+                    float::<B, 1>(gain.primitive),
+                    eps,
+                )
+                .into_primitive()
+                .tensor(),
+            ),
+        };
+        float::<Self, 2>(y)
+    }
+
+    /// A tracked op where `B` has fused host loops; burn's own GELU elsewhere.
+    fn gelu_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if B::IMPL != KernelImpl::Host {
+            return burn::tensor::activation::gelu(x);
+        }
+        let x = x.into_primitive().tensor();
+        let y = match GeluBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::gelu_rows(float::<B, 2>(x.primitive.clone()));
+                prep.finish(x.primitive, y.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::gelu_rows(float::<B, 2>(x.primitive))
+                    .into_primitive()
+                    .tensor(),
+            ),
+        };
+        float::<Self, 2>(y)
+    }
+}
