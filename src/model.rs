@@ -245,7 +245,7 @@ impl<B: StatKernels> Gpt<B> {
             }
             None => {
                 let x = x.reshape([batch * seq, d_model]); // [batch · seq, d_model]
-                let logits = x.clone().matmul(self.tok_emb.weight.val().transpose()); // [batch · seq, vocab]
+                let logits = B::matmul(x.clone(), self.tok_emb.weight.val().transpose()); // [batch · seq, vocab]
                 match trace {
                     Some(t) => {
                         let vocab = logits.dims()[1];
@@ -289,10 +289,9 @@ impl<B: StatKernels> Attention<B> {
         let k = B::rope(heads(k), cos.clone(), sin.clone());
         let v = heads(v);
         // Scale, causal mask and softmax in one op (fused host loop on the CPU).
-        let scores = q.matmul(k.swap_dims(2, 3)); // [batch, heads, seq, seq]
+        let scores = B::matmul(q, k.swap_dims(2, 3)); // [batch, heads, seq, seq]
         let attn = B::causal_softmax(scores, 1.0 / (head_dim as f64).sqrt());
-        let out = attn
-            .matmul(v) // [batch, heads, seq, head_dim]
+        let out = B::matmul(attn, v) // [batch, heads, seq, head_dim]
             .swap_dims(1, 2)
             .reshape([batch, seq, d_model]);
         linear_traced(&self.o_proj, out, trace)
@@ -382,7 +381,7 @@ fn linear_traced<B: StatKernels>(
     let [b, s, d_in] = x.dims();
     let rows = x.clone().reshape([b * s, d_in]); // [b · s, in]
     let y = if B::IMPL == KernelImpl::Host {
-        let y = rows.clone().matmul(layer.weight.val()); // [b · s, out]
+        let y = B::matmul(rows.clone(), layer.weight.val()); // [b · s, out]
         let d_out = y.dims()[1];
         y.reshape([b, s, d_out])
     } else {

@@ -69,6 +69,36 @@ impl<B: StatKernels> Backward<B, 1> for RopeBackward {
     }
 }
 
+/// The backward of a matrix product: state = (lhs [.., m, k], rhs [.., k, n]); d lhs = dy rhsᵀ,
+/// d rhs = lhsᵀ dy, the transposes being views (`B::matmul` reads strides in place).
+#[derive(Debug)]
+struct MatmulBackward<const D: usize>;
+
+impl<B: StatKernels, const D: usize> Backward<B, 2> for MatmulBackward<D> {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [lhs_node, rhs_node] = ops.parents;
+        let dy = float::<B, D>(grads.consume::<B>(&ops.node));
+        let (lhs, rhs) = ops.state;
+        if let Some(node) = lhs_node {
+            let rhs_t = float::<B, D>(rhs).swap_dims(D - 2, D - 1);
+            let dlhs = B::matmul(dy.clone(), rhs_t);
+            grads.register::<B>(node.id, dlhs.into_primitive().tensor());
+        }
+        if let Some(node) = rhs_node {
+            let lhs_t = float::<B, D>(lhs).swap_dims(D - 2, D - 1);
+            let drhs = B::matmul(lhs_t, dy);
+            grads.register::<B>(node.id, drhs.into_primitive().tensor());
+        }
+    }
+}
+
 /// The backward of RMSNorm: state = (x [rows, d], gain [d], eps).
 #[derive(Debug)]
 struct RmsNormBackward;
@@ -242,6 +272,35 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
             ),
         };
         float::<Self, 4>(y)
+    }
+
+    /// A tracked op where `B` has host products; burn's matmul and its autodiff elsewhere.
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        let (l, r) = (lhs.dims(), rhs.dims());
+        if B::IMPL != KernelImpl::Host || l[..D - 2] != r[..D - 2] || l[D - 1] != r[D - 2] {
+            return lhs.matmul(rhs);
+        }
+        let lhs = lhs.into_primitive().tensor();
+        let rhs = rhs.into_primitive().tensor();
+        let y = match MatmulBackward::<D>
+            .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::matmul(
+                    float::<B, D>(lhs.primitive.clone()),
+                    float::<B, D>(rhs.primitive.clone()),
+                );
+                prep.finish((lhs.primitive, rhs.primitive), y.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::matmul(float::<B, D>(lhs.primitive), float::<B, D>(rhs.primitive))
+                    .into_primitive()
+                    .tensor(),
+            ),
+        };
+        float::<Self, D>(y)
     }
 
     /// A tracked op where `B` has fused host loops; burn's autodiff of the reference ops

@@ -92,6 +92,12 @@ pub trait StatKernels: Backend {
         reference::cross_entropy_rows_backward(logits, targets, logsumexp, dloss)
     }
 
+    /// lhs [.., m, k] × rhs [.., k, n] with the same leading dims (burn's `matmul` otherwise).
+    /// Differentiable on autodiff backends.
+    fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
+        lhs.matmul(rhs)
+    }
+
     /// Causal softmax of attention scores [batch, heads, seq, seq] scaled by `scale`: keys after
     /// the query get exactly 0. Differentiable on autodiff backends (one tracked op).
     fn causal_softmax(scores: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
@@ -252,6 +258,50 @@ mod tests {
                 assert!((g - w).abs() < 1e-5, "{what}: {g} vs {w}");
             }
         }
+    }
+
+    /// ndarray's host product on strided operands (transposed views, as the backward passes
+    /// them) gives the very bits of burn's matmul, forward and through autodiff.
+    #[test]
+    fn ndarray_host_matmul_matches_burn_bit_for_bit_on_strided_operands() {
+        type Host = Autodiff<burn::backend::NdArray>;
+        let device = Default::default();
+        Host::seed(&device, 11);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let bits = |t: Tensor<Host, 4>| -> Vec<u32> {
+            let values: Vec<f32> = t.into_data().to_vec().unwrap();
+            values.iter().map(|v| v.to_bits()).collect()
+        };
+        // [2, 3, 5, 7] × ([2, 3, 6, 7] transposed) → [2, 3, 5, 6]; the 2-D case is the linear.
+        let a = Tensor::<Host, 4>::random([2, 3, 5, 7], normal, &device);
+        let b = Tensor::<Host, 4>::random([2, 3, 6, 7], normal, &device);
+        let w = Tensor::<Host, 4>::random([2, 3, 5, 6], normal, &device);
+        let run = |host: bool| {
+            let (a, b) = (a.clone().require_grad(), b.clone().require_grad());
+            let y = if host {
+                <Host as StatKernels>::matmul(a.clone(), b.clone().swap_dims(2, 3))
+            } else {
+                a.clone().matmul(b.clone().swap_dims(2, 3))
+            };
+            let grads = (y.clone() * w.clone()).sum().backward();
+            let (da, db) = (a.grad(&grads).unwrap(), b.grad(&grads).unwrap());
+            (
+                bits(y),
+                bits(Tensor::from_inner(da)),
+                bits(Tensor::from_inner(db)),
+            )
+        };
+        assert_eq!(run(true), run(false));
+
+        let x = Tensor::<Host, 2>::random([9, 4], normal, &device);
+        let m = Tensor::<Host, 2>::random([9, 8], normal, &device);
+        let got = <Host as StatKernels>::matmul(x.clone().transpose(), m.clone());
+        let want = x.transpose().matmul(m);
+        let to_bits = |t: Tensor<Host, 2>| -> Vec<u32> {
+            let v: Vec<f32> = t.into_data().to_vec().unwrap();
+            v.iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(to_bits(got), to_bits(want));
     }
 
     #[test]
