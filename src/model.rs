@@ -241,10 +241,10 @@ impl<B: StatKernels> Gpt<B> {
             Some(head) => {
                 let logits = linear_traced(head, x, trace); // [batch, seq, vocab]
                 let vocab = logits.dims()[2];
-                logits.reshape([batch * seq, vocab])
+                B::reshape(logits, [batch * seq, vocab])
             }
             None => {
-                let x = x.reshape([batch * seq, d_model]); // [batch · seq, d_model]
+                let x = B::reshape(x, [batch * seq, d_model]); // [batch · seq, d_model]
                 let logits = B::matmul(x.clone(), self.tok_emb.weight.val().transpose()); // [batch · seq, vocab]
                 match trace {
                     Some(t) => {
@@ -280,7 +280,8 @@ impl<B: StatKernels> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         let head_dim = d_model / n_heads;
-        let heads = |t: Tensor<B, 3>| t.reshape([batch, seq, n_heads, head_dim]).swap_dims(1, 2); // [batch, heads, seq, head_dim]
+        let heads =
+            |t: Tensor<B, 3>| B::reshape(t, [batch, seq, n_heads, head_dim]).swap_dims(1, 2); // [batch, heads, seq, head_dim]
         let q = linear_traced(&self.q_proj, x.clone(), trace.as_deref_mut());
         let k = linear_traced(&self.k_proj, x.clone(), trace.as_deref_mut());
         let v = linear_traced(&self.v_proj, x, trace.as_deref_mut());
@@ -306,7 +307,7 @@ impl<B: StatKernels> Mlp<B> {
             None => {
                 // One op (fused host loop on the CPU). [batch · seq, d_ff]
                 let [b, t, f] = up.dims();
-                B::gelu_rows(up.reshape([b * t, f])).reshape([b, t, f])
+                B::reshape(B::gelu_rows(B::reshape(up, [b * t, f])), [b, t, f])
             }
         };
         linear_traced(&self.down_proj, hidden, trace)
@@ -379,11 +380,11 @@ fn linear_traced<B: StatKernels>(
     // gradients): one large matmul uses both cores and packs the weight once.
     // (Host backends only: the GPU backends keep burn's form, which their tests ran.)
     let [b, s, d_in] = x.dims();
-    let rows = x.clone().reshape([b * s, d_in]); // [b · s, in]
+    let rows = B::reshape(x.clone(), [b * s, d_in]); // [b · s, in]
     let y = if B::IMPL == KernelImpl::Host {
         let y = B::matmul(rows.clone(), layer.weight.val()); // [b · s, out]
         let d_out = y.dims()[1];
-        y.reshape([b, s, d_out])
+        B::reshape(y, [b, s, d_out])
     } else {
         layer.forward(x)
     };
@@ -403,8 +404,8 @@ fn rms_norm<B: StatKernels>(
     let [b, s, d] = x.dims();
     let Some(t) = trace else {
         // One op (fused host loop on the CPU). [batch · seq, d_model]
-        let y = B::rms_norm(x.reshape([b * s, d]), norm.gamma.val(), norm.epsilon);
-        return y.reshape([b, s, d]);
+        let y = B::rms_norm(B::reshape(x, [b * s, d]), norm.gamma.val(), norm.epsilon);
+        return B::reshape(y, [b, s, d]);
     };
     let rms = (x.clone().square().mean_dim(2) + norm.epsilon).sqrt(); // [b, s, 1]
     let x_hat = x / rms; // [b, s, d]

@@ -69,6 +69,28 @@ impl<B: StatKernels> Backward<B, 1> for RopeBackward {
     }
 }
 
+/// The backward of a reshape: state = the input's shape.
+#[derive(Debug)]
+struct ReshapeBackward<const D1: usize, const D2: usize>;
+
+impl<B: StatKernels, const D1: usize, const D2: usize> Backward<B, 1> for ReshapeBackward<D1, D2> {
+    type State = [usize; D1];
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node] = ops.parents;
+        let dy = float::<B, D2>(grads.consume::<B>(&ops.node));
+        if let Some(node) = x_node {
+            let dx = B::reshape(dy, ops.state);
+            grads.register::<B>(node.id, dx.into_primitive().tensor());
+        }
+    }
+}
+
 /// The backward of a matrix product: state = (lhs [.., m, k], rhs [.., k, n]); d lhs = dy rhsᵀ,
 /// d rhs = lhsᵀ dy, the transposes being views (`B::matmul` reads strides in place).
 #[derive(Debug)]
@@ -272,6 +294,35 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
             ),
         };
         float::<Self, 4>(y)
+    }
+
+    /// A tracked op where `B` has host ops (reshaping without a copy, both ways); burn's
+    /// reshape elsewhere.
+    fn reshape<const D1: usize, const D2: usize>(
+        x: Tensor<Self, D1>,
+        shape: [usize; D2],
+    ) -> Tensor<Self, D2> {
+        if B::IMPL != KernelImpl::Host {
+            return x.reshape(shape);
+        }
+        let from = x.dims();
+        let x = x.into_primitive().tensor();
+        let y = match ReshapeBackward::<D1, D2>
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::reshape(float::<B, D1>(x.primitive), shape);
+                prep.finish(from, y.into_primitive().tensor())
+            }
+            OpsKind::UnTracked(prep) => prep.finish(
+                B::reshape(float::<B, D1>(x.primitive), shape)
+                    .into_primitive()
+                    .tensor(),
+            ),
+        };
+        float::<Self, D2>(y)
     }
 
     /// A tracked op where `B` has host products; burn's matmul and its autodiff elsewhere.

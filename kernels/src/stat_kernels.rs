@@ -92,6 +92,14 @@ pub trait StatKernels: Backend {
         reference::cross_entropy_rows_backward(logits, targets, logsumexp, dloss)
     }
 
+    /// x reshaped to `shape` (the same number of elements, row-major); differentiable.
+    fn reshape<const D1: usize, const D2: usize>(
+        x: Tensor<Self, D1>,
+        shape: [usize; D2],
+    ) -> Tensor<Self, D2> {
+        x.reshape(shape)
+    }
+
     /// lhs [.., m, k] × rhs [.., k, n] with the same leading dims (burn's `matmul` otherwise).
     /// Differentiable on autodiff backends.
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
@@ -302,6 +310,38 @@ mod tests {
             v.iter().map(|v| v.to_bits()).collect()
         };
         assert_eq!(to_bits(got), to_bits(want));
+    }
+
+    /// ndarray's copy-free reshape gives burn's values and gradients, for a row-major input and
+    /// for a strided one (which it copies as burn does).
+    #[test]
+    fn ndarray_host_reshape_matches_burn_forward_and_backward() {
+        type Host = Autodiff<burn::backend::NdArray>;
+        let device = Default::default();
+        Host::seed(&device, 5);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<Host, 3>::random([2, 3, 4], normal, &device);
+        let w = Tensor::<Host, 2>::random([6, 4], normal, &device);
+        for strided in [false, true] {
+            let run = |host: bool| {
+                let x = x.clone().require_grad();
+                let input = if strided {
+                    x.clone().swap_dims(0, 1) // [3, 2, 4], not row-major
+                } else {
+                    x.clone()
+                };
+                let y: Tensor<Host, 2> = if host {
+                    <Host as StatKernels>::reshape(input, [6, 4])
+                } else {
+                    input.reshape([6, 4])
+                };
+                let grads = (y.clone() * y.clone() * w.clone()).sum().backward();
+                let dx: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+                let y: Vec<f32> = y.into_data().to_vec().unwrap();
+                (y, dx)
+            };
+            assert_eq!(run(true), run(false), "strided {strided}");
+        }
     }
 
     #[test]
