@@ -273,7 +273,7 @@ fn host_f32<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<f32> {
             // Strided with contiguous rows (the attention heads: a [b, s, h, hd] array viewed as
             // [b, h, s, hd]): one copy per row rather than per element.
             let rank = view.ndim();
-            if rank > 0 && view.strides()[rank - 1] == 1 && view.len() > 0 {
+            if rank > 0 && view.strides()[rank - 1] == 1 && !view.is_empty() {
                 let mut values = Vec::with_capacity(view.len());
                 for row in view.rows() {
                     values.extend_from_slice(row.as_slice().expect("unit stride"));
