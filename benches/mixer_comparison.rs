@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
-    ApplyMode, Config, InitSpec, MixerConfig, MixerKind, SignalNorm, TargetSetConfig,
+    ApplyMode, Config, InfluenceFrom, InitSpec, MixerConfig, MixerKind, SignalNorm, TargetSetConfig,
 };
 use mixtrain::train::{run, RunOptions};
 
@@ -75,6 +75,14 @@ const METHODS: &[Method] = &[
     Method {
         name: "tikmix",
         apply: |c| c.mixer.kind = MixerKind::Tikmix,
+    },
+    // tikmix with I_k from the probed training step before each update (no extra passes).
+    Method {
+        name: "tikmix-probe",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.influence = InfluenceFrom::Probe;
+        },
     },
     Method {
         name: "tikmix-m",

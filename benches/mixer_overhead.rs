@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use mixtrain::backend::{dispatch, BackendTask, TrainBackend};
-use mixtrain::config::{BackendKind, Config, GradStats, MixerKind};
+use mixtrain::config::{BackendKind, Config, GradStats, InfluenceFrom, MixerKind};
 use mixtrain::train::Session;
 
 struct Bench {
@@ -65,26 +65,35 @@ fn main() -> mixtrain::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    // (label, mixer, per-source statistics of fastmix's probed step)
+    // (label, mixer, per-source statistics of the probed step, where tikmix's I_k comes from)
+    let extra = InfluenceFrom::ExtraPasses;
     let variants = [
-        ("static", MixerKind::Static, GradStats::PerSource),
-        ("fastmix", MixerKind::Fastmix, GradStats::PerSource),
+        ("static", MixerKind::Static, GradStats::PerSource, extra),
+        ("fastmix", MixerKind::Fastmix, GradStats::PerSource, extra),
         (
             "fastmix/single-pass",
             MixerKind::Fastmix,
             GradStats::SinglePass,
+            extra,
         ),
-        ("tikmix", MixerKind::Tikmix, GradStats::PerSource),
-        ("tikmix-m", MixerKind::TikmixM, GradStats::PerSource),
-        ("odm", MixerKind::Odm, GradStats::PerSource),
-        ("doremi", MixerKind::Doremi, GradStats::PerSource),
+        ("tikmix", MixerKind::Tikmix, GradStats::PerSource, extra),
+        (
+            "tikmix/probe",
+            MixerKind::Tikmix,
+            GradStats::PerSource,
+            InfluenceFrom::Probe,
+        ),
+        ("tikmix-m", MixerKind::TikmixM, GradStats::PerSource, extra),
+        ("odm", MixerKind::Odm, GradStats::PerSource, extra),
+        ("doremi", MixerKind::Doremi, GradStats::PerSource, extra),
     ];
     let mut samples = vec![Vec::new(); variants.len()];
     for _ in 0..rounds {
-        for (i, (_, kind, grad_stats)) in variants.iter().enumerate() {
+        for (i, (_, kind, grad_stats, influence)) in variants.iter().enumerate() {
             let mut config = base.clone();
             config.mixer.kind = *kind;
             config.mixer.grad_stats = *grad_stats;
+            config.mixer.tikmix.influence = *influence;
             samples[i].push(dispatch(config.run.backend, Bench { config, steps })?);
         }
     }
@@ -93,7 +102,7 @@ fn main() -> mixtrain::Result<()> {
         v[v.len() / 2]
     };
     let medians: Vec<f64> = samples.iter_mut().map(median).collect();
-    for ((label, _, _), ms) in variants.iter().zip(&medians) {
+    for ((label, ..), ms) in variants.iter().zip(&medians) {
         println!(
             "mixer_overhead/{label:<20} {ms:>8.1} ms/step (median of {rounds})  ratio vs static {:.3}",
             ms / medians[0]
