@@ -204,6 +204,26 @@ impl<B: StatKernels> Backward<B, 1> for CrossEntropyBackward {
     }
 }
 
+/// Runs `forward` (the output and the backward's state) as one op: tracked when a parent needs
+/// a gradient (the state is kept for the backward), untracked otherwise (the state dropped).
+fn tracked_op<B, C, BW, const N: usize>(
+    prepared: OpsKind<BW, B, BW::State, C, N>,
+    forward: impl FnOnce() -> (FloatTensor<B>, BW::State),
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: StatKernels,
+    C: CheckpointStrategy,
+    BW: Backward<B, N>,
+{
+    match prepared {
+        OpsKind::Tracked(prep) => {
+            let (y, state) = forward();
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward().0),
+    }
+}
+
 impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
     const IMPL: KernelImpl = B::IMPL;
 
@@ -249,23 +269,18 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
             return reference::causal_softmax(scores, scale);
         }
         let scores = scores.into_primitive().tensor();
-        let y = match CausalSoftmaxBackward
-            .prepare::<C>([scores.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        let y = tracked_op(
+            CausalSoftmaxBackward
+                .prepare::<C>([scores.node.clone()])
+                .compute_bound()
+                .stateful(),
+            || {
                 let y = B::causal_softmax(float::<B, 4>(scores.primitive), scale)
                     .into_primitive()
                     .tensor();
-                prep.finish((y.clone(), scale), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(
-                B::causal_softmax(float::<B, 4>(scores.primitive), scale)
-                    .into_primitive()
-                    .tensor(),
-            ),
-        };
+                (y.clone(), (y, scale))
+            },
+        );
         float::<Self, 4>(y)
     }
 
@@ -277,22 +292,17 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
         }
         let x = x.into_primitive().tensor();
         let (cos, sin) = (cos.inner(), sin.inner());
-        let y = match RopeBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        let y = tracked_op(
+            RopeBackward
+                .prepare::<C>([x.node.clone()])
+                .compute_bound()
+                .stateful(),
+            || {
                 let y = B::rope(float::<B, 4>(x.primitive), cos.clone(), sin.clone());
                 let state = (cos.into_primitive().tensor(), sin.into_primitive().tensor());
-                prep.finish(state, y.into_primitive().tensor())
-            }
-            OpsKind::UnTracked(prep) => prep.finish(
-                B::rope(float::<B, 4>(x.primitive), cos, sin)
-                    .into_primitive()
-                    .tensor(),
-            ),
-        };
+                (y.into_primitive().tensor(), state)
+            },
+        );
         float::<Self, 4>(y)
     }
 
@@ -307,21 +317,16 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
         }
         let from = x.dims();
         let x = x.into_primitive().tensor();
-        let y = match ReshapeBackward::<D1, D2>
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        let y = tracked_op(
+            ReshapeBackward::<D1, D2>
+                .prepare::<C>([x.node.clone()])
+                .compute_bound()
+                .stateful(),
+            || {
                 let y = B::reshape(float::<B, D1>(x.primitive), shape);
-                prep.finish(from, y.into_primitive().tensor())
-            }
-            OpsKind::UnTracked(prep) => prep.finish(
-                B::reshape(float::<B, D1>(x.primitive), shape)
-                    .into_primitive()
-                    .tensor(),
-            ),
-        };
+                (y.into_primitive().tensor(), from)
+            },
+        );
         float::<Self, D2>(y)
     }
 
@@ -333,24 +338,19 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
         }
         let lhs = lhs.into_primitive().tensor();
         let rhs = rhs.into_primitive().tensor();
-        let y = match MatmulBackward::<D>
-            .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        let y = tracked_op(
+            MatmulBackward::<D>
+                .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+                .compute_bound()
+                .stateful(),
+            || {
                 let y = B::matmul(
                     float::<B, D>(lhs.primitive.clone()),
                     float::<B, D>(rhs.primitive.clone()),
                 );
-                prep.finish((lhs.primitive, rhs.primitive), y.into_primitive().tensor())
-            }
-            OpsKind::UnTracked(prep) => prep.finish(
-                B::matmul(float::<B, D>(lhs.primitive), float::<B, D>(rhs.primitive))
-                    .into_primitive()
-                    .tensor(),
-            ),
-        };
+                (y.into_primitive().tensor(), (lhs.primitive, rhs.primitive))
+            },
+        );
         float::<Self, D>(y)
     }
 
@@ -362,32 +362,23 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
         }
         let x = x.into_primitive().tensor();
         let gain = gain.into_primitive().tensor();
-        let y = match RmsNormBackward
-            .prepare::<C>([x.node.clone(), gain.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        let y = tracked_op(
+            RmsNormBackward
+                .prepare::<C>([x.node.clone(), gain.node.clone()])
+                .compute_bound()
+                .stateful(),
+            || {
                 let y = B::rms_norm(
                     float::<B, 2>(x.primitive.clone()),
                     float::<B, 1>(gain.primitive.clone()),
                     eps,
                 );
-                prep.finish(
-                    (x.primitive, gain.primitive, eps),
+                (
                     y.into_primitive().tensor(),
+                    (x.primitive, gain.primitive, eps),
                 )
-            }
-            OpsKind::UnTracked(prep) => prep.finish(
-                B::rms_norm(
-                    float::<B, 2>(x.primitive),
-                    float::<B, 1>(gain.primitive),
-                    eps,
-                )
-                .into_primitive()
-                .tensor(),
-            ),
-        };
+            },
+        );
         float::<Self, 2>(y)
     }
 
@@ -397,21 +388,16 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
             return burn::tensor::activation::gelu(x);
         }
         let x = x.into_primitive().tensor();
-        let y = match GeluBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        let y = tracked_op(
+            GeluBackward
+                .prepare::<C>([x.node.clone()])
+                .compute_bound()
+                .stateful(),
+            || {
                 let y = B::gelu_rows(float::<B, 2>(x.primitive.clone()));
-                prep.finish(x.primitive, y.into_primitive().tensor())
-            }
-            OpsKind::UnTracked(prep) => prep.finish(
-                B::gelu_rows(float::<B, 2>(x.primitive))
-                    .into_primitive()
-                    .tensor(),
-            ),
-        };
+                (y.into_primitive().tensor(), x.primitive)
+            },
+        );
         float::<Self, 2>(y)
     }
 }
