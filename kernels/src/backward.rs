@@ -333,7 +333,8 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
     /// A tracked op where `B` has host products; burn's matmul and its autodiff elsewhere.
     fn matmul<const D: usize>(lhs: Tensor<Self, D>, rhs: Tensor<Self, D>) -> Tensor<Self, D> {
         let (l, r) = (lhs.dims(), rhs.dims());
-        if B::IMPL != KernelImpl::Host || l[..D - 2] != r[..D - 2] || l[D - 1] != r[D - 2] {
+        if B::IMPL != KernelImpl::Host || D < 2 || l[..D - 2] != r[..D - 2] || l[D - 1] != r[D - 2]
+        {
             return lhs.matmul(rhs);
         }
         let lhs = lhs.into_primitive().tensor();

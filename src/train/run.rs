@@ -168,10 +168,7 @@ fn train_loop<B: TrainBackend>(
                 add_train_fields(&mut record, &report, &names);
                 record.insert(
                     "tokens_by_source".into(),
-                    by_name(
-                        &names,
-                        session.progress.tokens_by_source.iter().map(|&n| Some(n)),
-                    ),
+                    by_name(&names, session.progress.tokens_by_source.iter().copied()),
                 );
             }
             if step % train.eval_every == 0 || step == total {
@@ -299,16 +296,13 @@ fn add_eval_fields<B: TrainBackend>(
     record.insert("val_loss".into(), json!(val.mean()));
     record.insert(
         "val_loss_by_source".into(),
-        by_name(
-            &session.source_names(),
-            val.sources.iter().map(|v| Some(*v)),
-        ),
+        by_name(&session.source_names(), val.sources.iter().copied()),
     );
     if !session.target_sets.is_empty() {
         let set_names: Vec<String> = session.target_sets.iter().map(|s| s.name.clone()).collect();
         record.insert(
             "val_loss_by_target_set".into(),
-            by_name(&set_names, val.sets.iter().map(|v| Some(*v))),
+            by_name(&set_names, val.sets.iter().copied()),
         );
     }
     record.insert("target_val_loss".into(), json!(val.target(&session.target)));
@@ -318,13 +312,10 @@ fn add_mixer_fields(record: &mut Map<String, Value>, update: &MixerUpdate, names
     let mut mixer = Map::new();
     mixer.insert(
         "weights".into(),
-        by_name(names, update.weights.iter().map(|w| Some(*w))),
+        by_name(names, update.weights.iter().copied()),
     );
     if let Some((signal, values)) = &update.signal {
-        mixer.insert(
-            (*signal).into(),
-            by_name(names, values.iter().map(|v| Some(*v))),
-        );
+        mixer.insert((*signal).into(), by_name(names, values.iter().copied()));
     }
     record.insert("mixer".into(), Value::Object(mixer));
 }

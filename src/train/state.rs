@@ -165,3 +165,24 @@ impl<B: TrainBackend> Session<B> {
         Ok(state)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    /// An applied step counts tokens per source, the weights in force and the loss sums; a
+    /// skipped one moves the step and the weights on and counts nothing else.
+    #[test]
+    fn progress_counts_applied_and_skipped_steps() {
+        let mut progress = Progress::new(2);
+        progress.record_step(5 * 8, 8, &[3, 2], &[0.6, 0.4], &[(6.0, 3), (3.0, 2)]);
+        progress.record_skipped(&[0.5, 0.5]);
+        progress.record_step(5 * 8, 8, &[1, 4], &[0.2, 0.8], &[(1.5, 1), (8.0, 4)]);
+        assert_eq!(progress.step, 3);
+        assert_eq!(progress.skipped_steps, 1);
+        assert_eq!(progress.tokens, 80);
+        assert_eq!(progress.tokens_by_source, vec![32, 48]);
+        assert_eq!(progress.weight_sums, vec![0.6 + 0.5 + 0.2, 0.4 + 0.5 + 0.8]);
+        assert_eq!(progress.loss_since_update, vec![(7.5, 4), (11.0, 6)]);
+    }
+}
