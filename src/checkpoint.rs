@@ -44,6 +44,13 @@ pub struct TrainState {
     /// Lengths of metrics.jsonl and ratios.csv when the checkpoint was taken.
     pub metrics_bytes: u64,
     pub ratios_bytes: u64,
+    /// Ranks of the run that wrote it (`distributed.world_size`; 1 in older checkpoints).
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 pub fn step_dir_name(step: usize) -> String {

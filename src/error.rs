@@ -49,6 +49,10 @@ pub enum Error {
     #[error("training: {0}")]
     Training(String),
 
+    /// A distributed run lost a rank, timed out, or found the ranks out of step.
+    #[error("distributed: {0}")]
+    Distributed(String),
+
     /// A step's loss or gradient was not finite; the step was not applied.
     #[error("training: step {step}: {message}")]
     NonFinite { step: usize, message: String },

@@ -11,6 +11,8 @@
 //! - `checkpoint-write-error=N`: the N-th save fails with "no space left on device" while
 //!   writing its model file.
 //! - `nonfinite-loss=STEP`: the loss of the first sequence of step STEP (counted from 1) is NaN.
+//! - `rank-kill=R:STEP`: in a distributed run, rank R SIGKILLs itself as step STEP begins.
+//! - `rank-stop=R:STEP`: rank R SIGSTOPs itself as step STEP begins (a hung rank).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -41,6 +43,8 @@ enum Fault {
     CheckpointKill { phase: CheckpointPhase, save: usize },
     CheckpointWriteError { save: usize },
     NonfiniteLoss { step: usize },
+    RankKill { rank: usize, step: usize },
+    RankStop { rank: usize, step: usize },
 }
 
 static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
@@ -81,8 +85,23 @@ fn parse(spec: &str) -> std::result::Result<Fault, String> {
         "nonfinite-loss" => Ok(Fault::NonfiniteLoss {
             step: number(value)?,
         }),
+        "rank-kill" | "rank-stop" => {
+            let (rank, step) = value
+                .split_once(':')
+                .ok_or_else(|| format!("{name} expects RANK:STEP, got {value:?}"))?;
+            let rank = rank
+                .parse::<usize>()
+                .map_err(|_| format!("{rank:?} is not a rank"))?;
+            let step = number(step)?;
+            Ok(if name == "rank-kill" {
+                Fault::RankKill { rank, step }
+            } else {
+                Fault::RankStop { rank, step }
+            })
+        }
         other => Err(format!(
-            "unknown fault {other:?} (checkpoint-kill, checkpoint-write-error, nonfinite-loss)"
+            "unknown fault {other:?} (checkpoint-kill, checkpoint-write-error, nonfinite-loss, \
+             rank-kill, rank-stop)"
         )),
     }
 }
@@ -123,6 +142,19 @@ pub fn checkpoint_phase(save: usize, phase: CheckpointPhase) {
 pub fn checkpoint_write_error(save: usize) -> Option<std::io::Error> {
     (fault() == Some(Fault::CheckpointWriteError { save }))
         .then(|| std::io::Error::from_raw_os_error(libc::ENOSPC))
+}
+
+/// Kills or stops this process (rank `rank`) as step `step` (from 1) begins, if injected.
+pub fn before_step(rank: usize, step: usize) {
+    let signal = match fault() {
+        Some(Fault::RankKill { rank: r, step: s }) if (r, s) == (rank, step) => libc::SIGKILL,
+        Some(Fault::RankStop { rank: r, step: s }) if (r, s) == (rank, step) => libc::SIGSTOP,
+        _ => return,
+    };
+    // SAFETY: sending a signal to our own pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), signal);
+    }
 }
 
 /// True when the loss of step `step` (from 1) is to be poisoned.

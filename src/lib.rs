@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod demix;
+pub mod distributed;
 pub mod error;
 pub mod evaluate;
 pub mod export;

@@ -39,6 +39,21 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Train with N data-parallel ranks on this machine: starts N `run` processes that sum
+    /// their gradients every step; exits with the status of the first rank that failed.
+    Launch {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Ranks (processes) to start.
+        #[arg(long, value_name = "N")]
+        procs: usize,
+        /// Continue from the newest complete checkpoint in run.out_dir.
+        #[arg(long)]
+        resume: bool,
+        /// Port rank 0 listens on, on 127.0.0.1 (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Tokenise and cache every source (what `run` does on first use), or train a BPE tokenizer.
     Prepare {
         #[command(flatten)]
@@ -87,6 +102,32 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
+    if let Command::Launch {
+        config,
+        procs,
+        resume,
+        port,
+    } = &cli.command
+    {
+        let options = mixtrain::distributed::launch::LaunchOptions {
+            procs: *procs,
+            resume: *resume,
+            port: *port,
+        };
+        return match mixtrain::distributed::launch::launch(&config.config, &config.set, &options) {
+            Ok(outcome) => match outcome.failed {
+                None => ExitCode::SUCCESS,
+                Some((rank, code, what)) => {
+                    eprintln!("error: rank {rank} {what}; the run stopped");
+                    ExitCode::from(code.clamp(1, 255) as u8)
+                }
+            },
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -107,6 +148,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             )?;
+            if cfg.distributed.rank != 0 {
+                return Ok(()); // rank 0 reports the run
+            }
             println!(
                 "run finished: {} steps in {}",
                 summary.steps,
@@ -191,6 +235,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Launch { .. } => unreachable!("handled in main"),
         Command::Plot { run_dir } => {
             for written in mixtrain::plot::plot_run(&run_dir)? {
                 println!("wrote {}", written.display());

@@ -19,6 +19,7 @@ use overrides::apply_override;
 pub use crate::backend::BackendKind;
 pub use crate::data::{DataConfig, SourceConfig};
 pub use crate::demix::DemixConfig;
+pub use crate::distributed::DistributedConfig;
 pub use crate::mixer::{
     AdoConfig, ApplyMode, DoremiConfig, FastMixConfig, GradStats, InfluenceFrom, InfluenceNorm,
     InitSpec, MixerConfig, MixerKind, MixtureInit, OdmConfig, ScopeKind, SignalNorm, TikMixConfig,
@@ -45,6 +46,9 @@ pub struct Config {
     pub target: TargetConfig,
     #[serde(default)]
     pub demix: DemixConfig,
+    /// Not part of the hash: ranks differ in it, and a run may resume on another world size.
+    #[serde(default)]
+    pub distributed: DistributedConfig,
 }
 
 impl Config {
@@ -100,10 +104,12 @@ impl Config {
     }
 
     /// Hash of everything that determines the run's numbers: the whole config except
-    /// `run.out_dir` (a run directory may be moved and resumed).
+    /// `run.out_dir` (a run directory may be moved and resumed) and `[distributed]` (each rank
+    /// has its own rank; a run may resume with another world size).
     pub fn hash(&self) -> String {
         let mut hashed = self.clone();
         hashed.run.out_dir = PathBuf::new();
+        hashed.distributed = DistributedConfig::default();
         let json = serde_json::to_string(&hashed).expect("a Config always serialises to JSON");
         let digest = Sha256::digest(json.as_bytes());
         crate::fsutil::hex(&digest[..16])
@@ -136,6 +142,7 @@ impl Config {
         self.train.validate()?;
         self.mixer.validate(&self.source_names())?;
         self.demix.validate()?;
+        self.distributed.validate()?;
         self.target.validate(&self.data.sources)
     }
 }

@@ -151,17 +151,30 @@ impl Sampler {
 
     /// The next training window of each listed source, as one batch.
     pub fn fill(&mut self, sources: &[usize], data: &[Source]) -> Batch {
+        self.fill_share(sources, data, 0..sources.len())
+    }
+
+    /// Like `fill`, but the batch holds only the sequences at `share` (a rank's part of the
+    /// micro-batch); the cursors move past all of `sources`, as on every other rank.
+    pub fn fill_share(
+        &mut self,
+        sources: &[usize],
+        data: &[Source],
+        share: std::ops::Range<usize>,
+    ) -> Batch {
         let window = self.seq_len + 1;
-        let mut tokens = Vec::with_capacity(sources.len() * window);
-        for &k in sources {
+        let mut tokens = Vec::with_capacity(share.len() * window);
+        for (i, &k) in sources.iter().enumerate() {
             let index = self.next_window(k);
-            data[k]
-                .train
-                .extend_window(index as usize * self.seq_len, window, &mut tokens);
+            if share.contains(&i) {
+                data[k]
+                    .train
+                    .extend_window(index as usize * self.seq_len, window, &mut tokens);
+            }
         }
         Batch {
             tokens,
-            sources: sources.to_vec(),
+            sources: sources[share].to_vec(),
             seq_len: self.seq_len,
         }
     }

@@ -15,6 +15,7 @@ use mixtrain_kernels::StatKernels;
 use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::checkpoint;
 use crate::config::Config;
+use crate::distributed::Collective;
 use crate::error::{Error, Result};
 use crate::export::export_model;
 use crate::mixer::MixerUpdate;
@@ -93,26 +94,38 @@ fn train_loop<B: TrainBackend>(
     // Which implementation the cross-entropy and single-pass statistics run on: the CubeCL
     // kernels on wgpu/cuda, the plain-tensor references on the CPU.
     let kernels = <B as StatKernels>::IMPL.name();
+    let distributed = &config.distributed;
+    let mut collective = distributed
+        .is_distributed()
+        .then(|| Collective::join(distributed, &config.hash()))
+        .transpose()?;
+    // Rank 0 prepares everything that writes files (data cache, seed mixture, reference model,
+    // run directory) while the other ranks wait; they then read what it wrote.
+    let leader = distributed.rank == 0;
+    if let (Some(collective), false) = (collective.as_mut(), leader) {
+        collective.barrier(0, 0, distributed.join_timeout())?;
+    }
     // Refuse a wrong out_dir before the (slow) data loading, and create nothing until the data
     // and tokenizer have loaded, so a bad source leaves no half-made run behind.
-    if !options.resume {
+    if !options.resume && leader {
         RunDir::check_free(&config.run.out_dir)?;
     }
-    let resumed_dir = options
-        .resume
+    let resumed_dir = (options.resume && leader)
         .then(|| RunDir::open_for_resume(&config))
         .transpose()?;
     crate::demix::ensure_seed::<B>(&config, &device)?;
     let mut session = Session::<B>::build(config.clone(), device)?;
     if session.mixer.needs().excess_loss.is_some() {
-        reference::ensure_reference(&mut session, &config.run.out_dir, options.resume)?;
+        // The other ranks load the reference model rank 0 trained and saved.
+        reference::ensure_reference(&mut session, &config.run.out_dir, options.resume || !leader)?;
     }
-    let mut run_dir = match resumed_dir {
-        Some(dir) => dir,
-        None => RunDir::create(
+    let mut run_dir = match (resumed_dir, leader) {
+        (Some(dir), _) => Some(dir),
+        (None, true) => Some(RunDir::create(
             &config,
             &provenance(&config, backend, kernels, &device_name),
-        )?,
+        )?),
+        (None, false) => None,
     };
     let names = session.source_names();
     let total = config.train.steps;
@@ -121,22 +134,43 @@ fn train_loop<B: TrainBackend>(
     // On resume, the periodic work of the checkpoint's step is already in the logs.
     let mut resumed_at = None;
     if options.resume {
-        // Damaged checkpoints are set aside first, so that tidying never prunes the intact one
-        // the run falls back to.
-        let newest = checkpoint::newest_intact(&run_dir.checkpoints_dir(), true)?;
-        checkpoint::tidy(&run_dir.checkpoints_dir(), train.keep_checkpoints)?;
+        let checkpoints_dir = config.run.out_dir.join(crate::rundir::CHECKPOINTS_DIR);
+        // Damaged checkpoints are set aside first (by rank 0), so that tidying never prunes
+        // the intact one the run falls back to.
+        let newest = checkpoint::newest_intact(&checkpoints_dir, leader)?;
+        if leader {
+            checkpoint::tidy(&checkpoints_dir, train.keep_checkpoints)?;
+        }
         match newest {
             Some((_, dir)) => {
                 let state = session.restore_checkpoint(&dir)?;
-                run_dir.truncate_logs(state.metrics_bytes, state.ratios_bytes)?;
+                if let Some(run_dir) = run_dir.as_mut() {
+                    run_dir.truncate_logs(state.metrics_bytes, state.ratios_bytes)?;
+                }
                 tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
                 resumed_at = Some(state.step);
             }
             None => {
                 tracing::info!("no complete checkpoint yet: restarting the run from step 0");
-                run_dir.restart(&config)?;
+                if let Some(run_dir) = run_dir.as_mut() {
+                    run_dir.restart(&config)?;
+                }
             }
         }
+    }
+    if let (Some(collective), true) = (collective.as_mut(), leader) {
+        // The run directory is ready (and on resume tidied): the other ranks may read it.
+        collective.barrier(0, 0, distributed.join_timeout())?;
+    }
+    if let Some(mut collective) = collective.take() {
+        // Every rank has its state now: check that they start from the same step and mixture.
+        let check = crate::distributed::mixture_check(session.mixer.weights());
+        collective.barrier(
+            session.progress.step as u64,
+            check,
+            distributed.join_timeout(),
+        )?;
+        session.collective = Some(collective);
     }
     tracing::info!(
         backend,
@@ -180,14 +214,19 @@ fn train_loop<B: TrainBackend>(
                 last_val_loss = Some(val);
             }
             if step == 0 {
-                run_dir.write_ratios(0, session.mixer.weights())?;
+                if let Some(run_dir) = run_dir.as_mut() {
+                    run_dir.write_ratios(0, session.mixer.weights())?;
+                }
             } else if config.mixer.updates_at(step, total) {
+                // Every rank updates its mixer from the same sums: the mixtures stay equal.
                 if let Some(update) = session.mixer_update(last_lr, probed.take())? {
-                    run_dir.write_ratios(step, &update.weights)?;
+                    if let Some(run_dir) = run_dir.as_mut() {
+                        run_dir.write_ratios(step, &update.weights)?;
+                    }
                     add_mixer_fields(&mut record, &update, &names);
                 }
             }
-            if record.len() > 2 {
+            if let (Some(run_dir), true) = (run_dir.as_mut(), record.len() > 2) {
                 let elapsed = started.elapsed().as_secs_f64();
                 let tokens_done = (session.progress.tokens - start_tokens) as f64;
                 record.insert(
@@ -198,7 +237,7 @@ fn train_loop<B: TrainBackend>(
             }
             let checkpoint_due = step == total
                 || (train.checkpoint_every > 0 && step > 0 && step % train.checkpoint_every == 0);
-            if checkpoint_due {
+            if let (Some(run_dir), true) = (run_dir.as_mut(), checkpoint_due) {
                 let lengths = run_dir.flush()?;
                 session.save_checkpoint(
                     &run_dir.checkpoints_dir(),
@@ -210,10 +249,12 @@ fn train_loop<B: TrainBackend>(
         if step == total {
             break;
         }
+        crate::fault::before_step(config.distributed.rank, step + 1);
         let mut report = match session.train_step() {
             Ok(report) => report,
-            Err(Error::NonFinite { step, message }) => {
+            Err(Error::NonFinite { step, message }) if run_dir.is_some() => {
                 // The step was not applied: the session holds the last good state.
+                let run_dir = run_dir.as_mut().expect("checked by the guard");
                 let lengths = run_dir.flush()?;
                 let saved = session.save_checkpoint(
                     &run_dir.checkpoints_dir(),
@@ -244,14 +285,26 @@ fn train_loop<B: TrainBackend>(
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    run_dir.flush()?;
-    write_mixture(&run_dir, &session, &names)?;
-    export_model(
-        &run_dir.path.join(MODEL_FILE),
-        &session.model,
-        &config.model,
-        session.vocab_size,
-    )?;
+    if let Some(collective) = session.collective.as_mut() {
+        collective.finish();
+        let stats = &collective.stats;
+        tracing::info!(
+            calls = stats.calls,
+            seconds = format!("{:.2}", stats.seconds),
+            mib_sent = format!("{:.1}", stats.bytes_sent as f64 / (1 << 20) as f64),
+            "all-reduce"
+        );
+    }
+    if let Some(run_dir) = run_dir.as_mut() {
+        run_dir.flush()?;
+        write_mixture(run_dir, &session, &names)?;
+        export_model(
+            &run_dir.path.join(MODEL_FILE),
+            &session.model,
+            &config.model,
+            session.vocab_size,
+        )?;
+    }
 
     let final_val = match last_val_loss {
         Some(v) => v,

@@ -38,6 +38,8 @@ pub struct Session<B: TrainBackend> {
     pub(super) param_names: Option<std::collections::HashMap<burn::module::ParamId, String>>,
     /// The reference model of DoReMi's excess loss.
     pub(crate) reference: Option<Gpt<B::InnerBackend>>,
+    /// The other ranks of a distributed run (`[distributed]`); None trains alone.
+    pub(crate) collective: Option<crate::distributed::Collective>,
 }
 
 /// What one training step measured.
@@ -92,6 +94,7 @@ impl<B: TrainBackend> Session<B> {
             initial,
             param_names: None,
             reference: None,
+            collective: None,
         })
     }
 

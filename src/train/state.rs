@@ -97,6 +97,7 @@ impl<B: TrainBackend> Session<B> {
                 skipped_steps: self.progress.skipped_steps,
                 metrics_bytes: log_lengths.0,
                 ratios_bytes: log_lengths.1,
+                world_size: self.config.distributed.world_size,
             },
         }
     }
@@ -162,6 +163,18 @@ impl<B: TrainBackend> Session<B> {
             },
             skipped_steps: state.skipped_steps,
         };
+        let world_size = self.config.distributed.world_size;
+        if state.world_size != world_size {
+            // Supported: every rank holds the whole state. Only the rounding of the sums over
+            // ranks changes, so the run continues equivalently but not bit for bit.
+            tracing::warn!(
+                "checkpoint {} was written by {} rank(s), resuming with {world_size}: the run \
+                 continues, but not bit-identically to continuing with {}",
+                dir.display(),
+                state.world_size,
+                state.world_size
+            );
+        }
         Ok(state)
     }
 }

@@ -106,41 +106,59 @@ impl<B: TrainBackend> Session<B> {
         // Single-pass: Σ over micro-batches of the per-source dots, kept on the device and read
         // once after the last micro-batch. [k]
         let mut single_pass_dots: Option<Tensor<B::InnerBackend, 1>> = None;
+        // A distributed rank trains on its share of every micro-batch; the sums over ranks
+        // below make the step the same as one process training on all of it.
+        let (rank, world) = self
+            .collective
+            .as_ref()
+            .map_or((0, 1), |c| (c.rank(), c.world_size()));
         for range in ranges {
             let micro = &sources[range.clone()];
             let micro_weights = &seq_weights[range];
+            // Σ w_i per source over the whole micro-batch: the same on every rank.
+            if probe.is_some() && single_pass {
+                for (&s, &w) in micro.iter().zip(micro_weights) {
+                    dots[s].1 += w;
+                }
+            } else if probe.is_some() {
+                dots[micro[0]].1 += micro_weights.iter().sum::<f64>();
+            }
+            let mine = crate::distributed::share(micro.len(), rank, world);
+            if mine.is_empty() {
+                self.sampler.fill_share(micro, &self.sources, mine);
+                continue;
+            }
             let out = self.micro_step(
                 micro,
-                micro_weights,
+                mine.clone(),
+                &micro_weights[mine.clone()],
                 weight_total,
                 probe.as_ref(),
                 single_pass,
             );
             match out.probe {
                 MicroProbe::None => {}
-                MicroProbe::Homogeneous(dot) => {
-                    dots[micro[0]].0 += dot;
-                    dots[micro[0]].1 += micro_weights.iter().sum::<f64>();
-                }
+                MicroProbe::Homogeneous(dot) => dots[micro[0]].0 += dot,
                 MicroProbe::SinglePass(micro_dots) => {
                     single_pass_dots = Some(match single_pass_dots.take() {
                         Some(total) => total + micro_dots,
                         None => micro_dots,
                     });
-                    for (&s, &w) in micro.iter().zip(micro_weights) {
-                        dots[s].1 += w;
-                    }
                 }
             }
             accumulator.accumulate(&self.model, out.grads);
             let poison = crate::fault::nonfinite_loss(self.progress.step + 1);
-            for (i, ((&s, &l), &w)) in micro
+            for (i, ((&s, &l), &w)) in micro[mine.clone()]
                 .iter()
                 .zip(&out.seq_loss)
-                .zip(micro_weights)
+                .zip(&micro_weights[mine.clone()])
                 .enumerate()
             {
-                let l = if poison && i == 0 { f32::NAN } else { l };
+                let l = if poison && mine.start + i == 0 {
+                    f32::NAN
+                } else {
+                    l
+                };
                 sums[s].0 += l as f64;
                 sums[s].1 += 1;
                 loss += l as f64 * w / weight_total;
@@ -156,6 +174,10 @@ impl<B: TrainBackend> Session<B> {
                 dot.0 += value;
             }
         }
+        let mut grads = accumulator.grads();
+        if self.collective.is_some() {
+            grads = self.sum_over_ranks(grads, &weights, &mut loss, &mut sums, &mut dots)?;
+        }
         // The buffer grew by (Σ_{i∈k} w_i / W) ∇(mean loss of k) when source k's sequences share
         // one weight: undo that factor to get ⟨g_val, g_k⟩.
         let grad_dot = probe.is_some().then(|| {
@@ -164,7 +186,6 @@ impl<B: TrainBackend> Session<B> {
                 .collect()
         });
 
-        let mut grads = accumulator.grads();
         let grad_norm = global_grad_norm(&self.model, &grads);
         if !loss.is_finite() || !grad_norm.is_finite() {
             let message = self.nonfinite_message(loss, grad_norm, &sums);
@@ -221,13 +242,50 @@ impl<B: TrainBackend> Session<B> {
         })
     }
 
-    /// Forward and backward of one micro-batch: `micro` lists each sequence's source and
-    /// `micro_weights` its loss weight (of `weight_total` over the step). With `probe`, also the
+    /// Sums the step's gradients and statistics over the ranks of a distributed run: the
+    /// gradient, the weighted loss, per source (Σ sequence losses, sequences) and Σ ⟨g_val, ·⟩.
+    /// The mixture in force is compared across ranks on the way.
+    fn sum_over_ranks(
+        &mut self,
+        grads: GradientsParams,
+        weights: &[f64],
+        loss: &mut f64,
+        sums: &mut [(f64, u64)],
+        dots: &mut [(f64, f64)],
+    ) -> Result<GradientsParams> {
+        let mut f64s = vec![*loss];
+        f64s.extend(sums.iter().map(|&(sum, _)| sum));
+        f64s.extend(sums.iter().map(|&(_, n)| n as f64));
+        f64s.extend(dots.iter().map(|&(dot, _)| dot));
+        let payload = crate::distributed::Payload {
+            f32s: crate::distributed::flatten_grads(&self.model, &grads),
+            f64s,
+        };
+        let step = self.progress.step as u64 + 1;
+        let check = crate::distributed::mixture_check(weights);
+        let collective = self.collective.as_mut().expect("called when distributed");
+        let summed = collective.all_reduce(step, check, payload)?;
+        let k = sums.len();
+        *loss = summed.f64s[0];
+        for s in 0..k {
+            sums[s] = (summed.f64s[1 + s], summed.f64s[1 + k + s] as u64);
+            dots[s].0 = summed.f64s[1 + 2 * k + s];
+        }
+        Ok(crate::distributed::unflatten_grads(
+            &self.model,
+            &summed.f32s,
+        ))
+    }
+
+    /// Forward and backward of this rank's share `mine` of one micro-batch: `micro` lists each
+    /// sequence's source and `micro_weights` the loss weight of each sequence in `mine` (of
+    /// `weight_total` over the step). With `probe`, also the
     /// micro-batch's contribution to ⟨g_val, g_k⟩: the whole micro-batch's (it is
     /// domain-homogeneous) or, `single_pass`, per source from this backward's own traces.
     fn micro_step(
         &mut self,
         micro: &[usize],
+        mine: std::ops::Range<usize>,
         micro_weights: &[f64],
         weight_total: f64,
         probe: Option<&GradProbe>,
@@ -235,7 +293,8 @@ impl<B: TrainBackend> Session<B> {
     ) -> MicroOut<B> {
         let k = self.sources.len();
         let head = self.head_name();
-        let batch = self.sampler.fill(micro, &self.sources);
+        let batch = self.sampler.fill_share(micro, &self.sources, mine.clone());
+        let micro = &micro[mine];
         let n = batch.len();
         let seq = batch.seq_len;
         let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);

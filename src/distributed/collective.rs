@@ -1,0 +1,629 @@
+//! The ranks' all-reduce: a star over TCP. Every rank sends its vectors to rank 0, which sums
+//! them in rank order (so the result does not depend on arrival order, for any number of
+//! ranks) and sends the sum back. Each message also carries the sender's step and a hash of
+//! its mixture, which rank 0 compares: ranks that drifted apart stop instead of training on.
+//!
+//! Why not `burn-collective`: its multi-node all-reduce (0.21.0, the release we pin) hangs on
+//! its first or second call between two processes (reproduced with a 40-line program for the
+//! ring and centralized strategies; `SyncService::sync` clears a copy of its list of synced
+//! peers, not the list), and it sums in the order nodes registered, which varies run to run.
+//! This module is what the training loop calls (`all_reduce`, `barrier`, `abort`); it can be
+//! swapped for burn's once that works.
+//!
+//! Faults: a rank whose process died closes its socket, which its peer notices at once; a
+//! rank that hangs is noticed after `distributed.timeout_s`. Either way rank 0 tells every
+//! other rank which rank failed, and every rank returns an error naming it.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use super::DistributedConfig;
+use crate::error::{Error, Result};
+
+const MAGIC: u32 = 0x4D58_5452; // "MXTR"
+const HELLO: u32 = 1;
+const WELCOME: u32 = 2;
+const REDUCE: u32 = 3;
+const RESULT: u32 = 4;
+const ABORT: u32 = 5;
+/// How much longer than `timeout_s` a rank other than 0 waits for rank 0's answer: rank 0
+/// itself waits `timeout_s` for a slow rank before it tells the others which one it was.
+const FOLLOWER_GRACE: Duration = Duration::from_secs(5);
+
+/// Time and bytes spent in collective calls, for benches and the closing log line.
+#[derive(Debug, Clone, Default)]
+pub struct CollectiveStats {
+    pub calls: u64,
+    pub seconds: f64,
+    /// Payload bytes this rank sent.
+    pub bytes_sent: u64,
+}
+
+/// What a rank contributes to an all-reduce, and what it gets back (element-wise sums over
+/// ranks): `f32s` for gradients, `f64s` for statistics that need the precision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Payload {
+    pub f32s: Vec<f32>,
+    pub f64s: Vec<f64>,
+}
+
+pub struct Collective {
+    rank: usize,
+    world: usize,
+    /// Rank 0: the link to rank r at index r - 1. Other ranks: the link to rank 0.
+    links: Vec<TcpStream>,
+    timeout: Duration,
+    /// Set by `finish`; dropped unfinished (an error or a panic unwound this rank), the
+    /// collective tells the other ranks that this one stopped.
+    finished: bool,
+    pub stats: CollectiveStats,
+}
+
+impl Drop for Collective {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abort("its run ended with an error (see its output)");
+        }
+    }
+}
+
+fn distributed(message: impl Into<String>) -> Error {
+    Error::Distributed(message.into())
+}
+
+impl Collective {
+    /// Connects the ranks: rank 0 listens on `distributed.address` and waits for every other
+    /// rank; the others connect (retrying until `join_timeout_s`). Each rank presents its rank,
+    /// the world size and `config_hash`, which must match rank 0's.
+    pub fn join(config: &DistributedConfig, config_hash: &str) -> Result<Collective> {
+        let deadline = Instant::now() + config.join_timeout();
+        let links = if config.rank == 0 {
+            accept_ranks(config, config_hash, deadline)?
+        } else {
+            vec![connect_to_rank0(config, config_hash, deadline)?]
+        };
+        Ok(Collective {
+            rank: config.rank,
+            world: config.world_size,
+            links,
+            timeout: config.timeout(),
+            finished: false,
+            stats: CollectiveStats::default(),
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world
+    }
+
+    /// Element-wise sums of every rank's `payload` (the same lengths on every rank), summed in
+    /// rank order. `step` and `check` (e.g. a hash of the mixture) must agree across ranks.
+    pub fn all_reduce(&mut self, step: u64, check: u64, payload: Payload) -> Result<Payload> {
+        let timeout = self.timeout;
+        self.all_reduce_within(step, check, payload, timeout)
+    }
+
+    /// Waits until every rank reached this point, up to `timeout`; `step` and `check` must
+    /// agree across ranks as in `all_reduce`.
+    pub fn barrier(&mut self, step: u64, check: u64, timeout: Duration) -> Result<()> {
+        self.all_reduce_within(step, check, Payload::default(), timeout)
+            .map(|_| ())
+    }
+
+    /// This rank is done with the collective (its run completed).
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Tells the other ranks that this one stops with `message` (best effort: the links may
+    /// already be gone).
+    pub fn abort(&mut self, message: &str) {
+        self.finished = true;
+        let text = format!("rank {} stopped: {message}", self.rank);
+        for link in &mut self.links {
+            let _ = write_frame(link, ABORT, text.as_bytes());
+        }
+    }
+
+    fn all_reduce_within(
+        &mut self,
+        step: u64,
+        check: u64,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Payload> {
+        let started = Instant::now();
+        let message = encode_reduce(step, check, &payload);
+        let result = if self.rank == 0 {
+            self.reduce_at_root(step, check, payload, timeout)
+        } else {
+            self.reduce_at_follower(&message, timeout)
+        };
+        self.stats.calls += 1;
+        self.stats.seconds += started.elapsed().as_secs_f64();
+        self.stats.bytes_sent += message.len() as u64;
+        if result.is_err() {
+            // Every rank already knows (rank 0 told them) or the link is gone: nothing more
+            // to say when this collective is dropped.
+            self.finished = true;
+        }
+        result
+    }
+
+    fn reduce_at_root(
+        &mut self,
+        step: u64,
+        check: u64,
+        mut sum: Payload,
+        timeout: Duration,
+    ) -> Result<Payload> {
+        let deadline = Instant::now() + timeout;
+        for r in 1..self.world {
+            let outcome = read_frame(&mut self.links[r - 1], deadline)
+                .map_err(|e| link_failure(r, e, timeout))
+                .and_then(|(kind, body)| match kind {
+                    REDUCE => decode_reduce(&body)
+                        .ok_or_else(|| format!("rank {r} sent a malformed message")),
+                    ABORT => Err(String::from_utf8_lossy(&body).into_owned()),
+                    other => Err(format!("rank {r} sent message kind {other}, not a reduce")),
+                })
+                .and_then(|(their_step, their_check, theirs)| {
+                    if their_step != step || their_check != check {
+                        return Err(format!(
+                            "rank {r} diverged from rank 0: it is at step {their_step} with \
+                             mixture hash {their_check:016x}, rank 0 at step {step} with \
+                             {check:016x} (different checkpoints or configs?)"
+                        ));
+                    }
+                    if theirs.f32s.len() != sum.f32s.len() || theirs.f64s.len() != sum.f64s.len() {
+                        return Err(format!(
+                            "rank {r} sent {} + {} values, rank 0 has {} + {}",
+                            theirs.f32s.len(),
+                            theirs.f64s.len(),
+                            sum.f32s.len(),
+                            sum.f64s.len()
+                        ));
+                    }
+                    Ok(theirs)
+                });
+            match outcome {
+                Ok(theirs) => {
+                    for (a, b) in sum.f32s.iter_mut().zip(&theirs.f32s) {
+                        *a += b;
+                    }
+                    for (a, b) in sum.f64s.iter_mut().zip(&theirs.f64s) {
+                        *a += b;
+                    }
+                }
+                Err(message) => {
+                    self.tell_others(&message);
+                    return Err(distributed(message));
+                }
+            }
+        }
+        let reply = encode_reduce(step, check, &sum);
+        for r in 1..self.world {
+            if let Err(e) = write_frame(&mut self.links[r - 1], RESULT, &reply) {
+                let message = link_failure(r, e, timeout);
+                self.tell_others(&message);
+                return Err(distributed(message));
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Rank 0 tells every other rank why the run stops (the failed one too, if it is still
+    /// there to hear it: e.g. a rank that diverged).
+    fn tell_others(&mut self, message: &str) {
+        for link in &mut self.links {
+            let _ = write_frame(link, ABORT, message.as_bytes());
+        }
+    }
+
+    fn reduce_at_follower(&mut self, message: &[u8], timeout: Duration) -> Result<Payload> {
+        let link = &mut self.links[0];
+        write_frame(link, REDUCE, message).map_err(|e| distributed(link_failure(0, e, timeout)))?;
+        let deadline = Instant::now() + timeout + FOLLOWER_GRACE;
+        let (kind, body) =
+            read_frame(link, deadline).map_err(|e| distributed(link_failure(0, e, timeout)))?;
+        match kind {
+            RESULT => decode_reduce(&body)
+                .map(|(_, _, sum)| sum)
+                .ok_or_else(|| distributed("rank 0 sent a malformed result")),
+            ABORT => Err(distributed(String::from_utf8_lossy(&body).into_owned())),
+            other => Err(distributed(format!(
+                "rank 0 sent message kind {other}, not a result"
+            ))),
+        }
+    }
+}
+
+/// Rank 0's side of `join`.
+fn accept_ranks(
+    config: &DistributedConfig,
+    config_hash: &str,
+    deadline: Instant,
+) -> Result<Vec<TcpStream>> {
+    let listener = TcpListener::bind(&config.address).map_err(|e| {
+        distributed(format!(
+            "rank 0 cannot listen on distributed.address = {:?}: {e} (another run on that port? \
+             choose another with --port or distributed.address)",
+            config.address
+        ))
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| distributed(format!("listener: {e}")))?;
+    let mut links: Vec<Option<TcpStream>> = (1..config.world_size).map(|_| None).collect();
+    while links.iter().any(Option::is_none) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_nodelay(true))
+                    .map_err(|e| distributed(format!("accepting a rank: {e}")))?;
+                let (kind, body) = read_frame(&mut stream, deadline)
+                    .map_err(|e| distributed(format!("a rank connected but said nothing: {e}")))?;
+                let hello = (kind == HELLO).then(|| decode_hello(&body)).flatten();
+                let verdict = match hello {
+                    None => Err("a connection that is not a mixtrain rank".to_string()),
+                    Some((rank, world, hash)) => {
+                        check_hello(rank, world, &hash, config, config_hash, &links)
+                    }
+                };
+                match verdict {
+                    Ok(rank) => {
+                        write_frame(&mut stream, WELCOME, &[]).map_err(|e| {
+                            distributed(format!("rank {rank} left while joining: {e}"))
+                        })?;
+                        links[rank - 1] = Some(stream);
+                    }
+                    Err(message) => {
+                        let _ = write_frame(&mut stream, ABORT, message.as_bytes());
+                        for link in links.iter_mut().flatten() {
+                            let _ = write_frame(link, ABORT, message.as_bytes());
+                        }
+                        return Err(distributed(message));
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    let missing: Vec<String> = links
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.is_none())
+                        .map(|(i, _)| (i + 1).to_string())
+                        .collect();
+                    return Err(distributed(format!(
+                        "rank(s) {} did not join rank 0 at {} within distributed.join_timeout_s \
+                         = {}",
+                        missing.join(", "),
+                        config.address,
+                        config.join_timeout_s
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(distributed(format!("accepting a rank: {e}"))),
+        }
+    }
+    Ok(links.into_iter().flatten().collect())
+}
+
+/// Whether a rank's greeting fits this run; Ok(its rank).
+fn check_hello(
+    rank: u64,
+    world: u64,
+    hash: &str,
+    config: &DistributedConfig,
+    config_hash: &str,
+    links: &[Option<TcpStream>],
+) -> std::result::Result<usize, String> {
+    let rank = rank as usize;
+    if world as usize != config.world_size {
+        return Err(format!(
+            "rank {rank} has distributed.world_size = {world}, rank 0 has {}",
+            config.world_size
+        ));
+    }
+    if rank == 0 || rank >= config.world_size {
+        return Err(format!(
+            "a rank joined as rank {rank}; expected 1..{}",
+            config.world_size
+        ));
+    }
+    if links[rank - 1].is_some() {
+        return Err(format!("two processes joined as rank {rank}"));
+    }
+    if hash != config_hash {
+        return Err(format!(
+            "rank {rank}'s config differs from rank 0's (hash {hash} vs {config_hash}): every \
+             rank must run the same config"
+        ));
+    }
+    Ok(rank)
+}
+
+/// A follower's side of `join`.
+fn connect_to_rank0(
+    config: &DistributedConfig,
+    config_hash: &str,
+    deadline: Instant,
+) -> Result<TcpStream> {
+    let address = config
+        .address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| distributed(format!("cannot resolve {:?}", config.address)))?;
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&address, Duration::from_secs(1)) {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(distributed(format!(
+                    "rank {} could not reach rank 0 at {} within distributed.join_timeout_s = \
+                     {}: {e}",
+                    config.rank, config.address, config.join_timeout_s
+                )))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    stream
+        .set_nodelay(true)
+        .map_err(|e| distributed(format!("rank {}: {e}", config.rank)))?;
+    let mut hello = Vec::new();
+    hello.extend_from_slice(&(config.rank as u64).to_le_bytes());
+    hello.extend_from_slice(&(config.world_size as u64).to_le_bytes());
+    hello.extend_from_slice(config_hash.as_bytes());
+    write_frame(&mut stream, HELLO, &hello)
+        .map_err(|e| distributed(link_failure(0, e, config.join_timeout())))?;
+    let (kind, body) = read_frame(&mut stream, deadline)
+        .map_err(|e| distributed(link_failure(0, e, config.join_timeout())))?;
+    match kind {
+        WELCOME => Ok(stream),
+        ABORT => Err(distributed(String::from_utf8_lossy(&body).into_owned())),
+        other => Err(distributed(format!(
+            "rank 0 answered with message kind {other}"
+        ))),
+    }
+}
+
+/// What went wrong on the link to `rank`, in words.
+fn link_failure(rank: usize, error: std::io::Error, timeout: Duration) -> String {
+    match error.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
+            "rank {rank} did not answer within distributed.timeout_s = {} s (hung, or much \
+             slower than the others)",
+            timeout.as_secs_f64()
+        ),
+        ErrorKind::UnexpectedEof
+        | ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe => {
+            format!("rank {rank} disconnected (its process exited or was killed)")
+        }
+        _ => format!("the link to rank {rank} failed: {error}"),
+    }
+}
+
+fn write_frame(stream: &mut TcpStream, kind: u32, body: &[u8]) -> std::io::Result<()> {
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4..8].copy_from_slice(&kind.to_le_bytes());
+    header[8..].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    stream.write_all(&header)?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+/// Reads one frame, giving up at `deadline`.
+fn read_frame(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<(u32, Vec<u8>)> {
+    let mut header = [0u8; 16];
+    read_exact_until(stream, &mut header, deadline)?;
+    let magic = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    if magic != MAGIC {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "not a mixtrain message",
+        ));
+    }
+    let kind = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let len = u64::from_le_bytes(header[8..].try_into().expect("8 bytes")) as usize;
+    let mut body = vec![0u8; len];
+    read_exact_until(stream, &mut body, deadline)?;
+    Ok((kind, body))
+}
+
+fn read_exact_until(
+    stream: &mut TcpStream,
+    mut buf: &mut [u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(buf) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn encode_reduce(step: u64, check: u64, payload: &Payload) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + payload.f32s.len() * 4 + payload.f64s.len() * 8);
+    out.extend_from_slice(&step.to_le_bytes());
+    out.extend_from_slice(&check.to_le_bytes());
+    out.extend_from_slice(&(payload.f32s.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(payload.f64s.len() as u64).to_le_bytes());
+    for v in &payload.f32s {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in &payload.f64s {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn decode_reduce(body: &[u8]) -> Option<(u64, u64, Payload)> {
+    let word = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            body.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    let (step, check) = (word(0)?, word(1)?);
+    let (n32, n64) = (word(2)? as usize, word(3)? as usize);
+    let rest = &body[32..];
+    if rest.len() != n32.checked_mul(4)?.checked_add(n64.checked_mul(8)?)? {
+        return None;
+    }
+    let (a, b) = rest.split_at(n32 * 4);
+    let f32s = a
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let f64s = b
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Some((step, check, Payload { f32s, f64s }))
+}
+
+fn decode_hello(body: &[u8]) -> Option<(u64, u64, String)> {
+    let rank = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+    let world = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+    let hash = String::from_utf8(body.get(16..)?.to_vec()).ok()?;
+    Some((rank, world, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rank: usize, world: usize, port: u16) -> DistributedConfig {
+        DistributedConfig {
+            world_size: world,
+            rank,
+            address: format!("127.0.0.1:{port}"),
+            timeout_s: 2.0,
+            join_timeout_s: 10.0,
+        }
+    }
+
+    /// Runs `body(rank, collective)` on `world` threads joined through `port`.
+    fn with_ranks<T: Send + 'static>(
+        world: usize,
+        port: u16,
+        body: impl Fn(usize, &mut Collective) -> T + Send + Sync + Copy + 'static,
+    ) -> Vec<T> {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let mut c = Collective::join(&config(rank, world, port), "h").unwrap();
+                    body(rank, &mut c)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn sums_in_rank_order_on_every_rank() {
+        let out = with_ranks(3, 29611, |rank, c| {
+            let payload = Payload {
+                f32s: vec![rank as f32 + 0.5, 1.0],
+                f64s: vec![10.0f64.powi(rank as i32)],
+            };
+            (0..3)
+                .map(|step| c.all_reduce(step, 7, payload.clone()).unwrap())
+                .collect::<Vec<_>>()
+        });
+        for per_rank in &out {
+            for sum in per_rank {
+                assert_eq!(sum.f32s, vec![0.5 + 1.5 + 2.5, 3.0]);
+                assert_eq!(sum.f64s, vec![111.0]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_diverged_rank_stops_every_rank_with_its_name() {
+        let out = with_ranks(3, 29612, |rank, c| {
+            let check = if rank == 2 { 9 } else { 7 };
+            c.all_reduce(4, check, Payload::default())
+                .unwrap_err()
+                .to_string()
+        });
+        for message in out {
+            assert!(message.contains("rank 2 diverged"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_dead_rank_is_named_by_the_others_before_the_timeout() {
+        let started = Instant::now();
+        let out = with_ranks(3, 29613, |rank, c| {
+            if rank == 1 {
+                // Closes its link without a word: as if its process died.
+                c.finish();
+                return String::new();
+            }
+            c.all_reduce(0, 0, Payload::default())
+                .unwrap_err()
+                .to_string()
+        });
+        assert!(out[0].contains("rank 1 disconnected"), "{}", out[0]);
+        assert!(out[2].contains("rank 1 disconnected"), "{}", out[2]);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_hung_rank_is_named_after_the_timeout() {
+        let out = with_ranks(2, 29614, |rank, c| {
+            if rank == 1 {
+                std::thread::sleep(Duration::from_secs(4));
+                return String::new();
+            }
+            let started = Instant::now();
+            let e = c.all_reduce(0, 0, Payload::default()).unwrap_err();
+            assert!(started.elapsed() >= Duration::from_secs(2));
+            e.to_string()
+        });
+        assert!(
+            out[0].contains("rank 1 did not answer within"),
+            "{}",
+            out[0]
+        );
+    }
+
+    #[test]
+    fn a_rank_with_another_config_is_refused() {
+        let world = 2;
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let hash = if rank == 0 { "a" } else { "b" };
+                    Collective::join(&config(rank, world, 29615), hash)
+                        .err()
+                        .map(|e| e.to_string())
+                })
+            })
+            .collect();
+        for h in handles {
+            let message = h.join().unwrap().expect("both ranks refuse");
+            assert!(message.contains("rank 1's config differs"), "{message}");
+        }
+    }
+}

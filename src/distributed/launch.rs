@@ -1,0 +1,157 @@
+//! `mixtrain launch --procs N CONFIG`: starts N ranks of `mixtrain run` on this machine, each
+//! with `--set distributed.rank=R --set distributed.world_size=N` and rank 0's address, splits
+//! the cores between them, and exits with the status of the first rank that failed.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Ranks to start.
+    pub procs: usize,
+    /// Pass `--resume` to every rank.
+    pub resume: bool,
+    /// Port rank 0 listens on (127.0.0.1); None picks a free one.
+    pub port: Option<u16>,
+}
+
+/// How the ranks ended: the first failure (rank, its exit code and what it was), if any.
+#[derive(Debug)]
+pub struct LaunchOutcome {
+    pub failed: Option<(usize, i32, String)>,
+}
+
+/// Starts the ranks and waits for them. When one fails, the others get `distributed.timeout_s`
+/// plus a few seconds to notice and stop on their own (they name the failed rank), then are
+/// killed.
+pub fn launch(
+    config_path: &Path,
+    sets: &[String],
+    options: &LaunchOptions,
+) -> Result<LaunchOutcome> {
+    if options.procs == 0 {
+        return Err(Error::value("--procs", "must be at least 1"));
+    }
+    // Validate before starting anything: a bad config fails once, not N times.
+    let config = Config::load(config_path, sets)?;
+    let port = match options.port {
+        Some(port) => port,
+        None => free_port()?,
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Training(format!("cannot find the mixtrain executable: {e}")))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / options.procs).max(1).to_string();
+    let mut children: Vec<Option<Child>> = Vec::new();
+    for rank in 0..options.procs {
+        let mut command = Command::new(&exe);
+        command.arg("run").arg(config_path);
+        for set in sets {
+            command.arg("--set").arg(set);
+        }
+        command
+            .arg("--set")
+            .arg(format!("distributed.world_size={}", options.procs))
+            .arg("--set")
+            .arg(format!("distributed.rank={rank}"))
+            .arg("--set")
+            .arg(format!("distributed.address=\"127.0.0.1:{port}\""));
+        if options.resume {
+            command.arg("--resume");
+        }
+        // Each rank gets its share of the cores unless the user chose thread counts.
+        for var in ["RAYON_NUM_THREADS", "MATMUL_NUM_THREADS"] {
+            if std::env::var_os(var).is_none() {
+                command.env(var, &threads);
+            }
+        }
+        if rank > 0 {
+            // Rank 0 reports the run; the others only their warnings and errors.
+            if std::env::var_os("RUST_LOG").is_none() {
+                command.env("RUST_LOG", "warn");
+            }
+            command.stdout(Stdio::null());
+        }
+        let child = command.spawn().map_err(|e| {
+            Error::Training(format!("cannot start rank {rank} ({}): {e}", exe.display()))
+        })?;
+        children.push(Some(child));
+    }
+    tracing::info!(
+        ranks = options.procs,
+        threads_per_rank = %threads,
+        address = %format!("127.0.0.1:{port}"),
+        "launched"
+    );
+    let grace = config.distributed.timeout() + Duration::from_secs(10);
+    let mut failed: Option<(usize, i32, String)> = None;
+    let mut kill_at: Option<Instant> = None;
+    while children.iter().any(Option::is_some) {
+        for (rank, slot) in children.iter_mut().enumerate() {
+            let Some(child) = slot else { continue };
+            let status = child
+                .try_wait()
+                .map_err(|e| Error::Training(format!("waiting for rank {rank}: {e}")))?;
+            if let Some(status) = status {
+                *slot = None;
+                if !status.success() && failed.is_none() {
+                    failed = Some((rank, exit_code(status), describe(status)));
+                    kill_at = Some(Instant::now() + grace);
+                }
+            }
+        }
+        if kill_at.is_some_and(|at| Instant::now() >= at) {
+            for (rank, slot) in children.iter_mut().enumerate() {
+                if let Some(child) = slot {
+                    tracing::warn!(rank, "still running after another rank failed: killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    *slot = None;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(LaunchOutcome { failed })
+}
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::Training(format!("cannot find a free port for rank 0: {e}")))
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    if let Some(code) = status.code() {
+        return code;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return 128 + signal;
+        }
+    }
+    1
+}
+
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("was killed by signal {signal}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => "ended abnormally".into(),
+    }
+}

@@ -1,0 +1,324 @@
+//! Data-parallel runs started with `mixtrain launch --procs 2` on localhost: they match a
+//! one-process run with the same global batch to float tolerance, repeat bit for bit, resume
+//! bit for bit, and stop with an error naming the rank when one dies or hangs.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{metrics_without_wall, mixtrain, ratio_rows, run_ok, tiny_config};
+
+/// Sets shared by every run here: fastmix (a probed step before each update, so the sums of
+/// ⟨g_val, g_k⟩ over ranks are exercised), micro-batches of 5 (shares of 2 and 3 sequences).
+const SETS: &[&str] = &[
+    "train.steps=20",
+    "train.batch_size=5",
+    "mixer.kind=fastmix",
+    "mixer.every=4",
+    "mixer.warmup_steps=0",
+];
+
+fn with_sets(cmd: &mut std::process::Command, more: &[&str]) {
+    for s in SETS.iter().chain(more) {
+        cmd.arg("--set").arg(s);
+    }
+}
+
+fn run_one(dir: &Path, more: &[&str]) {
+    let config = tiny_config(dir, "");
+    let mut cmd = mixtrain();
+    cmd.arg("run").arg(&config);
+    with_sets(&mut cmd, more);
+    run_ok(&mut cmd);
+}
+
+fn launch(dir: &Path, more: &[&str], fault: Option<&str>, resume: bool) -> Output {
+    let config = tiny_config(dir, "");
+    let mut cmd = mixtrain();
+    cmd.arg("launch").arg(&config).arg("--procs").arg("2");
+    if resume {
+        cmd.arg("--resume");
+    }
+    with_sets(&mut cmd, more);
+    if let Some(fault) = fault {
+        cmd.env("MIXTRAIN_FAULT", fault);
+    }
+    cmd.output().expect("spawn mixtrain launch")
+}
+
+fn launch_ok(dir: &Path, more: &[&str]) {
+    let out = launch(dir, more, None, false);
+    assert!(
+        out.status.success(),
+        "launch failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_bit_identical(a: &Path, b: &Path) {
+    let (ma, mb) = (
+        metrics_without_wall(&a.join("run/metrics.jsonl")),
+        metrics_without_wall(&b.join("run/metrics.jsonl")),
+    );
+    assert_eq!(ma, mb, "metrics.jsonl differs");
+    for file in ["ratios.csv", "mixture.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(a.join("run").join(file)).unwrap(),
+            std::fs::read(b.join("run").join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+}
+
+fn field(v: &serde_json::Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(|x| x.as_f64())
+}
+
+/// Two ranks with micro-batches of 5 split 2 + 3 against one process training on all 5: the
+/// same sequences, so losses and mixtures agree up to the rounding of the sums over ranks
+/// (measured ~1e-8 relative; the test allows 1e-5), and the token counters exactly.
+#[test]
+fn two_ranks_match_one_process_and_repeat_bit_for_bit() {
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    let again = tempfile::tempdir().unwrap();
+    run_one(one.path(), &[]);
+    launch_ok(two.path(), &[]);
+    launch_ok(again.path(), &[]);
+
+    let m1 = metrics_without_wall(&one.path().join("run/metrics.jsonl"));
+    let m2 = metrics_without_wall(&two.path().join("run/metrics.jsonl"));
+    assert_eq!(m1.len(), m2.len());
+    let mut compared = 0;
+    for (a, b) in m1.iter().zip(&m2) {
+        assert_eq!(a["step"], b["step"]);
+        assert_eq!(a["tokens"], b["tokens"]);
+        assert_eq!(a.get("tokens_by_source"), b.get("tokens_by_source"));
+        for key in ["train_loss", "val_loss", "target_val_loss", "grad_norm"] {
+            if let (Some(x), Some(y)) = (field(a, key), field(b, key)) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                    "step {}: {key} {x} (1 process) vs {y} (2 ranks)",
+                    a["step"]
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 40, "compared only {compared} values");
+    let (r1, r2) = (
+        ratio_rows(&one.path().join("run/ratios.csv")),
+        ratio_rows(&two.path().join("run/ratios.csv")),
+    );
+    assert_eq!(r1.len(), r2.len());
+    assert!(
+        r1.len() >= 5,
+        "fastmix updated the mixture ({} rows)",
+        r1.len()
+    );
+    for (a, b) in r1.iter().zip(&r2) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5, "mixture {a:?} vs {b:?}");
+        }
+    }
+    // The mixture moved: the comparison above is not between two uniform rows.
+    assert!(r2
+        .last()
+        .unwrap()
+        .iter()
+        .any(|w| (w - 1.0 / 3.0).abs() > 1e-3));
+
+    assert_bit_identical(two.path(), again.path());
+}
+
+/// Sampling with gradient accumulation and single-pass statistics: the other code paths of
+/// the step.
+#[test]
+fn two_ranks_match_one_process_with_accumulation_and_single_pass() {
+    let more = [
+        "mixer.apply=hybrid",
+        "mixer.grad_stats=single-pass",
+        "train.grad_accum=2",
+        "train.steps=12",
+    ];
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    run_one(one.path(), &more);
+    launch_ok(two.path(), &more);
+    let (r1, r2) = (
+        ratio_rows(&one.path().join("run/ratios.csv")),
+        ratio_rows(&two.path().join("run/ratios.csv")),
+    );
+    assert_eq!(r1.len(), r2.len());
+    for (a, b) in r1.iter().zip(&r2) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5, "mixture {a:?} vs {b:?}");
+        }
+    }
+    let m1 = metrics_without_wall(&one.path().join("run/metrics.jsonl"));
+    let m2 = metrics_without_wall(&two.path().join("run/metrics.jsonl"));
+    let (x, y) = (
+        field(m1.last().unwrap(), "val_loss").unwrap(),
+        field(m2.last().unwrap(), "val_loss").unwrap(),
+    );
+    assert!((x - y).abs() <= 1e-5 * x, "final val_loss {x} vs {y}");
+}
+
+/// Rank 0 dies at step 13 (after the checkpoint of step 10); `launch --resume` finishes the
+/// run, byte-identical to an uninterrupted two-rank run.
+#[test]
+fn resume_of_a_two_rank_run_is_bit_identical() {
+    let whole = tempfile::tempdir().unwrap();
+    let cut = tempfile::tempdir().unwrap();
+    launch_ok(whole.path(), &[]);
+    let out = launch(cut.path(), &[], Some("rank-kill=0:13"), false);
+    assert!(!out.status.success(), "rank 0 was killed");
+    let out = launch(cut.path(), &[], None, true);
+    assert!(
+        out.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_bit_identical(whole.path(), cut.path());
+}
+
+/// The checkpoint of a two-rank run holds the whole state: one process can continue it (not
+/// bit for bit: the sums round differently), ending close to the two-rank run.
+#[test]
+fn a_two_rank_checkpoint_resumes_on_one_process() {
+    let whole = tempfile::tempdir().unwrap();
+    let cut = tempfile::tempdir().unwrap();
+    launch_ok(whole.path(), &[]);
+    let out = launch(cut.path(), &[], Some("rank-kill=1:13"), false);
+    assert!(!out.status.success());
+    let config = tiny_config(cut.path(), "");
+    let mut cmd = mixtrain();
+    cmd.arg("run").arg(&config).arg("--resume");
+    with_sets(&mut cmd, &[]);
+    let out = run_ok(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("written by 2 rank(s), resuming with 1"),
+        "{stderr}"
+    );
+    let (a, b) = (
+        ratio_rows(&whole.path().join("run/ratios.csv")),
+        ratio_rows(&cut.path().join("run/ratios.csv")),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.last().unwrap().iter().zip(b.last().unwrap()) {
+        assert!((x - y).abs() <= 1e-4, "{a:?} vs {b:?}");
+    }
+}
+
+/// A rank killed mid-run: the other rank stops at once with an error naming it, `launch`
+/// exits non-zero naming it too, and the last complete checkpoint is intact.
+#[test]
+fn a_killed_rank_stops_the_run_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = launch(
+        dir.path(),
+        &["distributed.timeout_s=60"],
+        Some("rank-kill=1:8"),
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("rank 1 disconnected"), "{stderr}");
+    assert!(
+        stderr.contains("error: rank 1 was killed by signal 9"),
+        "{stderr}"
+    );
+    // Noticed when the socket closed, well before the 60 s timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut eval = mixtrain();
+    eval.arg("eval").arg(dir.path().join("run"));
+    let out = run_ok(&mut eval);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("prose"));
+    assert!(dir
+        .path()
+        .join("run/checkpoints/step_00000005/DONE")
+        .is_file());
+}
+
+/// A rank that stops answering (SIGSTOP): rank 0 gives up after `distributed.timeout_s` with
+/// an error naming it; the launcher then kills the stopped rank and exits non-zero.
+#[test]
+fn a_hung_rank_is_named_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = launch(
+        dir.path(),
+        &["distributed.timeout_s=3"],
+        Some("rank-stop=1:8"),
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("rank 1 did not answer within distributed.timeout_s = 3 s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: rank 0 exited with status 1"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(90));
+}
+
+#[test]
+fn bad_distributed_settings_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let out = mixtrain()
+        .arg("run")
+        .arg(&config)
+        .args([
+            "--set",
+            "distributed.world_size=2",
+            "--set",
+            "distributed.rank=2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("distributed.rank: must be below distributed.world_size = 2 (got 2)"),
+        "{stderr}"
+    );
+    let out = mixtrain()
+        .arg("run")
+        .arg(&config)
+        .args([
+            "--set",
+            "distributed.world_size=2",
+            "--set",
+            "distributed.address=nowhere",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("distributed.address: expected host:port"),
+        "{stderr}"
+    );
+    let out = mixtrain()
+        .arg("launch")
+        .arg(&config)
+        .args(["--procs", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--procs: must be at least 1"));
+    assert!(!dir.path().join("run").exists(), "nothing was created");
+}
