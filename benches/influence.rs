@@ -43,7 +43,7 @@ impl BackendTask for Bench {
     ) -> mixtrain::Result<[f64; 3]> {
         let mut session = Session::<B>::build(self.config, device)?;
         session.train_step()?; // warm-up
-        let g_val = session.validation_gradient(2);
+        let g_val = session.validation_gradient(2).expect("one process");
         let mut samples = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..self.rounds {
             for (variant, stats) in [

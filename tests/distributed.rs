@@ -167,6 +167,43 @@ fn two_ranks_match_one_process_with_accumulation_and_single_pass() {
     assert!((x - y).abs() <= 1e-5 * x, "final val_loss {x} vs {y}");
 }
 
+/// The mixers' extra measurements split over ranks: tikmix's g_val and influences, tikmix-m's
+/// source gradients and candidates' losses, DoReMi's excess losses (its reference model is
+/// trained by rank 0 and read by rank 1).
+#[test]
+fn split_measurements_match_one_process() {
+    for mixer in ["tikmix", "tikmix-m", "doremi"] {
+        let kind = format!("mixer.kind={mixer}");
+        let more = [
+            kind.as_str(),
+            "train.steps=12",
+            "mixer.doremi.reference_steps=10",
+        ];
+        let one = tempfile::tempdir().unwrap();
+        let two = tempfile::tempdir().unwrap();
+        run_one(one.path(), &more);
+        launch_ok(two.path(), &more);
+        let (r1, r2) = (
+            ratio_rows(&one.path().join("run/ratios.csv")),
+            ratio_rows(&two.path().join("run/ratios.csv")),
+        );
+        assert_eq!(r1.len(), 3, "{mixer}: step 0 and updates at 4 and 8");
+        assert_eq!(r1.len(), r2.len());
+        for (a, b) in r1.iter().zip(&r2) {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-5, "{mixer}: mixture {a:?} vs {b:?}");
+            }
+        }
+        assert!(
+            r2.last()
+                .unwrap()
+                .iter()
+                .any(|w| (w - 1.0 / 3.0).abs() > 1e-3),
+            "{mixer} moved the mixture: {r2:?}"
+        );
+    }
+}
+
 /// Rank 0 dies at step 13 (after the checkpoint of step 10); `launch --resume` finishes the
 /// run, byte-identical to an uninterrupted two-rank run.
 #[test]

@@ -183,9 +183,20 @@ impl Sampler {
     /// sets, or training streams), taken in turn: fresh batches for mixer probes.
     /// `sources[i]` of the batch is the index into `streams` of row i.
     pub fn probe_batch(&mut self, streams: &[&Shard], n: usize) -> Batch {
+        self.probe_batch_share(streams, n, 0..n)
+    }
+
+    /// Like `probe_batch`, but the batch holds only the rows at `share` (a rank's part); the
+    /// random offsets of all `n` rows are drawn, as on every other rank.
+    pub fn probe_batch_share(
+        &mut self,
+        streams: &[&Shard],
+        n: usize,
+        share: std::ops::Range<usize>,
+    ) -> Batch {
         let window = self.seq_len + 1;
-        let mut tokens = Vec::with_capacity(n * window);
-        let mut drawn = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(share.len() * window);
+        let mut drawn = Vec::with_capacity(share.len());
         for i in 0..n {
             let at = i % streams.len();
             let stream = streams[at];
@@ -193,8 +204,10 @@ impl Sampler {
                 .state
                 .probe_rng
                 .below((stream.len() - window + 1) as u64) as usize;
-            stream.extend_window(start, window, &mut tokens);
-            drawn.push(at);
+            if share.contains(&i) {
+                stream.extend_window(start, window, &mut tokens);
+                drawn.push(at);
+            }
         }
         Batch {
             tokens,

@@ -92,6 +92,7 @@ pub fn launch(
     let mut failed: Option<(usize, i32, String)> = None;
     let mut kill_at: Option<Instant> = None;
     while children.iter().any(Option::is_some) {
+        let mut failed_now = Vec::new();
         for (rank, slot) in children.iter_mut().enumerate() {
             let Some(child) = slot else { continue };
             let status = child
@@ -99,11 +100,18 @@ pub fn launch(
                 .map_err(|e| Error::Training(format!("waiting for rank {rank}: {e}")))?;
             if let Some(status) = status {
                 *slot = None;
-                if !status.success() && failed.is_none() {
-                    failed = Some((rank, exit_code(status), describe(status)));
-                    kill_at = Some(Instant::now() + grace);
+                if !status.success() {
+                    failed_now.push((rank, status));
                 }
             }
+        }
+        if failed.is_none() && !failed_now.is_empty() {
+            // Ranks that failed between two polls: a killed one is the cause, the others
+            // stopped because of it (and said so).
+            failed_now.sort_by_key(|(rank, status)| (status.code().is_some(), *rank));
+            let (rank, status) = failed_now[0];
+            failed = Some((rank, exit_code(status), describe(status)));
+            kill_at = Some(Instant::now() + grace);
         }
         if kill_at.is_some_and(|at| Instant::now() >= at) {
             for (rank, slot) in children.iter_mut().enumerate() {
@@ -115,7 +123,7 @@ pub fn launch(
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(LaunchOutcome { failed })
 }

@@ -29,33 +29,59 @@ fn target_streams<'a>(
         .collect()
 }
 
+/// Mean token loss of a batch from this rank's rows: the batch mean alone, else the sum over
+/// this rank's tokens divided by the whole batch's (`tokens`), which the ranks then sum.
+fn batch_mean<BB: Backend>(losses: Tensor<BB, 1>, tokens: usize, alone: bool) -> Tensor<BB, 1> {
+    if alone {
+        losses.mean()
+    } else {
+        losses.sum() / tokens as f64
+    }
+}
+
 impl<B: TrainBackend> Session<B> {
     /// Gradient of the mean token loss of the target on `batches` fresh validation batches
-    /// (random windows, equal numbers per target member: source or target set).
-    pub fn validation_gradient(&mut self, batches: usize) -> GradientsParams {
+    /// (random windows, equal numbers per target member: source or target set). Distributed,
+    /// each rank computes its rows of every batch and the gradients are summed over ranks.
+    pub fn validation_gradient(&mut self, batches: usize) -> Result<GradientsParams> {
         let streams = target_streams(&self.target, &self.sources, &self.target_sets);
         let batch_size = self.config.train.batch_size;
+        let alone = self.collective.is_none();
+        let mine = self.my_rows(batch_size);
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         for _ in 0..batches {
-            let batch = self.sampler.probe_batch(&streams, batch_size);
+            let batch = self
+                .sampler
+                .probe_batch_share(&streams, batch_size, mine.clone());
+            if batch.is_empty() {
+                continue;
+            }
             let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
-            let loss = token_losses(self.model.forward(inputs), targets).mean() / batches as f64;
+            let losses = token_losses(self.model.forward(inputs), targets);
+            let loss = batch_mean(losses, batch_size * batch.seq_len, alone) / batches as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &self.model);
             accumulator.accumulate(&self.model, grads);
         }
-        accumulator.grads()
+        self.sum_grads_over_ranks(accumulator.grads())
     }
 
     /// G_k: the gradient of source k's mean token loss over `samples` random training windows
-    /// (extra forward/backward passes).
-    fn source_gradient(&mut self, k: usize, samples: usize) -> GradientsParams {
+    /// (extra forward/backward passes), from this rank's rows only: the caller sums over ranks
+    /// what it needs.
+    fn source_gradient_share(&mut self, k: usize, samples: usize) -> GradientsParams {
         let batch_size = self.config.train.batch_size;
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         let mut left = samples;
         while left > 0 {
             let n = left.min(batch_size);
             left -= n;
-            let batch = self.sampler.probe_batch(&[&self.sources[k].train], n);
+            let mine = self.my_rows(n);
+            let batch = self
+                .sampler
+                .probe_batch_share(&[&self.sources[k].train], n, mine);
+            if batch.is_empty() {
+                continue;
+            }
             let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
             let loss = token_losses(self.model.forward(inputs), targets).sum()
                 / (samples * batch.seq_len) as f64;
@@ -65,43 +91,55 @@ impl<B: TrainBackend> Session<B> {
         accumulator.grads()
     }
 
-    /// ⟨g_val, G_k⟩ for every source (TiKMiX).
-    pub fn group_influence(&mut self, g_val: &GradientsParams, samples: usize) -> Vec<f64> {
+    /// ⟨g_val, G_k⟩ for every source (TiKMiX); distributed, Σ over ranks of ⟨g_val, G_k's
+    /// share⟩ (the inner product is linear in G_k).
+    pub fn group_influence(&mut self, g_val: &GradientsParams, samples: usize) -> Result<Vec<f64>> {
         let head = self.head_name();
-        (0..self.sources.len())
+        let influence = (0..self.sources.len())
             .map(|k| {
-                let g_k = self.source_gradient(k, samples);
+                let g_k = self.source_gradient_share(k, samples);
                 grad_dot(&self.model, g_val, &g_k, GradScope::All, head, None)
             })
-            .collect()
+            .collect();
+        self.sum_values_over_ranks(influence)
     }
 
     /// ΔL_val(w) = L_val(θ − scale · lr · P ⊙ Σ_k w_k G_k) − L_val(θ) for each candidate w
     /// (TiKMiX-M): one backward per source for G_k, then forward passes only, every candidate
-    /// on the same fresh validation batches of the target.
+    /// on the same fresh validation batches of the target. Distributed, the G_k are summed
+    /// over ranks and each rank evaluates its rows of the validation batches.
     pub fn virtual_step_deltas(
         &mut self,
         spec: VirtualStepSpec,
         lr: f64,
         candidates: &[Vec<f64>],
-    ) -> Vec<f64> {
-        let gradients: Vec<GradientsParams> = (0..self.sources.len())
-            .map(|k| self.source_gradient(k, spec.samples_per_source))
-            .collect();
+    ) -> Result<Vec<f64>> {
+        let mut gradients = Vec::with_capacity(self.sources.len());
+        for k in 0..self.sources.len() {
+            let share = self.source_gradient_share(k, spec.samples_per_source);
+            gradients.push(self.sum_grads_over_ranks(share)?);
+        }
         let streams = target_streams(&self.target, &self.sources, &self.target_sets);
         let batch_size = self.config.train.batch_size;
+        let alone = self.collective.is_none();
+        let mine = self.my_rows(batch_size);
         let batches: Vec<_> = (0..spec.val_batches)
             .map(|_| {
-                let batch = self.sampler.probe_batch(&streams, batch_size);
-                Self::batch_tensors::<B::InnerBackend>(&batch, &self.device)
+                let batch = self
+                    .sampler
+                    .probe_batch_share(&streams, batch_size, mine.clone());
+                (!batch.is_empty())
+                    .then(|| Self::batch_tensors::<B::InnerBackend>(&batch, &self.device))
             })
             .collect();
+        let tokens = batch_size * self.config.data.seq_len;
         let mean_loss = |model: &Gpt<B::InnerBackend>| -> f64 {
             let total: f64 = batches
                 .iter()
+                .flatten()
                 .map(|(inputs, targets)| {
-                    token_losses(model.forward(inputs.clone()), targets.clone())
-                        .mean()
+                    let losses = token_losses(model.forward(inputs.clone()), targets.clone());
+                    batch_mean(losses, tokens, alone)
                         .into_scalar()
                         .elem::<f64>()
                 })
@@ -109,26 +147,29 @@ impl<B: TrainBackend> Session<B> {
             total / batches.len() as f64
         };
         let model = self.model.valid();
-        let base = mean_loss(&model);
         let optim = spec.precondition.then_some(&self.optim);
-        candidates
-            .iter()
-            .map(|w| {
-                let stepped = virtual_step(model.clone(), &gradients, w, spec.scale * lr, optim);
-                mean_loss(&stepped) - base
-            })
-            .collect()
+        // [L(θ), L(θ_1), …, L(θ_C)], summed over ranks before the differences are taken.
+        let mut losses = vec![mean_loss(&model)];
+        for w in candidates {
+            let stepped = virtual_step(model.clone(), &gradients, w, spec.scale * lr, optim);
+            losses.push(mean_loss(&stepped));
+        }
+        let losses = self.sum_values_over_ranks(losses)?;
+        Ok(losses[1..].iter().map(|l| l - losses[0]).collect())
     }
 
     /// λ_k = mean over tokens of max(ℓ_θ − ℓ_ref, 0) on `samples` random training sequences of
-    /// each source (forward passes of both models, no backward).
+    /// each source (forward passes of both models, no backward). Distributed, each rank takes
+    /// its rows of every batch and the sums are added over ranks.
     pub fn excess_losses(&mut self, samples: usize) -> Result<Vec<f64>> {
         let reference = self.reference.as_ref().ok_or_else(|| {
             Error::Training("the doremi mixer needs a reference model, and none is loaded".into())
         })?;
         let model = self.model.valid();
         let batch_size = self.config.train.batch_size;
-        let mut out = Vec::with_capacity(self.sources.len());
+        let (rank, world) = self.rank_and_world();
+        let mut totals = Vec::with_capacity(self.sources.len());
+        let mut token_counts = Vec::with_capacity(self.sources.len());
         for k in 0..self.sources.len() {
             let mut total = 0.0;
             let mut tokens = 0usize;
@@ -136,7 +177,14 @@ impl<B: TrainBackend> Session<B> {
             while left > 0 {
                 let n = left.min(batch_size);
                 left -= n;
-                let batch = self.sampler.probe_batch(&[&self.sources[k].train], n);
+                let mine = crate::distributed::share(n, rank, world);
+                let batch = self
+                    .sampler
+                    .probe_batch_share(&[&self.sources[k].train], n, mine);
+                tokens += n * batch.seq_len;
+                if batch.is_empty() {
+                    continue;
+                }
                 let (inputs, targets) =
                     Self::batch_tensors::<B::InnerBackend>(&batch, &self.device);
                 let ours = token_losses(model.forward(inputs.clone()), targets.clone());
@@ -146,10 +194,15 @@ impl<B: TrainBackend> Session<B> {
                     .sum()
                     .into_scalar()
                     .elem::<f64>();
-                tokens += n * batch.seq_len;
             }
-            out.push(total / tokens as f64);
+            totals.push(total);
+            token_counts.push(tokens);
         }
-        Ok(out)
+        let totals = self.sum_values_over_ranks(totals)?;
+        Ok(totals
+            .iter()
+            .zip(&token_counts)
+            .map(|(total, &tokens)| total / tokens as f64)
+            .collect())
     }
 }

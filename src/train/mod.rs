@@ -4,6 +4,7 @@ mod config;
 mod evaluator;
 mod measure;
 mod probe;
+mod ranks;
 mod reference;
 mod run;
 mod session;

@@ -289,6 +289,7 @@ fn train_loop<B: TrainBackend>(
         collective.finish();
         let stats = &collective.stats;
         tracing::info!(
+            rank = collective.rank(),
             calls = stats.calls,
             seconds = format!("{:.2}", stats.seconds),
             mib_sent = format!("{:.1}", stats.bytes_sent as f64 / (1 << 20) as f64),

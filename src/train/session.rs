@@ -154,18 +154,24 @@ impl<B: TrainBackend> Session<B> {
         grad_dot: Option<Vec<Option<f64>>>,
     ) -> Result<Option<mixer::MixerUpdate>> {
         let needs = self.mixer.needs();
-        let influence = needs.group_influence.map(|spec| {
-            let g_val = self.validation_gradient(spec.val_batches);
-            self.group_influence(&g_val, spec.samples_per_source)
-        });
+        let influence = match needs.group_influence {
+            Some(spec) => {
+                let g_val = self.validation_gradient(spec.val_batches)?;
+                Some(self.group_influence(&g_val, spec.samples_per_source)?)
+            }
+            None => None,
+        };
         let excess_loss = match needs.excess_loss {
             Some(samples) => Some(self.excess_losses(samples)?),
             None => None,
         };
-        let candidate_delta = needs.virtual_step.map(|spec| {
-            let candidates = self.mixer.candidates();
-            self.virtual_step_deltas(spec, lr, &candidates)
-        });
+        let candidate_delta = match needs.virtual_step {
+            Some(spec) => {
+                let candidates = self.mixer.candidates();
+                Some(self.virtual_step_deltas(spec, lr, &candidates)?)
+            }
+            None => None,
+        };
         let stats = SourceStats {
             step: self.progress.step,
             lr,

@@ -34,20 +34,22 @@ enum MicroProbe<B: TrainBackend> {
 
 impl<B: TrainBackend> Session<B> {
     /// The probe the next training step runs, if the mixer updates right after it.
-    fn probe_for_next_step(&mut self) -> Option<GradProbe> {
-        let spec = self.mixer.needs().grad_probe?;
+    fn probe_for_next_step(&mut self) -> Result<Option<GradProbe>> {
+        let Some(spec) = self.mixer.needs().grad_probe else {
+            return Ok(None);
+        };
         if !self
             .config
             .mixer
             .updates_at(self.progress.step + 1, self.config.train.steps)
         {
-            return None;
+            return Ok(None);
         }
-        Some(GradProbe {
-            g_val: self.validation_gradient(spec.val_batches),
+        Ok(Some(GradProbe {
+            g_val: self.validation_gradient(spec.val_batches)?,
             scope: spec.scope,
             precondition: spec.precondition,
-        })
+        }))
     }
 
     /// One optimizer step: draw the step's sequences from the mixture, forward/backward each
@@ -57,7 +59,7 @@ impl<B: TrainBackend> Session<B> {
     pub fn train_step(&mut self) -> Result<StepReport> {
         // Taken before the probe: its validation batches draw from the sampler too.
         let sampler_before = self.sampler.state().clone();
-        let probe = self.probe_for_next_step();
+        let probe = self.probe_for_next_step()?;
         self.step_from(probe, sampler_before)
     }
 
@@ -176,7 +178,7 @@ impl<B: TrainBackend> Session<B> {
         }
         let mut grads = accumulator.grads();
         if self.collective.is_some() {
-            grads = self.sum_over_ranks(grads, &weights, &mut loss, &mut sums, &mut dots)?;
+            grads = self.sum_step_over_ranks(grads, &weights, &mut loss, &mut sums, &mut dots)?;
         }
         // The buffer grew by (Σ_{i∈k} w_i / W) ∇(mean loss of k) when source k's sequences share
         // one weight: undo that factor to get ⟨g_val, g_k⟩.
@@ -245,7 +247,7 @@ impl<B: TrainBackend> Session<B> {
     /// Sums the step's gradients and statistics over the ranks of a distributed run: the
     /// gradient, the weighted loss, per source (Σ sequence losses, sequences) and Σ ⟨g_val, ·⟩.
     /// The mixture in force is compared across ranks on the way.
-    fn sum_over_ranks(
+    fn sum_step_over_ranks(
         &mut self,
         grads: GradientsParams,
         weights: &[f64],

@@ -1,0 +1,60 @@
+//! A session's view of the other ranks of a distributed run: which rows of a batch this rank
+//! computes, and sums over ranks of gradients and statistics. Alone (no `[distributed]`) the
+//! share is everything and the sums are the identity, so a one-process run computes exactly
+//! what it computed before distributed training existed.
+
+use std::ops::Range;
+
+use burn::optim::GradientsParams;
+
+use super::Session;
+use crate::backend::TrainBackend;
+use crate::distributed::{flatten_grads, mixture_check, share, unflatten_grads, Payload};
+use crate::error::Result;
+
+impl<B: TrainBackend> Session<B> {
+    /// (rank, world size); (0, 1) alone.
+    pub(crate) fn rank_and_world(&self) -> (usize, usize) {
+        self.collective
+            .as_ref()
+            .map_or((0, 1), |c| (c.rank(), c.world_size()))
+    }
+
+    /// The rows of a batch of `n` this rank computes.
+    pub(crate) fn my_rows(&self, n: usize) -> Range<usize> {
+        let (rank, world) = self.rank_and_world();
+        share(n, rank, world)
+    }
+
+    /// Sums over ranks (in rank order) of `f32s` and `f64s`; the same values back alone.
+    pub(crate) fn sum_over_ranks(&mut self, f32s: Vec<f32>, f64s: Vec<f64>) -> Result<Payload> {
+        let step = self.progress.step as u64;
+        let check = mixture_check(self.mixer.weights());
+        let payload = Payload { f32s, f64s };
+        match self.collective.as_mut() {
+            Some(collective) => collective.all_reduce(step, check, payload),
+            None => Ok(payload),
+        }
+    }
+
+    /// Σ over ranks of a statistic (one value per source, candidate, ...).
+    pub(crate) fn sum_values_over_ranks(&mut self, values: Vec<f64>) -> Result<Vec<f64>> {
+        if self.collective.is_none() {
+            return Ok(values);
+        }
+        Ok(self.sum_over_ranks(Vec::new(), values)?.f64s)
+    }
+
+    /// Σ over ranks of a gradient computed on this rank's rows.
+    pub(crate) fn sum_grads_over_ranks(
+        &mut self,
+        grads: GradientsParams,
+    ) -> Result<GradientsParams> {
+        if self.collective.is_none() {
+            return Ok(grads);
+        }
+        let flat = flatten_grads(&self.model, &grads);
+        let summed = self.sum_over_ranks(flat, Vec::new())?;
+        Ok(unflatten_grads(&self.model, &summed.f32s))
+    }
+}
