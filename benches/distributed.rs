@@ -1,8 +1,8 @@
 //! Data-parallel throughput on this machine: the quickstart model trained by 2 ranks × 1 core
 //! (`mixtrain launch --procs 2`) against 1 rank × 2 cores (`mixtrain run`), with the static
 //! mixer and with fastmix, interleaved, median of ROUNDS rounds; and the share of a step rank 0
-//! spends in the all-reduce (sending its gradient, waiting for the other rank, receiving the
-//! sum).
+//! spends in all-reduces (sending its vectors, waiting for the other rank, receiving the sum;
+//! the barriers at the start are not counted).
 //!
 //!     cargo bench --bench distributed             # 40 steps per run, 2 rounds
 //!     STEPS=60 ROUNDS=3 cargo bench --bench distributed
@@ -102,10 +102,10 @@ fn main() {
             one.push(train(1, mixer, steps, dir.path()).ms_per_step);
             let t = train(2, mixer, steps, dir.path());
             two.push(t.ms_per_step);
-            if let Some((seconds, calls)) = t.all_reduce_s {
-                // Per call against per step: every step makes one call (plus a few for
-                // barriers and mixer statistics, counted in).
-                share.push(seconds * 1e3 / calls / t.ms_per_step);
+            if let Some((seconds, _calls)) = t.all_reduce_s {
+                // All of rank 0's time in all-reduces (one per step, plus fastmix's g_val
+                // before each update) over the run's steps, against a step's time.
+                share.push(seconds * 1e3 / steps as f64 / t.ms_per_step);
             }
         }
         let (one, two) = (median(one), median(two));

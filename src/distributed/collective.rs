@@ -111,8 +111,11 @@ impl Collective {
     /// Waits until every rank reached this point, up to `timeout`; `step` and `check` must
     /// agree across ranks as in `all_reduce`.
     pub fn barrier(&mut self, step: u64, check: u64, timeout: Duration) -> Result<()> {
-        self.all_reduce_within(step, check, Payload::default(), timeout)
-            .map(|_| ())
+        // Not counted in `stats`: a barrier's wait is another rank's setup, not communication.
+        let before = self.stats.clone();
+        let result = self.all_reduce_within(step, check, Payload::default(), timeout);
+        self.stats = before;
+        result.map(|_| ())
     }
 
     /// This rank is done with the collective (its run completed).
