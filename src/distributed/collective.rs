@@ -525,6 +525,15 @@ mod tests {
         }
     }
 
+    /// A port nothing listens on now (the tests run in parallel: no fixed ports).
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
     /// Runs `body(rank, collective)` on `world` threads joined through `port`.
     fn with_ranks<T: Send + 'static>(
         world: usize,
@@ -544,7 +553,7 @@ mod tests {
 
     #[test]
     fn sums_in_rank_order_on_every_rank() {
-        let out = with_ranks(3, 29611, |rank, c| {
+        let out = with_ranks(3, free_port(), |rank, c| {
             let payload = Payload {
                 f32s: vec![rank as f32 + 0.5, 1.0],
                 f64s: vec![10.0f64.powi(rank as i32)],
@@ -563,7 +572,7 @@ mod tests {
 
     #[test]
     fn a_diverged_rank_stops_every_rank_with_its_name() {
-        let out = with_ranks(3, 29612, |rank, c| {
+        let out = with_ranks(3, free_port(), |rank, c| {
             let check = if rank == 2 { 9 } else { 7 };
             c.all_reduce(4, check, Payload::default())
                 .unwrap_err()
@@ -577,7 +586,7 @@ mod tests {
     #[test]
     fn a_dead_rank_is_named_by_the_others_before_the_timeout() {
         let started = Instant::now();
-        let out = with_ranks(3, 29613, |rank, c| {
+        let out = with_ranks(3, free_port(), |rank, c| {
             if rank == 1 {
                 // Closes its link without a word: as if its process died.
                 c.finish();
@@ -594,7 +603,7 @@ mod tests {
 
     #[test]
     fn a_hung_rank_is_named_after_the_timeout() {
-        let out = with_ranks(2, 29614, |rank, c| {
+        let out = with_ranks(2, free_port(), |rank, c| {
             if rank == 1 {
                 std::thread::sleep(Duration::from_secs(4));
                 return String::new();
@@ -614,11 +623,12 @@ mod tests {
     #[test]
     fn a_rank_with_another_config_is_refused() {
         let world = 2;
+        let port = free_port();
         let handles: Vec<_> = (0..world)
             .map(|rank| {
                 std::thread::spawn(move || {
                     let hash = if rank == 0 { "a" } else { "b" };
-                    Collective::join(&config(rank, world, 29615), hash)
+                    Collective::join(&config(rank, world, port), hash)
                         .err()
                         .map(|e| e.to_string())
                 })
