@@ -230,7 +230,13 @@ impl Collective {
 
     fn reduce_at_follower(&mut self, message: &[u8], timeout: Duration) -> Result<Payload> {
         let link = &mut self.links[0];
-        write_frame(link, REDUCE, message).map_err(|e| distributed(link_failure(0, e, timeout)))?;
+        if let Err(e) = write_frame(link, REDUCE, message) {
+            // Rank 0 may have closed the link right after telling this rank why: read that.
+            return match read_frame(link, Instant::now() + Duration::from_secs(1)) {
+                Ok((ABORT, body)) => Err(distributed(String::from_utf8_lossy(&body).into_owned())),
+                _ => Err(distributed(link_failure(0, e, timeout))),
+            };
+        }
         let deadline = Instant::now() + timeout + FOLLOWER_GRACE;
         let (kind, body) =
             read_frame(link, deadline).map_err(|e| distributed(link_failure(0, e, timeout)))?;
