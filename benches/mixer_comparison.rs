@@ -28,7 +28,8 @@
 use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
-    ApplyMode, Config, InfluenceFrom, InitSpec, MixerConfig, MixerKind, SignalNorm, TargetSetConfig,
+    ApplyMode, Config, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, SignalNorm,
+    TargetSetConfig,
 };
 use mixtrain::train::{run, RunOptions};
 
@@ -95,6 +96,14 @@ const METHODS: &[Method] = &[
     Method {
         name: "doremi",
         apply: |c| c.mixer.kind = MixerKind::Doremi,
+    },
+    // doremi with λ_k from the step before each update (one reference forward of its batch).
+    Method {
+        name: "doremi-step",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.doremi.excess_from = ExcessFrom::Step;
+        },
     },
     Method {
         name: "ado",

@@ -10,13 +10,15 @@
 //! Each timed step includes the mixer's share of the work: fastmix's validation gradient and
 //! probed step (per-source: domain-homogeneous micro-batches each dotted with g_val;
 //! single-pass: traced forward and per-token output gradients), tikmix's and tikmix-m's
-//! per-source passes at their updates, odm's bookkeeping, doremi's reference forward passes.
+//! per-source passes at their updates, odm's and ado's bookkeeping, doremi's forward passes
+//! (both models on fresh samples, or with `excess_from = "step"` the reference on the step's
+//! batch).
 
 use std::path::Path;
 use std::time::Instant;
 
 use mixtrain::backend::{dispatch, BackendTask, TrainBackend};
-use mixtrain::config::{BackendKind, Config, GradStats, InfluenceFrom, MixerKind};
+use mixtrain::config::{BackendKind, Config, ExcessFrom, GradStats, InfluenceFrom, MixerKind};
 use mixtrain::train::Session;
 
 struct Bench {
@@ -40,14 +42,15 @@ impl BackendTask for Bench {
         }
         let start = Instant::now();
         let mut lr = 0.0;
-        let mut probed = None;
+        let (mut probed, mut excess) = (None, None);
         for _ in 0..self.steps {
             if session.step() % every == 0 {
-                session.mixer_update(lr, probed.take())?;
+                session.mixer_update(lr, probed.take(), excess.take())?;
             }
             let report = session.train_step()?;
             lr = report.lr;
             probed = report.grad_dot;
+            excess = report.excess_loss;
         }
         Ok(start.elapsed().as_secs_f64() * 1e3 / self.steps as f64)
     }
@@ -65,35 +68,35 @@ fn main() -> mixtrain::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    // (label, mixer, per-source statistics of the probed step, where tikmix's I_k comes from)
-    let extra = InfluenceFrom::ExtraPasses;
-    let variants = [
-        ("static", MixerKind::Static, GradStats::PerSource, extra),
-        ("fastmix", MixerKind::Fastmix, GradStats::PerSource, extra),
-        (
-            "fastmix/single-pass",
-            MixerKind::Fastmix,
-            GradStats::SinglePass,
-            extra,
-        ),
-        ("tikmix", MixerKind::Tikmix, GradStats::PerSource, extra),
-        (
-            "tikmix/probe",
-            MixerKind::Tikmix,
-            GradStats::PerSource,
-            InfluenceFrom::Probe,
-        ),
-        ("tikmix-m", MixerKind::TikmixM, GradStats::PerSource, extra),
-        ("odm", MixerKind::Odm, GradStats::PerSource, extra),
-        ("doremi", MixerKind::Doremi, GradStats::PerSource, extra),
+    // (label, how it differs from the static mixer's config)
+    type Variant = (&'static str, fn(&mut Config));
+    let variants: [Variant; 10] = [
+        ("static", |_| {}),
+        ("fastmix", |c| c.mixer.kind = MixerKind::Fastmix),
+        ("fastmix/single-pass", |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.grad_stats = GradStats::SinglePass;
+        }),
+        ("tikmix", |c| c.mixer.kind = MixerKind::Tikmix),
+        ("tikmix/probe", |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.influence = InfluenceFrom::Probe;
+        }),
+        ("tikmix-m", |c| c.mixer.kind = MixerKind::TikmixM),
+        ("odm", |c| c.mixer.kind = MixerKind::Odm),
+        ("ado", |c| c.mixer.kind = MixerKind::Ado),
+        ("doremi", |c| c.mixer.kind = MixerKind::Doremi),
+        ("doremi/excess-from-step", |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.doremi.excess_from = ExcessFrom::Step;
+        }),
     ];
     let mut samples = vec![Vec::new(); variants.len()];
     for _ in 0..rounds {
-        for (i, (_, kind, grad_stats, influence)) in variants.iter().enumerate() {
+        for (i, (_, differs)) in variants.iter().enumerate() {
             let mut config = base.clone();
-            config.mixer.kind = *kind;
-            config.mixer.grad_stats = *grad_stats;
-            config.mixer.tikmix.influence = *influence;
+            config.mixer.kind = MixerKind::Static;
+            differs(&mut config);
             samples[i].push(dispatch(config.run.backend, Bench { config, steps })?);
         }
     }

@@ -168,14 +168,21 @@ fn two_ranks_match_one_process_with_accumulation_and_single_pass() {
 }
 
 /// The mixers' extra measurements split over ranks: tikmix's g_val and influences, tikmix-m's
-/// source gradients and candidates' losses, DoReMi's excess losses (its reference model is
-/// trained by rank 0 and read by rank 1).
+/// source gradients and candidates' losses, DoReMi's excess losses on fresh samples and on the
+/// step's own sequences (its reference model is trained by rank 0 and read by rank 1).
 #[test]
 fn split_measurements_match_one_process() {
-    for mixer in ["tikmix", "tikmix-m", "doremi"] {
+    for (mixer, excess_from) in [
+        ("tikmix", "samples"),
+        ("tikmix-m", "samples"),
+        ("doremi", "samples"),
+        ("doremi", "step"),
+    ] {
         let kind = format!("mixer.kind={mixer}");
+        let excess_from = format!("mixer.doremi.excess_from={excess_from}");
         let more = [
             kind.as_str(),
+            excess_from.as_str(),
             "train.steps=12",
             "mixer.doremi.reference_steps=10",
         ];

@@ -195,6 +195,20 @@ fn kill_9_then_resume_is_bit_identical_doremi() {
 }
 
 #[test]
+fn kill_9_then_resume_is_bit_identical_doremi_excess_from_step() {
+    // λ_k measured on the step before each update: carried from the step to the update.
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=doremi",
+            "mixer.every=3",
+            "mixer.doremi.reference_steps=10",
+            "mixer.doremi.excess_from=step",
+        ],
+    );
+}
+
+#[test]
 fn kill_9_then_resume_is_bit_identical_ado_hybrid_trust_region() {
     kill_and_resume(
         "ndarray",

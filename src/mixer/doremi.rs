@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::init::softmax;
-use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest};
+use super::{restore_state, ExcessSpec, Mixer, MixerUpdate, SourceStats, StatsRequest};
 use crate::validate::{at_least_one, positive, unit_open};
 
 /// `[mixer.doremi]`: excess loss against a reference model, exponentiated-gradient update.
@@ -22,8 +22,20 @@ pub struct DoremiConfig {
     pub eta: f64,
     /// Smoothing c: α ← (1 − c) α + c / K. Default 1e-3.
     pub smoothing: f64,
-    /// Random training sequences of each source behind λ_k at each update. Default 16.
+    /// Random training sequences of each source behind λ_k at each update (with
+    /// `excess_from = "samples"`). Default 16.
     pub samples_per_source: usize,
+    /// Where λ_k is measured: "samples" (default: `samples_per_source` fresh sequences of each
+    /// source, two forward passes each) or "step" (the sequences of the training step before
+    /// the update: one reference forward of that batch; a source absent from it gets λ = 0).
+    pub excess_from: ExcessFrom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExcessFrom {
+    Samples,
+    Step,
 }
 
 impl Default for DoremiConfig {
@@ -34,6 +46,7 @@ impl Default for DoremiConfig {
             eta: 1.0,
             smoothing: 1e-3,
             samples_per_source: 16,
+            excess_from: ExcessFrom::Samples,
         }
     }
 }
@@ -77,7 +90,10 @@ impl Mixer for DoReMi {
 
     fn needs(&self) -> StatsRequest {
         StatsRequest {
-            excess_loss: Some(self.config.samples_per_source),
+            excess_loss: Some(match self.config.excess_from {
+                ExcessFrom::Samples => ExcessSpec::Samples(self.config.samples_per_source),
+                ExcessFrom::Step => ExcessSpec::Step,
+            }),
             ..StatsRequest::default()
         }
     }

@@ -16,7 +16,7 @@ mod trust_region;
 
 pub use ado::{Ado, AdoConfig};
 pub use config::{ApplyMode, GradStats, InitSpec, MixerConfig, MixerKind, MixtureInit, ScopeKind};
-pub use doremi::{DoReMi, DoremiConfig};
+pub use doremi::{DoReMi, DoremiConfig, ExcessFrom};
 pub use entropy::{token_entropy, EntropyKind};
 pub use fastmix::{FastMix, FastMixConfig, SignalNorm};
 pub use init::{apply_floor, demix_mixture_file, normalise, resolve_init, softmax};
@@ -77,12 +77,22 @@ pub struct StatsRequest {
     pub grad_probe: Option<ProbeSpec>,
     /// I_k = ⟨g_val, G_k⟩ with G_k from extra per-source passes.
     pub group_influence: Option<InfluenceSpec>,
-    /// λ_k = mean over source-k tokens of max(ℓ_θ − ℓ_ref, 0), on this many random training
-    /// sequences of each source (needs a reference model).
-    pub excess_loss: Option<usize>,
+    /// λ_k = mean over source-k tokens of max(ℓ_θ − ℓ_ref, 0) (needs a reference model).
+    pub excess_loss: Option<ExcessSpec>,
     /// ΔL_val(w) = L_val(θ − η Σ_k w_k G_k) − L_val(θ) for every mixture w the mixer's
     /// `candidates` returns (forward passes only, after one backward per source for G_k).
     pub virtual_step: Option<VirtualStepSpec>,
+}
+
+/// Where DoReMi's excess losses are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExcessSpec {
+    /// On this many fresh random training sequences of each source at the update (a forward
+    /// of both models on each).
+    Samples(usize),
+    /// On the sequences of the training step just before the update: the model's token losses
+    /// are the step's own; only the reference model's forward is extra.
+    Step,
 }
 
 /// Statistics handed to `Mixer::update`. Entries the mixer did not request are None.

@@ -58,6 +58,9 @@ pub struct StepReport {
     /// ⟨g_val, g_k⟩ per source measured by a probed step (None for a source with no sequence
     /// in it); the next mixer update takes it.
     pub grad_dot: Option<Vec<Option<f64>>>,
+    /// DoReMi's λ_k measured on this step's sequences (`excess_from = "step"`, the step before
+    /// an update; None for a source with no sequence in it); the next mixer update takes it.
+    pub excess_loss: Option<Vec<Option<f64>>>,
 }
 
 impl<B: TrainBackend> Session<B> {
@@ -147,11 +150,13 @@ impl<B: TrainBackend> Session<B> {
 
     /// Gathers what the mixer asked for and updates it (resetting the running training-loss
     /// means). `grad_dot` is the probed step's measurement (its report's `grad_dot`), for
-    /// mixers that take ⟨g_val, g_k⟩.
+    /// mixers that take ⟨g_val, g_k⟩; `step_excess` the step's excess losses (its report's
+    /// `excess_loss`), for DoReMi with `excess_from = "step"`.
     pub fn mixer_update(
         &mut self,
         lr: f64,
         grad_dot: Option<Vec<Option<f64>>>,
+        step_excess: Option<Vec<Option<f64>>>,
     ) -> Result<Option<mixer::MixerUpdate>> {
         let needs = self.mixer.needs();
         let influence = match needs.group_influence {
@@ -162,7 +167,17 @@ impl<B: TrainBackend> Session<B> {
             None => None,
         };
         let excess_loss = match needs.excess_loss {
-            Some(samples) => Some(self.excess_losses(samples)?),
+            Some(mixer::ExcessSpec::Samples(samples)) => Some(self.excess_losses(samples)?),
+            // No signal for a source the step did not draw.
+            Some(mixer::ExcessSpec::Step) => {
+                if self.reference.is_none() {
+                    return Err(Error::Training(
+                        "the doremi mixer needs a reference model, and none is loaded".into(),
+                    ));
+                }
+                step_excess
+                    .map(|per_source| per_source.into_iter().map(|e| e.unwrap_or(0.0)).collect())
+            }
             None => None,
         };
         let candidate_delta = match needs.virtual_step {

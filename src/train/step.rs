@@ -11,7 +11,7 @@ use super::single_pass::{param_names, SinglePass};
 use super::{NonFinitePolicy, Session, StepReport};
 use crate::backend::TrainBackend;
 use crate::error::{Error, Result};
-use crate::mixer::{ApplyMode, GradStats};
+use crate::mixer::{ApplyMode, ExcessSpec, GradStats};
 use crate::model::{token_losses, Gpt, Trace};
 use crate::optim::{global_grad_norm, lr_at};
 
@@ -21,6 +21,19 @@ struct MicroOut<B: TrainBackend> {
     /// Mean token loss of each sequence. [n]
     seq_loss: Vec<f32>,
     probe: MicroProbe<B>,
+    /// Per sequence, Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), when the step measures it.
+    excess: Option<Vec<f32>>,
+}
+
+/// What a micro-step measures beside its gradient.
+#[derive(Clone, Copy)]
+struct Measure<'a> {
+    /// ⟨g_val, g_k⟩ against this probe's g_val ...
+    probe: Option<&'a GradProbe>,
+    /// ... from the backward's own traces (else the micro-batch is domain-homogeneous).
+    single_pass: bool,
+    /// DoReMi's excess loss of each sequence (one reference forward).
+    excess: bool,
 }
 
 /// A micro-batch's share of ⟨g_val, g_k⟩.
@@ -60,7 +73,17 @@ impl<B: TrainBackend> Session<B> {
         // Taken before the probe: its validation batches draw from the sampler too.
         let sampler_before = self.sampler.state().clone();
         let probe = self.probe_for_next_step()?;
-        self.step_from(probe, sampler_before)
+        let excess = self.excess_for_next_step();
+        self.step_from(probe, excess, sampler_before)
+    }
+
+    /// Whether the next step measures DoReMi's excess losses for the update right after it.
+    fn excess_for_next_step(&self) -> bool {
+        self.mixer.needs().excess_loss == Some(ExcessSpec::Step)
+            && self
+                .config
+                .mixer
+                .updates_at(self.progress.step + 1, self.config.train.steps)
     }
 
     /// One optimizer step; with `probe`, it also measures ⟨g_val, g_k⟩ per source the way
@@ -68,15 +91,17 @@ impl<B: TrainBackend> Session<B> {
     /// steps right before the mixer's updates; benches call this directly to time a probed step.
     pub fn train_step_probed(&mut self, probe: Option<GradProbe>) -> Result<StepReport> {
         let sampler_before = self.sampler.state().clone();
-        self.step_from(probe, sampler_before)
+        self.step_from(probe, false, sampler_before)
     }
 
-    /// The step itself. `sampler_before` is the sampler as it was before this step (and its
+    /// The step itself; with `excess`, it also measures DoReMi's excess losses on its
+    /// sequences (returned in the report's `excess_loss`). `sampler_before` is the sampler as it was before this step (and its
     /// probe), restored if the step turns out non-finite and the run stops: its checkpoint then
     /// replays this very step.
     fn step_from(
         &mut self,
         probe: Option<GradProbe>,
+        excess: bool,
         sampler_before: crate::data::SamplerState,
     ) -> Result<StepReport> {
         let train = &self.config.train;
@@ -103,6 +128,8 @@ impl<B: TrainBackend> Session<B> {
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         let mut loss = 0.0;
         let mut sums = vec![(0.0f64, 0u64); k];
+        // Per source: Σ over its sequences' tokens of max(ℓ_θ − ℓ_ref, 0), with `excess`.
+        let mut excess_sums = vec![0.0f64; k];
         // Per source: Σ ⟨g_val, Δ buffer⟩ and Σ w_i of its sequences.
         let mut dots = vec![(0.0f64, 0.0f64); k];
         // Single-pass: Σ over micro-batches of the per-source dots, kept on the device and read
@@ -135,9 +162,17 @@ impl<B: TrainBackend> Session<B> {
                 mine.clone(),
                 &micro_weights[mine.clone()],
                 weight_total,
-                probe.as_ref(),
-                single_pass,
+                Measure {
+                    probe: probe.as_ref(),
+                    single_pass,
+                    excess,
+                },
             );
+            if let Some(per_sequence) = &out.excess {
+                for (&s, &e) in micro[mine.clone()].iter().zip(per_sequence) {
+                    excess_sums[s] += e as f64;
+                }
+            }
             match out.probe {
                 MicroProbe::None => {}
                 MicroProbe::Homogeneous(dot) => dots[micro[0]].0 += dot,
@@ -178,7 +213,14 @@ impl<B: TrainBackend> Session<B> {
         }
         let mut grads = accumulator.grads();
         if self.collective.is_some() {
-            grads = self.sum_step_over_ranks(grads, &weights, &mut loss, &mut sums, &mut dots)?;
+            grads = self.sum_step_over_ranks(
+                grads,
+                &weights,
+                &mut loss,
+                &mut sums,
+                &mut dots,
+                excess.then_some(&mut excess_sums[..]),
+            )?;
         }
         // The buffer grew by (Σ_{i∈k} w_i / W) ∇(mean loss of k) when source k's sequences share
         // one weight: undo that factor to get ⟨g_val, g_k⟩.
@@ -202,6 +244,7 @@ impl<B: TrainBackend> Session<B> {
                     tokens: 0,
                     skipped: Some(message),
                     grad_dot: None,
+                    excess_loss: None,
                 });
             }
             self.sampler.restore(sampler_before);
@@ -241,6 +284,13 @@ impl<B: TrainBackend> Session<B> {
             tokens: step_tokens,
             skipped: None,
             grad_dot,
+            excess_loss: excess.then(|| {
+                excess_sums
+                    .iter()
+                    .zip(&counts)
+                    .map(|(&e, &n)| (n > 0).then(|| e / (n * seq_len) as f64))
+                    .collect()
+            }),
         })
     }
 
@@ -254,11 +304,15 @@ impl<B: TrainBackend> Session<B> {
         loss: &mut f64,
         sums: &mut [(f64, u64)],
         dots: &mut [(f64, f64)],
+        excess_sums: Option<&mut [f64]>,
     ) -> Result<GradientsParams> {
         let mut f64s = vec![*loss];
         f64s.extend(sums.iter().map(|&(sum, _)| sum));
         f64s.extend(sums.iter().map(|&(_, n)| n as f64));
         f64s.extend(dots.iter().map(|&(dot, _)| dot));
+        if let Some(excess) = &excess_sums {
+            f64s.extend(excess.iter());
+        }
         let payload = crate::distributed::Payload {
             f32s: crate::distributed::flatten_grads(&self.model, &grads),
             f64s,
@@ -273,6 +327,9 @@ impl<B: TrainBackend> Session<B> {
             sums[s] = (summed.f64s[1 + s], summed.f64s[1 + k + s] as u64);
             dots[s].0 = summed.f64s[1 + 2 * k + s];
         }
+        if let Some(excess) = excess_sums {
+            excess.copy_from_slice(&summed.f64s[1 + 3 * k..1 + 4 * k]);
+        }
         Ok(crate::distributed::unflatten_grads(
             &self.model,
             &summed.f32s,
@@ -281,18 +338,22 @@ impl<B: TrainBackend> Session<B> {
 
     /// Forward and backward of this rank's share `mine` of one micro-batch: `micro` lists each
     /// sequence's source and `micro_weights` the loss weight of each sequence in `mine` (of
-    /// `weight_total` over the step). With `probe`, also the
-    /// micro-batch's contribution to ⟨g_val, g_k⟩: the whole micro-batch's (it is
-    /// domain-homogeneous) or, `single_pass`, per source from this backward's own traces.
+    /// `weight_total` over the step). `measure` says what else to measure: the micro-batch's
+    /// contribution to ⟨g_val, g_k⟩ (the whole micro-batch's, as it is domain-homogeneous, or
+    /// per source from this backward's own traces), and DoReMi's excess loss per sequence.
     fn micro_step(
         &mut self,
         micro: &[usize],
         mine: std::ops::Range<usize>,
         micro_weights: &[f64],
         weight_total: f64,
-        probe: Option<&GradProbe>,
-        single_pass: bool,
+        measure: Measure<'_>,
     ) -> MicroOut<B> {
+        let Measure {
+            probe,
+            single_pass,
+            excess,
+        } = measure;
         let k = self.sources.len();
         let head = self.head_name();
         let batch = self.sampler.fill_share(micro, &self.sources, mine.clone());
@@ -302,10 +363,11 @@ impl<B: TrainBackend> Session<B> {
         let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
         let mut trace = (probe.is_some() && single_pass).then(Trace::new);
         let logits = self.model.forward_traced(inputs, trace.as_mut()); // [n · seq, vocab]
-        let seq_loss = token_losses(logits, targets)
-            .reshape([n, seq])
-            .mean_dim(1)
-            .reshape([n]); // [n]
+        let token_loss = token_losses(logits, targets); // [n · seq]
+        let excess = excess
+            .then(|| self.excess_by_sequence(&batch, token_loss.clone().inner()))
+            .flatten();
+        let seq_loss = token_loss.reshape([n, seq]).mean_dim(1).reshape([n]); // [n]
         let w: Vec<f32> = micro_weights
             .iter()
             .map(|w| (w / weight_total) as f32)
@@ -358,7 +420,33 @@ impl<B: TrainBackend> Session<B> {
             grads,
             seq_loss,
             probe: micro_probe,
+            excess,
         }
+    }
+
+    /// Per sequence of `batch`: Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), from the model's
+    /// token losses `ours` ([n · seq], already computed by the step) and one forward of the
+    /// reference model. None without a reference model (the update then says so).
+    fn excess_by_sequence(
+        &self,
+        batch: &crate::data::Batch,
+        ours: Tensor<B::InnerBackend, 1>,
+    ) -> Option<Vec<f32>> {
+        let reference = self.reference.as_ref()?;
+        let (n, seq) = (batch.len(), batch.seq_len);
+        let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(batch, &self.device);
+        let theirs = token_losses(reference.forward(inputs), targets); // [n · seq]
+        Some(
+            (ours - theirs)
+                .clamp_min(0.0)
+                .reshape([n, seq])
+                .sum_dim(1)
+                .reshape([n])
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("converted to f32"),
+        )
     }
 
     /// Names what was non-finite in a step: the loss (and the sources whose mean sequence loss
