@@ -66,28 +66,68 @@ impl Evaluator {
         target_sets: &[Source],
         device: &B::Device,
     ) -> Evaluation {
-        let losses = |data: &[Source], windows: &[Vec<usize>]| -> Vec<f64> {
+        let totals = self.token_loss_totals(model, sources, target_sets, device, (0, 1));
+        self.from_totals(&totals)
+    }
+
+    /// Σ token losses over the windows of each source, then each target set, of the rows
+    /// `rank` of `world` computes in every batch of windows (`distributed::share`); the sums
+    /// over ranks go to `from_totals`.
+    pub fn token_loss_totals<B: StatKernels>(
+        &self,
+        model: &Gpt<B>,
+        sources: &[Source],
+        target_sets: &[Source],
+        device: &B::Device,
+        (rank, world): (usize, usize),
+    ) -> Vec<f64> {
+        let totals = |data: &[Source], windows: &[Vec<usize>]| -> Vec<f64> {
             data.iter()
                 .zip(windows)
-                .map(|(source, starts)| self.windows_loss(model, &source.val, starts, device))
-                .collect()
+                .map(|(source, starts)| {
+                    self.windows_total(model, &source.val, starts, device, (rank, world))
+                })
+                .collect::<Vec<_>>()
         };
+        let mut out = totals(sources, &self.source_windows);
+        out.extend(totals(target_sets, &self.set_windows));
+        out
+    }
+
+    /// Mean token losses from `token_loss_totals` (summed over ranks).
+    pub fn from_totals(&self, totals: &[f64]) -> Evaluation {
+        let seq = self.seq_len as f64;
+        let mean = |total: &f64, starts: &Vec<usize>| total / (starts.len() as f64 * seq);
+        let k = self.source_windows.len();
         Evaluation {
-            sources: losses(sources, &self.source_windows),
-            sets: losses(target_sets, &self.set_windows),
+            sources: totals[..k]
+                .iter()
+                .zip(&self.source_windows)
+                .map(|(t, w)| mean(t, w))
+                .collect(),
+            sets: totals[k..]
+                .iter()
+                .zip(&self.set_windows)
+                .map(|(t, w)| mean(t, w))
+                .collect(),
         }
     }
 
-    fn windows_loss<B: StatKernels>(
+    fn windows_total<B: StatKernels>(
         &self,
         model: &Gpt<B>,
         stream: &Shard,
         starts: &[usize],
         device: &B::Device,
+        (rank, world): (usize, usize),
     ) -> f64 {
         let seq = self.seq_len;
         let mut total = 0.0f64;
         for chunk in starts.chunks(self.batch_size) {
+            let chunk = &chunk[crate::distributed::share(chunk.len(), rank, world)];
+            if chunk.is_empty() {
+                continue;
+            }
             let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
             for &start in chunk {
                 stream.extend_window(start, seq + 1, &mut tokens);
@@ -101,7 +141,7 @@ impl Evaluator {
             let sum = token_losses(model.forward(inputs), targets).sum();
             total += sum.into_scalar().elem::<f64>();
         }
-        total / (starts.len() * seq) as f64
+        total
     }
 }
 

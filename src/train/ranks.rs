@@ -5,8 +5,10 @@
 
 use std::ops::Range;
 
+use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 
+use super::evaluator::Evaluation;
 use super::Session;
 use crate::backend::TrainBackend;
 use crate::distributed::{flatten_grads, mixture_check, share, unflatten_grads, Payload};
@@ -43,6 +45,24 @@ impl<B: TrainBackend> Session<B> {
             return Ok(values);
         }
         Ok(self.sum_over_ranks(Vec::new(), values)?.f64s)
+    }
+
+    /// The evaluation on the fixed validation windows, each rank computing its rows of every
+    /// batch of windows and the loss totals summed over ranks; alone, `evaluate`.
+    pub fn evaluate_over_ranks(&mut self) -> Result<Evaluation> {
+        if self.collective.is_none() {
+            return Ok(self.evaluate());
+        }
+        let model = self.model.valid();
+        let totals = self.evaluator.token_loss_totals(
+            &model,
+            &self.sources,
+            &self.target_sets,
+            &self.device,
+            self.rank_and_world(),
+        );
+        let totals = self.sum_values_over_ranks(totals)?;
+        Ok(self.evaluator.from_totals(&totals))
     }
 
     /// Σ over ranks of a gradient computed on this rank's rows.

@@ -208,7 +208,7 @@ fn train_loop<B: TrainBackend>(
                 );
             }
             if step % train.eval_every == 0 || step == total {
-                let val = session.evaluate();
+                let val = session.evaluate_over_ranks()?;
                 add_eval_fields(&mut record, &val, &session);
                 if step == 0 {
                     initial_val_loss = Some(val.clone());
@@ -289,17 +289,6 @@ fn train_loop<B: TrainBackend>(
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    if let Some(collective) = session.collective.as_mut() {
-        collective.finish();
-        let stats = &collective.stats;
-        tracing::info!(
-            rank = collective.rank(),
-            calls = stats.calls,
-            seconds = format!("{:.2}", stats.seconds),
-            mib_sent = format!("{:.1}", stats.bytes_sent as f64 / (1 << 20) as f64),
-            "all-reduce"
-        );
-    }
     if let Some(run_dir) = run_dir.as_mut() {
         run_dir.flush()?;
         write_mixture(run_dir, &session, &names)?;
@@ -313,8 +302,19 @@ fn train_loop<B: TrainBackend>(
 
     let final_val = match last_val_loss {
         Some(v) => v,
-        None => session.evaluate(),
+        None => session.evaluate_over_ranks()?,
     };
+    if let Some(collective) = session.collective.as_mut() {
+        collective.finish();
+        let stats = &collective.stats;
+        tracing::info!(
+            rank = collective.rank(),
+            calls = stats.calls,
+            seconds = format!("{:.2}", stats.seconds),
+            mib_sent = format!("{:.1}", stats.bytes_sent as f64 / (1 << 20) as f64),
+            "all-reduce"
+        );
+    }
     for (name, loss) in names.iter().zip(&final_val.sources) {
         tracing::info!(source = %name, val_loss = format!("{loss:.4}"), "final");
     }

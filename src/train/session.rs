@@ -27,7 +27,7 @@ pub struct Session<B: TrainBackend> {
     /// Steps, tokens and the per-source counters, saved with every checkpoint.
     pub(crate) progress: Progress,
     /// The fixed validation windows of the sources and target sets.
-    evaluator: Evaluator,
+    pub(super) evaluator: Evaluator,
     /// The validation-only target sets (`[[target.sets]]`); the sampler never draws from them.
     pub(crate) target_sets: Vec<Source>,
     /// The resolved `[target]`.
