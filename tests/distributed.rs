@@ -318,51 +318,46 @@ fn a_hung_rank_is_named_after_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(90));
 }
 
+/// Runs `mixtrain ARGS...` expecting it to fail; its stderr.
+fn failing(args: &[&std::ffi::OsStr]) -> String {
+    let out = mixtrain().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_distributed_settings_name_their_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
-    let out = mixtrain()
-        .arg("run")
-        .arg(&config)
-        .args([
-            "--set",
-            "distributed.world_size=2",
-            "--set",
-            "distributed.rank=2",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("distributed.rank: must be below distributed.world_size = 2 (got 2)"),
-        "{stderr}"
-    );
-    let out = mixtrain()
-        .arg("run")
-        .arg(&config)
-        .args([
-            "--set",
-            "distributed.world_size=2",
-            "--set",
-            "distributed.address=nowhere",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("distributed.address: expected host:port"),
-        "{stderr}"
-    );
-    let out = mixtrain()
-        .arg("launch")
-        .arg(&config)
-        .args(["--procs", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--procs: must be at least 1"));
+    let config = config.as_os_str();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "run",
+                "--set",
+                "distributed.world_size=2",
+                "--set",
+                "distributed.rank=2",
+            ],
+            "distributed.rank: must be below distributed.world_size = 2 (got 2)",
+        ),
+        (
+            &[
+                "run",
+                "--set",
+                "distributed.world_size=2",
+                "--set",
+                "distributed.address=nowhere",
+            ],
+            "distributed.address: expected host:port",
+        ),
+        (&["launch", "--procs", "0"], "--procs: must be at least 1"),
+    ];
+    for (args, expected) in cases {
+        let mut all: Vec<&std::ffi::OsStr> = vec![args[0].as_ref(), config];
+        all.extend(args[1..].iter().map(|a| a.as_ref()));
+        let stderr = failing(&all);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
     assert!(!dir.path().join("run").exists(), "nothing was created");
 }
