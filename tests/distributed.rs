@@ -354,8 +354,8 @@ fn bad_distributed_settings_name_their_key() {
         (&["launch", "--procs", "0"], "--procs: must be at least 1"),
     ];
     for (args, expected) in cases {
-        let mut all: Vec<&std::ffi::OsStr> = vec![args[0].as_ref(), config];
-        all.extend(args[1..].iter().map(|a| a.as_ref()));
+        let mut all = vec![std::ffi::OsStr::new(args[0]), config];
+        all.extend(args[1..].iter().map(std::ffi::OsStr::new));
         let stderr = failing(&all);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
