@@ -14,19 +14,17 @@
 //! rank that hangs is noticed after `distributed.timeout_s`. Either way rank 0 tells every
 //! other rank which rank failed, and every rank returns an error naming it.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use super::wire::{
+    decode_hello, decode_reduce, encode_reduce, read_frame, write_frame, ABORT, HELLO, REDUCE,
+    RESULT, WELCOME,
+};
 use super::DistributedConfig;
 use crate::error::{Error, Result};
 
-const MAGIC: u32 = 0x4D58_5452; // "MXTR"
-const HELLO: u32 = 1;
-const WELCOME: u32 = 2;
-const REDUCE: u32 = 3;
-const RESULT: u32 = 4;
-const ABORT: u32 = 5;
 /// How much longer than `timeout_s` a rank other than 0 waits for rank 0's answer: rank 0
 /// itself waits `timeout_s` for a slow rank before it tells the others which one it was.
 const FOLLOWER_GRACE: Duration = Duration::from_secs(5);
@@ -420,101 +418,6 @@ fn link_failure(rank: usize, error: std::io::Error, timeout: Duration) -> String
         }
         _ => format!("the link to rank {rank} failed: {error}"),
     }
-}
-
-fn write_frame(stream: &mut TcpStream, kind: u32, body: &[u8]) -> std::io::Result<()> {
-    let mut header = [0u8; 16];
-    header[..4].copy_from_slice(&MAGIC.to_le_bytes());
-    header[4..8].copy_from_slice(&kind.to_le_bytes());
-    header[8..].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    stream.write_all(&header)?;
-    stream.write_all(body)?;
-    stream.flush()
-}
-
-/// Reads one frame, giving up at `deadline`.
-fn read_frame(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<(u32, Vec<u8>)> {
-    let mut header = [0u8; 16];
-    read_exact_until(stream, &mut header, deadline)?;
-    let magic = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-    if magic != MAGIC {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidData,
-            "not a mixtrain message",
-        ));
-    }
-    let kind = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    let len = u64::from_le_bytes(header[8..].try_into().expect("8 bytes")) as usize;
-    let mut body = vec![0u8; len];
-    read_exact_until(stream, &mut body, deadline)?;
-    Ok((kind, body))
-}
-
-fn read_exact_until(
-    stream: &mut TcpStream,
-    mut buf: &mut [u8],
-    deadline: Instant,
-) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(buf) {
-            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-            Ok(n) => buf = &mut buf[n..],
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn encode_reduce(step: u64, check: u64, payload: &Payload) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + payload.f32s.len() * 4 + payload.f64s.len() * 8);
-    out.extend_from_slice(&step.to_le_bytes());
-    out.extend_from_slice(&check.to_le_bytes());
-    out.extend_from_slice(&(payload.f32s.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(payload.f64s.len() as u64).to_le_bytes());
-    for v in &payload.f32s {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in &payload.f64s {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
-}
-
-fn decode_reduce(body: &[u8]) -> Option<(u64, u64, Payload)> {
-    let word = |i: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(
-            body.get(i * 8..i * 8 + 8)?.try_into().ok()?,
-        ))
-    };
-    let (step, check) = (word(0)?, word(1)?);
-    let (n32, n64) = (word(2)? as usize, word(3)? as usize);
-    let rest = &body[32..];
-    if rest.len() != n32.checked_mul(4)?.checked_add(n64.checked_mul(8)?)? {
-        return None;
-    }
-    let (a, b) = rest.split_at(n32 * 4);
-    let f32s = a
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    let f64s = b
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    Some((step, check, Payload { f32s, f64s }))
-}
-
-fn decode_hello(body: &[u8]) -> Option<(u64, u64, String)> {
-    let rank = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
-    let world = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
-    let hash = String::from_utf8(body.get(16..)?.to_vec()).ok()?;
-    Some((rank, world, hash))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod collective;
 mod config;
 mod grads;
 pub mod launch;
+mod wire;
 
 pub use collective::{Collective, CollectiveStats, Payload};
 pub use config::DistributedConfig;

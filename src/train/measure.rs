@@ -205,4 +205,29 @@ impl<B: TrainBackend> Session<B> {
             .map(|(total, &tokens)| total / tokens as f64)
             .collect())
     }
+
+    /// Per sequence of `batch`: Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), from the model's
+    /// token losses `ours` ([n · seq], already computed by the step) and one forward of the
+    /// reference model. None without a reference model (the update then says so).
+    pub(super) fn excess_by_sequence(
+        &self,
+        batch: &crate::data::Batch,
+        ours: Tensor<B::InnerBackend, 1>,
+    ) -> Option<Vec<f32>> {
+        let reference = self.reference.as_ref()?;
+        let (n, seq) = (batch.len(), batch.seq_len);
+        let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(batch, &self.device);
+        let theirs = token_losses(reference.forward(inputs), targets); // [n · seq]
+        Some(
+            (ours - theirs)
+                .clamp_min(0.0)
+                .reshape([n, seq])
+                .sum_dim(1)
+                .reshape([n])
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("converted to f32"),
+        )
+    }
 }

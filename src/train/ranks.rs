@@ -77,4 +77,46 @@ impl<B: TrainBackend> Session<B> {
         let summed = self.sum_over_ranks(flat, Vec::new())?;
         Ok(unflatten_grads(&self.model, &summed.f32s))
     }
+
+    /// Sums the step's gradients and statistics over the ranks of a distributed run: the
+    /// gradient, the weighted loss, per source (Σ sequence losses, sequences) and Σ ⟨g_val, ·⟩.
+    /// The mixture in force is compared across ranks on the way.
+    pub(super) fn sum_step_over_ranks(
+        &mut self,
+        grads: GradientsParams,
+        weights: &[f64],
+        loss: &mut f64,
+        sums: &mut [(f64, u64)],
+        dots: &mut [(f64, f64)],
+        excess_sums: Option<&mut [f64]>,
+    ) -> Result<GradientsParams> {
+        let mut f64s = vec![*loss];
+        f64s.extend(sums.iter().map(|&(sum, _)| sum));
+        f64s.extend(sums.iter().map(|&(_, n)| n as f64));
+        f64s.extend(dots.iter().map(|&(dot, _)| dot));
+        if let Some(excess) = &excess_sums {
+            f64s.extend(excess.iter());
+        }
+        let payload = crate::distributed::Payload {
+            f32s: crate::distributed::flatten_grads(&self.model, &grads),
+            f64s,
+        };
+        let step = self.progress.step as u64 + 1;
+        let check = crate::distributed::mixture_check(weights);
+        let collective = self.collective.as_mut().expect("called when distributed");
+        let summed = collective.all_reduce(step, check, payload)?;
+        let k = sums.len();
+        *loss = summed.f64s[0];
+        for s in 0..k {
+            sums[s] = (summed.f64s[1 + s], summed.f64s[1 + k + s] as u64);
+            dots[s].0 = summed.f64s[1 + 2 * k + s];
+        }
+        if let Some(excess) = excess_sums {
+            excess.copy_from_slice(&summed.f64s[1 + 3 * k..1 + 4 * k]);
+        }
+        Ok(crate::distributed::unflatten_grads(
+            &self.model,
+            &summed.f32s,
+        ))
+    }
 }

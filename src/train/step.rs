@@ -294,48 +294,6 @@ impl<B: TrainBackend> Session<B> {
         })
     }
 
-    /// Sums the step's gradients and statistics over the ranks of a distributed run: the
-    /// gradient, the weighted loss, per source (Σ sequence losses, sequences) and Σ ⟨g_val, ·⟩.
-    /// The mixture in force is compared across ranks on the way.
-    fn sum_step_over_ranks(
-        &mut self,
-        grads: GradientsParams,
-        weights: &[f64],
-        loss: &mut f64,
-        sums: &mut [(f64, u64)],
-        dots: &mut [(f64, f64)],
-        excess_sums: Option<&mut [f64]>,
-    ) -> Result<GradientsParams> {
-        let mut f64s = vec![*loss];
-        f64s.extend(sums.iter().map(|&(sum, _)| sum));
-        f64s.extend(sums.iter().map(|&(_, n)| n as f64));
-        f64s.extend(dots.iter().map(|&(dot, _)| dot));
-        if let Some(excess) = &excess_sums {
-            f64s.extend(excess.iter());
-        }
-        let payload = crate::distributed::Payload {
-            f32s: crate::distributed::flatten_grads(&self.model, &grads),
-            f64s,
-        };
-        let step = self.progress.step as u64 + 1;
-        let check = crate::distributed::mixture_check(weights);
-        let collective = self.collective.as_mut().expect("called when distributed");
-        let summed = collective.all_reduce(step, check, payload)?;
-        let k = sums.len();
-        *loss = summed.f64s[0];
-        for s in 0..k {
-            sums[s] = (summed.f64s[1 + s], summed.f64s[1 + k + s] as u64);
-            dots[s].0 = summed.f64s[1 + 2 * k + s];
-        }
-        if let Some(excess) = excess_sums {
-            excess.copy_from_slice(&summed.f64s[1 + 3 * k..1 + 4 * k]);
-        }
-        Ok(crate::distributed::unflatten_grads(
-            &self.model,
-            &summed.f32s,
-        ))
-    }
-
     /// Forward and backward of this rank's share `mine` of one micro-batch: `micro` lists each
     /// sequence's source and `micro_weights` the loss weight of each sequence in `mine` (of
     /// `weight_total` over the step). `measure` says what else to measure: the micro-batch's
@@ -422,31 +380,6 @@ impl<B: TrainBackend> Session<B> {
             probe: micro_probe,
             excess,
         }
-    }
-
-    /// Per sequence of `batch`: Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), from the model's
-    /// token losses `ours` ([n · seq], already computed by the step) and one forward of the
-    /// reference model. None without a reference model (the update then says so).
-    fn excess_by_sequence(
-        &self,
-        batch: &crate::data::Batch,
-        ours: Tensor<B::InnerBackend, 1>,
-    ) -> Option<Vec<f32>> {
-        let reference = self.reference.as_ref()?;
-        let (n, seq) = (batch.len(), batch.seq_len);
-        let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(batch, &self.device);
-        let theirs = token_losses(reference.forward(inputs), targets); // [n · seq]
-        Some(
-            (ours - theirs)
-                .clamp_min(0.0)
-                .reshape([n, seq])
-                .sum_dim(1)
-                .reshape([n])
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .expect("converted to f32"),
-        )
     }
 
     /// Names what was non-finite in a step: the loss (and the sources whose mean sequence loss
