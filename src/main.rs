@@ -102,34 +102,8 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
-    if let Command::Launch {
-        config,
-        procs,
-        resume,
-        port,
-    } = &cli.command
-    {
-        let options = mixtrain::distributed::launch::LaunchOptions {
-            procs: *procs,
-            resume: *resume,
-            port: *port,
-        };
-        return match mixtrain::distributed::launch::launch(&config.config, &config.set, &options) {
-            Ok(outcome) => match outcome.failed {
-                None => ExitCode::SUCCESS,
-                Some((rank, code, what)) => {
-                    eprintln!("error: rank {rank} {what}; the run stopped");
-                    ExitCode::from(code.clamp(1, 255) as u8)
-                }
-            },
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     match execute(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -137,7 +111,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(command: Command) -> anyhow::Result<()> {
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    if let Command::Launch {
+        config,
+        procs,
+        resume,
+        port,
+    } = command
+    {
+        let options = mixtrain::distributed::launch::LaunchOptions {
+            procs,
+            resume,
+            port,
+        };
+        let outcome = mixtrain::distributed::launch::launch(&config.config, &config.set, &options)?;
+        return Ok(match outcome.failed {
+            None => ExitCode::SUCCESS,
+            Some((rank, code, what)) => {
+                eprintln!("error: rank {rank} {what}; the run stopped");
+                ExitCode::from(code.clamp(1, 255) as u8)
+            }
+        });
+    }
+    run_command(command)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config, resume } => {
             let cfg = Config::load(&config.config, &config.set)?;
@@ -235,7 +235,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Launch { .. } => unreachable!("handled in main"),
+        Command::Launch { .. } => Ok(()), // handled by `execute`
         Command::Plot { run_dir } => {
             for written in mixtrain::plot::plot_run(&run_dir)? {
                 println!("wrote {}", written.display());
