@@ -58,6 +58,43 @@ fn launch_ok(dir: &Path, more: &[&str]) {
     );
 }
 
+/// A two-rank run with `distributed.timeout_s` and `MIXTRAIN_FAULT=fault` that must fail: its
+/// stderr (the launcher's and the ranks') and how long it took.
+fn launch_failing(dir: &Path, timeout_s: u32, fault: &str) -> (String, Duration) {
+    let started = Instant::now();
+    let timeout = format!("distributed.timeout_s={timeout_s}");
+    let out = launch(dir, &[timeout.as_str()], Some(fault), false);
+    assert!(!out.status.success(), "the run with {fault} succeeded");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// The same config trained by one process and by two ranks: their directories.
+fn one_and_two_ranks(more: &[&str]) -> (tempfile::TempDir, tempfile::TempDir) {
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    run_one(one.path(), more);
+    launch_ok(two.path(), more);
+    (one, two)
+}
+
+/// The two runs' ratios.csv rows, asserted equal to 1e-5 weight by weight.
+fn assert_mixtures_close(a: &Path, b: &Path, what: &str) -> Vec<Vec<f64>> {
+    let (ra, rb) = (
+        ratio_rows(&a.join("run/ratios.csv")),
+        ratio_rows(&b.join("run/ratios.csv")),
+    );
+    assert_eq!(ra.len(), rb.len(), "{what}: ratio rows");
+    for (x, y) in ra.iter().zip(&rb) {
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() <= 1e-5, "{what}: mixture {x:?} vs {y:?}");
+        }
+    }
+    rb
+}
+
 fn assert_bit_identical(a: &Path, b: &Path) {
     let (ma, mb) = (
         metrics_without_wall(&a.join("run/metrics.jsonl")),
@@ -82,11 +119,8 @@ fn field(v: &serde_json::Value, key: &str) -> Option<f64> {
 /// (measured ~1e-8 relative; the test allows 1e-5), and the token counters exactly.
 #[test]
 fn two_ranks_match_one_process_and_repeat_bit_for_bit() {
-    let one = tempfile::tempdir().unwrap();
-    let two = tempfile::tempdir().unwrap();
+    let (one, two) = one_and_two_ranks(&[]);
     let again = tempfile::tempdir().unwrap();
-    run_one(one.path(), &[]);
-    launch_ok(two.path(), &[]);
     launch_ok(again.path(), &[]);
 
     let m1 = metrics_without_wall(&one.path().join("run/metrics.jsonl"));
@@ -109,21 +143,12 @@ fn two_ranks_match_one_process_and_repeat_bit_for_bit() {
         }
     }
     assert!(compared > 40, "compared only {compared} values");
-    let (r1, r2) = (
-        ratio_rows(&one.path().join("run/ratios.csv")),
-        ratio_rows(&two.path().join("run/ratios.csv")),
-    );
-    assert_eq!(r1.len(), r2.len());
+    let r2 = assert_mixtures_close(one.path(), two.path(), "fastmix");
     assert!(
-        r1.len() >= 5,
+        r2.len() >= 5,
         "fastmix updated the mixture ({} rows)",
-        r1.len()
+        r2.len()
     );
-    for (a, b) in r1.iter().zip(&r2) {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-5, "mixture {a:?} vs {b:?}");
-        }
-    }
     // The mixture moved: the comparison above is not between two uniform rows.
     assert!(r2
         .last()
@@ -144,20 +169,8 @@ fn two_ranks_match_one_process_with_accumulation_and_single_pass() {
         "train.grad_accum=2",
         "train.steps=12",
     ];
-    let one = tempfile::tempdir().unwrap();
-    let two = tempfile::tempdir().unwrap();
-    run_one(one.path(), &more);
-    launch_ok(two.path(), &more);
-    let (r1, r2) = (
-        ratio_rows(&one.path().join("run/ratios.csv")),
-        ratio_rows(&two.path().join("run/ratios.csv")),
-    );
-    assert_eq!(r1.len(), r2.len());
-    for (a, b) in r1.iter().zip(&r2) {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-5, "mixture {a:?} vs {b:?}");
-        }
-    }
+    let (one, two) = one_and_two_ranks(&more);
+    assert_mixtures_close(one.path(), two.path(), "hybrid, single-pass, grad_accum 2");
     let m1 = metrics_without_wall(&one.path().join("run/metrics.jsonl"));
     let m2 = metrics_without_wall(&two.path().join("run/metrics.jsonl"));
     let (x, y) = (
@@ -186,21 +199,9 @@ fn split_measurements_match_one_process() {
             "train.steps=12",
             "mixer.doremi.reference_steps=10",
         ];
-        let one = tempfile::tempdir().unwrap();
-        let two = tempfile::tempdir().unwrap();
-        run_one(one.path(), &more);
-        launch_ok(two.path(), &more);
-        let (r1, r2) = (
-            ratio_rows(&one.path().join("run/ratios.csv")),
-            ratio_rows(&two.path().join("run/ratios.csv")),
-        );
-        assert_eq!(r1.len(), 3, "{mixer}: step 0 and updates at 4 and 8");
-        assert_eq!(r1.len(), r2.len());
-        for (a, b) in r1.iter().zip(&r2) {
-            for (x, y) in a.iter().zip(b) {
-                assert!((x - y).abs() <= 1e-5, "{mixer}: mixture {a:?} vs {b:?}");
-            }
-        }
+        let (one, two) = one_and_two_ranks(&more);
+        let r2 = assert_mixtures_close(one.path(), two.path(), mixer);
+        assert_eq!(r2.len(), 3, "{mixer}: step 0 and updates at 4 and 8");
         assert!(
             r2.last()
                 .unwrap()
@@ -263,26 +264,14 @@ fn a_two_rank_checkpoint_resumes_on_one_process() {
 #[test]
 fn a_killed_rank_stops_the_run_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let out = launch(
-        dir.path(),
-        &["distributed.timeout_s=60"],
-        Some("rank-kill=1:8"),
-        false,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (stderr, took) = launch_failing(dir.path(), 60, "rank-kill=1:8");
     assert!(stderr.contains("rank 1 disconnected"), "{stderr}");
     assert!(
         stderr.contains("error: rank 1 was killed by signal 9"),
         "{stderr}"
     );
     // Noticed when the socket closed, well before the 60 s timeout.
-    assert!(
-        started.elapsed() < Duration::from_secs(50),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(took < Duration::from_secs(50), "{took:?}");
     let mut eval = mixtrain();
     eval.arg("eval").arg(dir.path().join("run"));
     let out = run_ok(&mut eval);
@@ -298,15 +287,7 @@ fn a_killed_rank_stops_the_run_naming_it() {
 #[test]
 fn a_hung_rank_is_named_after_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let out = launch(
-        dir.path(),
-        &["distributed.timeout_s=3"],
-        Some("rank-stop=1:8"),
-        false,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (stderr, took) = launch_failing(dir.path(), 3, "rank-stop=1:8");
     assert!(
         stderr.contains("rank 1 did not answer within distributed.timeout_s = 3 s"),
         "{stderr}"
@@ -315,7 +296,10 @@ fn a_hung_rank_is_named_after_the_timeout() {
         stderr.contains("error: rank 0 exited with status 1"),
         "{stderr}"
     );
-    assert!(started.elapsed() < Duration::from_secs(90));
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(90),
+        "{took:?}"
+    );
 }
 
 /// Runs `mixtrain ARGS...` expecting it to fail; its stderr.

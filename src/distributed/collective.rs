@@ -102,18 +102,20 @@ impl Collective {
     /// Element-wise sums of every rank's `payload` (the same lengths on every rank), summed in
     /// rank order. `step` and `check` (e.g. a hash of the mixture) must agree across ranks.
     pub fn all_reduce(&mut self, step: u64, check: u64, payload: Payload) -> Result<Payload> {
+        let started = Instant::now();
         let timeout = self.timeout;
-        self.all_reduce_within(step, check, payload, timeout)
+        let result = self.all_reduce_within(step, check, payload, timeout);
+        self.stats.calls += 1;
+        self.stats.seconds += started.elapsed().as_secs_f64();
+        result
     }
 
     /// Waits until every rank reached this point, up to `timeout`; `step` and `check` must
     /// agree across ranks as in `all_reduce`.
     pub fn barrier(&mut self, step: u64, check: u64, timeout: Duration) -> Result<()> {
-        // Not counted in `stats`: a barrier's wait is another rank's setup, not communication.
-        let before = self.stats.clone();
-        let result = self.all_reduce_within(step, check, Payload::default(), timeout);
-        self.stats = before;
-        result.map(|_| ())
+        // Not timed in `stats`: a barrier's wait is another rank's setup, not communication.
+        self.all_reduce_within(step, check, Payload::default(), timeout)
+            .map(|_| ())
     }
 
     /// This rank is done with the collective (its run completed).
@@ -138,16 +140,13 @@ impl Collective {
         payload: Payload,
         timeout: Duration,
     ) -> Result<Payload> {
-        let started = Instant::now();
-        let message = encode_reduce(step, check, &payload);
         let result = if self.rank == 0 {
             self.reduce_at_root(step, check, payload, timeout)
         } else {
+            let message = encode_reduce(step, check, &payload);
+            self.stats.bytes_sent += message.len() as u64;
             self.reduce_at_follower(&message, timeout)
         };
-        self.stats.calls += 1;
-        self.stats.seconds += started.elapsed().as_secs_f64();
-        self.stats.bytes_sent += message.len() as u64;
         if result.is_err() {
             // Every rank already knows (rank 0 told them) or the link is gone: nothing more
             // to say when this collective is dropped.
@@ -208,6 +207,7 @@ impl Collective {
             }
         }
         let reply = encode_reduce(step, check, &sum);
+        self.stats.bytes_sent += (reply.len() * (self.world - 1)) as u64;
         for r in 1..self.world {
             if let Err(e) = write_frame(&mut self.links[r - 1], RESULT, &reply) {
                 let message = link_failure(r, e, timeout);

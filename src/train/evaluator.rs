@@ -87,7 +87,7 @@ impl Evaluator {
                 .map(|(source, starts)| {
                     self.windows_total(model, &source.val, starts, device, (rank, world))
                 })
-                .collect::<Vec<_>>()
+                .collect()
         };
         let mut out = totals(sources, &self.source_windows);
         out.extend(totals(target_sets, &self.set_windows));

@@ -167,7 +167,6 @@ impl<B: TrainBackend> Session<B> {
         })?;
         let model = self.model.valid();
         let batch_size = self.config.train.batch_size;
-        let (rank, world) = self.rank_and_world();
         let mut totals = Vec::with_capacity(self.sources.len());
         let mut token_counts = Vec::with_capacity(self.sources.len());
         for k in 0..self.sources.len() {
@@ -177,7 +176,7 @@ impl<B: TrainBackend> Session<B> {
             while left > 0 {
                 let n = left.min(batch_size);
                 left -= n;
-                let mine = crate::distributed::share(n, rank, world);
+                let mine = self.my_rows(n);
                 let batch = self
                     .sampler
                     .probe_batch_share(&[&self.sources[k].train], n, mine);

@@ -80,11 +80,10 @@ impl<B: TrainBackend> Session<B> {
 
     /// Sums the step's gradients and statistics over the ranks of a distributed run: the
     /// gradient, the weighted loss, per source (Σ sequence losses, sequences) and Σ ⟨g_val, ·⟩.
-    /// The mixture in force is compared across ranks on the way.
+    /// The step and the mixture in force are compared across ranks on the way.
     pub(super) fn sum_step_over_ranks(
         &mut self,
         grads: GradientsParams,
-        weights: &[f64],
         loss: &mut f64,
         sums: &mut [(f64, u64)],
         dots: &mut [(f64, f64)],
@@ -97,14 +96,8 @@ impl<B: TrainBackend> Session<B> {
         if let Some(excess) = &excess_sums {
             f64s.extend(excess.iter());
         }
-        let payload = crate::distributed::Payload {
-            f32s: crate::distributed::flatten_grads(&self.model, &grads),
-            f64s,
-        };
-        let step = self.progress.step as u64 + 1;
-        let check = crate::distributed::mixture_check(weights);
-        let collective = self.collective.as_mut().expect("called when distributed");
-        let summed = collective.all_reduce(step, check, payload)?;
+        let flat = flatten_grads(&self.model, &grads);
+        let summed = self.sum_over_ranks(flat, f64s)?;
         let k = sums.len();
         *loss = summed.f64s[0];
         for s in 0..k {
@@ -114,9 +107,6 @@ impl<B: TrainBackend> Session<B> {
         if let Some(excess) = excess_sums {
             excess.copy_from_slice(&summed.f64s[1 + 3 * k..1 + 4 * k]);
         }
-        Ok(crate::distributed::unflatten_grads(
-            &self.model,
-            &summed.f32s,
-        ))
+        Ok(unflatten_grads(&self.model, &summed.f32s))
     }
 }

@@ -95,9 +95,9 @@ impl<B: TrainBackend> Session<B> {
     }
 
     /// The step itself; with `excess`, it also measures DoReMi's excess losses on its
-    /// sequences (returned in the report's `excess_loss`). `sampler_before` is the sampler as it was before this step (and its
-    /// probe), restored if the step turns out non-finite and the run stops: its checkpoint then
-    /// replays this very step.
+    /// sequences (returned in the report's `excess_loss`). `sampler_before` is the sampler as
+    /// it was before this step (and its probe), restored if the step turns out non-finite and
+    /// the run stops: its checkpoint then replays this very step.
     fn step_from(
         &mut self,
         probe: Option<GradProbe>,
@@ -135,12 +135,6 @@ impl<B: TrainBackend> Session<B> {
         // Single-pass: Σ over micro-batches of the per-source dots, kept on the device and read
         // once after the last micro-batch. [k]
         let mut single_pass_dots: Option<Tensor<B::InnerBackend, 1>> = None;
-        // A distributed rank trains on its share of every micro-batch; the sums over ranks
-        // below make the step the same as one process training on all of it.
-        let (rank, world) = self
-            .collective
-            .as_ref()
-            .map_or((0, 1), |c| (c.rank(), c.world_size()));
         for range in ranges {
             let micro = &sources[range.clone()];
             let micro_weights = &seq_weights[range];
@@ -152,7 +146,9 @@ impl<B: TrainBackend> Session<B> {
             } else if probe.is_some() {
                 dots[micro[0]].1 += micro_weights.iter().sum::<f64>();
             }
-            let mine = crate::distributed::share(micro.len(), rank, world);
+            // A distributed rank trains on its share of every micro-batch; the sums over ranks
+            // below make the step the same as one process training on all of it.
+            let mine = self.my_rows(micro.len());
             if mine.is_empty() {
                 self.sampler.fill_share(micro, &self.sources, mine);
                 continue;
@@ -215,7 +211,6 @@ impl<B: TrainBackend> Session<B> {
         if self.collective.is_some() {
             grads = self.sum_step_over_ranks(
                 grads,
-                &weights,
                 &mut loss,
                 &mut sums,
                 &mut dots,
