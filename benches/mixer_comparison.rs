@@ -28,8 +28,8 @@
 use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
-    ApplyMode, Config, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, SignalNorm,
-    TargetSetConfig,
+    ApplyMode, Config, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, ProbeSteps,
+    SignalNorm, TargetSetConfig,
 };
 use mixtrain::train::{run, RunOptions};
 
@@ -53,6 +53,19 @@ const METHODS: &[Method] = &[
         name: "temperature",
         apply: |c| c.mixer.init = InitSpec::Named("temperature".into()),
     },
+    // Static, all weight on the target's training sources (one-source only): what a mixer
+    // that knew the answer from step 0 would reach; bounds the "steps to uniform" column.
+    Method {
+        name: "target-only",
+        apply: |c| {
+            let target = c
+                .target
+                .sources
+                .clone()
+                .expect("target-only needs SCENARIO=one-source");
+            c.mixer.init = InitSpec::Explicit(target.into_iter().map(|t| (t, 1.0)).collect());
+        },
+    },
     Method {
         name: "fastmix",
         apply: |c| c.mixer.kind = MixerKind::Fastmix,
@@ -62,6 +75,22 @@ const METHODS: &[Method] = &[
         name: "fastmix-lr0.3",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 0.3;
+        },
+    },
+    // fastmix measuring s on every step of each update's window (one g_val per window).
+    Method {
+        name: "fastmix-window",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.probe_steps = ProbeSteps::Window;
+        },
+    },
+    Method {
+        name: "fastmix-window-lr0.3",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.probe_steps = ProbeSteps::Window;
             c.mixer.fastmix.lr = 0.3;
         },
     },

@@ -42,14 +42,13 @@ impl BackendTask for Bench {
         }
         let start = Instant::now();
         let mut lr = 0.0;
-        let (mut probed, mut excess) = (None, None);
+        let mut excess = None;
         for _ in 0..self.steps {
             if session.step() % every == 0 {
-                session.mixer_update(lr, probed.take(), excess.take())?;
+                session.mixer_update(lr, excess.take())?;
             }
             let report = session.train_step()?;
             lr = report.lr;
-            probed = report.grad_dot;
             excess = report.excess_loss;
         }
         Ok(start.elapsed().as_secs_f64() * 1e3 / self.steps as f64)

@@ -47,6 +47,10 @@ pub struct TrainState {
     /// Ranks of the run that wrote it (`distributed.world_size`; 1 in older checkpoints).
     #[serde(default = "one_rank")]
     pub world_size: usize,
+    /// Per source (Σ ⟨g_val, g_k⟩, steps) of a probe window open at the checkpoint
+    /// (`mixer.probe_steps = "window"`); its g_val is `probe.g_val` in the optimizer file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_window: Option<Vec<(f64, u32)>>,
 }
 
 fn one_rank() -> usize {

@@ -180,6 +180,21 @@ fn two_ranks_match_one_process_with_accumulation_and_single_pass() {
     assert!((x - y).abs() <= 1e-5 * x, "final val_loss {x} vs {y}");
 }
 
+/// fastmix measuring every step of its update windows: each step's ⟨g_val, g_k⟩ is summed
+/// over ranks before it joins the window, so both runs' windows agree.
+#[test]
+fn two_ranks_match_one_process_with_probe_windows() {
+    let (one, two) = one_and_two_ranks(&["mixer.probe_steps=window", "train.steps=12"]);
+    let r2 = assert_mixtures_close(one.path(), two.path(), "probe window");
+    assert!(
+        r2.last()
+            .unwrap()
+            .iter()
+            .any(|w| (w - 1.0 / 3.0).abs() > 1e-3),
+        "the mixture moved: {r2:?}"
+    );
+}
+
 /// The mixers' extra measurements split over ranks: tikmix's g_val and influences, tikmix-m's
 /// source gradients and candidates' losses, DoReMi's excess losses on fresh samples and on the
 /// step's own sequences (its reference model is trained by rank 0 and read by rank 1).

@@ -136,6 +136,57 @@ fn kill_9_then_resume_is_bit_identical_fastmix() {
     kill_and_resume("ndarray", &["mixer.kind=fastmix", "mixer.every=3"]);
 }
 
+/// Windows of 4 steps, checkpoints every 5: most checkpoints fall inside a probe window, so
+/// its g_val and sums must travel with them (`window_checkpoint_holds_g_val` checks they do).
+#[test]
+fn kill_9_then_resume_is_bit_identical_fastmix_probe_window() {
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=fastmix",
+            "mixer.every=4",
+            "mixer.probe_steps=window",
+        ],
+    );
+}
+
+#[test]
+fn window_checkpoint_holds_g_val() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "");
+    let mut cmd = mixtrain();
+    cmd.arg("run").arg(&cfg);
+    for s in [
+        "train.steps=10",
+        "train.keep_checkpoints=3",
+        "mixer.kind=fastmix",
+        "mixer.every=4",
+        "mixer.probe_steps=window",
+    ] {
+        cmd.arg("--set").arg(s);
+    }
+    run_ok(&mut cmd);
+    let checkpoint = |step: usize| dir.path().join(format!("run/checkpoints/step_{step:08}"));
+    // Step 5 is inside the window of the update at step 8 (steps 5..=8): one step measured.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint(5).join("state.json")).unwrap())
+            .unwrap();
+    let sums = state["probe_window"].as_array().expect("an open window");
+    assert_eq!(sums.len(), 3, "one (sum, steps) per source");
+    let steps: Vec<u64> = sums.iter().map(|s| s[1].as_u64().unwrap()).collect();
+    assert!(steps.iter().all(|&n| n <= 1) && steps.iter().any(|&n| n == 1));
+    let optimizer = std::fs::read(checkpoint(5).join("optimizer.safetensors")).unwrap();
+    assert!(
+        optimizer.windows(11).any(|w| w == b"probe.g_val"),
+        "the window's g_val is saved"
+    );
+    // Step 10 is the end of the run: no update window is open.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint(10).join("state.json")).unwrap())
+            .unwrap();
+    assert!(state.get("probe_window").is_none());
+}
+
 #[test]
 fn kill_9_then_resume_is_bit_identical_fastmix_head_scope_sampling() {
     kill_and_resume(

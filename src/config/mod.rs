@@ -22,8 +22,8 @@ pub use crate::demix::DemixConfig;
 pub use crate::distributed::DistributedConfig;
 pub use crate::mixer::{
     AdoConfig, ApplyMode, DoremiConfig, ExcessFrom, FastMixConfig, GradStats, InfluenceFrom,
-    InfluenceNorm, InitSpec, MixerConfig, MixerKind, MixtureInit, OdmConfig, ScopeKind, SignalNorm,
-    TikMixConfig, TikMixMConfig,
+    InfluenceNorm, InitSpec, MixerConfig, MixerKind, MixtureInit, OdmConfig, ProbeSteps, ScopeKind,
+    SignalNorm, TikMixConfig, TikMixMConfig,
 };
 pub use crate::model::{MlpKind, ModelConfig};
 pub use crate::target::{Target, TargetConfig, TargetSetConfig};

@@ -45,6 +45,18 @@ pub enum GradStats {
     SinglePass,
 }
 
+/// Which training steps measure ⟨g_val, g_k⟩ for an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeSteps {
+    /// The step right before each update, against a g_val computed just before it.
+    Last,
+    /// Every step since the previous update (the update's window of `every` steps), against
+    /// one g_val computed at the window's first step; the update takes each source's mean
+    /// over the window's steps that drew it.
+    Window,
+}
+
 /// `mixer.init`: a named rule, or explicit weights by source name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -92,6 +104,10 @@ pub struct MixerConfig {
     /// How fastmix's probed step measures ⟨g_val, g_k⟩: "per-source" or "single-pass".
     /// Default "per-source".
     pub grad_stats: GradStats,
+    /// Which steps measure ⟨g_val, g_k⟩ (fastmix; tikmix with `influence = "probe"`): "last"
+    /// (the step before each update) or "window" (every step since the previous update, one
+    /// g_val for the window). Default "last".
+    pub probe_steps: ProbeSteps,
     /// Weight floor ε for online mixers, p ← (1−Kε)p + ε; must satisfy Kε < 1. Default 0.2/K.
     /// The static mixer uses its weights exactly as given.
     pub min_weight: Option<f64>,
@@ -141,6 +157,17 @@ impl MixerConfig {
     pub fn updates_at(&self, step: usize, total: usize) -> bool {
         step > 0 && step < total && step >= self.warmup_steps && step.is_multiple_of(self.every)
     }
+
+    /// True when a mixer that takes ⟨g_val, g_k⟩ measures it on step `step` (1-based: the
+    /// step that ends with `step` optimizer steps done): the update's own step for
+    /// `probe_steps = "last"`, any step of an update's window (the `every` steps ending with
+    /// the update) for `"window"`.
+    pub fn probes_at(&self, step: usize, total: usize) -> bool {
+        match self.probe_steps {
+            ProbeSteps::Last => self.updates_at(step, total),
+            ProbeSteps::Window => (step..step + self.every).any(|u| self.updates_at(u, total)),
+        }
+    }
 }
 
 impl Default for MixerConfig {
@@ -152,6 +179,7 @@ impl Default for MixerConfig {
             warmup_steps: 0,
             max_change: None,
             grad_stats: GradStats::PerSource,
+            probe_steps: ProbeSteps::Last,
             min_weight: None,
             temperature: 0.5,
             init: InitSpec::Named("uniform".into()),
@@ -256,5 +284,32 @@ impl MixerConfig {
         self.odm.validate()?;
         self.ado.validate()?;
         self.doremi.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probed(config: &MixerConfig, total: usize) -> Vec<usize> {
+        (1..=total)
+            .filter(|&s| config.probes_at(s, total))
+            .collect()
+    }
+
+    /// "last" probes each update's own step; "window" every step of the `every` steps ending
+    /// with an update, none before the first update's window or after the last update.
+    #[test]
+    fn probe_steps_cover_the_update_windows() {
+        let mut config = MixerConfig {
+            every: 4,
+            warmup_steps: 6,
+            ..MixerConfig::default()
+        };
+        assert_eq!(probed(&config, 14), vec![8, 12]);
+        config.probe_steps = ProbeSteps::Window;
+        assert_eq!(probed(&config, 14), vec![5, 6, 7, 8, 9, 10, 11, 12]);
+        config.warmup_steps = 0;
+        assert_eq!(probed(&config, 12), (1..=8).collect::<Vec<_>>());
     }
 }

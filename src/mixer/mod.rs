@@ -15,7 +15,9 @@ mod tikmix_m;
 mod trust_region;
 
 pub use ado::{Ado, AdoConfig};
-pub use config::{ApplyMode, GradStats, InitSpec, MixerConfig, MixerKind, MixtureInit, ScopeKind};
+pub use config::{
+    ApplyMode, GradStats, InitSpec, MixerConfig, MixerKind, MixtureInit, ProbeSteps, ScopeKind,
+};
 pub use doremi::{DoReMi, DoremiConfig, ExcessFrom};
 pub use entropy::{token_entropy, EntropyKind};
 pub use fastmix::{FastMix, FastMixConfig, SignalNorm};

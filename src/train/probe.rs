@@ -19,6 +19,40 @@ pub struct GradProbe {
     pub precondition: bool,
 }
 
+/// The probe of an update's window (`mixer.probe_steps`): its g_val, and per source the sum
+/// of ⟨g_val, g_k⟩ over the window's probed steps that drew the source and their number.
+pub struct ProbeWindow {
+    pub probe: GradProbe,
+    pub sums: Vec<(f64, u32)>,
+}
+
+impl ProbeWindow {
+    pub fn new(probe: GradProbe, sources: usize) -> Self {
+        ProbeWindow {
+            probe,
+            sums: vec![(0.0, 0); sources],
+        }
+    }
+
+    /// Adds one probed step's ⟨g_val, g_k⟩ (None for a source the step did not draw).
+    pub fn add(&mut self, dots: &[Option<f64>]) {
+        for (sum, dot) in self.sums.iter_mut().zip(dots) {
+            if let Some(dot) = dot {
+                sum.0 += dot;
+                sum.1 += 1;
+            }
+        }
+    }
+
+    /// Per source, the mean of ⟨g_val, g_k⟩ over the steps that drew it (None if none did).
+    pub fn means(&self) -> Vec<Option<f64>> {
+        self.sums
+            .iter()
+            .map(|&(sum, n)| (n > 0).then(|| sum / n as f64))
+            .collect()
+    }
+}
+
 struct Dot<'a, B: Backend> {
     a: &'a GradientsParams,
     b: &'a GradientsParams,

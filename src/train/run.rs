@@ -190,8 +190,6 @@ fn train_loop<B: TrainBackend>(
     let mut last_val_loss = None;
     let mut pending_train: Option<StepReport> = None;
     let mut last_lr = 0.0;
-    // ⟨g_val, g_k⟩ from the step just before a mixer update (a probed step), for that update.
-    let mut probed: Option<Vec<Option<f64>>> = None;
     // DoReMi's excess losses from the step just before an update (`excess_from = "step"`).
     let mut step_excess: Option<Vec<Option<f64>>> = None;
     loop {
@@ -222,7 +220,7 @@ fn train_loop<B: TrainBackend>(
             } else if config.mixer.updates_at(step, total) {
                 // Every rank updates its mixer from the same sums: the mixtures stay equal.
                 let excess = step_excess.take();
-                if let Some(update) = session.mixer_update(last_lr, probed.take(), excess)? {
+                if let Some(update) = session.mixer_update(last_lr, excess)? {
                     if let Some(run_dir) = run_dir.as_mut() {
                         run_dir.write_ratios(step, &update.weights)?;
                     }
@@ -276,7 +274,6 @@ fn train_loop<B: TrainBackend>(
             Err(e) => return Err(e),
         };
         last_lr = report.lr;
-        probed = report.grad_dot.take();
         step_excess = report.excess_loss.take();
         report_progress(&progress, &session, &report, started, start_tokens, &config);
         if let Some(reason) = &report.skipped {

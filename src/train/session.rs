@@ -38,6 +38,9 @@ pub struct Session<B: TrainBackend> {
     pub(super) param_names: Option<std::collections::HashMap<burn::module::ParamId, String>>,
     /// The reference model of DoReMi's excess loss.
     pub(crate) reference: Option<Gpt<B::InnerBackend>>,
+    /// ⟨g_val, g_k⟩ measured so far for the next mixer update, with its g_val
+    /// (`mixer.probe_steps`); saved with a checkpoint taken inside a window.
+    pub(crate) probe_window: Option<super::probe::ProbeWindow>,
     /// The other ranks of a distributed run (`[distributed]`); None trains alone.
     pub(crate) collective: Option<crate::distributed::Collective>,
 }
@@ -97,6 +100,7 @@ impl<B: TrainBackend> Session<B> {
             initial,
             param_names: None,
             reference: None,
+            probe_window: None,
             collective: None,
         })
     }
@@ -149,16 +153,16 @@ impl<B: TrainBackend> Session<B> {
     }
 
     /// Gathers what the mixer asked for and updates it (resetting the running training-loss
-    /// means). `grad_dot` is the probed step's measurement (its report's `grad_dot`), for
-    /// mixers that take ⟨g_val, g_k⟩; `step_excess` the step's excess losses (its report's
+    /// means and closing the probe window, whose per-source means of ⟨g_val, g_k⟩ the mixers
+    /// that take it get). `step_excess` is the step's excess losses (its report's
     /// `excess_loss`), for DoReMi with `excess_from = "step"`.
     pub fn mixer_update(
         &mut self,
         lr: f64,
-        grad_dot: Option<Vec<Option<f64>>>,
         step_excess: Option<Vec<Option<f64>>>,
     ) -> Result<Option<mixer::MixerUpdate>> {
         let needs = self.mixer.needs();
+        let grad_dot = self.probe_window.take().map(|window| window.means());
         let influence = match needs.group_influence {
             Some(spec) => {
                 let g_val = self.validation_gradient(spec.val_batches)?;

@@ -3,11 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
+use super::probe::{GradProbe, ProbeWindow};
 use super::Session;
 use crate::backend::TrainBackend;
 use crate::checkpoint::{self, Snapshot, TrainState, FORMAT};
+use crate::distributed::{flatten_grads, unflatten_grads};
 use crate::error::{Error, Result};
-use crate::params::{collect_params, load_params};
+use crate::params::{collect_params, load_params, NamedTensor};
+
+/// The optimizer file's entry for an open probe window's g_val.
+const PROBE_G_VAL: &str = "probe.g_val";
 
 /// What a session has done so far: the counters a checkpoint carries beside the model,
 /// optimizer, sampler and mixer.
@@ -80,9 +85,20 @@ impl<B: TrainBackend> Session<B> {
     /// Everything needed to continue this session exactly; `log_lengths` are the lengths of
     /// metrics.jsonl and ratios.csv at this moment.
     pub fn snapshot(&self, log_lengths: (u64, u64)) -> Snapshot {
+        let mut optimizer = self.optim.to_named();
+        if let Some(window) = &self.probe_window {
+            // The window's g_val, flat in the model's parameter order. [Σ numel]
+            let data = flatten_grads(&self.model, &window.probe.g_val);
+            optimizer.push(NamedTensor {
+                name: PROBE_G_VAL.into(),
+                shape: vec![data.len()],
+                data,
+                is_linear_weight: false,
+            });
+        }
         Snapshot {
             model: collect_params(&self.model),
-            optimizer: self.optim.to_named(),
+            optimizer,
             state: TrainState {
                 format: FORMAT,
                 step: self.progress.step,
@@ -98,6 +114,7 @@ impl<B: TrainBackend> Session<B> {
                 metrics_bytes: log_lengths.0,
                 ratios_bytes: log_lengths.1,
                 world_size: self.config.distributed.world_size,
+                probe_window: self.probe_window.as_ref().map(|w| w.sums.clone()),
             },
         }
     }
@@ -121,10 +138,11 @@ impl<B: TrainBackend> Session<B> {
 
     /// Restores everything the checkpoint in `dir` holds; its config must hash the same.
     pub fn restore_checkpoint(&mut self, dir: &Path) -> Result<TrainState> {
-        let restored = checkpoint::read(dir, &self.config.hash())?;
+        let mut restored = checkpoint::read(dir, &self.config.hash())?;
         let state = restored.state;
         let state_path = checkpoint::state_path(dir);
         self.model = load_params(self.model.clone(), &restored.model, &restored.model_path)?;
+        let g_val = restored.optimizer.remove(PROBE_G_VAL);
         if !self.optim.load_named(&restored.optimizer, &self.device) {
             return Err(Error::checkpoint(
                 &restored.optimizer_path,
@@ -151,6 +169,7 @@ impl<B: TrainBackend> Session<B> {
         self.mixer
             .restore(&state.mixer)
             .map_err(|e| Error::checkpoint(&state_path, e))?;
+        self.probe_window = self.restore_probe_window(&state, g_val, &restored.optimizer_path)?;
         self.progress = Progress {
             step: state.step,
             tokens: state.tokens,
@@ -176,6 +195,51 @@ impl<B: TrainBackend> Session<B> {
             );
         }
         Ok(state)
+    }
+}
+
+impl<B: TrainBackend> Session<B> {
+    /// The probe window a checkpoint saved (`sums` in its state, g_val in its optimizer file),
+    /// or None when it had none.
+    fn restore_probe_window(
+        &self,
+        state: &TrainState,
+        g_val: Option<NamedTensor>,
+        optimizer_path: &Path,
+    ) -> Result<Option<ProbeWindow>> {
+        let (Some(sums), Some(g_val)) = (&state.probe_window, g_val) else {
+            if state.probe_window.is_some() {
+                return Err(Error::checkpoint(
+                    optimizer_path,
+                    format!("{PROBE_G_VAL} is missing, but the state has an open probe window"),
+                ));
+            }
+            return Ok(None);
+        };
+        let Some(spec) = self.mixer.needs().grad_probe else {
+            return Ok(None);
+        };
+        let expected: usize = collect_params(&self.model)
+            .iter()
+            .map(|t| t.data.len())
+            .sum();
+        if g_val.data.len() != expected || sums.len() != self.sources.len() {
+            return Err(Error::checkpoint(
+                optimizer_path,
+                format!(
+                    "{PROBE_G_VAL} has {} values for a model of {expected} parameters",
+                    g_val.data.len()
+                ),
+            ));
+        }
+        let probe = GradProbe {
+            g_val: unflatten_grads(&self.model, &g_val.data),
+            scope: spec.scope,
+            precondition: spec.precondition,
+        };
+        let mut window = ProbeWindow::new(probe, sums.len());
+        window.sums = sums.clone();
+        Ok(Some(window))
     }
 }
 

@@ -6,7 +6,7 @@
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 
-use super::probe::{grad_dot, GradProbe};
+use super::probe::{grad_dot, GradProbe, ProbeWindow};
 use super::single_pass::{param_names, SinglePass};
 use super::{NonFinitePolicy, Session, StepReport};
 use crate::backend::TrainBackend;
@@ -46,35 +46,49 @@ enum MicroProbe<B: TrainBackend> {
 }
 
 impl<B: TrainBackend> Session<B> {
-    /// The probe the next training step runs, if the mixer updates right after it.
-    fn probe_for_next_step(&mut self) -> Result<Option<GradProbe>> {
+    /// The probe window the next training step measures into, if it is probed
+    /// (`MixerConfig::probes_at`): the open window, or a new one with a fresh g_val at the
+    /// window's first step.
+    fn probe_for_next_step(&mut self) -> Result<Option<ProbeWindow>> {
         let Some(spec) = self.mixer.needs().grad_probe else {
             return Ok(None);
         };
         if !self
             .config
             .mixer
-            .updates_at(self.progress.step + 1, self.config.train.steps)
+            .probes_at(self.progress.step + 1, self.config.train.steps)
         {
             return Ok(None);
         }
-        Ok(Some(GradProbe {
+        if let Some(window) = self.probe_window.take() {
+            return Ok(Some(window));
+        }
+        let probe = GradProbe {
             g_val: self.validation_gradient(spec.val_batches)?,
             scope: spec.scope,
             precondition: spec.precondition,
-        }))
+        };
+        Ok(Some(ProbeWindow::new(probe, self.sources.len())))
     }
 
     /// One optimizer step: draw the step's sequences from the mixture, forward/backward each
-    /// micro-batch with per-sequence loss weights, accumulate, clip, AdamW. Before a mixer
-    /// update whose mixer asks for ⟨g_val, g_k⟩, micro-batches are domain-homogeneous and each
-    /// one's gradient is dotted with g_val before it joins the accumulation buffer.
+    /// micro-batch with per-sequence loss weights, accumulate, clip, AdamW. On the steps that
+    /// measure ⟨g_val, g_k⟩ for a mixer update (`mixer.probe_steps`), micro-batches are
+    /// domain-homogeneous (or traced, single-pass) and the measurement joins the update's
+    /// probe window.
     pub fn train_step(&mut self) -> Result<StepReport> {
         // Taken before the probe: its validation batches draw from the sampler too.
         let sampler_before = self.sampler.state().clone();
-        let probe = self.probe_for_next_step()?;
+        let mut window = self.probe_for_next_step()?;
         let excess = self.excess_for_next_step();
-        self.step_from(probe, excess, sampler_before)
+        let result = self.step_from(window.as_ref().map(|w| &w.probe), excess, sampler_before);
+        if let (Some(window), Ok(report)) = (window.as_mut(), &result) {
+            if let Some(dots) = &report.grad_dot {
+                window.add(dots);
+            }
+        }
+        self.probe_window = window;
+        result
     }
 
     /// Whether the next step measures DoReMi's excess losses for the update right after it.
@@ -91,7 +105,7 @@ impl<B: TrainBackend> Session<B> {
     /// steps right before the mixer's updates; benches call this directly to time a probed step.
     pub fn train_step_probed(&mut self, probe: Option<GradProbe>) -> Result<StepReport> {
         let sampler_before = self.sampler.state().clone();
-        self.step_from(probe, false, sampler_before)
+        self.step_from(probe.as_ref(), false, sampler_before)
     }
 
     /// The step itself; with `excess`, it also measures DoReMi's excess losses on its
@@ -100,7 +114,7 @@ impl<B: TrainBackend> Session<B> {
     /// the run stops: its checkpoint then replays this very step.
     fn step_from(
         &mut self,
-        probe: Option<GradProbe>,
+        probe: Option<&GradProbe>,
         excess: bool,
         sampler_before: crate::data::SamplerState,
     ) -> Result<StepReport> {
@@ -159,7 +173,7 @@ impl<B: TrainBackend> Session<B> {
                 &micro_weights[mine.clone()],
                 weight_total,
                 Measure {
-                    probe: probe.as_ref(),
+                    probe,
                     single_pass,
                     excess,
                 },
