@@ -3,6 +3,7 @@
 //!
 //!     cargo bench --bench mixer_overhead            # 30 timed steps per mixer (3 updates)
 //!     STEPS=60 ROUNDS=5 cargo bench --bench mixer_overhead
+//!     VARIANTS=fastmix,fastmix/window cargo bench --bench mixer_overhead   # static + these
 //!
 //! The mixers run in turn, ROUNDS (default 3) times; each reports its median ms/step, so a
 //! burst of load from other jobs on the machine hits one sample, not one mixer.
@@ -18,7 +19,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use mixtrain::backend::{dispatch, BackendTask, TrainBackend};
-use mixtrain::config::{BackendKind, Config, ExcessFrom, GradStats, InfluenceFrom, MixerKind};
+use mixtrain::config::{
+    BackendKind, Config, ExcessFrom, GradStats, InfluenceFrom, MixerKind, ProbeSteps,
+};
 use mixtrain::train::Session;
 
 struct Bench {
@@ -69,12 +72,21 @@ fn main() -> mixtrain::Result<()> {
         .unwrap_or(3);
     // (label, how it differs from the static mixer's config)
     type Variant = (&'static str, fn(&mut Config));
-    let variants: [Variant; 10] = [
+    let all_variants: [Variant; 12] = [
         ("static", |_| {}),
         ("fastmix", |c| c.mixer.kind = MixerKind::Fastmix),
         ("fastmix/single-pass", |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.grad_stats = GradStats::SinglePass;
+        }),
+        ("fastmix/window", |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.probe_steps = ProbeSteps::Window;
+        }),
+        ("tikmix/probe-window", |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.influence = InfluenceFrom::Probe;
+            c.mixer.probe_steps = ProbeSteps::Window;
         }),
         ("tikmix", |c| c.mixer.kind = MixerKind::Tikmix),
         ("tikmix/probe", |c| {
@@ -90,6 +102,16 @@ fn main() -> mixtrain::Result<()> {
             c.mixer.doremi.excess_from = ExcessFrom::Step;
         }),
     ];
+    // VARIANTS=fastmix,fastmix/window times only those (static always runs: the ratios' base).
+    let wanted: Option<Vec<String>> = std::env::var("VARIANTS")
+        .ok()
+        .map(|v| v.split(',').map(|x| x.trim().to_string()).collect());
+    let variants: Vec<Variant> = all_variants
+        .into_iter()
+        .filter(|(label, _)| {
+            *label == "static" || wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == label))
+        })
+        .collect();
     let mut samples = vec![Vec::new(); variants.len()];
     for _ in 0..rounds {
         for (i, (_, differs)) in variants.iter().enumerate() {
@@ -110,9 +132,17 @@ fn main() -> mixtrain::Result<()> {
             ms / medians[0]
         );
     }
-    println!(
-        "single-pass vs per-source statistics (fastmix): {:.3}",
-        medians[2] / medians[1]
-    );
+    let ms_of = |label: &str| {
+        variants
+            .iter()
+            .position(|(l, _)| *l == label)
+            .map(|i| medians[i])
+    };
+    if let (Some(single), Some(per_source)) = (ms_of("fastmix/single-pass"), ms_of("fastmix")) {
+        println!(
+            "single-pass vs per-source statistics (fastmix): {:.3}",
+            single / per_source
+        );
+    }
     Ok(())
 }
