@@ -104,6 +104,24 @@ impl<B: TrainBackend> Session<B> {
         self.sum_values_over_ranks(influence)
     }
 
+    /// ⟨g, G_k⟩ for each g of `g_vals` and every source, against the same G_k (one extra
+    /// backward per source, as `group_influence`): [g_vals.len()][K]. One process only.
+    pub fn group_influences(
+        &mut self,
+        g_vals: &[&GradientsParams],
+        samples: usize,
+    ) -> Vec<Vec<f64>> {
+        let head = self.head_name();
+        let mut out = vec![Vec::new(); g_vals.len()];
+        for k in 0..self.sources.len() {
+            let g_k = self.source_gradient_share(k, samples);
+            for (row, g_val) in out.iter_mut().zip(g_vals) {
+                row.push(grad_dot(&self.model, g_val, &g_k, GradScope::All, head, None));
+            }
+        }
+        out
+    }
+
     /// ΔL_val(w) = L_val(θ − scale · lr · P ⊙ Σ_k w_k G_k) − L_val(θ) for each candidate w
     /// (TiKMiX-M): one backward per source for G_k, then forward passes only, every candidate
     /// on the same fresh validation batches of the target. Distributed, the G_k are summed
