@@ -94,6 +94,14 @@ const METHODS: &[Method] = &[
             c.mixer.fastmix.lr = 0.3;
         },
     },
+    // fastmix with a 3x smaller step on the mixture logits.
+    Method {
+        name: "fastmix-lr0.03",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 0.03;
+        },
+    },
     // fastmix without its per-update standardisation of s (the default before it).
     Method {
         name: "fastmix-raw",
@@ -112,6 +120,16 @@ const METHODS: &[Method] = &[
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::Probe;
+        },
+    },
+    // tikmix-probe measuring every step of each update's window (one g_val per window): about
+    // as many sequences behind each I_k as the 32 extra-pass sequences, at fastmix's cost.
+    Method {
+        name: "tikmix-probe-window",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.influence = InfluenceFrom::Probe;
+            c.mixer.probe_steps = ProbeSteps::Window;
         },
     },
     Method {
