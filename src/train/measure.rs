@@ -116,7 +116,14 @@ impl<B: TrainBackend> Session<B> {
         for k in 0..self.sources.len() {
             let g_k = self.source_gradient_share(k, samples);
             for (row, g_val) in out.iter_mut().zip(g_vals) {
-                row.push(grad_dot(&self.model, g_val, &g_k, GradScope::All, head, None));
+                row.push(grad_dot(
+                    &self.model,
+                    g_val,
+                    &g_k,
+                    GradScope::All,
+                    head,
+                    None,
+                ));
             }
         }
         out
