@@ -79,15 +79,21 @@ impl<B: TrainBackend> Session<B> {
     pub fn train_step(&mut self) -> Result<StepReport> {
         // Taken before the probe: its validation batches draw from the sampler too.
         let sampler_before = self.sampler.state().clone();
+        let opened_here = self.probe_window.is_none();
         let mut window = self.probe_for_next_step()?;
         let excess = self.excess_for_next_step();
         let result = self.step_from(window.as_ref().map(|w| &w.probe), excess, sampler_before);
-        if let (Some(window), Ok(report)) = (window.as_mut(), &result) {
-            if let Some(dots) = &report.grad_dot {
-                window.add(dots);
+        match &result {
+            Ok(report) => {
+                if let (Some(window), Some(dots)) = (window.as_mut(), &report.grad_dot) {
+                    window.add(dots);
+                }
+                self.probe_window = window;
             }
+            // The sampler is back where it was before this step's g_val was drawn: a window
+            // opened by this step goes too, so the replayed step opens it again identically.
+            Err(_) => self.probe_window = if opened_here { None } else { window },
         }
-        self.probe_window = window;
         result
     }
 
