@@ -94,18 +94,13 @@ impl<B: TrainBackend> Session<B> {
     /// ⟨g_val, G_k⟩ for every source (TiKMiX); distributed, Σ over ranks of ⟨g_val, G_k's
     /// share⟩ (the inner product is linear in G_k).
     pub fn group_influence(&mut self, g_val: &GradientsParams, samples: usize) -> Result<Vec<f64>> {
-        let head = self.head_name();
-        let influence = (0..self.sources.len())
-            .map(|k| {
-                let g_k = self.source_gradient_share(k, samples);
-                grad_dot(&self.model, g_val, &g_k, GradScope::All, head, None)
-            })
-            .collect();
-        self.sum_values_over_ranks(influence)
+        let mine = self.group_influences(&[g_val], samples).remove(0);
+        self.sum_values_over_ranks(mine)
     }
 
     /// ⟨g, G_k⟩ for each g of `g_vals` and every source, against the same G_k (one extra
-    /// backward per source, as `group_influence`): [g_vals.len()][K]. One process only.
+    /// backward per source): [g_vals.len()][K]. Distributed, each rank's G_k is its share of
+    /// the samples; `group_influence` sums over ranks.
     pub fn group_influences(
         &mut self,
         g_vals: &[&GradientsParams],

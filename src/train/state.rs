@@ -169,7 +169,8 @@ impl<B: TrainBackend> Session<B> {
         self.mixer
             .restore(&state.mixer)
             .map_err(|e| Error::checkpoint(&state_path, e))?;
-        self.probe_window = self.restore_probe_window(&state, g_val, &restored.optimizer_path)?;
+        self.probe_window =
+            self.restore_probe_window(&state, g_val, &restored.optimizer_path, &state_path)?;
         self.progress = Progress {
             step: state.step,
             tokens: state.tokens,
@@ -206,29 +207,38 @@ impl<B: TrainBackend> Session<B> {
         state: &TrainState,
         g_val: Option<NamedTensor>,
         optimizer_path: &Path,
+        state_path: &Path,
     ) -> Result<Option<ProbeWindow>> {
-        let (Some(sums), Some(g_val)) = (&state.probe_window, g_val) else {
-            if state.probe_window.is_some() {
+        let (sums, g_val) = match (&state.probe_window, g_val) {
+            (None, _) => return Ok(None),
+            (Some(_), None) => {
                 return Err(Error::checkpoint(
                     optimizer_path,
                     format!("{PROBE_G_VAL} is missing, but the state has an open probe window"),
-                ));
+                ))
             }
-            return Ok(None);
+            (Some(sums), Some(g_val)) => (sums, g_val),
         };
         let Some(spec) = self.mixer.needs().grad_probe else {
             return Ok(None);
         };
-        let expected: usize = collect_params(&self.model)
-            .iter()
-            .map(|t| t.data.len())
-            .sum();
-        if g_val.data.len() != expected || sums.len() != self.sources.len() {
+        let expected = self.model.num_params();
+        if g_val.data.len() != expected {
             return Err(Error::checkpoint(
                 optimizer_path,
                 format!(
                     "{PROBE_G_VAL} has {} values for a model of {expected} parameters",
                     g_val.data.len()
+                ),
+            ));
+        }
+        if sums.len() != self.sources.len() {
+            return Err(Error::checkpoint(
+                state_path,
+                format!(
+                    "probe_window has {} sources, the run {}",
+                    sums.len(),
+                    self.sources.len()
                 ),
             ));
         }
