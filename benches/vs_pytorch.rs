@@ -189,7 +189,9 @@ impl BackendTask for Bench {
                     .map_or("-".to_string(), |ms| format!("{ms:.1} ms/step"))
             );
         }
-        let tokens = (self.config.train.batch_size * self.config.data.seq_len) as f64;
+        let tokens = (self.config.train.batch_size
+            * self.config.train.grad_accum
+            * self.config.data.seq_len) as f64;
         let ours = median(ours);
         println!(
             "vs_pytorch/mixtrain ({backend}) {ours:>8.1} ms/step {:>9.0} tokens/s (median of {} rounds of {} steps)",
