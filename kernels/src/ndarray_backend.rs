@@ -28,7 +28,10 @@ impl StatKernels for NdArray {
     ) -> (Tensor<Self, 1>, Tensor<Self, 1>) {
         let [n, vocab] = logits.dims();
         let device = logits.device();
-        let (loss, lse) = host::cross_entropy_rows(&host_f32(logits), vocab, &host_i64(targets));
+        let targets = host_i64(targets);
+        let (loss, lse) = with_host_f32(logits, |logits| {
+            host::cross_entropy_rows(logits, vocab, &targets)
+        });
         (
             Tensor::from_data(TensorData::new(loss, [n]), &device),
             Tensor::from_data(TensorData::new(lse, [n]), &device),
@@ -43,13 +46,10 @@ impl StatKernels for NdArray {
     ) -> Tensor<Self, 2> {
         let [n, vocab] = logits.dims();
         let device = logits.device();
-        let d = host::cross_entropy_rows_backward(
-            &host_f32(logits),
-            vocab,
-            &host_i64(targets),
-            &host_f32(logsumexp),
-            &host_f32(dloss),
-        );
+        let (targets, logsumexp, dloss) = (host_i64(targets), host_f32(logsumexp), host_f32(dloss));
+        let d = with_host_f32(logits, |logits| {
+            host::cross_entropy_rows_backward(logits, vocab, &targets, &logsumexp, &dloss)
+        });
         Tensor::from_data(TensorData::new(d, [n, vocab]), &device)
     }
 
@@ -104,7 +104,9 @@ impl StatKernels for NdArray {
     fn causal_softmax(scores: Tensor<Self, 4>, scale: f64) -> Tensor<Self, 4> {
         let shape = scores.dims();
         let device = scores.device();
-        let y = host::causal_softmax(&host_f32(scores), shape[3], scale as f32);
+        let y = with_host_f32(scores, |scores| {
+            host::causal_softmax(scores, shape[3], scale as f32)
+        });
         Tensor::from_data(TensorData::new(y, shape), &device)
     }
 
@@ -115,27 +117,27 @@ impl StatKernels for NdArray {
     ) -> Tensor<Self, 4> {
         let shape = y.dims();
         let device = y.device();
-        let d = host::causal_softmax_backward(&host_f32(y), &host_f32(dy), shape[3], scale as f32);
+        let d = with_host_f32(y, |y| {
+            with_host_f32(dy, |dy| {
+                host::causal_softmax_backward(y, dy, shape[3], scale as f32)
+            })
+        });
         Tensor::from_data(TensorData::new(d, shape), &device)
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 2>, sin: Tensor<Self, 2>) -> Tensor<Self, 4> {
         let shape = x.dims();
         let device = x.device();
-        let y = host::rope(
-            &host_f32(x),
-            shape[2],
-            shape[3],
-            &host_f32(cos),
-            &host_f32(sin),
-        );
+        let (cos, sin) = (host_f32(cos), host_f32(sin));
+        let y = with_host_f32(x, |x| host::rope(x, shape[2], shape[3], &cos, &sin));
         Tensor::from_data(TensorData::new(y, shape), &device)
     }
 
     fn rms_norm(x: Tensor<Self, 2>, gain: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
         let shape = x.dims();
         let device = x.device();
-        let (y, _) = host::rms_norm(&host_f32(x), &host_f32(gain), eps as f32);
+        let gain = host_f32(gain);
+        let (y, _) = with_host_f32(x, |x| host::rms_norm(x, &gain, eps as f32));
         Tensor::from_data(TensorData::new(y, shape), &device)
     }
 
@@ -147,10 +149,12 @@ impl StatKernels for NdArray {
     ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
         let shape = x.dims();
         let device = x.device();
-        let (x, gain) = (host_f32(x), host_f32(gain));
-        // r is recomputed (one pass over x) rather than kept from the forward.
-        let (_, r) = host::rms_norm(&x, &gain, eps as f32);
-        let (dx, dgain) = host::rms_norm_backward(&x, &gain, &r, &host_f32(dy));
+        let gain = host_f32(gain);
+        let (dx, dgain) = with_host_f32(x, |x| {
+            // r is recomputed (one pass over x) rather than kept from the forward.
+            let (_, r) = host::rms_norm(x, &gain, eps as f32);
+            with_host_f32(dy, |dy| host::rms_norm_backward(x, &gain, &r, dy))
+        });
         (
             Tensor::from_data(TensorData::new(dx, shape), &device),
             Tensor::from_data(TensorData::new(dgain, [shape[1]]), &device),
@@ -160,13 +164,16 @@ impl StatKernels for NdArray {
     fn gelu_rows(x: Tensor<Self, 2>) -> Tensor<Self, 2> {
         let shape = x.dims();
         let device = x.device();
-        Tensor::from_data(TensorData::new(host::gelu(&host_f32(x)), shape), &device)
+        Tensor::from_data(
+            TensorData::new(with_host_f32(x, host::gelu), shape),
+            &device,
+        )
     }
 
     fn gelu_rows_backward(x: Tensor<Self, 2>, dy: Tensor<Self, 2>) -> Tensor<Self, 2> {
         let shape = x.dims();
         let device = x.device();
-        let dx = host::gelu_backward(&host_f32(x), &host_f32(dy));
+        let dx = with_host_f32(x, |x| with_host_f32(dy, |dy| host::gelu_backward(x, dy)));
         Tensor::from_data(TensorData::new(dx, shape), &device)
     }
 
@@ -180,7 +187,9 @@ impl StatKernels for NdArray {
         let [n] = param.dims();
         let device = param.device();
         let (mut param, mut m, mut v) = (host_f32(param), host_f32(m), host_f32(v));
-        host::adamw(&mut param, &host_f32(grad), &mut m, &mut v, step);
+        with_host_f32(grad, |grad| {
+            host::adamw(&mut param, grad, &mut m, &mut v, step)
+        });
         let back = |values: Vec<f32>| Tensor::from_data(TensorData::new(values, [n]), &device);
         (back(param), back(m), back(v))
     }
@@ -260,54 +269,69 @@ fn host_matmul(lhs: ArrayViewD<f32>, rhs: ArrayViewD<f32>) -> ArcArray<f32, IxDy
         .into_shared()
 }
 
-/// An ndarray tensor's values in row-major order. Reads the array in place (one memcpy when it
-/// is contiguous): `into_data` would walk a shared array (autodiff keeps the forward's inputs)
-/// element by element through a dynamic-rank iterator, which cost more than the ops it fed.
-fn host_f32<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<f32> {
+/// Calls `f` with an ndarray tensor's values in row-major order, read in place when the array
+/// is row-major (the common case: no copy) and copied otherwise. `into_data` would walk a
+/// shared array (autodiff keeps the forward's inputs) element by element through a
+/// dynamic-rank iterator, which cost more than the ops it fed; a copy of every input was still
+/// 4% of a step, all on the main thread while the other core waited (`perf record`).
+fn with_host_f32<const D: usize, R>(tensor: Tensor<NdArray, D>, f: impl FnOnce(&[f32]) -> R) -> R {
     match tensor.into_primitive().tensor() {
         NdArrayTensor::F32(storage) => {
             let view = storage.view();
-            if let Some(values) = view.as_slice() {
-                return values.to_vec();
-            }
-            // Strided with contiguous rows (the attention heads: a [b, s, h, hd] array viewed as
-            // [b, h, s, hd]): one copy per row rather than per element.
-            let rank = view.ndim();
-            if rank > 0 && view.strides()[rank - 1] == 1 && !view.is_empty() {
-                let mut values = Vec::with_capacity(view.len());
-                for row in view.rows() {
-                    values.extend_from_slice(row.as_slice().expect("unit stride"));
-                }
-                return values;
-            }
-            // Otherwise (a transposed matrix): copy through a fixed-rank view.
-            match view.ndim() {
-                2 => view
-                    .into_dimensionality::<Ix2>()
-                    .expect("rank 2")
-                    .iter()
-                    .copied()
-                    .collect(),
-                3 => view
-                    .into_dimensionality::<Ix3>()
-                    .expect("rank 3")
-                    .iter()
-                    .copied()
-                    .collect(),
-                4 => view
-                    .into_dimensionality::<Ix4>()
-                    .expect("rank 4")
-                    .iter()
-                    .copied()
-                    .collect(),
-                _ => view.iter().copied().collect(),
+            match view.as_slice() {
+                Some(values) => f(values),
+                None => f(&strided_to_vec(view)),
             }
         }
-        other => Tensor::<NdArray, D>::from_primitive(TensorPrimitive::Float(other))
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .expect("converted to f32"),
+        other => f(
+            &Tensor::<NdArray, D>::from_primitive(TensorPrimitive::Float(other))
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("converted to f32"),
+        ),
+    }
+}
+
+/// An ndarray tensor's values in row-major order, as an owned buffer (for the ops that update
+/// it in place).
+fn host_f32<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<f32> {
+    with_host_f32(tensor, <[f32]>::to_vec)
+}
+
+/// A strided view's values in row-major order.
+fn strided_to_vec(view: ArrayViewD<f32>) -> Vec<f32> {
+    // Strided with contiguous rows (the attention heads: a [b, s, h, hd] array viewed as
+    // [b, h, s, hd]): one copy per row rather than per element.
+    let rank = view.ndim();
+    if rank > 0 && view.strides()[rank - 1] == 1 && !view.is_empty() {
+        let mut values = Vec::with_capacity(view.len());
+        for row in view.rows() {
+            values.extend_from_slice(row.as_slice().expect("unit stride"));
+        }
+        return values;
+    }
+    // Otherwise (a transposed matrix): copy through a fixed-rank view.
+    match view.ndim() {
+        2 => view
+            .into_dimensionality::<Ix2>()
+            .expect("rank 2")
+            .iter()
+            .copied()
+            .collect(),
+        3 => view
+            .into_dimensionality::<Ix3>()
+            .expect("rank 3")
+            .iter()
+            .copied()
+            .collect(),
+        4 => view
+            .into_dimensionality::<Ix4>()
+            .expect("rank 4")
+            .iter()
+            .copied()
+            .collect(),
+        _ => view.iter().copied().collect(),
     }
 }
 
