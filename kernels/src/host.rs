@@ -233,7 +233,7 @@ pub fn fast_exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     const LOWEST: f32 = -103.972_08;
     const HIGHEST: f32 = 88.722_83;
-    let clamped = x.max(LOWEST).min(HIGHEST);
+    let clamped = x.clamp(LOWEST, HIGHEST);
     let shifted = clamped * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
@@ -242,7 +242,7 @@ pub fn fast_exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let exp_r = p * r * r + r + 1.0;
     let n = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let (n1, n2) = (n >> 1, n - (n >> 1));
