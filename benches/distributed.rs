@@ -53,12 +53,10 @@ fn train(ranks: usize, mixer: &str, steps: u64, dir: &Path) -> Timing {
     if ranks == 1 {
         cmd.arg("run");
         // One rank gets both cores, as `launch` gives each of 2 ranks one.
-        cmd.env("RAYON_NUM_THREADS", "2")
-            .env("MATMUL_NUM_THREADS", "2");
+        cmd.env("RAYON_NUM_THREADS", "2");
     } else {
         cmd.arg("launch").arg("--procs").arg(ranks.to_string());
-        cmd.env_remove("RAYON_NUM_THREADS")
-            .env_remove("MATMUL_NUM_THREADS");
+        cmd.env_remove("RAYON_NUM_THREADS");
     }
     cmd.arg("configs/quickstart.toml").env("RUST_LOG", "info");
     for set in [

@@ -13,7 +13,6 @@ fn run_with_threads(threads: &str) -> (Vec<u8>, Vec<serde_json::Value>) {
     let config = tiny_config(dir.path(), "");
     let mut cmd = mixtrain();
     cmd.env("RAYON_NUM_THREADS", threads)
-        .env("MATMUL_NUM_THREADS", threads)
         .arg("run")
         .arg(&config);
     for set in [

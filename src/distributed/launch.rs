@@ -64,11 +64,10 @@ pub fn launch(
         if options.resume {
             command.arg("--resume");
         }
-        // Each rank gets its share of the cores unless the user chose thread counts.
-        for var in ["RAYON_NUM_THREADS", "MATMUL_NUM_THREADS"] {
-            if std::env::var_os(var).is_none() {
-                command.env(var, &threads);
-            }
+        // Each rank gets its share of the cores unless the user chose the thread count (rayon's
+        // pool runs all of a CPU step's parallel work).
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            command.env("RAYON_NUM_THREADS", &threads);
         }
         if rank > 0 {
             // Rank 0 reports the run; the others only their warnings and errors.
