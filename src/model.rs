@@ -5,7 +5,6 @@ use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use mixtrain_kernels::{KernelImpl, StatKernels};
 
 use serde::{Deserialize, Serialize};
@@ -303,7 +302,15 @@ impl<B: StatKernels> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>, mut trace: Option<&mut Trace<B>>) -> Tensor<B, 3> {
         let up = linear_traced(&self.up_proj, x.clone(), trace.as_deref_mut()); // [batch, seq, d_ff]
         let hidden = match &self.gate_proj {
-            Some(gate) => silu(linear_traced(gate, x, trace.as_deref_mut())) * up,
+            Some(gate) => {
+                // One op (fused host loop on the CPU). [batch · seq, d_ff]
+                let gate = linear_traced(gate, x, trace.as_deref_mut());
+                let [b, t, f] = up.dims();
+                B::reshape(
+                    B::swiglu_rows(B::reshape(gate, [b * t, f]), B::reshape(up, [b * t, f])),
+                    [b, t, f],
+                )
+            }
             None => {
                 // One op (fused host loop on the CPU). [batch · seq, d_ff]
                 let [b, t, f] = up.dims();

@@ -82,6 +82,11 @@ fn one_and_two_ranks(more: &[&str]) -> (tempfile::TempDir, tempfile::TempDir) {
 
 /// The two runs' ratios.csv rows, asserted equal to 1e-5 weight by weight.
 fn assert_mixtures_close(a: &Path, b: &Path, what: &str) -> Vec<Vec<f64>> {
+    assert_mixtures_within(a, b, what, 1e-5)
+}
+
+/// The two runs' ratios.csv rows, asserted equal to `tolerance` weight by weight.
+fn assert_mixtures_within(a: &Path, b: &Path, what: &str, tolerance: f64) -> Vec<Vec<f64>> {
     let (ra, rb) = (
         ratio_rows(&a.join("run/ratios.csv")),
         ratio_rows(&b.join("run/ratios.csv")),
@@ -89,7 +94,7 @@ fn assert_mixtures_close(a: &Path, b: &Path, what: &str) -> Vec<Vec<f64>> {
     assert_eq!(ra.len(), rb.len(), "{what}: ratio rows");
     for (x, y) in ra.iter().zip(&rb) {
         for (p, q) in x.iter().zip(y) {
-            assert!((p - q).abs() <= 1e-5, "{what}: mixture {x:?} vs {y:?}");
+            assert!((p - q).abs() <= tolerance, "{what}: mixture {x:?} vs {y:?}");
         }
     }
     rb
@@ -215,7 +220,12 @@ fn split_measurements_match_one_process() {
             "mixer.doremi.reference_steps=10",
         ];
         let (one, two) = one_and_two_ranks(&more);
-        let r2 = assert_mixtures_close(one.path(), two.path(), mixer);
+        // Sums over ranks differ from one process's in the last bits. tikmix-m's regression
+        // trees and top-k choice are discontinuous in ΔL_val, so such a difference can move a
+        // split or swap a candidate: 2.4e-4 in this test after the step's arithmetic changed
+        // (fast_exp, fused SwiGLU), while the other mixers stay within 1e-5.
+        let tolerance = if mixer == "tikmix-m" { 1e-3 } else { 1e-5 };
+        let r2 = assert_mixtures_within(one.path(), two.path(), mixer, tolerance);
         assert_eq!(r2.len(), 3, "{mixer}: step 0 and updates at 4 and 8");
         assert!(
             r2.last()

@@ -174,6 +174,33 @@ impl<B: StatKernels> Backward<B, 1> for GeluBackward {
     }
 }
 
+/// The backward of SwiGLU's product: state = (gate, up), both [rows, d].
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl<B: StatKernels> Backward<B, 2> for SwigluBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [gate_node, up_node] = ops.parents;
+        let dh = grads.consume::<B>(&ops.node);
+        let (gate, up) = ops.state;
+        let (dgate, dup) =
+            B::swiglu_rows_backward(float::<B, 2>(gate), float::<B, 2>(up), float::<B, 2>(dh));
+        if let Some(node) = gate_node {
+            grads.register::<B>(node.id, dgate.into_primitive().tensor());
+        }
+        if let Some(node) = up_node {
+            grads.register::<B>(node.id, dup.into_primitive().tensor());
+        }
+    }
+}
+
 /// The backward of the fused cross-entropy: state = (logits' checkpoint, targets [n],
 /// logsumexp [n]).
 #[derive(Debug)]
@@ -381,6 +408,29 @@ impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
             },
         );
         float::<Self, 2>(y)
+    }
+
+    /// A tracked op where `B` has fused host loops; burn's own silu and product elsewhere.
+    fn swiglu_rows(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if B::IMPL != KernelImpl::Host {
+            return burn::tensor::activation::silu(gate) * up;
+        }
+        let gate = gate.into_primitive().tensor();
+        let up = up.into_primitive().tensor();
+        let h = tracked_op(
+            SwigluBackward
+                .prepare::<C>([gate.node.clone(), up.node.clone()])
+                .compute_bound()
+                .stateful(),
+            || {
+                let h = B::swiglu_rows(
+                    float::<B, 2>(gate.primitive.clone()),
+                    float::<B, 2>(up.primitive.clone()),
+                );
+                (h.into_primitive().tensor(), (gate.primitive, up.primitive))
+            },
+        );
+        float::<Self, 2>(h)
     }
 
     /// A tracked op where `B` has fused host loops; burn's own GELU elsewhere.

@@ -304,6 +304,42 @@ pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
     .0
 }
 
+/// SwiGLU's h = silu(g) ⊙ u = g σ(g) u, elementwise over gate g and up u.
+pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    const CHUNK: usize = 4096;
+    fill_chunks(gate.len(), CHUNK, |chunk, h| {
+        let at = chunk * CHUNK;
+        for ((h, &g), &u) in h.iter_mut().zip(&gate[at..]).zip(&up[at..]) {
+            // σ(g) = 1 / (1 + e^(−g)): e^(−g) = ∞ for very negative g gives σ = 0, as it should.
+            let s = 1.0 / (1.0 + fast_exp(-g));
+            *h = g * s * u;
+        }
+    })
+    .0
+}
+
+/// (d gate, d up) of `swiglu` for the output gradient dh: with s = σ(g),
+/// d g = dh · u · s (1 + g (1 − s)) and d u = dh · g · s.
+pub fn swiglu_backward(gate: &[f32], up: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    const CHUNK: usize = 4096;
+    let (dgate, dups) = fill_chunks(gate.len(), CHUNK, |chunk, dgate| {
+        let at = chunk * CHUNK;
+        let mut dup = Vec::with_capacity(dgate.len());
+        for (((dg, &g), &u), &dh) in dgate
+            .iter_mut()
+            .zip(&gate[at..])
+            .zip(&up[at..])
+            .zip(&dh[at..])
+        {
+            let s = 1.0 / (1.0 + fast_exp(-g));
+            *dg = dh * u * s * (1.0 + g * (1.0 - s));
+            dup.push(dh * g * s);
+        }
+        dup
+    });
+    (dgate, dups.concat())
+}
+
 /// The constants of one AdamW update.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWStep {

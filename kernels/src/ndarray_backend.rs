@@ -177,6 +177,31 @@ impl StatKernels for NdArray {
         Tensor::from_data(TensorData::new(dx, shape), &device)
     }
 
+    fn swiglu_rows(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let shape = gate.dims();
+        let device = gate.device();
+        let h = with_host_f32(gate, |gate| with_host_f32(up, |up| host::swiglu(gate, up)));
+        Tensor::from_data(TensorData::new(h, shape), &device)
+    }
+
+    fn swiglu_rows_backward(
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+        dh: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        let shape = gate.dims();
+        let device = gate.device();
+        let (dgate, dup) = with_host_f32(gate, |gate| {
+            with_host_f32(up, |up| {
+                with_host_f32(dh, |dh| host::swiglu_backward(gate, up, dh))
+            })
+        });
+        (
+            Tensor::from_data(TensorData::new(dgate, shape), &device),
+            Tensor::from_data(TensorData::new(dup, shape), &device),
+        )
+    }
+
     fn adamw(
         param: Tensor<Self, 1>,
         grad: Tensor<Self, 1>,

@@ -120,6 +120,19 @@ pub fn gelu_backward<B: Backend, const D: usize>(
     dy * (cdf + x * pdf)
 }
 
+/// (d gate, d up) of h = silu(gate) ⊙ up for output gradient dh: with s = σ(gate),
+/// d gate = dh ⊙ up ⊙ s (1 + gate (1 − s)) and d up = dh ⊙ gate ⊙ s.
+pub fn swiglu_backward<B: Backend, const D: usize>(
+    gate: Tensor<B, D>,
+    up: Tensor<B, D>,
+    dh: Tensor<B, D>,
+) -> (Tensor<B, D>, Tensor<B, D>) {
+    let s = burn::tensor::activation::sigmoid(gate.clone());
+    let silu = gate.clone() * s.clone();
+    let dgate = dh.clone() * up * s.clone() * ((s.neg() + 1.0) * gate + 1.0);
+    (dgate, dh * silu)
+}
+
 /// One AdamW update of a flattened parameter [numel] and its moments (see `host::adamw`):
 /// returns (param, m, v).
 pub fn adamw<B: Backend>(

@@ -152,6 +152,20 @@ pub trait StatKernels: Backend {
         reference::gelu_backward(x, dy)
     }
 
+    /// SwiGLU's product silu(gate) ⊙ up of gate, up [rows, d]; differentiable in both.
+    fn swiglu_rows(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        burn::tensor::activation::silu(gate) * up
+    }
+
+    /// (d gate, d up) of `swiglu_rows` for the output gradient dh, all [rows, d].
+    fn swiglu_rows_backward(
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+        dh: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        reference::swiglu_backward(gate, up, dh)
+    }
+
     /// One AdamW update of a flattened parameter and its moments, all [numel]: (param, m, v).
     fn adamw(
         param: Tensor<Self, 1>,
@@ -264,6 +278,50 @@ mod tests {
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(want) {
                 assert!((g - w).abs() < 1e-5, "{what}: {g} vs {w}");
+            }
+        }
+    }
+
+    /// ndarray's fused SwiGLU gives burn's silu(gate) ⊙ up, and its gradients in both inputs,
+    /// through `Autodiff`; very negative and very positive gates included (σ saturates).
+    #[test]
+    fn ndarray_host_swiglu_matches_burn_through_autodiff() {
+        type Host = Autodiff<burn::backend::NdArray>;
+        let device = Default::default();
+        AB::seed(&device, 5);
+        let gate = Tensor::<AB, 2>::random([9, 13], Distribution::Normal(0.0, 4.0), &device)
+            .slice_assign([0..1, 0..2], Tensor::from_floats([[-120.0, 95.0]], &device));
+        let up = Tensor::<AB, 2>::random([9, 13], Distribution::Normal(0.0, 1.0), &device);
+        let dh = Tensor::<AB, 2>::random([9, 13], Distribution::Normal(0.0, 1.0), &device);
+
+        // (h, d gate, d up), each flattened.
+        fn run<B: StatKernels + burn::tensor::backend::AutodiffBackend>(
+            gate: TensorData,
+            up: TensorData,
+            dh: TensorData,
+        ) -> [Vec<f32>; 3] {
+            let device = Default::default();
+            let gate = Tensor::<B, 2>::from_data(gate, &device).require_grad();
+            let up = Tensor::<B, 2>::from_data(up, &device).require_grad();
+            let dh = Tensor::<B, 2>::from_data(dh, &device);
+            let h = B::swiglu_rows(gate.clone(), up.clone());
+            let grads = (h.clone() * dh).sum().backward();
+            let host = |d: TensorData| d.convert::<f32>().into_vec::<f32>().unwrap();
+            [
+                host(h.into_data()),
+                host(gate.grad(&grads).unwrap().into_data()),
+                host(up.grad(&grads).unwrap().into_data()),
+            ]
+        }
+        let want = run::<AB>(gate.to_data(), up.to_data(), dh.to_data());
+        let got = run::<Host>(gate.into_data(), up.into_data(), dh.into_data());
+        for (what, (got, want)) in ["h", "d gate", "d up"].iter().zip(got.iter().zip(&want)) {
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{what}: {g} vs {w}"
+                );
             }
         }
     }
