@@ -259,24 +259,25 @@ fn host_matmul(lhs: ArrayViewD<f32>, rhs: ArrayViewD<f32>) -> ArcArray<f32, IxDy
         rhs.as_ptr() as usize,
         out.as_mut_ptr() as usize,
     );
-    let product = |b: usize| {
+    // Rows first..first + count of product b.
+    let rows_of_product = |b: usize, first: usize, count: usize| {
         // SAFETY: every (offset + i·stride) with i within the shape lies inside the views,
-        // which are alive for the call; block b of the buffer (m·n values, row-major) lies
-        // within its capacity and no other product writes it.
+        // which are alive for the call; these rows of block b of the buffer (m·n values,
+        // row-major) lie within its capacity and no other call writes them.
         unsafe {
             matrixmultiply::sgemm(
-                m,
+                count,
                 k,
                 n,
                 1.0,
-                (lp as *const f32).offset(offset(b, ls)),
+                (lp as *const f32).offset(offset(b, ls) + ls[nd - 2] * first as isize),
                 ls[nd - 2],
                 ls[nd - 1],
                 (rp as *const f32).offset(offset(b, rs)),
                 rs[nd - 2],
                 rs[nd - 1],
                 0.0,
-                (cp as *mut f32).add(b * m * n),
+                (cp as *mut f32).add(b * m * n + first * n),
                 n as isize,
                 1,
             )
@@ -287,33 +288,17 @@ fn host_matmul(lhs: ArrayViewD<f32>, rhs: ArrayViewD<f32>) -> ArcArray<f32, IxDy
         // one sgemm's sum over all of k in the same order, so the bits do not depend on the
         // number of blocks. rayon is the only thread pool (matrixmultiply's own `threading` is
         // off): two pools on two cores took turns spinning, 5% of a step.
-        let threads = rayon::current_num_threads().max(1);
-        let rows = m.div_ceil(threads).next_multiple_of(8);
+        let rows = m
+            .div_ceil(rayon::current_num_threads().max(1))
+            .next_multiple_of(8);
         (0..m.div_ceil(rows)).into_par_iter().for_each(|block| {
             let first = block * rows;
-            // SAFETY: rows first..first + count of lhs and of the buffer lie within them (as in
-            // `product`); no other block writes these rows of the buffer.
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows.min(m - first),
-                    k,
-                    n,
-                    1.0,
-                    (lp as *const f32).offset(ls[nd - 2] * first as isize),
-                    ls[nd - 2],
-                    ls[nd - 1],
-                    rp as *const f32,
-                    rs[nd - 2],
-                    rs[nd - 1],
-                    0.0,
-                    (cp as *mut f32).add(first * n),
-                    n as isize,
-                    1,
-                )
-            }
+            rows_of_product(0, first, rows.min(m - first));
         });
     } else {
-        (0..batches).into_par_iter().for_each(product);
+        (0..batches)
+            .into_par_iter()
+            .for_each(|b| rows_of_product(b, 0, m));
     }
     // SAFETY: the products above wrote all len values.
     unsafe { out.set_len(len) };
