@@ -94,6 +94,15 @@ const METHODS: &[Method] = &[
             c.mixer.fastmix.lr = 0.3;
         },
     },
+    // fastmix with a fresh g_val for every update (`mixer.gval_every = 1`, the default before
+    // 2026-11-24; the default reuses one for 5 updates).
+    Method {
+        name: "fastmix-gval1",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.gval_every = 1;
+        },
+    },
     // fastmix with a 3x smaller step on the mixture logits.
     Method {
         name: "fastmix-lr0.03",
@@ -150,6 +159,14 @@ const METHODS: &[Method] = &[
         apply: |c| {
             c.mixer.kind = MixerKind::Doremi;
             c.mixer.doremi.excess_from = ExcessFrom::Step;
+        },
+    },
+    // doremi with λ_k on a fixed pool of 16 sequences per source (reference losses once).
+    Method {
+        name: "doremi-pool",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.doremi.excess_from = ExcessFrom::Pool;
         },
     },
     Method {

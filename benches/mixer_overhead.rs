@@ -1,8 +1,8 @@
 //! Wall-clock overhead of each mixer against the static mixer, on the quickstart model
 //! (configs/quickstart.toml, ndarray backend), measured in one run:
 //!
-//!     cargo bench --bench mixer_overhead            # 30 timed steps per mixer (3 updates)
-//!     STEPS=60 ROUNDS=5 cargo bench --bench mixer_overhead
+//!     cargo bench --bench mixer_overhead            # 50 timed steps per mixer (5 updates)
+//!     STEPS=100 ROUNDS=5 cargo bench --bench mixer_overhead
 //!     VARIANTS=fastmix,fastmix/window cargo bench --bench mixer_overhead   # static + these
 //!
 //! The mixers run in turn, ROUNDS (default 3) times; each reports its median ms/step, so a
@@ -62,7 +62,8 @@ fn main() -> mixtrain::Result<()> {
     let steps: usize = std::env::var("STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        // 5 updates: one g_val at `mixer.gval_every = 5`, its long-run share.
+        .unwrap_or(50);
     let mut base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
     base.run.backend = BackendKind::Ndarray;
     base.train.steps = steps + 10;
@@ -72,8 +73,14 @@ fn main() -> mixtrain::Result<()> {
         .unwrap_or(3);
     // (label, how it differs from the static mixer's config)
     type Variant = (&'static str, fn(&mut Config));
-    let all_variants: [Variant; 12] = [
+    let all_variants: [Variant; 15] = [
         ("static", |_| {}),
+        // What a probed step's domain-homogeneous micro-batches cost by themselves: 16
+        // sequences as ~5 micro-batches of 3 (gradient accumulation, no probe).
+        ("static/micro-batches-of-3", |c| {
+            c.train.batch_size = 3;
+            c.train.grad_accum = 6;
+        }),
         ("fastmix", |c| c.mixer.kind = MixerKind::Fastmix),
         ("fastmix/single-pass", |c| {
             c.mixer.kind = MixerKind::Fastmix;
@@ -82,6 +89,11 @@ fn main() -> mixtrain::Result<()> {
         ("fastmix/window", |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.probe_steps = ProbeSteps::Window;
+        }),
+        // A fresh g_val for every update (the default reuses one for `gval_every = 5`).
+        ("fastmix/gval1", |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.gval_every = 1;
         }),
         ("tikmix/probe-window", |c| {
             c.mixer.kind = MixerKind::Tikmix;
@@ -100,6 +112,10 @@ fn main() -> mixtrain::Result<()> {
         ("doremi/excess-from-step", |c| {
             c.mixer.kind = MixerKind::Doremi;
             c.mixer.doremi.excess_from = ExcessFrom::Step;
+        }),
+        ("doremi/excess-from-pool", |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.doremi.excess_from = ExcessFrom::Pool;
         }),
     ];
     // VARIANTS=fastmix,fastmix/window times only those (static always runs: the ratios' base).

@@ -51,6 +51,10 @@ pub struct TrainState {
     /// (`mixer.probe_steps = "window"`); its g_val is `probe.g_val` in the optimizer file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_window: Option<Vec<(f64, u32)>>,
+    /// Updates already served by the g_val saved as `probe.g_val` (`mixer.gval_every`): the
+    /// open window's, or, with no window open, the g_val kept for the next update's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gval_served: Option<u32>,
 }
 
 fn one_rank() -> usize {

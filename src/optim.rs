@@ -88,6 +88,17 @@ impl<B: Backend> AdamW<B> {
         Some(((moments.v.clone() / bias2).sqrt() + self.eps).recip())
     }
 
+    /// P ⊙ g for parameter `name` with g [numel] (`preconditioner`, fused on the CPU), or
+    /// None before the parameter's first step.
+    pub fn precondition(&self, name: &str, g: Tensor<B, 1>) -> Option<Tensor<B, 1>>
+    where
+        B: StatKernels,
+    {
+        let moments = self.moments.get(name)?;
+        let bias2 = 1.0 - self.beta2.powi(self.steps as i32);
+        Some(B::preconditioned(g, moments.v.clone(), bias2, self.eps))
+    }
+
     /// The preconditioner the next step would use if its gradient of `name` were `g` ([numel]):
     /// 1 / (sqrt(v' / (1 − β2^(t+1))) + eps) with v' = β2 v + (1 − β2) g². Bounded, unlike
     /// `preconditioner`, where v is ~0 but g is not (rare tokens' embedding rows): the step

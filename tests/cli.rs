@@ -215,6 +215,65 @@ fn initial_model_does_not_depend_on_reference_training() {
     assert_eq!(plain["val_loss_by_source"], doremi["val_loss_by_source"]);
 }
 
+/// `excess_from = "pool"` measures the same sequences at every update: with a model that
+/// does not move (lr 1e-12) against a reference trained for 5 steps, every update's λ is the
+/// same, while fresh samples give a different λ at each update.
+#[test]
+fn doremi_pool_measures_the_same_sequences_at_every_update() {
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference_config = tiny_config(reference_dir.path(), "");
+    run_ok(
+        mixtrain()
+            .arg("run")
+            .arg(&reference_config)
+            .args(["--set", "train.steps=5"]),
+    );
+    let reference = format!(
+        "mixer.doremi.reference={}",
+        reference_dir.path().join("run").display()
+    );
+    let excess_by_update = |excess_from: &str| -> Vec<Vec<f64>> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny_config(dir.path(), "");
+        let mut cmd = mixtrain();
+        cmd.arg("run").arg(&config);
+        for s in [
+            "train.steps=9",
+            "train.lr=1e-12",
+            "mixer.kind=doremi",
+            "mixer.every=3",
+            &reference,
+            &format!("mixer.doremi.excess_from={excess_from}"),
+        ] {
+            cmd.arg("--set").arg(s);
+        }
+        run_ok(&mut cmd);
+        metrics_without_wall(&dir.path().join("run/metrics.jsonl"))
+            .iter()
+            .filter_map(|m| m.get("mixer").map(|mixer| mixer["excess_loss"].clone()))
+            .map(|excess| {
+                ["prose", "code", "legal"]
+                    .map(|name| excess[name].as_f64().unwrap())
+                    .to_vec()
+            })
+            .collect()
+    };
+    let pool = excess_by_update("pool");
+    assert_eq!(pool.len(), 2, "updates at steps 3 and 6");
+    assert!(pool[0].iter().all(|&e| e > 0.0), "{pool:?}");
+    for (a, b) in pool[0].iter().zip(&pool[1]) {
+        assert!((a - b).abs() < 1e-6 * a, "the same pool: {pool:?}");
+    }
+    let samples = excess_by_update("samples");
+    assert!(
+        samples[0]
+            .iter()
+            .zip(&samples[1])
+            .any(|(a, b)| (a - b).abs() > 1e-3 * a),
+        "fresh samples differ: {samples:?}"
+    );
+}
+
 #[test]
 fn doremi_uses_a_given_reference_run() {
     let dir = tempfile::tempdir().unwrap();

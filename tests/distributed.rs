@@ -201,8 +201,9 @@ fn two_ranks_match_one_process_with_probe_windows() {
 }
 
 /// The mixers' extra measurements split over ranks: tikmix's g_val and influences, tikmix-m's
-/// source gradients and candidates' losses, DoReMi's excess losses on fresh samples and on the
-/// step's own sequences (its reference model is trained by rank 0 and read by rank 1).
+/// source gradients and candidates' losses, DoReMi's excess losses on fresh samples, on the
+/// step's own sequences and on its fixed pool (its reference model is trained by rank 0 and
+/// read by rank 1).
 #[test]
 fn split_measurements_match_one_process() {
     for (mixer, excess_from) in [
@@ -210,6 +211,7 @@ fn split_measurements_match_one_process() {
         ("tikmix-m", "samples"),
         ("doremi", "samples"),
         ("doremi", "step"),
+        ("doremi", "pool"),
     ] {
         let kind = format!("mixer.kind={mixer}");
         let excess_from = format!("mixer.doremi.excess_from={excess_from}");

@@ -187,6 +187,93 @@ fn window_checkpoint_holds_g_val() {
     assert!(state.get("probe_window").is_none());
 }
 
+/// One g_val for 3 updates (`mixer.gval_every = 3`): most checkpoints fall between two
+/// updates that share a g_val, so the kept g_val travels with them.
+#[test]
+fn kill_9_then_resume_is_bit_identical_fastmix_kept_gval() {
+    kill_and_resume(
+        "ndarray",
+        &["mixer.kind=fastmix", "mixer.every=2", "mixer.gval_every=3"],
+    );
+}
+
+/// The bytes of tensor `name` in a safetensors file.
+fn safetensor_bytes(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let offsets = header.get(name)?["data_offsets"].as_array()?.clone();
+    let (start, end) = (offsets[0].as_u64()? as usize, offsets[1].as_u64()? as usize);
+    Some(bytes[8 + header_len + start..8 + header_len + end].to_vec())
+}
+
+/// With windows of 2 steps and `gval_every = 3`, the g_val computed for the update at step 2
+/// serves the updates at 4 and 6 too, and a fresh one is computed for step 8's window: every
+/// checkpoint from step 1 to 5 holds the same g_val bytes, step 6 (after its third update)
+/// none, steps 7 to 10 a different one; `gval_served` counts the updates it served.
+#[test]
+fn kept_gval_serves_gval_every_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path(), "");
+    let mut cmd = mixtrain();
+    cmd.arg("run").arg(&cfg);
+    for s in [
+        "train.steps=10",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=10",
+        "mixer.kind=fastmix",
+        "mixer.every=2",
+        "mixer.probe_steps=window",
+        "mixer.gval_every=3",
+    ] {
+        cmd.arg("--set").arg(s);
+    }
+    run_ok(&mut cmd);
+    let checkpoint = |step: usize| dir.path().join(format!("run/checkpoints/step_{step:08}"));
+    let state = |step: usize| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(checkpoint(step).join("state.json")).unwrap())
+            .unwrap()
+    };
+    let g_val = |step: usize| {
+        safetensor_bytes(
+            &checkpoint(step).join("optimizer.safetensors"),
+            "probe.g_val",
+        )
+    };
+    // (window open, gval_served) after each step.
+    let expected = [
+        (true, Some(0)),
+        (false, Some(1)),
+        (true, Some(1)),
+        (false, Some(2)),
+        (true, Some(2)),
+        (false, None),
+        (true, Some(0)),
+        (false, Some(1)),
+        (false, Some(1)),
+        (false, Some(1)),
+    ];
+    for (step, &(window, served)) in (1..=10).zip(&expected) {
+        let state = state(step);
+        assert_eq!(state.get("probe_window").is_some(), window, "step {step}");
+        assert_eq!(state["gval_served"].as_u64(), served, "step {step}");
+        assert_eq!(g_val(step).is_some(), served.is_some(), "step {step}");
+    }
+    let first = g_val(1).unwrap();
+    for step in 2..=5 {
+        assert_eq!(
+            g_val(step).unwrap(),
+            first,
+            "step {step} reuses step 1's g_val"
+        );
+    }
+    let second = g_val(7).unwrap();
+    assert_ne!(second, first, "a fresh g_val after gval_every updates");
+    for step in 8..=10 {
+        assert_eq!(g_val(step).unwrap(), second, "step {step}");
+    }
+}
+
 #[test]
 fn kill_9_then_resume_is_bit_identical_fastmix_head_scope_sampling() {
     kill_and_resume(
@@ -255,6 +342,21 @@ fn kill_9_then_resume_is_bit_identical_doremi_excess_from_step() {
             "mixer.every=3",
             "mixer.doremi.reference_steps=10",
             "mixer.doremi.excess_from=step",
+        ],
+    );
+}
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_doremi_excess_from_pool() {
+    // The pool is drawn from the run's seed and scored by the saved reference: a resumed run
+    // rebuilds the same one.
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=doremi",
+            "mixer.every=3",
+            "mixer.doremi.reference_steps=10",
+            "mixer.doremi.excess_from=pool",
         ],
     );
 }

@@ -382,6 +382,38 @@ pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], c: A
         });
 }
 
+/// Elements per parallel task of the flat vector ops below: a fixed split, so the partial
+/// sums and their order (hence the bits) do not depend on the thread count.
+const FLAT_BLOCK: usize = 16384;
+
+/// ⟨a, b⟩ as f32: each block of `FLAT_BLOCK` summed in f64, the blocks added in order.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot of vectors of different lengths");
+    let partial: Vec<f64> = a
+        .par_chunks(FLAT_BLOCK)
+        .zip(b.par_chunks(FLAT_BLOCK))
+        .map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum())
+        .collect();
+    partial.iter().sum::<f64>() as f32
+}
+
+/// g / (sqrt(v / bias2) + eps) elementwise, in the same f32 operations as burn's
+/// `((v / bias2).sqrt() + eps).recip() * g`. [n]
+pub fn preconditioned(g: &[f32], v: &[f32], bias2: f32, eps: f32) -> Vec<f32> {
+    assert_eq!(g.len(), v.len(), "preconditioner of a different length");
+    let (out, _) = fill_chunks(g.len(), FLAT_BLOCK, |index, chunk| {
+        let first = index * FLAT_BLOCK;
+        let (g, v) = (
+            &g[first..first + chunk.len()],
+            &v[first..first + chunk.len()],
+        );
+        for ((o, &g), &v) in chunk.iter_mut().zip(g).zip(v) {
+            *o = (1.0 / ((v / bias2).sqrt() + eps)) * g;
+        }
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

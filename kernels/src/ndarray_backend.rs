@@ -202,6 +202,26 @@ impl StatKernels for NdArray {
         )
     }
 
+    fn dot(a: Tensor<Self, 1>, b: Tensor<Self, 1>) -> Tensor<Self, 1> {
+        let device = a.device();
+        let value = with_host_f32(a, |a| with_host_f32(b, |b| host::dot(a, b)));
+        Tensor::from_data(TensorData::new(vec![value], [1]), &device)
+    }
+
+    fn preconditioned(
+        g: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        bias2: f64,
+        eps: f64,
+    ) -> Tensor<Self, 1> {
+        let [n] = g.dims();
+        let device = g.device();
+        let out = with_host_f32(g, |g| {
+            with_host_f32(v, |v| host::preconditioned(g, v, bias2 as f32, eps as f32))
+        });
+        Tensor::from_data(TensorData::new(out, [n]), &device)
+    }
+
     fn adamw(
         param: Tensor<Self, 1>,
         grad: Tensor<Self, 1>,

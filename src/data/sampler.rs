@@ -194,26 +194,20 @@ impl Sampler {
         n: usize,
         share: std::ops::Range<usize>,
     ) -> Batch {
-        let window = self.seq_len + 1;
-        let mut tokens = Vec::with_capacity(share.len() * window);
-        let mut drawn = Vec::with_capacity(share.len());
-        for i in 0..n {
-            let at = i % streams.len();
-            let stream = streams[at];
-            let start = self
-                .state
-                .probe_rng
-                .below((stream.len() - window + 1) as u64) as usize;
-            if share.contains(&i) {
-                stream.extend_window(start, window, &mut tokens);
-                drawn.push(at);
-            }
-        }
-        Batch {
-            tokens,
-            sources: drawn,
-            seq_len: self.seq_len,
-        }
+        random_windows(&mut self.state.probe_rng, self.seq_len, streams, n, share)
+    }
+
+    /// Like `probe_batch_share`, but the same windows every call for the same `stream_id`
+    /// (drawn from the run's seed, not from the sampler's state): a fixed pool of sequences.
+    pub fn fixed_batch_share(
+        &self,
+        streams: &[&Shard],
+        n: usize,
+        share: std::ops::Range<usize>,
+        stream_id: u64,
+    ) -> Batch {
+        let mut rng = Rng::new(self.seed, 0x504F_4F4C_0000_0000 + stream_id);
+        random_windows(&mut rng, self.seq_len, streams, n, share)
     }
 
     fn next_window(&mut self, k: usize) -> u32 {
@@ -235,6 +229,35 @@ impl Sampler {
             cursor.position = 0;
         }
         index
+    }
+}
+
+/// `n` windows of `seq_len + 1` tokens at offsets drawn from `rng`, taken from `streams` in
+/// turn; the batch holds the rows at `share` (every offset is drawn, so each rank's rng moves
+/// the same way).
+fn random_windows(
+    rng: &mut Rng,
+    seq_len: usize,
+    streams: &[&Shard],
+    n: usize,
+    share: std::ops::Range<usize>,
+) -> Batch {
+    let window = seq_len + 1;
+    let mut tokens = Vec::with_capacity(share.len() * window);
+    let mut drawn = Vec::with_capacity(share.len());
+    for i in 0..n {
+        let at = i % streams.len();
+        let stream = streams[at];
+        let start = rng.below((stream.len() - window + 1) as u64) as usize;
+        if share.contains(&i) {
+            stream.extend_window(start, window, &mut tokens);
+            drawn.push(at);
+        }
+    }
+    Batch {
+        tokens,
+        sources: drawn,
+        seq_len,
     }
 }
 

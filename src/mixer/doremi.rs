@@ -23,11 +23,14 @@ pub struct DoremiConfig {
     /// Smoothing c: α ← (1 − c) α + c / K. Default 1e-3.
     pub smoothing: f64,
     /// Random training sequences of each source behind λ_k at each update (with
-    /// `excess_from = "samples"`). Default 16.
+    /// `excess_from = "samples"` or `"pool"`). Default 16.
     pub samples_per_source: usize,
     /// Where λ_k is measured: "samples" (default: `samples_per_source` fresh sequences of each
-    /// source, two forward passes each) or "step" (the sequences of the training step before
-    /// the update: one reference forward of that batch; a source absent from it gets λ = 0).
+    /// source, two forward passes each), "pool" (the same `samples_per_source` sequences of
+    /// each source at every update, drawn once; the reference model's losses on them are
+    /// computed once, so an update costs one forward of the model only) or "step" (the
+    /// sequences of the training step before the update: one reference forward of that
+    /// batch; a source absent from it gets λ = 0).
     pub excess_from: ExcessFrom,
 }
 
@@ -35,6 +38,7 @@ pub struct DoremiConfig {
 #[serde(rename_all = "lowercase")]
 pub enum ExcessFrom {
     Samples,
+    Pool,
     Step,
 }
 
@@ -92,6 +96,7 @@ impl Mixer for DoReMi {
         StatsRequest {
             excess_loss: Some(match self.config.excess_from {
                 ExcessFrom::Samples => ExcessSpec::Samples(self.config.samples_per_source),
+                ExcessFrom::Pool => ExcessSpec::Pool(self.config.samples_per_source),
                 ExcessFrom::Step => ExcessSpec::Step,
             }),
             ..StatsRequest::default()

@@ -92,6 +92,9 @@ pub enum ExcessSpec {
     /// On this many fresh random training sequences of each source at the update (a forward
     /// of both models on each).
     Samples(usize),
+    /// On a fixed pool of this many training sequences of each source, drawn once; the
+    /// reference model's losses on it are computed once (a forward of the model only).
+    Pool(usize),
     /// On the sequences of the training step just before the update: the model's token losses
     /// are the step's own; only the reference model's forward is extra.
     Step,

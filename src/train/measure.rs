@@ -15,6 +15,23 @@ use crate::mixer::{GradScope, VirtualStepSpec};
 use crate::model::{token_losses, Gpt};
 use crate::target::Target;
 
+/// DoReMi's fixed pool (`mixer.doremi.excess_from = "pool"`): per source, this rank's rows of
+/// the same training sequences at every update, with the reference model's token losses on
+/// them (the reference never changes, so they are computed once).
+pub struct ExcessPool<B: Backend> {
+    /// Per source; None where this rank holds no row of the pool.
+    batches: Vec<Option<PoolBatch<B>>>,
+    /// Tokens of each source's whole pool (over all ranks).
+    tokens_per_source: usize,
+}
+
+struct PoolBatch<B: Backend> {
+    inputs: Tensor<B, 2, Int>,
+    targets: Tensor<B, 1, Int>,
+    /// ℓ_ref of every token. [n · seq]
+    reference_losses: Tensor<B, 1>,
+}
+
 /// Validation streams of the target's members, in the order probes take them in turn.
 fn target_streams<'a>(
     target: &Target,
@@ -223,6 +240,69 @@ impl<B: TrainBackend> Session<B> {
             .zip(&token_counts)
             .map(|(total, &tokens)| total / tokens as f64)
             .collect())
+    }
+
+    /// λ_k as `excess_losses`, on the fixed pool of `samples` training sequences of each
+    /// source (`ExcessPool`): one forward of the model per update; the reference model's
+    /// token losses were computed when the pool was built. Distributed, each rank holds its
+    /// rows of the pool and the sums are added over ranks.
+    pub fn pool_excess_losses(&mut self, samples: usize) -> Result<Vec<f64>> {
+        if self.excess_pool.is_none() {
+            self.excess_pool = Some(self.build_excess_pool(samples)?);
+        }
+        let pool = self.excess_pool.as_ref().expect("built above");
+        let model = self.model.valid();
+        let mut totals = Vec::with_capacity(pool.batches.len());
+        for batch in &pool.batches {
+            let total = match batch {
+                Some(b) => (token_losses(model.forward(b.inputs.clone()), b.targets.clone())
+                    - b.reference_losses.clone())
+                .clamp_min(0.0)
+                .sum()
+                .into_scalar()
+                .elem::<f64>(),
+                None => 0.0,
+            };
+            totals.push(total);
+        }
+        let tokens = pool.tokens_per_source;
+        let totals = self.sum_values_over_ranks(totals)?;
+        Ok(totals.iter().map(|t| t / tokens as f64).collect())
+    }
+
+    /// The pool of `ExcessPool`: this rank's rows of `samples` windows of each source's
+    /// training stream, drawn from the run's seed, and the reference model's token losses.
+    fn build_excess_pool(&self, samples: usize) -> Result<ExcessPool<B::InnerBackend>> {
+        let reference = self.reference.as_ref().ok_or_else(|| {
+            Error::Training("the doremi mixer needs a reference model, and none is loaded".into())
+        })?;
+        let mine = self.my_rows(samples);
+        let batches = (0..self.sources.len())
+            .map(|k| {
+                let batch = self.sampler.fixed_batch_share(
+                    &[&self.sources[k].train],
+                    samples,
+                    mine.clone(),
+                    k as u64,
+                );
+                if batch.is_empty() {
+                    return None;
+                }
+                let (inputs, targets) =
+                    Self::batch_tensors::<B::InnerBackend>(&batch, &self.device);
+                let reference_losses =
+                    token_losses(reference.forward(inputs.clone()), targets.clone());
+                Some(PoolBatch {
+                    inputs,
+                    targets,
+                    reference_losses,
+                })
+            })
+            .collect();
+        Ok(ExcessPool {
+            batches,
+            tokens_per_source: samples * self.config.data.seq_len,
+        })
     }
 
     /// Per sequence of `batch`: Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), from the model's

@@ -7,6 +7,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use mixtrain_kernels::StatKernels;
+
 use crate::mixer::GradScope;
 use crate::optim::AdamW;
 use crate::params::ParamPath;
@@ -24,13 +26,17 @@ pub struct GradProbe {
 pub struct ProbeWindow {
     pub probe: GradProbe,
     pub sums: Vec<(f64, u32)>,
+    /// Earlier updates this g_val already served (`mixer.gval_every`).
+    pub served: u32,
 }
 
 impl ProbeWindow {
-    pub fn new(probe: GradProbe, sources: usize) -> Self {
+    /// A window over `sources` sources around a g_val that served `served` updates before.
+    pub fn new(probe: GradProbe, sources: usize, served: u32) -> Self {
         ProbeWindow {
             probe,
             sums: vec![(0.0, 0); sources],
+            served,
         }
     }
 
@@ -53,6 +59,79 @@ impl ProbeWindow {
     }
 }
 
+/// Builds P ⊙ g_val (or g_val itself) over a scope, shaped like each parameter.
+struct Prepare<'a, B: Backend> {
+    g_val: &'a GradientsParams,
+    scope: GradScope,
+    head: &'a str,
+    optim: Option<&'a AdamW<B>>,
+    path: ParamPath,
+    out: GradientsParams,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Prepare<'_, AB::InnerBackend>
+where
+    AB::InnerBackend: StatKernels,
+{
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let name = self.path.name();
+        if self.scope == GradScope::Head && name != self.head {
+            return;
+        }
+        let Some(g) = self.g_val.get::<AB::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let g = match self.optim {
+            Some(optim) => {
+                let dims = g.dims();
+                let numel = g.shape().num_elements();
+                match optim.precondition(&name, g.clone().reshape([numel])) {
+                    Some(pg) => pg.reshape(dims),
+                    None => g,
+                }
+            }
+            None => g,
+        };
+        self.out.register(param.id, g);
+    }
+}
+
+impl GradProbe {
+    /// What one training step dots its gradients with: P ⊙ g_val over the probe's scope
+    /// (g_val itself without preconditioning), shaped like each parameter. P changes only
+    /// between optimizer steps, so a step builds this once for all its micro-batches
+    /// (building it per micro-batch was a tenth of a probed step on the CPU).
+    pub fn step_target<AB, M>(
+        &self,
+        model: &M,
+        head: &str,
+        optim: &AdamW<AB::InnerBackend>,
+    ) -> GradientsParams
+    where
+        AB: AutodiffBackend<InnerBackend: StatKernels>,
+        M: AutodiffModule<AB>,
+    {
+        let mut visitor = Prepare::<AB::InnerBackend> {
+            g_val: &self.g_val,
+            scope: self.scope,
+            head,
+            optim: self.precondition.then_some(optim),
+            path: ParamPath::default(),
+            out: GradientsParams::new(),
+        };
+        model.visit(&mut visitor);
+        visitor.out
+    }
+}
+
 struct Dot<'a, B: Backend> {
     a: &'a GradientsParams,
     b: &'a GradientsParams,
@@ -63,7 +142,10 @@ struct Dot<'a, B: Backend> {
     sum: Option<Tensor<B, 1>>,
 }
 
-impl<AB: AutodiffBackend> ModuleVisitor<AB> for Dot<'_, AB::InnerBackend> {
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Dot<'_, AB::InnerBackend>
+where
+    AB::InnerBackend: StatKernels,
+{
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.enter(name, container_type);
     }
@@ -84,11 +166,12 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Dot<'_, AB::InnerBackend> {
             return;
         };
         let numel = a.shape().num_elements();
-        let mut product = a.reshape([numel]) * b.reshape([numel]); // [numel]
-        if let Some(p) = self.optim.and_then(|o| o.preconditioner(&name)) {
-            product = product * p;
-        }
-        let s = product.sum(); // [1]
+        let (a, b) = (a.reshape([numel]), b.reshape([numel])); // [numel]
+        let a = match self.optim.and_then(|o| o.precondition(&name, a.clone())) {
+            Some(pa) => pa,
+            None => a,
+        };
+        let s = <AB::InnerBackend as StatKernels>::dot(a, b); // [1]
         self.sum = Some(match self.sum.take() {
             Some(acc) => acc + s,
             None => s,
@@ -98,7 +181,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Dot<'_, AB::InnerBackend> {
 
 /// ⟨a, b⟩ (or ⟨P a, b⟩ when `optim` is given) over `scope`; `head` names the LM head's weight
 /// ("lm_head.weight", or "tok_emb.weight" when tied). One host sync.
-pub fn grad_dot<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+pub fn grad_dot<AB: AutodiffBackend<InnerBackend: StatKernels>, M: AutodiffModule<AB>>(
     model: &M,
     a: &GradientsParams,
     b: &GradientsParams,

@@ -38,9 +38,15 @@ pub struct Session<B: TrainBackend> {
     pub(super) param_names: Option<std::collections::HashMap<burn::module::ParamId, String>>,
     /// The reference model of DoReMi's excess loss.
     pub(crate) reference: Option<Gpt<B::InnerBackend>>,
+    /// DoReMi's fixed pool (`excess_from = "pool"`), built at its first update from the run's
+    /// seed and the reference model, so a resumed run rebuilds the same one.
+    pub(crate) excess_pool: Option<super::measure::ExcessPool<B::InnerBackend>>,
     /// ⟨g_val, g_k⟩ measured so far for the next mixer update, with its g_val
     /// (`mixer.probe_steps`); saved with a checkpoint taken inside a window.
     pub(crate) probe_window: Option<super::probe::ProbeWindow>,
+    /// A g_val kept for the next updates' windows (`mixer.gval_every`), with the number of
+    /// updates it has served; saved with a checkpoint taken between those updates.
+    pub(crate) kept_probe: Option<(super::probe::GradProbe, u32)>,
     /// The other ranks of a distributed run (`[distributed]`); None trains alone.
     pub(crate) collective: Option<crate::distributed::Collective>,
 }
@@ -100,7 +106,9 @@ impl<B: TrainBackend> Session<B> {
             initial,
             param_names: None,
             reference: None,
+            excess_pool: None,
             probe_window: None,
+            kept_probe: None,
             collective: None,
         })
     }
@@ -118,6 +126,7 @@ impl<B: TrainBackend> Session<B> {
     /// Sets DoReMi's reference model (normally trained by the run loop first).
     pub fn set_reference(&mut self, reference: Gpt<B::InnerBackend>) {
         self.reference = Some(reference);
+        self.excess_pool = None;
     }
 
     pub fn source_names(&self) -> Vec<String> {
@@ -162,7 +171,15 @@ impl<B: TrainBackend> Session<B> {
         step_excess: Option<Vec<Option<f64>>>,
     ) -> Result<Option<mixer::MixerUpdate>> {
         let needs = self.mixer.needs();
-        let grad_dot = self.probe_window.take().map(|window| window.means());
+        let gval_every = self.config.mixer.gval_every as u32;
+        let grad_dot = self.probe_window.take().map(|window| {
+            let means = window.means();
+            let served = window.served + 1;
+            if served < gval_every {
+                self.kept_probe = Some((window.probe, served));
+            }
+            means
+        });
         let influence = match needs.group_influence {
             Some(spec) => {
                 let g_val = self.validation_gradient(spec.val_batches)?;
@@ -172,6 +189,7 @@ impl<B: TrainBackend> Session<B> {
         };
         let excess_loss = match needs.excess_loss {
             Some(mixer::ExcessSpec::Samples(samples)) => Some(self.excess_losses(samples)?),
+            Some(mixer::ExcessSpec::Pool(samples)) => Some(self.pool_excess_losses(samples)?),
             // No signal for a source the step did not draw.
             Some(mixer::ExcessSpec::Step) => {
                 if self.reference.is_none() {

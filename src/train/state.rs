@@ -86,9 +86,14 @@ impl<B: TrainBackend> Session<B> {
     /// metrics.jsonl and ratios.csv at this moment.
     pub fn snapshot(&self, log_lengths: (u64, u64)) -> Snapshot {
         let mut optimizer = self.optim.to_named();
-        if let Some(window) = &self.probe_window {
-            // The window's g_val, flat in the model's parameter order. [Σ numel]
-            let data = flatten_grads(&self.model, &window.probe.g_val);
+        let saved_probe = match (&self.probe_window, &self.kept_probe) {
+            (Some(window), _) => Some((&window.probe, window.served)),
+            (None, Some((probe, served))) => Some((probe, *served)),
+            (None, None) => None,
+        };
+        if let Some((probe, _)) = saved_probe {
+            // The window's (or the kept) g_val, flat in the model's parameter order. [Σ numel]
+            let data = flatten_grads(&self.model, &probe.g_val);
             optimizer.push(NamedTensor {
                 name: PROBE_G_VAL.into(),
                 shape: vec![data.len()],
@@ -115,6 +120,7 @@ impl<B: TrainBackend> Session<B> {
                 ratios_bytes: log_lengths.1,
                 world_size: self.config.distributed.world_size,
                 probe_window: self.probe_window.as_ref().map(|w| w.sums.clone()),
+                gval_served: saved_probe.map(|(_, served)| served),
             },
         }
     }
@@ -169,8 +175,8 @@ impl<B: TrainBackend> Session<B> {
         self.mixer
             .restore(&state.mixer)
             .map_err(|e| Error::checkpoint(&state_path, e))?;
-        self.probe_window =
-            self.restore_probe_window(&state, g_val, &restored.optimizer_path, &state_path)?;
+        (self.probe_window, self.kept_probe) =
+            self.restore_probe(&state, g_val, &restored.optimizer_path, &state_path)?;
         self.progress = Progress {
             step: state.step,
             tokens: state.tokens,
@@ -201,26 +207,30 @@ impl<B: TrainBackend> Session<B> {
 
 impl<B: TrainBackend> Session<B> {
     /// The probe window a checkpoint saved (`sums` in its state, g_val in its optimizer file),
-    /// or None when it had none.
-    fn restore_probe_window(
+    /// or, with no window open, the g_val it kept for the next updates (`gval_served` in its
+    /// state); None for what it had none of.
+    #[allow(clippy::type_complexity)]
+    fn restore_probe(
         &self,
         state: &TrainState,
         g_val: Option<NamedTensor>,
         optimizer_path: &Path,
         state_path: &Path,
-    ) -> Result<Option<ProbeWindow>> {
-        let (sums, g_val) = match (&state.probe_window, g_val) {
-            (None, _) => return Ok(None),
-            (Some(_), None) => {
-                return Err(Error::checkpoint(
-                    optimizer_path,
-                    format!("{PROBE_G_VAL} is missing, but the state has an open probe window"),
-                ))
-            }
-            (Some(sums), Some(g_val)) => (sums, g_val),
+    ) -> Result<(Option<ProbeWindow>, Option<(GradProbe, u32)>)> {
+        if state.probe_window.is_none() && state.gval_served.is_none() {
+            return Ok((None, None));
+        }
+        let Some(g_val) = g_val else {
+            return Err(Error::checkpoint(
+                optimizer_path,
+                format!(
+                    "{PROBE_G_VAL} is missing, but the state has an open probe window or a \
+                     kept g_val (gval_served)"
+                ),
+            ));
         };
         let Some(spec) = self.mixer.needs().grad_probe else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let expected = self.model.num_params();
         if g_val.data.len() != expected {
@@ -232,6 +242,16 @@ impl<B: TrainBackend> Session<B> {
                 ),
             ));
         }
+        let probe = GradProbe {
+            g_val: unflatten_grads(&self.model, &g_val.data),
+            scope: spec.scope,
+            precondition: spec.precondition,
+        };
+        // Checkpoints from before `mixer.gval_every` have no gval_served: their g_val was fresh.
+        let served = state.gval_served.unwrap_or(0);
+        let Some(sums) = &state.probe_window else {
+            return Ok((None, Some((probe, served))));
+        };
         if sums.len() != self.sources.len() {
             return Err(Error::checkpoint(
                 state_path,
@@ -242,14 +262,9 @@ impl<B: TrainBackend> Session<B> {
                 ),
             ));
         }
-        let probe = GradProbe {
-            g_val: unflatten_grads(&self.model, &g_val.data),
-            scope: spec.scope,
-            precondition: spec.precondition,
-        };
-        let mut window = ProbeWindow::new(probe, sums.len());
+        let mut window = ProbeWindow::new(probe, sums.len(), served);
         window.sums = sums.clone();
-        Ok(Some(window))
+        Ok((Some(window), None))
     }
 }
 

@@ -11,7 +11,7 @@ use super::single_pass::{param_names, SinglePass};
 use super::{NonFinitePolicy, Session, StepReport};
 use crate::backend::TrainBackend;
 use crate::error::{Error, Result};
-use crate::mixer::{ApplyMode, ExcessSpec, GradStats};
+use crate::mixer::{ApplyMode, ExcessSpec, GradScope, GradStats};
 use crate::model::{token_losses, Gpt, Trace};
 use crate::optim::{global_grad_norm, lr_at};
 
@@ -28,8 +28,8 @@ struct MicroOut<B: TrainBackend> {
 /// What a micro-step measures beside its gradient.
 #[derive(Clone, Copy)]
 struct Measure<'a> {
-    /// ⟨g_val, g_k⟩ against this probe's g_val ...
-    probe: Option<&'a GradProbe>,
+    /// ⟨g_val, g_k⟩ against this step's P ⊙ g_val (`GradProbe::step_target`) ...
+    probe: Option<&'a GradientsParams>,
     /// ... from the backward's own traces (else the micro-batch is domain-homogeneous).
     single_pass: bool,
     /// DoReMi's excess loss of each sequence (one reference forward).
@@ -47,8 +47,8 @@ enum MicroProbe<B: TrainBackend> {
 
 impl<B: TrainBackend> Session<B> {
     /// The probe window the next training step measures into, if it is probed
-    /// (`MixerConfig::probes_at`): the open window, or a new one with a fresh g_val at the
-    /// window's first step.
+    /// (`MixerConfig::probes_at`): the open window, or a new one at the window's first step,
+    /// around the g_val kept from earlier updates (`mixer.gval_every`) or a fresh one.
     fn probe_for_next_step(&mut self) -> Result<Option<ProbeWindow>> {
         let Some(spec) = self.mixer.needs().grad_probe else {
             return Ok(None);
@@ -63,12 +63,15 @@ impl<B: TrainBackend> Session<B> {
         if let Some(window) = self.probe_window.take() {
             return Ok(Some(window));
         }
+        if let Some((probe, served)) = self.kept_probe.take() {
+            return Ok(Some(ProbeWindow::new(probe, self.sources.len(), served)));
+        }
         let probe = GradProbe {
             g_val: self.validation_gradient(spec.val_batches)?,
             scope: spec.scope,
             precondition: spec.precondition,
         };
-        Ok(Some(ProbeWindow::new(probe, self.sources.len())))
+        Ok(Some(ProbeWindow::new(probe, self.sources.len(), 0)))
     }
 
     /// One optimizer step: draw the step's sequences from the mixture, forward/backward each
@@ -91,8 +94,15 @@ impl<B: TrainBackend> Session<B> {
                 self.probe_window = window;
             }
             // The sampler is back where it was before this step's g_val was drawn: a window
-            // opened by this step goes too, so the replayed step opens it again identically.
-            Err(_) => self.probe_window = if opened_here { None } else { window },
+            // opened by this step goes too, so the replayed step opens it again identically
+            // (around the same kept g_val, if it had one).
+            Err(_) => match window {
+                Some(window) if opened_here && window.served > 0 => {
+                    self.kept_probe = Some((window.probe, window.served));
+                }
+                Some(window) if !opened_here => self.probe_window = Some(window),
+                _ => {}
+            },
         }
         result
     }
@@ -144,6 +154,8 @@ impl<B: TrainBackend> Session<B> {
         // Per-source statistics from the step's own backward need no homogeneous micro-batches.
         let single_pass = probe.is_some() && self.config.mixer.grad_stats == GradStats::SinglePass;
         let ranges = micro_batch_ranges(&sources, batch_size, probe.is_some() && !single_pass);
+        let head = self.head_name();
+        let target = probe.map(|p| p.step_target(&self.model, head, &self.optim));
 
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         let mut loss = 0.0;
@@ -179,7 +191,7 @@ impl<B: TrainBackend> Session<B> {
                 &micro_weights[mine.clone()],
                 weight_total,
                 Measure {
-                    probe,
+                    probe: target.as_ref(),
                     single_pass,
                     excess,
                 },
@@ -352,12 +364,13 @@ impl<B: TrainBackend> Session<B> {
             let names = self
                 .param_names
                 .get_or_insert_with(|| param_names(&self.model));
+            // The target is already P ⊙ g_val over the probe's scope.
             let stats = SinglePass {
-                g_val: &probe.g_val,
+                g_val: probe,
                 names,
-                scope: probe.scope,
+                scope: GradScope::All,
                 head,
-                optim: probe.precondition.then_some(&self.optim),
+                optim: None,
             };
             // Token t belongs to sequence t / seq. [n · seq]
             let seg: Vec<i64> = micro
@@ -372,14 +385,13 @@ impl<B: TrainBackend> Session<B> {
         }
         let grads = GradientsParams::from_grads(raw_grads, &self.model);
         if let (Some(probe), false) = (probe, single_pass) {
-            let optim = probe.precondition.then_some(&self.optim);
             micro_probe = MicroProbe::Homogeneous(grad_dot(
                 &self.model,
-                &probe.g_val,
+                probe,
                 &grads,
-                probe.scope,
+                GradScope::All,
                 head,
-                optim,
+                None,
             ));
         }
         // Host sync: per-sequence losses for the per-source report.
