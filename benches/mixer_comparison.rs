@@ -161,12 +161,13 @@ const METHODS: &[Method] = &[
             c.mixer.doremi.excess_from = ExcessFrom::Step;
         },
     },
-    // doremi with λ_k on a fixed pool of 16 sequences per source (reference losses once).
+    // doremi with λ_k on 16 fresh sequences per source at each update (the default before
+    // 2026-11-24; the default scores one fixed pool).
     Method {
-        name: "doremi-pool",
+        name: "doremi-samples",
         apply: |c| {
             c.mixer.kind = MixerKind::Doremi;
-            c.mixer.doremi.excess_from = ExcessFrom::Pool;
+            c.mixer.doremi.excess_from = ExcessFrom::Samples;
         },
     },
     Method {

@@ -109,13 +109,13 @@ fn main() -> mixtrain::Result<()> {
         ("odm", |c| c.mixer.kind = MixerKind::Odm),
         ("ado", |c| c.mixer.kind = MixerKind::Ado),
         ("doremi", |c| c.mixer.kind = MixerKind::Doremi),
+        ("doremi/excess-from-samples", |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.doremi.excess_from = ExcessFrom::Samples;
+        }),
         ("doremi/excess-from-step", |c| {
             c.mixer.kind = MixerKind::Doremi;
             c.mixer.doremi.excess_from = ExcessFrom::Step;
-        }),
-        ("doremi/excess-from-pool", |c| {
-            c.mixer.kind = MixerKind::Doremi;
-            c.mixer.doremi.excess_from = ExcessFrom::Pool;
         }),
     ];
     // VARIANTS=fastmix,fastmix/window times only those (static always runs: the ratios' base).

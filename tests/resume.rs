@@ -321,7 +321,8 @@ fn kill_9_then_resume_is_bit_identical_odm() {
 
 #[test]
 fn kill_9_then_resume_is_bit_identical_doremi() {
-    // The reference model is trained first and saved; the resumed run loads it back.
+    // The reference model is trained first and saved; the resumed run loads it back, and
+    // rebuilds the default fixed pool (`excess_from = "pool"`) from the run's seed.
     kill_and_resume(
         "ndarray",
         &[
@@ -347,16 +348,15 @@ fn kill_9_then_resume_is_bit_identical_doremi_excess_from_step() {
 }
 
 #[test]
-fn kill_9_then_resume_is_bit_identical_doremi_excess_from_pool() {
-    // The pool is drawn from the run's seed and scored by the saved reference: a resumed run
-    // rebuilds the same one.
+fn kill_9_then_resume_is_bit_identical_doremi_excess_from_samples() {
+    // Fresh samples at each update: the probe stream travels with the sampler's state.
     kill_and_resume(
         "ndarray",
         &[
             "mixer.kind=doremi",
             "mixer.every=3",
             "mixer.doremi.reference_steps=10",
-            "mixer.doremi.excess_from=pool",
+            "mixer.doremi.excess_from=samples",
         ],
     );
 }

@@ -25,10 +25,11 @@ pub struct DoremiConfig {
     /// Random training sequences of each source behind λ_k at each update (with
     /// `excess_from = "samples"` or `"pool"`). Default 16.
     pub samples_per_source: usize,
-    /// Where λ_k is measured: "samples" (default: `samples_per_source` fresh sequences of each
-    /// source, two forward passes each), "pool" (the same `samples_per_source` sequences of
-    /// each source at every update, drawn once; the reference model's losses on them are
-    /// computed once, so an update costs one forward of the model only) or "step" (the
+    /// Where λ_k is measured: "pool" (default: the same `samples_per_source` sequences of each
+    /// source at every update, drawn once; the reference model's losses on them are computed
+    /// once, so an update costs one forward of the model only; README, "Target-directed
+    /// mixing"), "samples" (`samples_per_source` fresh sequences of each source, two forward
+    /// passes each) or "step" (the
     /// sequences of the training step before the update: one reference forward of that
     /// batch; a source absent from it gets λ = 0).
     pub excess_from: ExcessFrom,
@@ -50,7 +51,7 @@ impl Default for DoremiConfig {
             eta: 1.0,
             smoothing: 1e-3,
             samples_per_source: 16,
-            excess_from: ExcessFrom::Samples,
+            excess_from: ExcessFrom::Pool,
         }
     }
 }

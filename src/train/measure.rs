@@ -19,17 +19,21 @@ use crate::target::Target;
 /// the same training sequences at every update, with the reference model's token losses on
 /// them (the reference never changes, so they are computed once).
 pub struct ExcessPool<B: Backend> {
-    /// Per source; None where this rank holds no row of the pool.
-    batches: Vec<Option<PoolBatch<B>>>,
+    /// This rank's rows of every source's pool, source by source; None where it holds none.
+    batch: Option<PoolBatch<B>>,
     /// Tokens of each source's whole pool (over all ranks).
     tokens_per_source: usize,
 }
 
 struct PoolBatch<B: Backend> {
+    /// [k · rows, seq]
     inputs: Tensor<B, 2, Int>,
+    /// [k · rows · seq]
     targets: Tensor<B, 1, Int>,
-    /// ℓ_ref of every token. [n · seq]
+    /// ℓ_ref of every token. [k · rows · seq]
     reference_losses: Tensor<B, 1>,
+    /// rows · seq: this rank's tokens of each source.
+    tokens_per_source_here: usize,
 }
 
 /// Validation streams of the target's members, in the order probes take them in turn.
@@ -243,65 +247,72 @@ impl<B: TrainBackend> Session<B> {
     }
 
     /// λ_k as `excess_losses`, on the fixed pool of `samples` training sequences of each
-    /// source (`ExcessPool`): one forward of the model per update; the reference model's
-    /// token losses were computed when the pool was built. Distributed, each rank holds its
-    /// rows of the pool and the sums are added over ranks.
+    /// source (`ExcessPool`): one forward of the model over the whole pool per update; the
+    /// reference model's token losses were computed when the pool was built. Distributed,
+    /// each rank holds its rows of every source's pool and the sums are added over ranks.
     pub fn pool_excess_losses(&mut self, samples: usize) -> Result<Vec<f64>> {
         if self.excess_pool.is_none() {
             self.excess_pool = Some(self.build_excess_pool(samples)?);
         }
         let pool = self.excess_pool.as_ref().expect("built above");
-        let model = self.model.valid();
-        let mut totals = Vec::with_capacity(pool.batches.len());
-        for batch in &pool.batches {
-            let total = match batch {
-                Some(b) => (token_losses(model.forward(b.inputs.clone()), b.targets.clone())
-                    - b.reference_losses.clone())
-                .clamp_min(0.0)
-                .sum()
-                .into_scalar()
-                .elem::<f64>(),
-                None => 0.0,
-            };
-            totals.push(total);
-        }
+        let k = self.sources.len();
+        let totals: Vec<f64> = match &pool.batch {
+            Some(b) => {
+                let model = self.model.valid();
+                let ours = token_losses(model.forward(b.inputs.clone()), b.targets.clone());
+                (ours - b.reference_losses.clone()) // [k · rows · seq]
+                    .clamp_min(0.0)
+                    .reshape([k, b.tokens_per_source_here])
+                    .sum_dim(1) // [k, 1]
+                    .into_data()
+                    .convert::<f64>()
+                    .to_vec()
+                    .expect("converted to f64")
+            }
+            None => vec![0.0; k],
+        };
         let tokens = pool.tokens_per_source;
         let totals = self.sum_values_over_ranks(totals)?;
         Ok(totals.iter().map(|t| t / tokens as f64).collect())
     }
 
     /// The pool of `ExcessPool`: this rank's rows of `samples` windows of each source's
-    /// training stream, drawn from the run's seed, and the reference model's token losses.
+    /// training stream, drawn from the run's seed, as one batch (source by source), and the
+    /// reference model's token losses on it.
     fn build_excess_pool(&self, samples: usize) -> Result<ExcessPool<B::InnerBackend>> {
         let reference = self.reference.as_ref().ok_or_else(|| {
             Error::Training("the doremi mixer needs a reference model, and none is loaded".into())
         })?;
         let mine = self.my_rows(samples);
-        let batches = (0..self.sources.len())
-            .map(|k| {
-                let batch = self.sampler.fixed_batch_share(
-                    &[&self.sources[k].train],
-                    samples,
-                    mine.clone(),
-                    k as u64,
-                );
-                if batch.is_empty() {
-                    return None;
-                }
-                let (inputs, targets) =
-                    Self::batch_tensors::<B::InnerBackend>(&batch, &self.device);
-                let reference_losses =
-                    token_losses(reference.forward(inputs.clone()), targets.clone());
-                Some(PoolBatch {
-                    inputs,
-                    targets,
-                    reference_losses,
-                })
-            })
-            .collect();
+        let tokens_per_source = samples * self.config.data.seq_len;
+        if mine.is_empty() {
+            return Ok(ExcessPool {
+                batch: None,
+                tokens_per_source,
+            });
+        }
+        let mut pool = crate::data::Batch {
+            tokens: Vec::new(),
+            sources: Vec::new(),
+            seq_len: self.config.data.seq_len,
+        };
+        for (k, source) in self.sources.iter().enumerate() {
+            let batch =
+                self.sampler
+                    .fixed_batch_share(&[&source.train], samples, mine.clone(), k as u64);
+            pool.tokens.extend(batch.tokens);
+            pool.sources.extend(batch.sources.iter().map(|_| k));
+        }
+        let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(&pool, &self.device);
+        let reference_losses = token_losses(reference.forward(inputs.clone()), targets.clone());
         Ok(ExcessPool {
-            batches,
-            tokens_per_source: samples * self.config.data.seq_len,
+            batch: Some(PoolBatch {
+                inputs,
+                targets,
+                reference_losses,
+                tokens_per_source_here: mine.len() * pool.seq_len,
+            }),
+            tokens_per_source,
         })
     }
 
