@@ -150,22 +150,28 @@ fn kill_9_then_resume_is_bit_identical_fastmix_probe_window() {
     );
 }
 
-#[test]
-fn window_checkpoint_holds_g_val() {
+/// Runs the tiny config with `sets` in a new temporary directory, which it returns.
+fn run_tiny(sets: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path(), "");
     let mut cmd = mixtrain();
     cmd.arg("run").arg(&cfg);
-    for s in [
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    run_ok(&mut cmd);
+    dir
+}
+
+#[test]
+fn window_checkpoint_holds_g_val() {
+    let dir = run_tiny(&[
         "train.steps=10",
         "train.keep_checkpoints=3",
         "mixer.kind=fastmix",
         "mixer.every=4",
         "mixer.probe_steps=window",
-    ] {
-        cmd.arg("--set").arg(s);
-    }
-    run_ok(&mut cmd);
+    ]);
     let checkpoint = |step: usize| dir.path().join(format!("run/checkpoints/step_{step:08}"));
     // Step 5 is inside the window of the update at step 8 (steps 5..=8): one step measured.
     let state: serde_json::Value =
@@ -213,11 +219,7 @@ fn safetensor_bytes(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
 /// none, steps 7 to 10 a different one; `gval_served` counts the updates it served.
 #[test]
 fn kept_gval_serves_gval_every_updates() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(dir.path(), "");
-    let mut cmd = mixtrain();
-    cmd.arg("run").arg(&cfg);
-    for s in [
+    let dir = run_tiny(&[
         "train.steps=10",
         "train.checkpoint_every=1",
         "train.keep_checkpoints=10",
@@ -225,10 +227,7 @@ fn kept_gval_serves_gval_every_updates() {
         "mixer.every=2",
         "mixer.probe_steps=window",
         "mixer.gval_every=3",
-    ] {
-        cmd.arg("--set").arg(s);
-    }
-    run_ok(&mut cmd);
+    ]);
     let checkpoint = |step: usize| dir.path().join(format!("run/checkpoints/step_{step:08}"));
     let state = |step: usize| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(checkpoint(step).join("state.json")).unwrap())

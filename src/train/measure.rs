@@ -11,7 +11,7 @@ use super::Session;
 use crate::backend::TrainBackend;
 use crate::data::{Shard, Source};
 use crate::error::{Error, Result};
-use crate::mixer::{GradScope, VirtualStepSpec};
+use crate::mixer::VirtualStepSpec;
 use crate::model::{token_losses, Gpt};
 use crate::target::Target;
 
@@ -127,19 +127,11 @@ impl<B: TrainBackend> Session<B> {
         g_vals: &[&GradientsParams],
         samples: usize,
     ) -> Vec<Vec<f64>> {
-        let head = self.head_name();
         let mut out = vec![Vec::new(); g_vals.len()];
         for k in 0..self.sources.len() {
             let g_k = self.source_gradient_share(k, samples);
             for (row, g_val) in out.iter_mut().zip(g_vals) {
-                row.push(grad_dot(
-                    &self.model,
-                    g_val,
-                    &g_k,
-                    GradScope::All,
-                    head,
-                    None,
-                ));
+                row.push(grad_dot(&self.model, g_val, &g_k));
             }
         }
         out

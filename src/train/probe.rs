@@ -132,13 +132,10 @@ impl GradProbe {
     }
 }
 
+/// Σ over the parameters held by both `a` and `b` of ⟨a, b⟩.
 struct Dot<'a, B: Backend> {
     a: &'a GradientsParams,
     b: &'a GradientsParams,
-    scope: GradScope,
-    head: &'a str,
-    optim: Option<&'a AdamW<B>>,
-    path: ParamPath,
     sum: Option<Tensor<B, 1>>,
 }
 
@@ -146,19 +143,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Dot<'_, AB::InnerBackend>
 where
     AB::InnerBackend: StatKernels,
 {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
-        let name = self.path.name();
-        if self.scope == GradScope::Head && name != self.head {
-            return;
-        }
         let (Some(a), Some(b)) = (
             self.a.get::<AB::InnerBackend, D>(param.id),
             self.b.get::<AB::InnerBackend, D>(param.id),
@@ -166,12 +151,7 @@ where
             return;
         };
         let numel = a.shape().num_elements();
-        let (a, b) = (a.reshape([numel]), b.reshape([numel])); // [numel]
-        let a = match self.optim.and_then(|o| o.precondition(&name, a.clone())) {
-            Some(pa) => pa,
-            None => a,
-        };
-        let s = <AB::InnerBackend as StatKernels>::dot(a, b); // [1]
+        let s = <AB::InnerBackend as StatKernels>::dot(a.reshape([numel]), b.reshape([numel])); // [1]
         self.sum = Some(match self.sum.take() {
             Some(acc) => acc + s,
             None => s,
@@ -179,25 +159,14 @@ where
     }
 }
 
-/// ⟨a, b⟩ (or ⟨P a, b⟩ when `optim` is given) over `scope`; `head` names the LM head's weight
-/// ("lm_head.weight", or "tok_emb.weight" when tied). One host sync.
+/// ⟨a, b⟩ over the parameters of `model` that both hold (a scope, or P ⊙ g_val, is built into
+/// `a` by `GradProbe::step_target`). One host sync.
 pub fn grad_dot<AB: AutodiffBackend<InnerBackend: StatKernels>, M: AutodiffModule<AB>>(
     model: &M,
     a: &GradientsParams,
     b: &GradientsParams,
-    scope: GradScope,
-    head: &str,
-    optim: Option<&AdamW<AB::InnerBackend>>,
 ) -> f64 {
-    let mut visitor = Dot::<AB::InnerBackend> {
-        a,
-        b,
-        scope,
-        head,
-        optim,
-        path: ParamPath::default(),
-        sum: None,
-    };
+    let mut visitor = Dot::<AB::InnerBackend> { a, b, sum: None };
     model.visit(&mut visitor);
     visitor
         .sum

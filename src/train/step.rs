@@ -385,14 +385,7 @@ impl<B: TrainBackend> Session<B> {
         }
         let grads = GradientsParams::from_grads(raw_grads, &self.model);
         if let (Some(probe), false) = (probe, single_pass) {
-            micro_probe = MicroProbe::Homogeneous(grad_dot(
-                &self.model,
-                probe,
-                &grads,
-                GradScope::All,
-                head,
-                None,
-            ));
+            micro_probe = MicroProbe::Homogeneous(grad_dot(&self.model, probe, &grads));
         }
         // Host sync: per-sequence losses for the per-source report.
         let seq_loss: Vec<f32> = seq_loss
