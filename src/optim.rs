@@ -80,16 +80,9 @@ impl<B: Backend> AdamW<B> {
         model.map(&mut mapper)
     }
 
-    /// AdamW's diagonal preconditioner of parameter `name`, flattened:
-    /// 1 / (sqrt(v / (1 − β2^t)) + eps), [numel]. None before the first step.
-    pub fn preconditioner(&self, name: &str) -> Option<Tensor<B, 1>> {
-        let moments = self.moments.get(name)?;
-        let bias2 = 1.0 - self.beta2.powi(self.steps as i32);
-        Some(((moments.v.clone() / bias2).sqrt() + self.eps).recip())
-    }
-
-    /// P ⊙ g for parameter `name` with g [numel] (`preconditioner`, fused on the CPU), or
-    /// None before the parameter's first step.
+    /// P ⊙ g for parameter `name` with g [numel] and AdamW's diagonal preconditioner
+    /// P = 1 / (sqrt(v / (1 − β2^t)) + eps) (fused on the CPU), or None before the
+    /// parameter's first step.
     pub fn precondition(&self, name: &str, g: Tensor<B, 1>) -> Option<Tensor<B, 1>>
     where
         B: StatKernels,

@@ -29,9 +29,8 @@ pub struct DoremiConfig {
     /// source at every update, drawn once; the reference model's losses on them are computed
     /// once, so an update costs one forward of the model only; README, "Target-directed
     /// mixing"), "samples" (`samples_per_source` fresh sequences of each source, two forward
-    /// passes each) or "step" (the
-    /// sequences of the training step before the update: one reference forward of that
-    /// batch; a source absent from it gets λ = 0).
+    /// passes each) or "step" (the sequences of the training step before the update: one
+    /// reference forward of that batch; a source absent from it gets λ = 0).
     pub excess_from: ExcessFrom,
 }
 

@@ -107,8 +107,8 @@ where
 impl GradProbe {
     /// What one training step dots its gradients with: P ⊙ g_val over the probe's scope
     /// (g_val itself without preconditioning), shaped like each parameter. P changes only
-    /// between optimizer steps, so a step builds this once for all its micro-batches
-    /// (building it per micro-batch was a tenth of a probed step on the CPU).
+    /// between optimizer steps, so a step builds this once for all its micro-batches (and
+    /// single-pass statistics read it as their G).
     pub fn step_target<AB, M>(
         &self,
         model: &M,

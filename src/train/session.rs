@@ -34,8 +34,6 @@ pub struct Session<B: TrainBackend> {
     pub(crate) target: Target,
     /// The mixture the run started from.
     pub(crate) initial: mixer::InitialMixture,
-    /// Parameter names by id, for single-pass statistics (built on first use).
-    pub(super) param_names: Option<std::collections::HashMap<burn::module::ParamId, String>>,
     /// The reference model of DoReMi's excess loss.
     pub(crate) reference: Option<Gpt<B::InnerBackend>>,
     /// DoReMi's fixed pool (`excess_from = "pool"`), built at its first update from the run's
@@ -104,7 +102,6 @@ impl<B: TrainBackend> Session<B> {
             target_sets,
             target,
             initial,
-            param_names: None,
             reference: None,
             excess_pool: None,
             probe_window: None,

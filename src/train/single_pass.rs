@@ -6,77 +6,31 @@
 //!   embedding E:         Σ_{t∈k} ⟨G[x_t], δ_t⟩
 //!   tied head (h Eᵀ):    Σ_{t∈k} ⟨h_t Gᵀ, δ_t⟩
 //!   norm gain γ:         Σ_{t∈k} ⟨G ⊙ x̂_t, δ_t⟩
-//! each a `segment_row_dot` over the step's tokens, accumulated into K scalars. With
-//! `optim`, G is replaced by P ⊙ G (AdamW's diagonal preconditioner).
+//! each a `segment_row_dot` over the step's tokens, accumulated into K scalars. G is the
+//! step's target: P ⊙ G_val with AdamW's diagonal preconditioner, or G_val itself.
 
-use std::collections::HashMap;
+use std::marker::PhantomData;
 
-use burn::module::{ModuleVisitor, Param, ParamId};
+use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use mixtrain_kernels::StatKernels;
 
-use crate::mixer::GradScope;
 use crate::model::{TapInput, Trace};
-use crate::optim::AdamW;
-use crate::params::ParamPath;
-
-struct Names {
-    path: ParamPath,
-    out: HashMap<ParamId, String>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for Names {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.out.insert(param.id, self.path.name());
-    }
-}
-
-/// Every parameter's readable name (as AdamW's state and checkpoints use), by id.
-pub fn param_names<B: Backend, M: burn::module::Module<B>>(model: &M) -> HashMap<ParamId, String> {
-    let mut names = Names {
-        path: ParamPath::default(),
-        out: HashMap::new(),
-    };
-    model.visit(&mut names);
-    names.out
-}
 
 /// What a single-pass step measures against.
 pub struct SinglePass<'a, B: Backend> {
-    /// Gradient of the target validation loss.
-    pub g_val: &'a GradientsParams,
-    pub names: &'a HashMap<ParamId, String>,
-    pub scope: GradScope,
-    /// The LM head's parameter name (the embedding when tied).
-    pub head: &'a str,
-    pub optim: Option<&'a AdamW<B>>,
+    /// The step's G: P ⊙ g_val over the probe's scope (`GradProbe::step_target`); parameters
+    /// it does not hold are out of scope.
+    pub target: &'a GradientsParams,
+    pub backend: PhantomData<B>,
 }
 
 impl<B: StatKernels> SinglePass<'_, B> {
-    /// G (or P ⊙ G) of `param`, shaped like the parameter; None when out of scope.
+    /// G of `param`, shaped like the parameter; None when out of scope.
     fn val_grad<const D: usize>(&self, param: ParamId) -> Option<Tensor<B, D>> {
-        let name = self.names.get(&param)?;
-        if self.scope == GradScope::Head && name != self.head {
-            return None;
-        }
-        let g = self.g_val.get::<B, D>(param)?;
-        Some(match self.optim.and_then(|o| o.preconditioner(name)) {
-            Some(p) => {
-                let dims = g.dims();
-                p.reshape(dims) * g
-            }
-            None => g,
-        })
+        self.target.get::<B, D>(param)
     }
 
     /// Σ over the trace's taps of Σ_{t: seg_t = k} ⟨G-side_t, δ_t⟩ → [k]. Takes the probes'

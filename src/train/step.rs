@@ -7,11 +7,11 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 
 use super::probe::{grad_dot, GradProbe, ProbeWindow};
-use super::single_pass::{param_names, SinglePass};
+use super::single_pass::SinglePass;
 use super::{NonFinitePolicy, Session, StepReport};
 use crate::backend::TrainBackend;
 use crate::error::{Error, Result};
-use crate::mixer::{ApplyMode, ExcessSpec, GradScope, GradStats};
+use crate::mixer::{ApplyMode, ExcessSpec, GradStats};
 use crate::model::{token_losses, Gpt, Trace};
 use crate::optim::{global_grad_norm, lr_at};
 
@@ -340,7 +340,6 @@ impl<B: TrainBackend> Session<B> {
             excess,
         } = measure;
         let k = self.sources.len();
-        let head = self.head_name();
         let batch = self.sampler.fill_share(micro, &self.sources, mine.clone());
         let micro = &micro[mine];
         let n = batch.len();
@@ -361,16 +360,9 @@ impl<B: TrainBackend> Session<B> {
         let mut raw_grads = (seq_loss.clone() * w).sum().backward();
         let mut micro_probe = MicroProbe::None;
         if let (Some(probe), Some(trace)) = (probe, trace) {
-            let names = self
-                .param_names
-                .get_or_insert_with(|| param_names(&self.model));
-            // The target is already P ⊙ g_val over the probe's scope.
             let stats = SinglePass {
-                g_val: probe,
-                names,
-                scope: GradScope::All,
-                head,
-                optim: None,
+                target: probe,
+                backend: std::marker::PhantomData,
             };
             // Token t belongs to sequence t / seq. [n · seq]
             let seg: Vec<i64> = micro
