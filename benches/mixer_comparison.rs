@@ -24,11 +24,17 @@
 //! (STATIC=uniform,temperature limits them; uniform always runs; "best static" is then the best
 //! of those run).
 //! About 5 minutes a run on 2 cores (tikmix about 2x, doremi adds 100 reference steps).
+//!
+//! `CORPUS=nine` adds four sources to the quickstart's five (Rust and Go code, Linux kernel
+//! docs, ScanCode licence texts; built once by `python3 data/nine/build.py` into
+//! target/corpora/nine/), so that one target source has 1/9 of a uniform batch and every
+//! held-out source has a neighbour of its own domain among the other eight. Its runs go to
+//! target/comparison-nine/.
 
 use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
-    ApplyMode, Config, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, ProbeSteps,
+    ApplyMode, Config, SourceConfig, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, ProbeSteps,
     SignalNorm, TargetSetConfig,
 };
 use mixtrain::train::{run, RunOptions};
@@ -366,7 +372,14 @@ fn main() -> mixtrain::Result<()> {
     base.mixer.apply = MixerConfig::default().apply;
     base.train.eval_every = 25;
     base.train.checkpoint_every = 0;
-    let root = PathBuf::from("target/comparison");
+    let root = match std::env::var("CORPUS").as_deref() {
+        Ok("quickstart") | Err(_) => PathBuf::from("target/comparison"),
+        Ok("nine") => {
+            add_nine_sources(&mut base);
+            PathBuf::from("target/comparison-nine")
+        }
+        Ok(other) => panic!("CORPUS={other}: expected quickstart or nine"),
+    };
 
     for case in cases(&scenario, &base) {
         let mut rows: Vec<(String, Vec<Vec<Eval>>)> = Vec::new();
@@ -410,6 +423,25 @@ fn main() -> mixtrain::Result<()> {
         print_table(&case.name, &rows, &seeds, base.train.steps);
     }
     Ok(())
+}
+
+/// The four sources `CORPUS=nine` adds (see data/nine/SOURCES.md).
+const NINE_DIR: &str = "target/corpora/nine";
+const NINE_EXTRA: &[&str] = &["rust", "go", "kdocs", "licenses"];
+
+fn add_nine_sources(base: &mut Config) {
+    for name in NINE_EXTRA {
+        let path = format!("{NINE_DIR}/{name}.jsonl");
+        assert!(
+            Path::new(&path).is_file(),
+            "{path} is missing: build it with `python3 data/nine/build.py` (needs apt-get and pip)"
+        );
+        base.data.sources.push(SourceConfig {
+            name: name.to_string(),
+            path,
+            val_fraction: base.data.sources[0].val_fraction,
+        });
+    }
 }
 
 fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], steps: usize) {
