@@ -147,6 +147,23 @@ const METHODS: &[Method] = &[
             c.mixer.probe_steps = ProbeSteps::Window;
         },
     },
+    // tikmix with a 5x smaller blend (p moves a tenth of the way to softmax(Ĩ/τ) per update):
+    // an average of the signal over about ten updates instead of two.
+    Method {
+        name: "tikmix-blend0.1",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.blend = 0.1;
+        },
+    },
+    Method {
+        name: "tikmix-probe-blend0.1",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.influence = InfluenceFrom::Probe;
+            c.mixer.tikmix.blend = 0.1;
+        },
+    },
     Method {
         name: "tikmix-m",
         apply: |c| c.mixer.kind = MixerKind::TikmixM,
@@ -404,6 +421,13 @@ fn main() -> mixtrain::Result<()> {
                 if config.run.out_dir.join("mixture.json").is_file() {
                     eprintln!("reusing finished run {}", config.run.out_dir.display());
                 } else {
+                    // An unfinished run is started over, unless another bench process is
+                    // training in it right now (two processes would write one directory).
+                    if config.run.out_dir.is_dir() {
+                        if let Err(e) = mixtrain::run_lock::RunLock::acquire(&config.run.out_dir) {
+                            panic!("{}: {e}", config.run.out_dir.display());
+                        }
+                    }
                     let _ = std::fs::remove_dir_all(&config.run.out_dir);
                     eprintln!("running {} {wanted_name} seed {seed}", case.name);
                     let started = std::time::Instant::now();
