@@ -84,6 +84,15 @@ const METHODS: &[Method] = &[
             c.mixer.fastmix.lr = 0.3;
         },
     },
+    // fastmix with a 10x larger step: the mixture can follow a consistent signal within a
+    // few updates (Adam moves each logit by at most about lr per update).
+    Method {
+        name: "fastmix-lr1",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 1.0;
+        },
+    },
     // fastmix measuring s on every step of each update's window (one g_val per window).
     Method {
         name: "fastmix-window",
