@@ -34,8 +34,8 @@
 use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
-    ApplyMode, Config, SourceConfig, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, ProbeSteps,
-    SignalNorm, TargetSetConfig,
+    ApplyMode, Config, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, ProbeSteps,
+    SignalNorm, SourceConfig, TargetSetConfig,
 };
 use mixtrain::train::{run, RunOptions};
 
