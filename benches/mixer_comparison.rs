@@ -156,21 +156,21 @@ const METHODS: &[Method] = &[
             c.mixer.probe_steps = ProbeSteps::Window;
         },
     },
-    // tikmix with a 5x smaller blend (p moves a tenth of the way to softmax(Ĩ/τ) per update):
-    // an average of the signal over about ten updates instead of two.
+    // tikmix with blend 0.5 (p moves half-way to softmax(Ĩ/τ) per update), the default before
+    // 2026-11-25; the default 0.1 averages the signal over about ten updates.
     Method {
-        name: "tikmix-blend0.1",
+        name: "tikmix-blend0.5",
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
-            c.mixer.tikmix.blend = 0.1;
+            c.mixer.tikmix.blend = 0.5;
         },
     },
     Method {
-        name: "tikmix-probe-blend0.1",
+        name: "tikmix-probe-blend0.5",
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::Probe;
-            c.mixer.tikmix.blend = 0.1;
+            c.mixer.tikmix.blend = 0.5;
         },
     },
     Method {
