@@ -93,6 +93,16 @@ const METHODS: &[Method] = &[
             c.mixer.fastmix.lr = 1.0;
         },
     },
+    // fastmix-lr1 with a floor of 0.001 per source instead of 0.2/K: nearly all the batch can
+    // go to the target (the default floor keeps 0.18 of it on the other eight of nine sources).
+    Method {
+        name: "fastmix-lr1-floor0.001",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 1.0;
+            c.mixer.min_weight = Some(0.001);
+        },
+    },
     // fastmix measuring s on every step of each update's window (one g_val per window).
     Method {
         name: "fastmix-window",
@@ -184,6 +194,14 @@ const METHODS: &[Method] = &[
     Method {
         name: "doremi",
         apply: |c| c.mixer.kind = MixerKind::Doremi,
+    },
+    // doremi's pool at half the size (8 sequences per source): half the forward per update.
+    Method {
+        name: "doremi-pool8",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.doremi.samples_per_source = 8;
+        },
     },
     // doremi with λ_k from the step before each update (one reference forward of its batch).
     Method {

@@ -73,7 +73,7 @@ fn main() -> mixtrain::Result<()> {
         .unwrap_or(3);
     // (label, how it differs from the static mixer's config)
     type Variant = (&'static str, fn(&mut Config));
-    let all_variants: [Variant; 15] = [
+    let all_variants: [Variant; 16] = [
         ("static", |_| {}),
         // What a probed step's domain-homogeneous micro-batches cost by themselves: 16
         // sequences as ~5 micro-batches of 3 (gradient accumulation, no probe).
@@ -109,6 +109,10 @@ fn main() -> mixtrain::Result<()> {
         ("odm", |c| c.mixer.kind = MixerKind::Odm),
         ("ado", |c| c.mixer.kind = MixerKind::Ado),
         ("doremi", |c| c.mixer.kind = MixerKind::Doremi),
+        ("doremi/pool8", |c| {
+            c.mixer.kind = MixerKind::Doremi;
+            c.mixer.doremi.samples_per_source = 8;
+        }),
         ("doremi/excess-from-samples", |c| {
             c.mixer.kind = MixerKind::Doremi;
             c.mixer.doremi.excess_from = ExcessFrom::Samples;
