@@ -103,6 +103,27 @@ const METHODS: &[Method] = &[
             c.mixer.min_weight = Some(0.001);
         },
     },
+    // ... and no mixer update before step 30 (the end of the learning rate's warmup, when a
+    // g_val that serves five updates is least like a later one).
+    Method {
+        name: "fastmix-lr1-floor0.001-warm30",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 1.0;
+            c.mixer.min_weight = Some(0.001);
+            c.mixer.warmup_steps = 30;
+        },
+    },
+    // ... with a fresh g_val at every update instead of the warmup-step fixed delay.
+    Method {
+        name: "fastmix-lr1-floor0.001-gval1",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 1.0;
+            c.mixer.min_weight = Some(0.001);
+            c.mixer.gval_every = 1;
+        },
+    },
     // fastmix measuring s on every step of each update's window (one g_val per window).
     Method {
         name: "fastmix-window",
