@@ -114,7 +114,7 @@ const METHODS: &[Method] = &[
             c.mixer.warmup_steps = 30;
         },
     },
-    // ... with a fresh g_val at every update instead of the warmup-step fixed delay.
+    // ... with a fresh g_val at every update (a g_val from the warmup does not steer 5 updates).
     Method {
         name: "fastmix-lr1-floor0.001-gval1",
         apply: |c| {
