@@ -124,6 +124,16 @@ const METHODS: &[Method] = &[
             c.mixer.gval_every = 1;
         },
     },
+    // ... updating every 5 steps instead of 10 (twice the probed steps).
+    Method {
+        name: "fastmix-lr1-floor0.001-every5",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 1.0;
+            c.mixer.min_weight = Some(0.001);
+            c.mixer.every = 5;
+        },
+    },
     // fastmix measuring s on every step of each update's window (one g_val per window).
     Method {
         name: "fastmix-window",
