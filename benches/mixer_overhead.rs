@@ -73,7 +73,7 @@ fn main() -> mixtrain::Result<()> {
         .unwrap_or(3);
     // (label, how it differs from the static mixer's config)
     type Variant = (&'static str, fn(&mut Config));
-    let all_variants: [Variant; 16] = [
+    let all_variants: [Variant; 17] = [
         ("static", |_| {}),
         // What a probed step's domain-homogeneous micro-batches cost by themselves: 16
         // sequences as ~5 micro-batches of 3 (gradient accumulation, no probe).
@@ -82,6 +82,12 @@ fn main() -> mixtrain::Result<()> {
             c.train.grad_accum = 6;
         }),
         ("fastmix", |c| c.mixer.kind = MixerKind::Fastmix),
+        // An update every 5 steps (the "only the target matters" settings): twice the probed
+        // steps and validation gradients.
+        ("fastmix/every5", |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.every = 5;
+        }),
         ("fastmix/single-pass", |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.grad_stats = GradStats::SinglePass;
