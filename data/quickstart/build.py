@@ -62,9 +62,9 @@ def split_document(text):
     return [p for p in pieces if p.strip()]
 
 
-def write_domain(name, items):
+def write_domain(name, items, out_dir=HERE):
     """items: iterable of (origin, text). Stops once BUDGET_CHARS are written."""
-    path = os.path.join(HERE, f"{name}.jsonl")
+    path = os.path.join(out_dir, f"{name}.jsonl")
     total = 0
     docs = 0
     with open(path, "w", encoding="utf-8") as out:
