@@ -40,21 +40,48 @@ impl BackendTask for Bench {
         let mut session = Session::<B>::build(self.config, device)?;
         // DoReMi's reference: the initial model (the cost is the same as a trained one's).
         session.set_reference(burn::module::AutodiffModule::valid(&session.model));
+        // DoReMi's fixed pool is built (the reference's losses on it computed) once per run,
+        // at the first update: in the warm-up, as the reference itself is.
+        let doremi = session.config.mixer.doremi.clone();
+        if session.config.mixer.kind == MixerKind::Doremi && doremi.excess_from == ExcessFrom::Pool
+        {
+            session.pool_excess_losses(doremi.samples_per_source)?;
+        }
         for _ in 0..3 {
             session.train_step()?;
         }
         let start = Instant::now();
         let mut lr = 0.0;
         let mut excess = None;
+        let (mut update_ms, mut probed_ms, mut plain_ms, mut probed) = (0.0, 0.0, 0.0, 0);
         for _ in 0..self.steps {
             if session.step() % every == 0 {
+                let t = Instant::now();
                 session.mixer_update(lr, excess.take())?;
+                update_ms += t.elapsed().as_secs_f64() * 1e3;
             }
+            let t = Instant::now();
             let report = session.train_step()?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if report.grad_dot.is_some() {
+                probed_ms += ms;
+                probed += 1;
+            } else {
+                plain_ms += ms;
+            }
             lr = report.lr;
             excess = report.excess_loss;
         }
-        Ok(start.elapsed().as_secs_f64() * 1e3 / self.steps as f64)
+        let total = start.elapsed().as_secs_f64() * 1e3;
+        // Where the time went (stderr): the updates' own work, probed and plain steps.
+        eprintln!(
+            "  {:?}: updates {:.1} ms/step, probed steps {probed} at {:.1} ms, plain steps {:.1} ms",
+            session.config.mixer.kind,
+            update_ms / self.steps as f64,
+            probed_ms / probed.max(1) as f64,
+            plain_ms / (self.steps - probed).max(1) as f64
+        );
+        Ok(total / self.steps as f64)
     }
 }
 
@@ -73,13 +100,25 @@ fn main() -> mixtrain::Result<()> {
         .unwrap_or(3);
     // (label, how it differs from the static mixer's config)
     type Variant = (&'static str, fn(&mut Config));
-    let all_variants: [Variant; 17] = [
+    let all_variants: [Variant; 20] = [
         ("static", |_| {}),
         // What a probed step's domain-homogeneous micro-batches cost by themselves: 16
         // sequences as ~5 micro-batches of 3 (gradient accumulation, no probe).
         ("static/micro-batches-of-3", |c| {
             c.train.batch_size = 3;
             c.train.grad_accum = 6;
+        }),
+        ("static/micro-batches-of-8", |c| {
+            c.train.batch_size = 8;
+            c.train.grad_accum = 2;
+        }),
+        ("static/micro-batches-of-4", |c| {
+            c.train.batch_size = 4;
+            c.train.grad_accum = 4;
+        }),
+        ("static/micro-batches-of-2", |c| {
+            c.train.batch_size = 2;
+            c.train.grad_accum = 8;
         }),
         ("fastmix", |c| c.mixer.kind = MixerKind::Fastmix),
         // An update every 5 steps (the "only the target matters" settings): twice the probed

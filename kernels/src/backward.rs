@@ -254,6 +254,10 @@ where
 impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
     const IMPL: KernelImpl = B::IMPL;
 
+    fn concurrent_passes() -> usize {
+        B::concurrent_passes()
+    }
+
     fn cross_entropy_per_token(
         logits: Tensor<Self, 2>,
         targets: Tensor<Self, 1, Int>,

@@ -8,6 +8,7 @@
 //! kernels on CubeCL backends, the host loops on ndarray and the references elsewhere.
 
 mod backward;
+pub mod concurrent;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
 pub mod host;

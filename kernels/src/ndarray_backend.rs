@@ -15,6 +15,12 @@ use crate::{KernelImpl, StatKernels};
 impl StatKernels for NdArray {
     const IMPL: KernelImpl = KernelImpl::Host;
 
+    /// One pass per thread: small passes use two cores better side by side than split
+    /// (`concurrent`), and give the same bits either way.
+    fn concurrent_passes() -> usize {
+        crate::concurrent::cpu_lanes()
+    }
+
     fn cross_entropy_per_token(
         logits: Tensor<Self, 2>,
         targets: Tensor<Self, 1, Int>,

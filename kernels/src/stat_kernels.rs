@@ -166,6 +166,13 @@ pub trait StatKernels: Backend {
         reference::swiglu_backward(gate, up, dh)
     }
 
+    /// How many independent passes (micro-batches of one step, validation batches, chunks of a
+    /// forward) this backend runs at once, one per lane (`concurrent::run_concurrently`). 1:
+    /// one after the other, as a GPU queue runs them anyway.
+    fn concurrent_passes() -> usize {
+        1
+    }
+
     /// ⟨a, b⟩ of a, b [n] → [1]: the mixers' gradient probes (one per parameter and
     /// micro-batch). The CPU fuses the product and the sum into one pass over both cores.
     fn dot(a: Tensor<Self, 1>, b: Tensor<Self, 1>) -> Tensor<Self, 1> {

@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use mixtrain_kernels::StatKernels;
 
+use super::passes::forward_passes;
 use crate::config::Config;
 use crate::data::{validation_windows, Batch, Shard, Source};
 use crate::model::{token_losses, Gpt};
@@ -81,17 +82,43 @@ impl Evaluator {
         device: &B::Device,
         (rank, world): (usize, usize),
     ) -> Vec<f64> {
-        let totals = |data: &[Source], windows: &[Vec<usize>]| -> Vec<f64> {
-            data.iter()
-                .zip(windows)
-                .map(|(source, starts)| {
-                    self.windows_total(model, &source.val, starts, device, (rank, world))
-                })
-                .collect()
-        };
-        let mut out = totals(sources, &self.source_windows);
-        out.extend(totals(target_sets, &self.set_windows));
-        out
+        // Every batch of windows of every source and set is one job: the forward passes run
+        // side by side (`passes`), each stream's sums are added in window order.
+        let streams: Vec<(&Shard, &Vec<usize>)> = sources
+            .iter()
+            .zip(&self.source_windows)
+            .chain(target_sets.iter().zip(&self.set_windows))
+            .map(|(data, starts)| (&data.val, starts))
+            .collect();
+        let mut jobs = Vec::new();
+        for (i, (stream, starts)) in streams.iter().enumerate() {
+            for chunk in starts.chunks(self.batch_size) {
+                let chunk = &chunk[crate::distributed::share(chunk.len(), rank, world)];
+                if !chunk.is_empty() {
+                    jobs.push((i, *stream, chunk));
+                }
+            }
+        }
+        let seq = self.seq_len;
+        let sums = forward_passes::<B, _, _, _>(&jobs, |&(_, stream, chunk)| {
+            let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
+            for &start in chunk {
+                stream.extend_window(start, seq + 1, &mut tokens);
+            }
+            let batch = Batch {
+                tokens,
+                sources: vec![0; chunk.len()],
+                seq_len: seq,
+            };
+            let (inputs, targets) = batch_tensors::<B>(&batch, device);
+            let sum = token_losses(model.forward(inputs), targets).sum();
+            sum.into_scalar().elem::<f64>()
+        });
+        let mut totals = vec![0.0f64; streams.len()];
+        for (&(i, ..), sum) in jobs.iter().zip(sums) {
+            totals[i] += sum;
+        }
+        totals
     }
 
     /// Mean token losses from `token_loss_totals` (summed over ranks).
@@ -111,37 +138,6 @@ impl Evaluator {
                 .map(|(t, w)| mean(t, w))
                 .collect(),
         }
-    }
-
-    fn windows_total<B: StatKernels>(
-        &self,
-        model: &Gpt<B>,
-        stream: &Shard,
-        starts: &[usize],
-        device: &B::Device,
-        (rank, world): (usize, usize),
-    ) -> f64 {
-        let seq = self.seq_len;
-        let mut total = 0.0f64;
-        for chunk in starts.chunks(self.batch_size) {
-            let chunk = &chunk[crate::distributed::share(chunk.len(), rank, world)];
-            if chunk.is_empty() {
-                continue;
-            }
-            let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
-            for &start in chunk {
-                stream.extend_window(start, seq + 1, &mut tokens);
-            }
-            let batch = Batch {
-                tokens,
-                sources: vec![0; chunk.len()],
-                seq_len: seq,
-            };
-            let (inputs, targets) = batch_tensors::<B>(&batch, device);
-            let sum = token_losses(model.forward(inputs), targets).sum();
-            total += sum.into_scalar().elem::<f64>();
-        }
-        total
     }
 }
 

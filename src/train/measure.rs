@@ -5,7 +5,10 @@
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
+use mixtrain_kernels::StatKernels;
 
+use super::evaluator::batch_tensors;
+use super::passes::{backward_passes, forward_passes};
 use super::probe::{grad_dot, virtual_step};
 use super::Session;
 use crate::backend::TrainBackend;
@@ -69,29 +72,36 @@ impl<B: TrainBackend> Session<B> {
         let batch_size = self.config.train.batch_size;
         let alone = self.collective.is_none();
         let mine = self.my_rows(batch_size);
+        // Drawn in turn, then forward/backward side by side (`passes`), added up in order.
+        let drawn: Vec<crate::data::Batch> = (0..batches)
+            .map(|_| {
+                self.sampler
+                    .probe_batch_share(&streams, batch_size, mine.clone())
+            })
+            .filter(|batch| !batch.is_empty())
+            .collect();
+        let device = &self.device;
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
-        for _ in 0..batches {
-            let batch = self
-                .sampler
-                .probe_batch_share(&streams, batch_size, mine.clone());
-            if batch.is_empty() {
-                continue;
-            }
-            let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
-            let losses = token_losses(self.model.forward(inputs), targets);
-            let loss = batch_mean(losses, batch_size * batch.seq_len, alone) / batches as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            accumulator.accumulate(&self.model, grads);
-        }
+        backward_passes(
+            &self.model,
+            &drawn,
+            |model, batch| {
+                let (inputs, targets) = batch_tensors::<B>(batch, device);
+                let losses = token_losses(model.forward(inputs), targets);
+                let loss = batch_mean(losses, batch_size * batch.seq_len, alone) / batches as f64;
+                GradientsParams::from_grads(loss.backward(), model)
+            },
+            |_, grads| accumulator.accumulate(&self.model, grads),
+        );
         self.sum_grads_over_ranks(accumulator.grads())
     }
 
     /// G_k: the gradient of source k's mean token loss over `samples` random training windows
-    /// (extra forward/backward passes), from this rank's rows only: the caller sums over ranks
-    /// what it needs.
+    /// (extra forward/backward passes, side by side: `passes`), from this rank's rows only:
+    /// the caller sums over ranks what it needs.
     fn source_gradient_share(&mut self, k: usize, samples: usize) -> GradientsParams {
         let batch_size = self.config.train.batch_size;
-        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+        let mut drawn = Vec::new();
         let mut left = samples;
         while left > 0 {
             let n = left.min(batch_size);
@@ -100,15 +110,23 @@ impl<B: TrainBackend> Session<B> {
             let batch = self
                 .sampler
                 .probe_batch_share(&[&self.sources[k].train], n, mine);
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() {
+                drawn.push(batch);
             }
-            let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
-            let loss = token_losses(self.model.forward(inputs), targets).sum()
-                / (samples * batch.seq_len) as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            accumulator.accumulate(&self.model, grads);
         }
+        let device = &self.device;
+        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
+        backward_passes(
+            &self.model,
+            &drawn,
+            |model, batch| {
+                let (inputs, targets) = batch_tensors::<B>(batch, device);
+                let loss = token_losses(model.forward(inputs), targets).sum()
+                    / (samples * batch.seq_len) as f64;
+                GradientsParams::from_grads(loss.backward(), model)
+            },
+            |_, grads| accumulator.accumulate(&self.model, grads),
+        );
         accumulator.grads()
     }
 
@@ -251,7 +269,22 @@ impl<B: TrainBackend> Session<B> {
         let totals: Vec<f64> = match &pool.batch {
             Some(b) => {
                 let model = self.model.valid();
-                let ours = token_losses(model.forward(b.inputs.clone()), b.targets.clone());
+                // The pool's rows in one equal share per lane, forwarded side by side
+                // (`passes`); every row's losses are those of one forward over the whole pool.
+                let rows = b.inputs.dims()[0];
+                let seq = self.config.data.seq_len;
+                let per_lane = rows.div_ceil(B::InnerBackend::concurrent_passes().max(1));
+                let shares: Vec<std::ops::Range<usize>> = (0..rows)
+                    .step_by(per_lane)
+                    .map(|first| first..(first + per_lane).min(rows))
+                    .collect();
+                let losses = forward_passes::<B::InnerBackend, _, _, _>(&shares, |share| {
+                    token_losses(
+                        model.forward(b.inputs.clone().slice(share.clone())),
+                        b.targets.clone().slice(share.start * seq..share.end * seq),
+                    )
+                });
+                let ours = Tensor::cat(losses, 0); // [k · rows · seq]
                 (ours - b.reference_losses.clone()) // [k · rows · seq]
                     .clamp_min(0.0)
                     .reshape([k, b.tokens_per_source_here])
@@ -307,29 +340,27 @@ impl<B: TrainBackend> Session<B> {
             tokens_per_source,
         })
     }
+}
 
-    /// Per sequence of `batch`: Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), from the model's
-    /// token losses `ours` ([n · seq], already computed by the step) and one forward of the
-    /// reference model. None without a reference model (the update then says so).
-    pub(super) fn excess_by_sequence(
-        &self,
-        batch: &crate::data::Batch,
-        ours: Tensor<B::InnerBackend, 1>,
-    ) -> Option<Vec<f32>> {
-        let reference = self.reference.as_ref()?;
-        let (n, seq) = (batch.len(), batch.seq_len);
-        let (inputs, targets) = Self::batch_tensors::<B::InnerBackend>(batch, &self.device);
-        let theirs = token_losses(reference.forward(inputs), targets); // [n · seq]
-        Some(
-            (ours - theirs)
-                .clamp_min(0.0)
-                .reshape([n, seq])
-                .sum_dim(1)
-                .reshape([n])
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .expect("converted to f32"),
-        )
-    }
+/// Per sequence of `batch`: Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), from the model's token
+/// losses `ours` ([n · seq], already computed by the step) and one forward of the `reference`
+/// model.
+pub(super) fn excess_by_sequence<BB: Backend + mixtrain_kernels::StatKernels>(
+    reference: &Gpt<BB>,
+    batch: &crate::data::Batch,
+    ours: Tensor<BB, 1>,
+    device: &BB::Device,
+) -> Vec<f32> {
+    let (n, seq) = (batch.len(), batch.seq_len);
+    let (inputs, targets) = batch_tensors::<BB>(batch, device);
+    let theirs = token_losses(reference.forward(inputs), targets); // [n · seq]
+    (ours - theirs)
+        .clamp_min(0.0)
+        .reshape([n, seq])
+        .sum_dim(1)
+        .reshape([n])
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("converted to f32")
 }

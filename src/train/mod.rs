@@ -3,6 +3,7 @@
 mod config;
 mod evaluator;
 mod measure;
+mod passes;
 mod probe;
 mod ranks;
 mod reference;

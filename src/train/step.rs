@@ -6,6 +6,9 @@
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 
+use super::evaluator::batch_tensors;
+use super::measure::excess_by_sequence;
+use super::passes::backward_passes;
 use super::probe::{grad_dot, GradProbe, ProbeWindow};
 use super::single_pass::SinglePass;
 use super::{NonFinitePolicy, Session, StepReport};
@@ -23,17 +26,6 @@ struct MicroOut<B: TrainBackend> {
     probe: MicroProbe<B>,
     /// Per sequence, Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), when the step measures it.
     excess: Option<Vec<f32>>,
-}
-
-/// What a micro-step measures beside its gradient.
-#[derive(Clone, Copy)]
-struct Measure<'a> {
-    /// ⟨g_val, g_k⟩ against this step's P ⊙ g_val (`GradProbe::step_target`) ...
-    probe: Option<&'a GradientsParams>,
-    /// ... from the backward's own traces (else the micro-batch is domain-homogeneous).
-    single_pass: bool,
-    /// DoReMi's excess loss of each sequence (one reference forward).
-    excess: bool,
 }
 
 /// A micro-batch's share of ⟨g_val, g_k⟩.
@@ -167,9 +159,14 @@ impl<B: TrainBackend> Session<B> {
         // Single-pass: Σ over micro-batches of the per-source dots, kept on the device and read
         // once after the last micro-batch. [k]
         let mut single_pass_dots: Option<Tensor<B::InnerBackend, 1>> = None;
+        // Every micro-batch is drawn first, in order (the sampler's draws are those of one
+        // micro-batch after another), then their forward/backward passes run, a window of them
+        // at a time: side by side on the CPU (`passes::backward_passes`). What they return is added up in micro-batch order either way, so
+        // the step's bits do not depend on how many ran at once.
+        let mut drawn = Vec::with_capacity(ranges.len());
         for range in ranges {
             let micro = &sources[range.clone()];
-            let micro_weights = &seq_weights[range];
+            let micro_weights = &seq_weights[range.clone()];
             // Σ w_i per source over the whole micro-batch: the same on every rank.
             if probe.is_some() && single_pass {
                 for (&s, &w) in micro.iter().zip(micro_weights) {
@@ -181,29 +178,39 @@ impl<B: TrainBackend> Session<B> {
             // A distributed rank trains on its share of every micro-batch; the sums over ranks
             // below make the step the same as one process training on all of it.
             let mine = self.my_rows(micro.len());
+            let batch = self.sampler.fill_share(micro, &self.sources, mine.clone());
             if mine.is_empty() {
-                self.sampler.fill_share(micro, &self.sources, mine);
                 continue;
             }
-            let out = self.micro_step(
-                micro,
-                mine.clone(),
-                &micro_weights[mine.clone()],
-                weight_total,
-                Measure {
-                    probe: target.as_ref(),
-                    single_pass,
-                    excess,
-                },
-            );
+            drawn.push(MicroBatch {
+                sources: micro[mine.clone()].to_vec(),
+                weights: micro_weights[mine.clone()].to_vec(),
+                first_row: mine.start,
+                batch,
+            });
+        }
+        // Single-pass statistics read the step's P ⊙ g_val inside the pass: one at a time.
+        let traced = if single_pass { target.as_ref() } else { None };
+        let poison = crate::fault::nonfinite_loss(self.progress.step + 1);
+        let passes = PassContext {
+            reference: self.reference.as_ref(),
+            device: &self.device,
+            k,
+            weight_total,
+            excess,
+        };
+        let mut take = |micro: &MicroBatch, mut out: MicroOut<B>| {
+            if let (Some(target), false) = (target.as_ref(), single_pass) {
+                out.probe = MicroProbe::Homogeneous(grad_dot(&self.model, target, &out.grads));
+            }
             if let Some(per_sequence) = &out.excess {
-                for (&s, &e) in micro[mine.clone()].iter().zip(per_sequence) {
+                for (&s, &e) in micro.sources.iter().zip(per_sequence) {
                     excess_sums[s] += e as f64;
                 }
             }
             match out.probe {
                 MicroProbe::None => {}
-                MicroProbe::Homogeneous(dot) => dots[micro[0]].0 += dot,
+                MicroProbe::Homogeneous(dot) => dots[micro.sources[0]].0 += dot,
                 MicroProbe::SinglePass(micro_dots) => {
                     single_pass_dots = Some(match single_pass_dots.take() {
                         Some(total) => total + micro_dots,
@@ -212,14 +219,14 @@ impl<B: TrainBackend> Session<B> {
                 }
             }
             accumulator.accumulate(&self.model, out.grads);
-            let poison = crate::fault::nonfinite_loss(self.progress.step + 1);
-            for (i, ((&s, &l), &w)) in micro[mine.clone()]
+            for (i, ((&s, &l), &w)) in micro
+                .sources
                 .iter()
                 .zip(&out.seq_loss)
-                .zip(&micro_weights[mine.clone()])
+                .zip(&micro.weights)
                 .enumerate()
             {
-                let l = if poison && mine.start + i == 0 {
+                let l = if poison && micro.first_row + i == 0 {
                     f32::NAN
                 } else {
                     l
@@ -228,6 +235,19 @@ impl<B: TrainBackend> Session<B> {
                 sums[s].1 += 1;
                 loss += l as f64 * w / weight_total;
             }
+        };
+        match traced {
+            Some(traced) => {
+                for micro in &drawn {
+                    take(micro, passes.run(&self.model, micro, Some(traced)));
+                }
+            }
+            None => backward_passes(
+                &self.model,
+                &drawn,
+                |model, micro| passes.run(model, micro, None),
+                take,
+            ),
         }
         if let Some(total) = single_pass_dots {
             let per_source: Vec<f64> = total
@@ -321,79 +341,6 @@ impl<B: TrainBackend> Session<B> {
         })
     }
 
-    /// Forward and backward of this rank's share `mine` of one micro-batch: `micro` lists each
-    /// sequence's source and `micro_weights` the loss weight of each sequence in `mine` (of
-    /// `weight_total` over the step). `measure` says what else to measure: the micro-batch's
-    /// contribution to ⟨g_val, g_k⟩ (the whole micro-batch's, as it is domain-homogeneous, or
-    /// per source from this backward's own traces), and DoReMi's excess loss per sequence.
-    fn micro_step(
-        &mut self,
-        micro: &[usize],
-        mine: std::ops::Range<usize>,
-        micro_weights: &[f64],
-        weight_total: f64,
-        measure: Measure<'_>,
-    ) -> MicroOut<B> {
-        let Measure {
-            probe,
-            single_pass,
-            excess,
-        } = measure;
-        let k = self.sources.len();
-        let batch = self.sampler.fill_share(micro, &self.sources, mine.clone());
-        let micro = &micro[mine];
-        let n = batch.len();
-        let seq = batch.seq_len;
-        let (inputs, targets) = Self::batch_tensors::<B>(&batch, &self.device);
-        let mut trace = (probe.is_some() && single_pass).then(Trace::new);
-        let logits = self.model.forward_traced(inputs, trace.as_mut()); // [n · seq, vocab]
-        let token_loss = token_losses(logits, targets); // [n · seq]
-        let excess = excess
-            .then(|| self.excess_by_sequence(&batch, token_loss.clone().inner()))
-            .flatten();
-        let seq_loss = token_loss.reshape([n, seq]).mean_dim(1).reshape([n]); // [n]
-        let w: Vec<f32> = micro_weights
-            .iter()
-            .map(|w| (w / weight_total) as f32)
-            .collect();
-        let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), &self.device);
-        let mut raw_grads = (seq_loss.clone() * w).sum().backward();
-        let mut micro_probe = MicroProbe::None;
-        if let (Some(probe), Some(trace)) = (probe, trace) {
-            let stats = SinglePass {
-                target: probe,
-                backend: std::marker::PhantomData,
-            };
-            // Token t belongs to sequence t / seq. [n · seq]
-            let seg: Vec<i64> = micro
-                .iter()
-                .flat_map(|&s| std::iter::repeat_n(s as i64, seq))
-                .collect();
-            let seg = Tensor::<B::InnerBackend, 1, Int>::from_data(
-                TensorData::new(seg, [n * seq]),
-                &self.device,
-            );
-            micro_probe = MicroProbe::SinglePass(stats.source_dots(trace, &mut raw_grads, seg, k));
-        }
-        let grads = GradientsParams::from_grads(raw_grads, &self.model);
-        if let (Some(probe), false) = (probe, single_pass) {
-            micro_probe = MicroProbe::Homogeneous(grad_dot(&self.model, probe, &grads));
-        }
-        // Host sync: per-sequence losses for the per-source report.
-        let seq_loss: Vec<f32> = seq_loss
-            .inner()
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("converted to f32");
-        MicroOut {
-            grads,
-            seq_loss,
-            probe: micro_probe,
-            excess,
-        }
-    }
-
     /// Names what was non-finite in a step: the loss (and the sources whose mean sequence loss
     /// was), or the gradient norm.
     fn nonfinite_message(&self, loss: f64, grad_norm: f64, sums: &[(f64, u64)]) -> String {
@@ -416,6 +363,100 @@ impl<B: TrainBackend> Session<B> {
             "{what}; the step was not applied (lower train.lr, raise train.warmup_steps, or set \
              train.on_nonfinite = \"skip\")"
         )
+    }
+}
+
+/// One micro-batch of a step, drawn: this rank's rows of it.
+struct MicroBatch {
+    /// Each row's source.
+    sources: Vec<usize>,
+    /// Each row's loss weight (of the step's total).
+    weights: Vec<f64>,
+    /// Where this rank's rows start in the whole micro-batch.
+    first_row: usize,
+    batch: crate::data::Batch,
+}
+
+/// What a micro-batch's forward and backward pass reads; shared by passes running side by
+/// side, so nothing in it changes during a pass.
+struct PassContext<'a, B: TrainBackend> {
+    /// DoReMi's reference model, for excess losses.
+    reference: Option<&'a Gpt<B::InnerBackend>>,
+    device: &'a B::Device,
+    k: usize,
+    /// Σ of the step's loss weights.
+    weight_total: f64,
+    /// Measure DoReMi's excess loss of each sequence (one reference forward).
+    excess: bool,
+}
+
+impl<B: TrainBackend> PassContext<'_, B> {
+    /// Forward and backward of one micro-batch on `model` with its per-sequence loss weights; with
+    /// `traced` (the step's P ⊙ g_val), the micro-batch's ⟨P ⊙ g_val, g_k⟩ per source from the
+    /// traced backward (single-pass statistics); with `excess`, DoReMi's excess loss per
+    /// sequence.
+    fn run(
+        &self,
+        model: &Gpt<B>,
+        micro: &MicroBatch,
+        traced: Option<&GradientsParams>,
+    ) -> MicroOut<B> {
+        let batch = &micro.batch;
+        let n = batch.len();
+        let seq = batch.seq_len;
+        let (inputs, targets) = batch_tensors::<B>(batch, self.device);
+        let mut trace = traced.is_some().then(Trace::new);
+        let logits = model.forward_traced(inputs, trace.as_mut()); // [n · seq, vocab]
+        let token_loss = token_losses(logits, targets); // [n · seq]
+        let excess = match (self.excess, self.reference) {
+            (true, Some(reference)) => Some(excess_by_sequence(
+                reference,
+                batch,
+                token_loss.clone().inner(),
+                self.device,
+            )),
+            _ => None,
+        };
+        let seq_loss = token_loss.reshape([n, seq]).mean_dim(1).reshape([n]); // [n]
+        let w: Vec<f32> = micro
+            .weights
+            .iter()
+            .map(|w| (w / self.weight_total) as f32)
+            .collect();
+        let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), self.device);
+        let mut raw_grads = (seq_loss.clone() * w).sum().backward();
+        let mut probe = MicroProbe::None;
+        if let (Some(target), Some(trace)) = (traced, trace) {
+            let stats = SinglePass {
+                target,
+                backend: std::marker::PhantomData,
+            };
+            // Token t belongs to sequence t / seq. [n · seq]
+            let seg: Vec<i64> = micro
+                .sources
+                .iter()
+                .flat_map(|&s| std::iter::repeat_n(s as i64, seq))
+                .collect();
+            let seg = Tensor::<B::InnerBackend, 1, Int>::from_data(
+                TensorData::new(seg, [n * seq]),
+                self.device,
+            );
+            probe = MicroProbe::SinglePass(stats.source_dots(trace, &mut raw_grads, seg, self.k));
+        }
+        let grads = GradientsParams::from_grads(raw_grads, model);
+        // Host sync: per-sequence losses for the per-source report.
+        let seq_loss: Vec<f32> = seq_loss
+            .inner()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("converted to f32");
+        MicroOut {
+            grads,
+            seq_loss,
+            probe,
+            excess,
+        }
     }
 }
 
