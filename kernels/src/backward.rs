@@ -253,6 +253,7 @@ where
 
 impl<B: StatKernels, C: CheckpointStrategy> StatKernels for Autodiff<B, C> {
     const IMPL: KernelImpl = B::IMPL;
+    const SPLITS_PASSES: bool = B::SPLITS_PASSES;
 
     fn concurrent_passes() -> usize {
         B::concurrent_passes()

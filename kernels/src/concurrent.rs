@@ -1,6 +1,5 @@
 //! Independent passes (micro-batches, validation batches, chunks of a forward) run side by
-//! side on the CPU, each on a rayon pool of its own that gets an equal share of rayon's threads
-//! (one each on two cores).
+//! side on the CPU, one per thread of rayon's pool.
 //!
 //! Why: a pass over a few sequences spends much of its time in work that runs on one thread
 //! (burn-ndarray's elementwise ops, the autodiff graph's bookkeeping), and its matrix products
@@ -10,83 +9,45 @@
 //! mixer_overhead` with `RAYON_NUM_THREADS=1` and 2). Two passes at once, each on one thread,
 //! keep both cores busy with no splitting at all.
 //!
-//! Why one pool per lane rather than rayon's global pool: a pass's ops split their rows with
-//! rayon, and a worker of a shared pool that waits on its own split may steal another pass and
-//! run it on top of the first one's stack (a lane's pool only holds its own pass's tasks: the
-//! passes are handed out by a counter, not as rayon tasks). burn's autodiff holds a lock on a graph for its
-//! whole backward and, when a backward ends, briefly locks every other graph to drop what is
-//! no longer used: a pass stolen on top of a backward could wait on a lock its own thread
-//! holds. A pool of one thread only ever runs its own pass's work.
+//! Why each thread runs one pass at a time, handed out by a counter inside a broadcast,
+//! rather than the passes as rayon tasks: a pass's ops split their rows with rayon, and a
+//! worker that waits on its own split runs whatever task it can find; if that were another
+//! pass, it would run on top of the first one's stack. burn's autodiff holds a lock on a graph
+//! for its whole backward and, when a backward ends, briefly locks every other graph to drop
+//! what is no longer used: a pass run on top of a backward could wait on a lock its own
+//! thread holds. A broadcast job only ever runs on its own thread, and the tasks a waiting
+//! worker can pick up are row splits, which touch no autodiff state.
 //!
 //! The values do not depend on the lanes: each pass runs the same ops on the same inputs
 //! whichever thread runs it (the host ops and products give the same bits for any thread
 //! count), and the results come back in job order for the caller to add up in that order.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-use rayon::{ThreadPool, ThreadPoolBuilder};
-
-/// `lanes` pools that share rayon's threads between them (at least one each), created on first
-/// use for each number of lanes and kept (their threads sleep when idle).
-fn lane_pools(lanes: usize) -> std::sync::Arc<Vec<ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, std::sync::Arc<Vec<ThreadPool>>>>> =
-        OnceLock::new();
-    let mut pools = POOLS
-        .get_or_init(Default::default)
-        .lock()
-        .expect("no thread panicked creating lane pools");
-    pools
-        .entry(lanes)
-        .or_insert_with(|| {
-            let threads = (rayon::current_num_threads() / lanes).max(1);
-            std::sync::Arc::new(
-                (0..lanes)
-                    .map(|lane| {
-                        ThreadPoolBuilder::new()
-                            .num_threads(threads)
-                            .thread_name(move |i| format!("mixtrain-lane-{lane}-{i}"))
-                            .build()
-                            .expect("a rayon pool starts")
-                    })
-                    .collect(),
-            )
-        })
-        .clone()
-}
-
-/// `f` applied to every job, `lanes` jobs at a time (each lane takes the next job when it is
-/// done with one), with the results in job order. One lane, or one job, runs them in turn on
-/// the calling thread.
+/// `f` applied to every job, with the results in job order. With more than one lane and job,
+/// every thread of rayon's pool runs a loop that takes the next job until none is left (so
+/// a thread is never handed a second job while one of its own is unfinished); a thread with
+/// no job left helps the others' row splits. One lane, or one job, runs them in turn on the
+/// calling thread.
 pub fn run_concurrently<T, R, F>(jobs: &[T], lanes: usize, f: F) -> Vec<R>
 where
     T: Sync,
     R: Send,
     F: Fn(&T) -> R + Sync,
 {
-    let lanes = lanes.min(jobs.len());
-    if lanes <= 1 {
+    if lanes.min(jobs.len()) <= 1 {
         return jobs.iter().map(f).collect();
     }
-    let pools = lane_pools(lanes);
-    let pools = &pools[..];
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<R>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-    let work = || loop {
+    rayon::broadcast(|_| loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = jobs.get(i) else { break };
         let result = f(job);
         *results[i]
             .lock()
             .expect("no job panicked holding a result slot") = Some(result);
-    };
-    std::thread::scope(|scope| {
-        let (first, rest) = pools.split_first().expect("at least two lanes");
-        for pool in rest {
-            scope.spawn(|| pool.install(work));
-        }
-        first.install(work);
     });
     results
         .into_iter()
@@ -99,8 +60,7 @@ where
 }
 
 /// Lanes for independent passes on the CPU: one per thread of rayon's pool
-/// (`RAYON_NUM_THREADS`), at least one; `run_concurrently` uses no more than it has jobs and
-/// gives each lane its share of the threads.
+/// (`RAYON_NUM_THREADS`), at least one.
 pub fn cpu_lanes() -> usize {
     rayon::current_num_threads().max(1)
 }

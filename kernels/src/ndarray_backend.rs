@@ -14,6 +14,7 @@ use crate::{KernelImpl, StatKernels};
 /// faster than the reference's chain of tensor ops (`cargo bench --bench vs_pytorch`).
 impl StatKernels for NdArray {
     const IMPL: KernelImpl = KernelImpl::Host;
+    const SPLITS_PASSES: bool = true;
 
     /// One pass per thread: small passes use two cores better side by side than split
     /// (`concurrent`), and give the same bits either way.

@@ -166,6 +166,12 @@ pub trait StatKernels: Backend {
         reference::swiglu_backward(gate, up, dh)
     }
 
+    /// Whether a micro-batch runs as several smaller forward/backward passes
+    /// (`train.cpu_pass_size`): where passes run side by side (the CPU), so that one step of
+    /// 16 sequences keeps both cores busy with two passes of 8. The split is the same for any
+    /// number of threads, so the bits are too; GPU queues want one large pass.
+    const SPLITS_PASSES: bool = false;
+
     /// How many independent passes (micro-batches of one step, validation batches, chunks of a
     /// forward) this backend runs at once, one per lane (`concurrent::run_concurrently`). 1:
     /// one after the other, as a GPU queue runs them anyway.

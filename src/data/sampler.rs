@@ -56,6 +56,16 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
     }
+
+    /// Rows `rows` of the batch, as a batch.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
+        let width = self.seq_len + 1;
+        Batch {
+            tokens: self.tokens[rows.start * width..rows.end * width].to_vec(),
+            sources: self.sources[rows].to_vec(),
+            seq_len: self.seq_len,
+        }
+    }
 }
 
 pub struct Sampler {

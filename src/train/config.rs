@@ -41,6 +41,13 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step (gradient accumulation). Default 1.
     pub grad_accum: usize,
+    /// The CPU backend (`run.backend = "cpu"`): sequences per forward/backward pass. A
+    /// micro-batch of more runs as passes of at most this many (as equal as can be), side by
+    /// side on the cores, their gradients summed: the same step, rounded differently. The
+    /// split does not depend on the thread count, so neither do the bits. 0: one pass per
+    /// micro-batch (the bits of mixtrain before 2026-11-25). Other backends run one pass per
+    /// micro-batch. Default 8.
+    pub cpu_pass_size: usize,
     /// Peak learning rate of AdamW. Default 3e-3.
     pub lr: f64,
     /// Final learning rate as a fraction of `lr` (cosine decay). Default 0.1.
@@ -93,6 +100,7 @@ impl Default for TrainConfig {
             steps: 300,
             batch_size: 16,
             grad_accum: 1,
+            cpu_pass_size: 8,
             lr: 3e-3,
             min_lr_ratio: 0.1,
             warmup_steps: 30,

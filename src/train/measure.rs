@@ -8,7 +8,7 @@ use burn::prelude::*;
 use mixtrain_kernels::StatKernels;
 
 use super::evaluator::batch_tensors;
-use super::passes::{backward_passes, forward_passes};
+use super::passes::{backward_passes, forward_passes, pass_ranges};
 use super::probe::{grad_dot, virtual_step};
 use super::Session;
 use crate::backend::TrainBackend;
@@ -72,23 +72,32 @@ impl<B: TrainBackend> Session<B> {
         let batch_size = self.config.train.batch_size;
         let alone = self.collective.is_none();
         let mine = self.my_rows(batch_size);
-        // Drawn in turn, then forward/backward side by side (`passes`), added up in order.
-        let drawn: Vec<crate::data::Batch> = (0..batches)
-            .map(|_| {
-                self.sampler
-                    .probe_batch_share(&streams, batch_size, mine.clone())
-            })
-            .filter(|batch| !batch.is_empty())
-            .collect();
+        // Drawn in turn (on the CPU as passes of at most `train.cpu_pass_size` rows, each then
+        // a share of its batch's mean), then forward/backward side by side (`passes`), added
+        // up in order.
+        let pass_size = self.config.train.cpu_pass_size;
+        let mut drawn = Vec::new();
+        for _ in 0..batches {
+            let batch = self
+                .sampler
+                .probe_batch_share(&streams, batch_size, mine.clone());
+            let rows = pass_ranges::<B>(batch.len(), pass_size);
+            if rows.len() == 1 {
+                drawn.push((alone, batch));
+            } else {
+                drawn.extend(rows.into_iter().map(|rows| (false, batch.rows(rows))));
+            }
+        }
+        drawn.retain(|(_, batch)| !batch.is_empty());
         let device = &self.device;
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         backward_passes(
             &self.model,
             &drawn,
-            |model, batch| {
+            |model, (whole, batch)| {
                 let (inputs, targets) = batch_tensors::<B>(batch, device);
                 let losses = token_losses(model.forward(inputs), targets);
-                let loss = batch_mean(losses, batch_size * batch.seq_len, alone) / batches as f64;
+                let loss = batch_mean(losses, batch_size * batch.seq_len, *whole) / batches as f64;
                 GradientsParams::from_grads(loss.backward(), model)
             },
             |_, grads| accumulator.accumulate(&self.model, grads),
@@ -110,10 +119,14 @@ impl<B: TrainBackend> Session<B> {
             let batch = self
                 .sampler
                 .probe_batch_share(&[&self.sources[k].train], n, mine);
-            if !batch.is_empty() {
+            let rows = pass_ranges::<B>(batch.len(), self.config.train.cpu_pass_size);
+            if rows.len() == 1 {
                 drawn.push(batch);
+            } else {
+                drawn.extend(rows.into_iter().map(|rows| batch.rows(rows)));
             }
         }
+        drawn.retain(|batch| !batch.is_empty());
         let device = &self.device;
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         backward_passes(

@@ -12,6 +12,29 @@ use mixtrain_kernels::StatKernels;
 use crate::backend::TrainBackend;
 use crate::model::Gpt;
 
+/// The rows of each pass a batch of `rows` runs as: one pass, or on a backend that splits
+/// passes (`StatKernels::SPLITS_PASSES`) with `pass_size` > 0, ⌈rows / pass_size⌉ passes of
+/// near-equal size (the first ones one row larger). Depends on neither the thread count nor
+/// the machine.
+pub(super) fn pass_ranges<BB: StatKernels>(
+    rows: usize,
+    pass_size: usize,
+) -> Vec<std::ops::Range<usize>> {
+    if !BB::SPLITS_PASSES || pass_size == 0 || rows <= pass_size {
+        return std::iter::once(0..rows).collect();
+    }
+    let passes = rows.div_ceil(pass_size);
+    let (base, larger) = (rows / passes, rows % passes);
+    let mut first = 0;
+    (0..passes)
+        .map(|i| {
+            let size = base + usize::from(i < larger);
+            first += size;
+            first - size..first
+        })
+        .collect()
+}
+
 /// `pass(model, job)` for every job, handing each result to `take` in job order. Side by
 /// side, each pass runs on a replica of `model`: the same parameters (and parameter ids, so
 /// its gradients add up with the model's) behind autodiff nodes of its own; passes on `model`
@@ -54,4 +77,40 @@ where
     F: Fn(&T) -> R + Sync,
 {
     run_concurrently(jobs, BB::concurrent_passes(), pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Flex, NdArray};
+
+    #[test]
+    fn the_cpu_splits_a_batch_into_near_equal_passes_of_at_most_the_pass_size() {
+        assert_eq!(pass_ranges::<NdArray>(16, 8), vec![0..8, 8..16]);
+        assert_eq!(pass_ranges::<NdArray>(12, 8), vec![0..6, 6..12]);
+        assert_eq!(pass_ranges::<NdArray>(17, 8), vec![0..6, 6..12, 12..17]);
+        assert_eq!(pass_ranges::<NdArray>(8, 8), vec![0..8]);
+        assert_eq!(pass_ranges::<NdArray>(3, 8), vec![0..3]);
+        assert_eq!(pass_ranges::<NdArray>(16, 1).len(), 16);
+        // 0 turns the split off; backends that do not split run one pass.
+        assert_eq!(pass_ranges::<NdArray>(16, 0), vec![0..16]);
+        assert_eq!(pass_ranges::<Flex>(16, 8), vec![0..16]);
+    }
+
+    #[test]
+    fn passes_cover_every_row_once_in_order() {
+        for rows in 0..40 {
+            for size in 1..12 {
+                let passes = pass_ranges::<NdArray>(rows, size);
+                let covered: Vec<usize> = passes.iter().flat_map(|r| r.clone()).collect();
+                assert_eq!(covered, (0..rows).collect::<Vec<_>>());
+                assert!(passes.iter().all(|r| r.len() <= size));
+                let (min, max) = (
+                    passes.iter().map(|r| r.len()).min().unwrap(),
+                    passes.iter().map(|r| r.len()).max().unwrap(),
+                );
+                assert!(max - min <= 1, "{rows} rows, size {size}: {passes:?}");
+            }
+        }
+    }
 }

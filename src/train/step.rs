@@ -8,7 +8,7 @@ use burn::prelude::*;
 
 use super::evaluator::batch_tensors;
 use super::measure::excess_by_sequence;
-use super::passes::backward_passes;
+use super::passes::{backward_passes, pass_ranges};
 use super::probe::{grad_dot, GradProbe, ProbeWindow};
 use super::single_pass::SinglePass;
 use super::{NonFinitePolicy, Session, StepReport};
@@ -163,6 +163,7 @@ impl<B: TrainBackend> Session<B> {
         // micro-batch after another), then their forward/backward passes run, a window of them
         // at a time: side by side on the CPU (`passes::backward_passes`). What they return is added up in micro-batch order either way, so
         // the step's bits do not depend on how many ran at once.
+        let pass_size = self.config.train.cpu_pass_size;
         let mut drawn = Vec::with_capacity(ranges.len());
         for range in ranges {
             let micro = &sources[range.clone()];
@@ -182,12 +183,24 @@ impl<B: TrainBackend> Session<B> {
             if mine.is_empty() {
                 continue;
             }
-            drawn.push(MicroBatch {
-                sources: micro[mine.clone()].to_vec(),
-                weights: micro_weights[mine.clone()].to_vec(),
-                first_row: mine.start,
-                batch,
-            });
+            // On the CPU, passes of at most `train.cpu_pass_size` rows (`pass_ranges`).
+            let passes = pass_ranges::<B>(mine.len(), pass_size);
+            let mut pass_of = |rows: std::ops::Range<usize>, batch: crate::data::Batch| {
+                let at = mine.start + rows.start..mine.start + rows.end;
+                drawn.push(MicroBatch {
+                    sources: micro[at.clone()].to_vec(),
+                    weights: micro_weights[at.clone()].to_vec(),
+                    first_row: at.start,
+                    batch,
+                });
+            };
+            if passes.len() == 1 {
+                pass_of(0..mine.len(), batch);
+            } else {
+                for rows in passes {
+                    pass_of(rows.clone(), batch.rows(rows));
+                }
+            }
         }
         // Single-pass statistics read the step's P ⊙ g_val inside the pass: one at a time.
         let traced = if single_pass { target.as_ref() } else { None };
