@@ -9,9 +9,10 @@
 //! `target/torch-venv` (`pip install torch==2.9.1`, about 7 GB with its CUDA libraries, once);
 //! when torch cannot be installed the bench says so and times mixtrain alone.
 //!
-//! Both trainers stay alive for the whole bench and take turns: a round times STEPS steps of
-//! mixtrain, then STEPS steps of PyTorch (both with 2 threads), so load on the shared machine
-//! hits both alike. Prints the median ms/step of each and the speed ratio PyTorch / mixtrain
+//! The trainers stay alive for the whole bench and take turns: a round times STEPS steps of
+//! mixtrain at its default (`train.cpu_pass_size = 8`: two passes of 8 side by side), STEPS
+//! of mixtrain as one pass of 16 (`cpu_pass_size = 0`), then STEPS steps of PyTorch (all with
+//! 2 threads), so load on the shared machine hits all alike. Prints the median ms/step of each and the speed ratio PyTorch / mixtrain
 //! (> 1: mixtrain is faster).
 
 use std::io::{BufRead, BufReader, Write};
@@ -160,18 +161,35 @@ impl BackendTask for Bench {
         device: B::Device,
         backend: &'static str,
     ) -> mixtrain::Result<()> {
-        let mut session = Session::<B>::build(self.config.clone(), device)?;
-        for _ in 0..3 {
-            session.train_step()?;
-        }
-        let mut ours = Vec::new();
-        let mut theirs = Vec::new();
-        for round in 0..self.rounds {
-            let start = Instant::now();
-            for _ in 0..self.steps {
+        // mixtrain at its default (`train.cpu_pass_size = 8`: the 16 sequences as two passes
+        // of 8 side by side) and as one pass of 16 (`cpu_pass_size = 0`, before 2026-11-25).
+        let mut one_pass = self.config.clone();
+        one_pass.train.cpu_pass_size = 0;
+        let mut sessions = vec![
+            (
+                format!("passes of {}", self.config.train.cpu_pass_size),
+                Session::<B>::build(self.config.clone(), device.clone())?,
+            ),
+            (
+                "one pass".to_string(),
+                Session::<B>::build(one_pass, device)?,
+            ),
+        ];
+        for (_, session) in &mut sessions {
+            for _ in 0..3 {
                 session.train_step()?;
             }
-            ours.push(start.elapsed().as_secs_f64() * 1e3 / self.steps as f64);
+        }
+        let mut ours = vec![Vec::new(); sessions.len()];
+        let mut theirs = Vec::new();
+        for round in 0..self.rounds {
+            for ((_, session), times) in sessions.iter_mut().zip(&mut ours) {
+                let start = Instant::now();
+                for _ in 0..self.steps {
+                    session.train_step()?;
+                }
+                times.push(start.elapsed().as_secs_f64() * 1e3 / self.steps as f64);
+            }
             if let Some(torch) = self.torch.as_mut() {
                 match torch.time_steps(self.steps) {
                     Ok(ms) => theirs.push(ms),
@@ -181,9 +199,16 @@ impl BackendTask for Bench {
                     }
                 }
             }
+            let mine: Vec<String> = sessions
+                .iter()
+                .zip(&ours)
+                .map(|((label, _), times)| {
+                    format!("mixtrain ({label}) {:.1} ms/step", times[round])
+                })
+                .collect();
             println!(
-                "round {round}: mixtrain {:.1} ms/step, pytorch {}",
-                ours[round],
+                "round {round}: {}, pytorch {}",
+                mine.join(", "),
                 theirs
                     .get(round)
                     .map_or("-".to_string(), |ms| format!("{ms:.1} ms/step"))
@@ -192,20 +217,27 @@ impl BackendTask for Bench {
         let tokens = (self.config.train.batch_size
             * self.config.train.grad_accum
             * self.config.data.seq_len) as f64;
-        let ours = median(ours);
-        println!(
-            "vs_pytorch/mixtrain ({backend}) {ours:>8.1} ms/step {:>9.0} tokens/s (median of {} rounds of {} steps)",
-            tokens / ours * 1e3,
-            self.rounds,
-            self.steps
-        );
-        if theirs.len() == self.rounds {
-            let theirs = median(theirs);
+        let theirs = (theirs.len() == self.rounds).then(|| median(theirs));
+        for ((label, _), times) in sessions.iter().zip(ours) {
+            let ours = median(times);
+            println!(
+                "vs_pytorch/mixtrain ({backend}, {label}) {ours:>8.1} ms/step {:>9.0} tokens/s (median of {} rounds of {} steps)",
+                tokens / ours * 1e3,
+                self.rounds,
+                self.steps
+            );
+            if let Some(theirs) = theirs {
+                println!(
+                    "vs_pytorch speed mixtrain ({label}) / pytorch = {:.2}",
+                    theirs / ours
+                );
+            }
+        }
+        if let Some(theirs) = theirs {
             println!(
                 "vs_pytorch/pytorch-eager  {theirs:>8.1} ms/step {:>9.0} tokens/s",
                 tokens / theirs * 1e3
             );
-            println!("vs_pytorch speed mixtrain / pytorch = {:.2}", theirs / ours);
         }
         Ok(())
     }
