@@ -25,6 +25,9 @@
 //! of those run).
 //! About 5 minutes a run on 2 cores (tikmix about 2x, doremi adds 100 reference steps).
 //!
+//! `RUNS=dir` puts (and reuses) the runs in dir instead: for comparing a version whose
+//! arithmetic changed against fresh baselines, not the cached ones.
+//!
 //! `CORPUS=nine` adds four sources to the quickstart's five (Rust and Go code, Linux kernel
 //! docs, ScanCode licence texts; built once by `python3 data/nine/build.py` into
 //! target/corpora/nine/), so that one target source has 1/9 of a uniform batch and every
@@ -453,6 +456,8 @@ fn main() -> mixtrain::Result<()> {
         }
         Ok(other) => panic!("CORPUS={other}: expected quickstart or nine"),
     };
+    // RUNS=dir keeps this version's runs apart from cached runs of an earlier version.
+    let root = std::env::var("RUNS").map(PathBuf::from).unwrap_or(root);
 
     for case in cases(&scenario, &base) {
         let mut rows: Vec<(String, Vec<Vec<Eval>>)> = Vec::new();
