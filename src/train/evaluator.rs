@@ -5,7 +5,7 @@
 use burn::prelude::*;
 use mixtrain_kernels::StatKernels;
 
-use super::passes::forward_passes;
+use super::passes::{forward_passes, pass_ranges};
 use crate::config::Config;
 use crate::data::{validation_windows, Batch, Shard, Source};
 use crate::model::{token_losses, Gpt};
@@ -37,6 +37,8 @@ impl Evaluation {
 pub struct Evaluator {
     seq_len: usize,
     batch_size: usize,
+    /// `train.cpu_pass_size`.
+    pass_size: usize,
     source_windows: Vec<Vec<usize>>,
     set_windows: Vec<Vec<usize>>,
 }
@@ -53,6 +55,7 @@ impl Evaluator {
         Evaluator {
             seq_len,
             batch_size: config.train.batch_size,
+            pass_size: config.train.cpu_pass_size,
             source_windows: windows(sources),
             set_windows: windows(target_sets),
         }
@@ -90,33 +93,45 @@ impl Evaluator {
             .chain(target_sets.iter().zip(&self.set_windows))
             .map(|(data, starts)| (&data.val, starts))
             .collect();
+        // One job per pass: on the CPU a batch of windows runs as passes of at most
+        // `train.cpu_pass_size` (`passes::pass_ranges`); a batch's token losses are put back
+        // together before they are summed, so the sums are those of one pass.
         let mut jobs = Vec::new();
+        let mut batches = 0;
         for (i, (stream, starts)) in streams.iter().enumerate() {
             for chunk in starts.chunks(self.batch_size) {
                 let chunk = &chunk[crate::distributed::share(chunk.len(), rank, world)];
-                if !chunk.is_empty() {
-                    jobs.push((i, *stream, chunk));
+                if chunk.is_empty() {
+                    continue;
                 }
+                for rows in pass_ranges::<B>(chunk.len(), self.pass_size) {
+                    jobs.push((i, batches, *stream, &chunk[rows]));
+                }
+                batches += 1;
             }
         }
         let seq = self.seq_len;
-        let sums = forward_passes::<B, _, _, _>(&jobs, |&(_, stream, chunk)| {
-            let mut tokens = Vec::with_capacity(chunk.len() * (seq + 1));
-            for &start in chunk {
+        let losses = forward_passes::<B, _, _, _>(&jobs, |&(.., stream, windows)| {
+            let mut tokens = Vec::with_capacity(windows.len() * (seq + 1));
+            for &start in windows {
                 stream.extend_window(start, seq + 1, &mut tokens);
             }
             let batch = Batch {
                 tokens,
-                sources: vec![0; chunk.len()],
+                sources: vec![0; windows.len()],
                 seq_len: seq,
             };
             let (inputs, targets) = batch_tensors::<B>(&batch, device);
-            let sum = token_losses(model.forward(inputs), targets).sum();
-            sum.into_scalar().elem::<f64>()
+            token_losses(model.forward(inputs), targets) // [windows · seq]
         });
         let mut totals = vec![0.0f64; streams.len()];
-        for (&(i, ..), sum) in jobs.iter().zip(sums) {
-            totals[i] += sum;
+        let mut losses = jobs.iter().zip(losses).peekable();
+        while let Some((&(i, batch, ..), first)) = losses.next() {
+            let mut parts = vec![first];
+            while let Some((_, part)) = losses.next_if(|((_, b, ..), _)| *b == batch) {
+                parts.push(part);
+            }
+            totals[i] += Tensor::cat(parts, 0).sum().into_scalar().elem::<f64>();
         }
         totals
     }

@@ -5,7 +5,6 @@
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use mixtrain_kernels::StatKernels;
 
 use super::evaluator::batch_tensors;
 use super::passes::{backward_passes, forward_passes, pass_ranges};
@@ -282,15 +281,12 @@ impl<B: TrainBackend> Session<B> {
         let totals: Vec<f64> = match &pool.batch {
             Some(b) => {
                 let model = self.model.valid();
-                // The pool's rows in one equal share per lane, forwarded side by side
-                // (`passes`); every row's losses are those of one forward over the whole pool.
+                // The pool's rows as passes of at most `train.cpu_pass_size` on the CPU,
+                // forwarded side by side (`passes`); every row's losses are those of one
+                // forward over the whole pool.
                 let rows = b.inputs.dims()[0];
                 let seq = self.config.data.seq_len;
-                let per_lane = rows.div_ceil(B::InnerBackend::concurrent_passes().max(1));
-                let shares: Vec<std::ops::Range<usize>> = (0..rows)
-                    .step_by(per_lane)
-                    .map(|first| first..(first + per_lane).min(rows))
-                    .collect();
+                let shares = pass_ranges::<B::InnerBackend>(rows, self.config.train.cpu_pass_size);
                 let losses = forward_passes::<B::InnerBackend, _, _, _>(&shares, |share| {
                     token_losses(
                         model.forward(b.inputs.clone().slice(share.clone())),
