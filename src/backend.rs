@@ -7,7 +7,7 @@ use mixtrain_kernels::StatKernels;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// `run.backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +99,7 @@ fn run_wgpu<T: BackendTask>(task: T) -> Result<T::Output> {
 
 #[cfg(not(feature = "wgpu"))]
 fn run_wgpu<T: BackendTask>(_task: T) -> Result<T::Output> {
-    Err(Error::Backend(
+    Err(crate::error::Error::Backend(
         "\"wgpu\" is not compiled in; rebuild with `cargo build --release --features wgpu`".into(),
     ))
 }
@@ -112,7 +112,7 @@ fn run_cuda<T: BackendTask>(task: T) -> Result<T::Output> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda<T: BackendTask>(_task: T) -> Result<T::Output> {
-    Err(Error::Backend(
+    Err(crate::error::Error::Backend(
         "\"cuda\" is not compiled in; rebuild with `cargo build --release --features cuda`".into(),
     ))
 }
