@@ -38,9 +38,10 @@ pub(super) fn pass_ranges<BB: StatKernels>(
 /// `pass(model, job)` for every job, handing each result to `take` in job order. Side by
 /// side, each pass runs on a replica of `model`: the same parameters (and parameter ids, so
 /// its gradients add up with the model's) behind autodiff nodes of its own; passes on `model`
-/// itself would share one autodiff graph, which every backward locks for its whole length. A
-/// window of jobs runs at a time (four per lane; one at a time without lanes), so no more
-/// results than that are held before `take` gets them.
+/// itself would share one autodiff graph, which every backward locks for its whole length. One
+/// job per lane runs at a time (one at a time without lanes), so no more results than lanes
+/// (each a whole gradient) are held before `take` gets them: a step with `grad_accum = 32`
+/// on 16 threads holds 16 gradients, not 32.
 pub(super) fn backward_passes<B, T, R, F, C>(model: &Gpt<B>, jobs: &[T], pass: F, mut take: C)
 where
     B: TrainBackend,
@@ -56,7 +57,7 @@ where
         }
         return;
     }
-    for window in jobs.chunks(4 * lanes) {
+    for window in jobs.chunks(lanes) {
         let results = run_concurrently(window, lanes, |job| {
             let replica = Gpt::<B>::from_inner(model.valid());
             pass(&replica, job)
