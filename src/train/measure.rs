@@ -7,7 +7,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 
 use super::evaluator::batch_tensors;
-use super::passes::{backward_passes, forward_passes, pass_ranges};
+use super::passes::{backward_passes, forward_passes, pass_ranges, split_into_passes};
 use super::probe::{grad_dot, virtual_step};
 use super::Session;
 use crate::backend::TrainBackend;
@@ -80,12 +80,9 @@ impl<B: TrainBackend> Session<B> {
             let batch = self
                 .sampler
                 .probe_batch_share(&streams, batch_size, mine.clone());
-            let rows = pass_ranges::<B>(batch.len(), pass_size);
-            if rows.len() == 1 {
-                drawn.push((alone, batch));
-            } else {
-                drawn.extend(rows.into_iter().map(|rows| (false, batch.rows(rows))));
-            }
+            let passes = split_into_passes::<B>(batch, pass_size);
+            let whole = alone && passes.len() == 1;
+            drawn.extend(passes.into_iter().map(|pass| (whole, pass)));
         }
         drawn.retain(|(_, batch)| !batch.is_empty());
         let device = &self.device;
@@ -118,12 +115,10 @@ impl<B: TrainBackend> Session<B> {
             let batch = self
                 .sampler
                 .probe_batch_share(&[&self.sources[k].train], n, mine);
-            let rows = pass_ranges::<B>(batch.len(), self.config.train.cpu_pass_size);
-            if rows.len() == 1 {
-                drawn.push(batch);
-            } else {
-                drawn.extend(rows.into_iter().map(|rows| batch.rows(rows)));
-            }
+            drawn.extend(split_into_passes::<B>(
+                batch,
+                self.config.train.cpu_pass_size,
+            ));
         }
         drawn.retain(|batch| !batch.is_empty());
         let device = &self.device;
@@ -354,7 +349,7 @@ impl<B: TrainBackend> Session<B> {
 /// Per sequence of `batch`: Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), from the model's token
 /// losses `ours` ([n · seq], already computed by the step) and one forward of the `reference`
 /// model.
-pub(super) fn excess_by_sequence<BB: Backend + mixtrain_kernels::StatKernels>(
+pub(super) fn excess_by_sequence<BB: mixtrain_kernels::StatKernels>(
     reference: &Gpt<BB>,
     batch: &crate::data::Batch,
     ours: Tensor<BB, 1>,

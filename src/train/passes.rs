@@ -10,6 +10,7 @@ use mixtrain_kernels::concurrent::run_concurrently;
 use mixtrain_kernels::StatKernels;
 
 use crate::backend::TrainBackend;
+use crate::data::Batch;
 use crate::model::Gpt;
 
 /// The rows of each pass a batch of `rows` runs as: one pass, or on a backend that splits
@@ -33,6 +34,16 @@ pub(super) fn pass_ranges<BB: StatKernels>(
             first - size..first
         })
         .collect()
+}
+
+/// `batch` as the batches of its passes (`pass_ranges`), in row order; the batch itself,
+/// uncopied, when it is one pass.
+pub(super) fn split_into_passes<BB: StatKernels>(batch: Batch, pass_size: usize) -> Vec<Batch> {
+    let passes = pass_ranges::<BB>(batch.len(), pass_size);
+    if passes.len() == 1 {
+        return vec![batch];
+    }
+    passes.into_iter().map(|rows| batch.rows(rows)).collect()
 }
 
 /// `pass(model, job)` for every job, handing each result to `take` in job order. Side by

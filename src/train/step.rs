@@ -1,5 +1,6 @@
 //! One training step, built from micro-steps: draw the step's sequences from the mixture,
-//! forward/backward each micro-batch with per-sequence loss weights (`micro_step`), accumulate,
+//! forward/backward each micro-batch with per-sequence loss weights (`PassContext::run`, side
+//! by side on the CPU: `passes`), accumulate,
 //! check that the step is finite, clip, AdamW. Before a mixer update whose mixer asks for
 //! ⟨g_val, g_k⟩ the step is probed and returns the measurement in its report.
 
@@ -8,7 +9,7 @@ use burn::prelude::*;
 
 use super::evaluator::batch_tensors;
 use super::measure::excess_by_sequence;
-use super::passes::{backward_passes, pass_ranges};
+use super::passes::{backward_passes, split_into_passes};
 use super::probe::{grad_dot, GradProbe, ProbeWindow};
 use super::single_pass::SinglePass;
 use super::{NonFinitePolicy, Session, StepReport};
@@ -160,9 +161,9 @@ impl<B: TrainBackend> Session<B> {
         // once after the last micro-batch. [k]
         let mut single_pass_dots: Option<Tensor<B::InnerBackend, 1>> = None;
         // Every micro-batch is drawn first, in order (the sampler's draws are those of one
-        // micro-batch after another), then their forward/backward passes run, a window of them
-        // at a time: side by side on the CPU (`passes::backward_passes`). What they return is added up in micro-batch order either way, so
-        // the step's bits do not depend on how many ran at once.
+        // micro-batch after another), then their forward/backward passes run: side by side on
+        // the CPU (`passes::backward_passes`). What they return is added up in pass order
+        // either way, so the step's bits do not depend on how many ran at once.
         let pass_size = self.config.train.cpu_pass_size;
         let mut drawn = Vec::with_capacity(ranges.len());
         for range in ranges {
@@ -183,23 +184,17 @@ impl<B: TrainBackend> Session<B> {
             if mine.is_empty() {
                 continue;
             }
-            // On the CPU, passes of at most `train.cpu_pass_size` rows (`pass_ranges`).
-            let passes = pass_ranges::<B>(mine.len(), pass_size);
-            let mut pass_of = |rows: std::ops::Range<usize>, batch: crate::data::Batch| {
-                let at = mine.start + rows.start..mine.start + rows.end;
+            // On the CPU, passes of at most `train.cpu_pass_size` rows.
+            let mut first_row = mine.start;
+            for batch in split_into_passes::<B>(batch, pass_size) {
+                let at = first_row..first_row + batch.len();
+                first_row = at.end;
                 drawn.push(MicroBatch {
                     sources: micro[at.clone()].to_vec(),
                     weights: micro_weights[at.clone()].to_vec(),
                     first_row: at.start,
                     batch,
                 });
-            };
-            if passes.len() == 1 {
-                pass_of(0..mine.len(), batch);
-            } else {
-                for rows in passes {
-                    pass_of(rows.clone(), batch.rows(rows));
-                }
             }
         }
         // Single-pass statistics read the step's P ⊙ g_val inside the pass: one at a time.
