@@ -130,14 +130,14 @@ const METHODS: &[Method] = &[
         name: "fastmix-window",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.probe_steps = ProbeSteps::Window;
+            c.mixer.probe_steps = Some(ProbeSteps::Window);
         },
     },
     Method {
         name: "fastmix-window-lr0.3",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.probe_steps = ProbeSteps::Window;
+            c.mixer.probe_steps = Some(ProbeSteps::Window);
             c.mixer.fastmix.lr = 0.3;
         },
     },
@@ -166,34 +166,45 @@ const METHODS: &[Method] = &[
             c.mixer.fastmix.normalise = SignalNorm::None;
         },
     },
+    // The default: I_k from every probed step of the update's window (one g_val per window).
     Method {
         name: "tikmix",
         apply: |c| c.mixer.kind = MixerKind::Tikmix,
     },
-    // tikmix with I_k from the probed training step before each update (no extra passes).
+    // I_k from 32 extra sequences of each source, forward and backward, at every update (the
+    // default before 2026-11-25).
+    Method {
+        name: "tikmix-extra-passes",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.influence = InfluenceFrom::ExtraPasses;
+        },
+    },
+    // I_k from the probed training step before each update only.
     Method {
         name: "tikmix-probe",
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::Probe;
+            c.mixer.probe_steps = Some(ProbeSteps::Last);
         },
     },
-    // tikmix-probe measuring every step of each update's window (one g_val per window): about
-    // as many sequences behind each I_k as the 32 extra-pass sequences, at fastmix's cost.
+    // The default's settings spelled out (the name the results before 2026-11-25 use).
     Method {
         name: "tikmix-probe-window",
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::Probe;
-            c.mixer.probe_steps = ProbeSteps::Window;
+            c.mixer.probe_steps = Some(ProbeSteps::Window);
         },
     },
-    // tikmix with blend 0.5 (p moves half-way to softmax(Ĩ/τ) per update), the default before
-    // 2026-11-25; the default 0.1 averages the signal over about ten updates.
+    // Extra passes with blend 0.5 (p moves half-way to softmax(Ĩ/τ) per update), the
+    // defaults before 2026-11-25; the default 0.1 averages the signal over about ten updates.
     Method {
         name: "tikmix-blend0.5",
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.influence = InfluenceFrom::ExtraPasses;
             c.mixer.tikmix.blend = 0.5;
         },
     },
@@ -202,6 +213,7 @@ const METHODS: &[Method] = &[
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::Probe;
+            c.mixer.probe_steps = Some(ProbeSteps::Last);
             c.mixer.tikmix.blend = 0.5;
         },
     },

@@ -133,22 +133,24 @@ fn main() -> mixtrain::Result<()> {
         }),
         ("fastmix/window", |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.probe_steps = ProbeSteps::Window;
+            c.mixer.probe_steps = Some(ProbeSteps::Window);
         }),
         // A fresh g_val for every update (the default reuses one for `gval_every = 5`).
         ("fastmix/gval1", |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.gval_every = 1;
         }),
-        ("tikmix/probe-window", |c| {
-            c.mixer.kind = MixerKind::Tikmix;
-            c.mixer.tikmix.influence = InfluenceFrom::Probe;
-            c.mixer.probe_steps = ProbeSteps::Window;
-        }),
+        // The default: I_k from every probed step of the update's window.
         ("tikmix", |c| c.mixer.kind = MixerKind::Tikmix),
-        ("tikmix/probe", |c| {
+        // I_k from the update's last step only.
+        ("tikmix/probe-last", |c| {
             c.mixer.kind = MixerKind::Tikmix;
-            c.mixer.tikmix.influence = InfluenceFrom::Probe;
+            c.mixer.probe_steps = Some(ProbeSteps::Last);
+        }),
+        // 32 extra sequences of each source at every update (the default before 2026-11-25).
+        ("tikmix/extra-passes", |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.influence = InfluenceFrom::ExtraPasses;
         }),
         ("tikmix-m", |c| c.mixer.kind = MixerKind::TikmixM),
         ("odm", |c| c.mixer.kind = MixerKind::Odm),

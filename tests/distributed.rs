@@ -200,24 +200,24 @@ fn two_ranks_match_one_process_with_probe_windows() {
     );
 }
 
-/// The mixers' extra measurements split over ranks: tikmix's g_val and influences, tikmix-m's
-/// source gradients and candidates' losses, DoReMi's excess losses on fresh samples, on the
-/// step's own sequences and on its fixed pool (its reference model is trained by rank 0 and
-/// read by rank 1).
+/// The mixers' extra measurements split over ranks: tikmix's g_val and influences (from its
+/// extra passes, and from its default probe windows), tikmix-m's source gradients and
+/// candidates' losses, DoReMi's excess losses on fresh samples, on the step's own sequences
+/// and on its fixed pool (its reference model is trained by rank 0 and read by rank 1).
 #[test]
 fn split_measurements_match_one_process() {
-    for (mixer, excess_from) in [
-        ("tikmix", "samples"),
-        ("tikmix-m", "samples"),
-        ("doremi", "samples"),
-        ("doremi", "step"),
-        ("doremi", "pool"),
+    for (mixer, setting) in [
+        ("tikmix", "mixer.tikmix.influence=extra-passes"),
+        ("tikmix", "mixer.tikmix.influence=probe"),
+        ("tikmix-m", "mixer.tikmix-m.candidates=12"),
+        ("doremi", "mixer.doremi.excess_from=samples"),
+        ("doremi", "mixer.doremi.excess_from=step"),
+        ("doremi", "mixer.doremi.excess_from=pool"),
     ] {
         let kind = format!("mixer.kind={mixer}");
-        let excess_from = format!("mixer.doremi.excess_from={excess_from}");
         let more = [
             kind.as_str(),
-            excess_from.as_str(),
+            setting,
             "train.steps=12",
             "mixer.doremi.reference_steps=10",
         ];
@@ -227,14 +227,15 @@ fn split_measurements_match_one_process() {
         // split or swap a candidate: 2.4e-4 in this test after the step's arithmetic changed
         // (fast_exp, fused SwiGLU), while the other mixers stay within 1e-5.
         let tolerance = if mixer == "tikmix-m" { 1e-3 } else { 1e-5 };
-        let r2 = assert_mixtures_within(one.path(), two.path(), mixer, tolerance);
-        assert_eq!(r2.len(), 3, "{mixer}: step 0 and updates at 4 and 8");
+        let what = format!("{mixer} {setting}");
+        let r2 = assert_mixtures_within(one.path(), two.path(), &what, tolerance);
+        assert_eq!(r2.len(), 3, "{what}: step 0 and updates at 4 and 8");
         assert!(
             r2.last()
                 .unwrap()
                 .iter()
                 .any(|w| (w - 1.0 / 3.0).abs() > 1e-3),
-            "{mixer} moved the mixture: {r2:?}"
+            "{what} moved the mixture: {r2:?}"
         );
     }
 }

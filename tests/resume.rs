@@ -287,13 +287,21 @@ fn kill_9_then_resume_is_bit_identical_fastmix_head_scope_sampling() {
     );
 }
 
+/// tikmix's default: I_k from every step of its windows of 4, checkpoints every 5 (most
+/// inside a window).
 #[test]
 fn kill_9_then_resume_is_bit_identical_tikmix() {
+    kill_and_resume("ndarray", &["mixer.kind=tikmix", "mixer.every=4"]);
+}
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_tikmix_extra_passes() {
     kill_and_resume(
         "ndarray",
         &[
             "mixer.kind=tikmix",
             "mixer.every=3",
+            "mixer.tikmix.influence=extra-passes",
             "mixer.tikmix.samples_per_source=6",
         ],
     );

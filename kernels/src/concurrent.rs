@@ -22,8 +22,9 @@
 //! whichever thread runs it (the host ops and products give the same bits for any thread
 //! count), and the results come back in job order for the caller to add up in that order.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 /// `f` applied to every job, with the results in job order. With more than one lane and job,
 /// every thread of rayon's pool runs a loop that takes the next job until none is left (so
@@ -59,6 +60,94 @@ where
         .collect()
 }
 
+/// `f` applied to every job, each result handed to `take` in job order, on the calling
+/// thread, as soon as it and every result before it are done, with at most `held` jobs
+/// running or finished but not yet taken. Unlike `run_concurrently` over windows of `lanes`
+/// jobs, a thread that finishes its job starts the next at once instead of waiting for the
+/// window's slowest: a probed training step's passes (one per source, of uneven sizes) on two
+/// threads ran as windows of [4, 3], [3, 3], [3] sequences, 10 units of time for 8 of work. A
+/// thread whose next job would exceed `held` waits, helping the other threads' row splits
+/// meanwhile. One lane, or one job, runs them in turn on the calling thread; so do windows of
+/// `lanes` jobs when the caller is itself one of rayon's threads (it must not block on a
+/// result that only it could produce).
+pub fn run_streaming<T, R, F, C>(jobs: &[T], lanes: usize, held: usize, f: F, mut take: C)
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&T) -> R + Sync,
+    C: FnMut(&T, R),
+{
+    if lanes.min(jobs.len()) <= 1 {
+        for job in jobs {
+            take(job, f(job));
+        }
+        return;
+    }
+    if rayon::current_thread_index().is_some() {
+        for window in jobs.chunks(lanes) {
+            for (job, result) in window.iter().zip(run_concurrently(window, lanes, &f)) {
+                take(job, result);
+            }
+        }
+        return;
+    }
+    let held = held.max(1);
+    let next = AtomicUsize::new(0);
+    // Set when a job panicked: the other threads stop taking jobs (and waiting for room).
+    let abandoned = AtomicBool::new(false);
+    // Jobs taken so far; read without the lock by threads waiting for room.
+    let taken = AtomicUsize::new(0);
+    // Results finished out of order, by job index; a job's panic is handed to the calling
+    // thread, which would otherwise wait for its result forever.
+    let finished: Mutex<BTreeMap<usize, std::thread::Result<R>>> = Mutex::new(BTreeMap::new());
+    let done = Condvar::new();
+    rayon::in_place_scope(|scope| {
+        scope.spawn_broadcast(|_, _| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(job) = jobs.get(i) else { break };
+            // Job i's result may wait for the `i − taken` before it: start it only when that
+            // leaves at most `held` running or waiting.
+            while i >= taken.load(Ordering::Acquire) + held && !abandoned.load(Ordering::Relaxed) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::thread::yield_now();
+                }
+            }
+            if abandoned.load(Ordering::Relaxed) {
+                break;
+            }
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(job)));
+            finished
+                .lock()
+                .expect("no thread panicked holding the results")
+                .insert(i, result);
+            done.notify_one();
+        });
+        for (i, job) in jobs.iter().enumerate() {
+            let mut waiting = finished
+                .lock()
+                .expect("no thread panicked holding the results");
+            let result = loop {
+                if let Some(result) = waiting.remove(&i) {
+                    break result;
+                }
+                waiting = done
+                    .wait(waiting)
+                    .expect("no thread panicked holding the results");
+            };
+            drop(waiting);
+            let result = match result {
+                Ok(result) => result,
+                Err(panic) => {
+                    abandoned.store(true, Ordering::Relaxed);
+                    std::panic::resume_unwind(panic);
+                }
+            };
+            take(job, result);
+            taken.store(i + 1, Ordering::Release);
+        }
+    });
+}
+
 /// Lanes for independent passes on the CPU: one per thread of rayon's pool
 /// (`RAYON_NUM_THREADS`), at least one.
 pub fn cpu_lanes() -> usize {
@@ -76,6 +165,64 @@ mod tests {
         for lanes in [1, 2, 3, 8] {
             assert_eq!(run_concurrently(&jobs, lanes, |x| x * x + 1), expected);
         }
+    }
+
+    /// Jobs of uneven length: `take` still sees them in order, and no more than `held` are
+    /// ever finished and waiting.
+    #[test]
+    fn streamed_results_are_taken_in_job_order_with_at_most_held_waiting() {
+        use std::sync::atomic::AtomicUsize;
+        let jobs: Vec<u64> = (0..23).collect();
+        for (lanes, held) in [(1, 1), (2, 1), (2, 2), (3, 4), (8, 3)] {
+            let finished = AtomicUsize::new(0);
+            let most_waiting = AtomicUsize::new(0);
+            let mut seen = Vec::new();
+            run_streaming(
+                &jobs,
+                lanes,
+                held,
+                |&x| {
+                    // Early jobs are the slow ones, so later ones finish first.
+                    std::thread::sleep(std::time::Duration::from_micros((23 - x) * 200));
+                    let now = finished.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_waiting.fetch_max(now, Ordering::SeqCst);
+                    x * x + 1
+                },
+                |&x, r| {
+                    finished.fetch_sub(1, Ordering::SeqCst);
+                    seen.push((x, r));
+                },
+            );
+            let expected: Vec<(u64, u64)> = jobs.iter().map(|&x| (x, x * x + 1)).collect();
+            assert_eq!(seen, expected, "lanes {lanes}, held {held}");
+            assert!(
+                most_waiting.load(Ordering::SeqCst) <= held.max(1),
+                "lanes {lanes}, held {held}: {} waiting",
+                most_waiting.load(Ordering::SeqCst)
+            );
+        }
+    }
+
+    /// A job that panics makes the call panic (on the calling thread) instead of leaving it
+    /// waiting for that job's result.
+    #[test]
+    fn a_panicking_job_panics_the_caller() {
+        let jobs: Vec<u64> = (0..12).collect();
+        let outcome = std::panic::catch_unwind(|| {
+            let mut taken = Vec::new();
+            run_streaming(
+                &jobs,
+                2,
+                2,
+                |&x| {
+                    assert!(x != 5, "job 5 fails");
+                    x
+                },
+                |&x, _| taken.push(x),
+            );
+            taken
+        });
+        assert!(outcome.is_err());
     }
 
     #[test]

@@ -106,8 +106,10 @@ pub struct MixerConfig {
     pub grad_stats: GradStats,
     /// Which steps measure ⟨g_val, g_k⟩ (fastmix; tikmix with `influence = "probe"`): "last"
     /// (the step before each update) or "window" (every step since the previous update, one
-    /// g_val for the window). Default "last".
-    pub probe_steps: ProbeSteps,
+    /// g_val for the window). Unset: the mixer's own default, "window" for tikmix (its I_k
+    /// from ~`every` times more sequences: README, "Mixer overhead") and "last" for fastmix
+    /// (s_k steers a gradient step; the window did not help it: "Target-directed mixing").
+    pub probe_steps: Option<ProbeSteps>,
     /// Mixer updates one validation gradient g_val serves (fastmix; tikmix with `influence =
     /// "probe"`): g_val is computed for the first of them and reused by the next
     /// `gval_every − 1` (the target does not change, and the preconditioner P is still taken
@@ -164,12 +166,20 @@ impl MixerConfig {
         step > 0 && step < total && step >= self.warmup_steps && step.is_multiple_of(self.every)
     }
 
+    /// `probe_steps`, or the mixer's own default when unset.
+    pub fn probe_steps(&self) -> ProbeSteps {
+        self.probe_steps.unwrap_or(match self.kind {
+            MixerKind::Tikmix => ProbeSteps::Window,
+            _ => ProbeSteps::Last,
+        })
+    }
+
     /// True when a mixer that takes ⟨g_val, g_k⟩ measures it on step `step` (1-based: the
     /// step that ends with `step` optimizer steps done): the update's own step for
     /// `probe_steps = "last"`, any step of an update's window (the `every` steps ending with
     /// the update) for `"window"`.
     pub fn probes_at(&self, step: usize, total: usize) -> bool {
-        match self.probe_steps {
+        match self.probe_steps() {
             ProbeSteps::Last => self.updates_at(step, total),
             ProbeSteps::Window => (step..step + self.every).any(|u| self.updates_at(u, total)),
         }
@@ -185,7 +195,7 @@ impl Default for MixerConfig {
             warmup_steps: 0,
             max_change: None,
             grad_stats: GradStats::PerSource,
-            probe_steps: ProbeSteps::Last,
+            probe_steps: None,
             gval_every: 5,
             min_weight: None,
             temperature: 0.5,
@@ -315,9 +325,29 @@ mod tests {
             ..MixerConfig::default()
         };
         assert_eq!(probed(&config, 14), vec![8, 12]);
-        config.probe_steps = ProbeSteps::Window;
+        config.probe_steps = Some(ProbeSteps::Window);
         assert_eq!(probed(&config, 14), vec![5, 6, 7, 8, 9, 10, 11, 12]);
         config.warmup_steps = 0;
         assert_eq!(probed(&config, 12), (1..=8).collect::<Vec<_>>());
+    }
+
+    /// Unset, tikmix probes its whole window and every other mixer the last step; a value
+    /// given wins for any mixer.
+    #[test]
+    fn probe_steps_default_by_mixer() {
+        let mut config = MixerConfig::default();
+        for (kind, steps) in [
+            (MixerKind::Fastmix, ProbeSteps::Last),
+            (MixerKind::Tikmix, ProbeSteps::Window),
+            (MixerKind::TikmixM, ProbeSteps::Last),
+        ] {
+            config.kind = kind;
+            assert_eq!(config.probe_steps(), steps, "{kind:?}");
+        }
+        config.probe_steps = Some(ProbeSteps::Last);
+        assert_eq!(config.probe_steps(), ProbeSteps::Last);
+        config.kind = MixerKind::Fastmix;
+        config.probe_steps = Some(ProbeSteps::Window);
+        assert_eq!(config.probe_steps(), ProbeSteps::Window);
     }
 }

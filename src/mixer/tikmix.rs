@@ -37,9 +37,12 @@ pub enum InfluenceFrom {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TikMixConfig {
-    /// Where G_k comes from: "probe" (the step before the update, no extra backward) or
-    /// "extra-passes". Default "extra-passes": on the synthetic test (2 sequences of each
-    /// source per step) the probe's G_k was too noisy to find one of the two targets.
+    /// Where G_k comes from: "probe" (the probed training steps of the update's window,
+    /// `mixer.probe_steps`, no extra backward) or "extra-passes" (`samples_per_source` more
+    /// sequences of each source, forward and backward, at every update: about one more
+    /// step's work per step). Default "probe": with the window probe it mixed as well as the
+    /// extra passes at about half their cost (README, "Mixer overhead"); the probe of the last
+    /// step alone (2 sequences of each source on the synthetic test) was too noisy.
     pub influence: InfluenceFrom,
     /// Sequences of each source behind G_k with `influence = "extra-passes"`. Default 32.
     pub samples_per_source: usize,
@@ -60,7 +63,7 @@ pub struct TikMixConfig {
 impl Default for TikMixConfig {
     fn default() -> Self {
         TikMixConfig {
-            influence: InfluenceFrom::ExtraPasses,
+            influence: InfluenceFrom::Probe,
             samples_per_source: 32,
             tau: 1.0,
             blend: 0.1,

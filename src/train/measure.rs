@@ -8,7 +8,7 @@ use burn::prelude::*;
 
 use super::evaluator::batch_tensors;
 use super::passes::{backward_passes, forward_passes, pass_ranges, split_into_passes};
-use super::probe::{grad_dot, virtual_step};
+use super::probe::{grad_dot, virtual_step, FlatGrads};
 use super::Session;
 use crate::backend::TrainBackend;
 use crate::data::{Shard, Source};
@@ -152,10 +152,14 @@ impl<B: TrainBackend> Session<B> {
         g_vals: &[&GradientsParams],
         samples: usize,
     ) -> Vec<Vec<f64>> {
+        let g_vals: Vec<FlatGrads<B::InnerBackend>> = g_vals
+            .iter()
+            .map(|g_val| FlatGrads::of(&self.model, g_val))
+            .collect();
         let mut out = vec![Vec::new(); g_vals.len()];
         for k in 0..self.sources.len() {
             let g_k = self.source_gradient_share(k, samples);
-            for (row, g_val) in out.iter_mut().zip(g_vals) {
+            for (row, g_val) in out.iter_mut().zip(&g_vals) {
                 row.push(grad_dot(&self.model, g_val, &g_k));
             }
         }

@@ -6,7 +6,7 @@
 //! (`tests/determinism.rs`).
 
 use burn::module::AutodiffModule;
-use mixtrain_kernels::concurrent::run_concurrently;
+use mixtrain_kernels::concurrent::{run_concurrently, run_streaming};
 use mixtrain_kernels::StatKernels;
 
 use crate::backend::TrainBackend;
@@ -49,10 +49,11 @@ pub(super) fn split_into_passes<BB: StatKernels>(batch: Batch, pass_size: usize)
 /// `pass(model, job)` for every job, handing each result to `take` in job order. Side by
 /// side, each pass runs on a replica of `model`: the same parameters (and parameter ids, so
 /// its gradients add up with the model's) behind autodiff nodes of its own; passes on `model`
-/// itself would share one autodiff graph, which every backward locks for its whole length. One
-/// job per lane runs at a time (one at a time without lanes), so no more results than lanes
-/// (each a whole gradient) are held before `take` gets them: a step with `grad_accum = 32`
-/// on 16 threads holds 16 gradients, not 32.
+/// itself would share one autodiff graph, which every backward locks for its whole length. A
+/// lane that finishes a pass starts the next at once (`concurrent::run_streaming`), so passes
+/// of uneven sizes (a probed step's one per source) keep every lane busy; no more than twice
+/// as many results as lanes (each a whole gradient) are held before `take` gets them: a step
+/// with `grad_accum = 64` on 16 threads holds at most 32 gradients, not 64.
 pub(super) fn backward_passes<B, T, R, F, C>(model: &Gpt<B>, jobs: &[T], pass: F, mut take: C)
 where
     B: TrainBackend,
@@ -68,15 +69,16 @@ where
         }
         return;
     }
-    for window in jobs.chunks(lanes) {
-        let results = run_concurrently(window, lanes, |job| {
+    run_streaming(
+        jobs,
+        lanes,
+        2 * lanes,
+        |job| {
             let replica = Gpt::<B>::from_inner(model.valid());
             pass(&replica, job)
-        });
-        for (job, result) in window.iter().zip(results) {
-            take(job, result);
-        }
-    }
+        },
+        take,
+    );
 }
 
 /// `pass(job)` for every job (forward passes without autodiff, which share no graph), with

@@ -2,7 +2,9 @@
 //! ⟨g_val, g⟩ (optionally ⟨P g_val, g⟩ with AdamW's diagonal preconditioner P) over a
 //! parameter scope, computed from gradient buffers without extra copies.
 
-use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -132,9 +134,47 @@ impl GradProbe {
     }
 }
 
+/// A gradient (or P ⊙ g_val) with every parameter's tensor flattened, by parameter id: what
+/// `grad_dot` reads its first operand from. Unlike `GradientsParams` (whose tensors sit behind
+/// `dyn Any`) it can be shared between threads, so the passes of a step dot their own
+/// gradients with it where they run (`passes::backward_passes`).
+pub struct FlatGrads<B: Backend> {
+    by_id: HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<B: Backend> FlatGrads<B> {
+    /// The tensors of `grads` for the parameters of `model`, flattened.
+    pub fn of<AB, M>(model: &M, grads: &GradientsParams) -> Self
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let mut visitor = Flatten::<B> {
+            grads,
+            out: HashMap::new(),
+        };
+        model.visit(&mut visitor);
+        FlatGrads { by_id: visitor.out }
+    }
+}
+
+struct Flatten<'a, B: Backend> {
+    grads: &'a GradientsParams,
+    out: HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Flatten<'_, AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        if let Some(g) = self.grads.get::<AB::InnerBackend, D>(param.id) {
+            let numel = g.shape().num_elements();
+            self.out.insert(param.id, g.reshape([numel]));
+        }
+    }
+}
+
 /// Σ over the parameters held by both `a` and `b` of ⟨a, b⟩.
 struct Dot<'a, B: Backend> {
-    a: &'a GradientsParams,
+    a: &'a FlatGrads<B>,
     b: &'a GradientsParams,
     sum: Option<Tensor<B, 1>>,
 }
@@ -145,13 +185,13 @@ where
 {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
         let (Some(a), Some(b)) = (
-            self.a.get::<AB::InnerBackend, D>(param.id),
+            self.a.by_id.get(&param.id),
             self.b.get::<AB::InnerBackend, D>(param.id),
         ) else {
             return;
         };
-        let numel = a.shape().num_elements();
-        let s = <AB::InnerBackend as StatKernels>::dot(a.reshape([numel]), b.reshape([numel])); // [1]
+        let numel = b.shape().num_elements();
+        let s = <AB::InnerBackend as StatKernels>::dot(a.clone(), b.reshape([numel])); // [1]
         self.sum = Some(match self.sum.take() {
             Some(acc) => acc + s,
             None => s,
@@ -163,7 +203,7 @@ where
 /// `a` by `GradProbe::step_target`). One host sync.
 pub fn grad_dot<AB: AutodiffBackend<InnerBackend: StatKernels>, M: AutodiffModule<AB>>(
     model: &M,
-    a: &GradientsParams,
+    a: &FlatGrads<AB::InnerBackend>,
     b: &GradientsParams,
 ) -> f64 {
     let mut visitor = Dot::<AB::InnerBackend> { a, b, sum: None };
