@@ -2,6 +2,7 @@
 //!
 //!     cargo bench --bench vs_pytorch                  # 5 rounds of 10 steps each
 //!     ROUNDS=7 STEPS=20 MLP=swiglu D_FF=384 cargo bench --bench vs_pytorch
+//!     PASS_SIZES=8,4,0 cargo bench --bench vs_pytorch   # mixtrain at these cpu_pass_size
 //!
 //! The model is the throughput issue's shape (vocab 257, d_model 128, 4 layers, 4 heads, GELU
 //! MLP with d_ff 512, seq 128, batch 16, AdamW, clipping, fp32) unless MLP / D_FF say
@@ -10,8 +11,9 @@
 //! when torch cannot be installed the bench says so and times mixtrain alone.
 //!
 //! The trainers stay alive for the whole bench and take turns: a round times STEPS steps of
-//! mixtrain at its default (`train.cpu_pass_size = 8`: two passes of 8 side by side), STEPS
-//! of mixtrain as one pass of 16 (`cpu_pass_size = 0`), then STEPS steps of PyTorch (all with
+//! mixtrain at its default `train.cpu_pass_size` (two passes of 8 side by side), STEPS of
+//! mixtrain as one pass of 16 (`cpu_pass_size = 0`; PASS_SIZES lists other sizes to time
+//! instead), then STEPS steps of PyTorch (all with
 //! 2 threads), so load on the shared machine hits all alike. Prints the median ms/step of each and the speed ratio PyTorch / mixtrain
 //! (> 1: mixtrain is faster).
 
@@ -161,20 +163,24 @@ impl BackendTask for Bench {
         device: B::Device,
         backend: &'static str,
     ) -> mixtrain::Result<()> {
-        // mixtrain at its default (`train.cpu_pass_size = 8`: the 16 sequences as two passes
-        // of 8 side by side) and as one pass of 16 (`cpu_pass_size = 0`, before 2026-11-25).
-        let mut one_pass = self.config.clone();
-        one_pass.train.cpu_pass_size = 0;
-        let mut sessions = vec![
-            (
-                format!("passes of {}", self.config.train.cpu_pass_size),
-                Session::<B>::build(self.config.clone(), device.clone())?,
-            ),
-            (
-                "one pass".to_string(),
-                Session::<B>::build(one_pass, device)?,
-            ),
-        ];
+        // mixtrain at its default `cpu_pass_size` (the 16 sequences as two passes of 8 side
+        // by side) and as one pass of 16 (`cpu_pass_size = 0`, before 2026-11-25), or at the
+        // sizes PASS_SIZES lists.
+        let default_sizes = format!("{},0", self.config.train.cpu_pass_size);
+        let sizes = std::env::var("PASS_SIZES").unwrap_or(default_sizes);
+        let mut sessions = Vec::new();
+        for size in sizes.split(',') {
+            let size: usize = size.trim().parse().unwrap_or_else(|_| {
+                panic!("PASS_SIZES={sizes}: expected sizes separated by commas, e.g. 8,4,0")
+            });
+            let mut config = self.config.clone();
+            config.train.cpu_pass_size = size;
+            let label = match size {
+                0 => "one pass".to_string(),
+                n => format!("passes of {n}"),
+            };
+            sessions.push((label, Session::<B>::build(config, device.clone())?));
+        }
         for (_, session) in &mut sessions {
             for _ in 0..3 {
                 session.train_step()?;
