@@ -11,7 +11,7 @@
 //! when torch cannot be installed the bench says so and times mixtrain alone.
 //!
 //! The trainers stay alive for the whole bench and take turns: a round times STEPS steps of
-//! mixtrain at its default `train.cpu_pass_size` (two passes of 8 side by side), STEPS of
+//! mixtrain at its default `train.cpu_pass_size` (four passes of 4 side by side), STEPS of
 //! mixtrain as one pass of 16 (`cpu_pass_size = 0`; PASS_SIZES lists other sizes to time
 //! instead), then STEPS steps of PyTorch (all with
 //! 2 threads), so load on the shared machine hits all alike. Prints the median ms/step of each and the speed ratio PyTorch / mixtrain
@@ -163,7 +163,7 @@ impl BackendTask for Bench {
         device: B::Device,
         backend: &'static str,
     ) -> mixtrain::Result<()> {
-        // mixtrain at its default `cpu_pass_size` (the 16 sequences as two passes of 8 side
+        // mixtrain at its default `cpu_pass_size` (the 16 sequences as four passes of 4 side
         // by side) and as one pass of 16 (`cpu_pass_size = 0`, before 2026-11-25), or at the
         // sizes PASS_SIZES lists.
         let default_sizes = format!("{},0", self.config.train.cpu_pass_size);

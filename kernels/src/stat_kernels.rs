@@ -168,7 +168,7 @@ pub trait StatKernels: Backend {
 
     /// Whether a micro-batch runs as several smaller forward/backward passes
     /// (`train.cpu_pass_size`): where passes run side by side (the CPU), so that one step of
-    /// 16 sequences keeps both cores busy with two passes of 8. The split is the same for any
+    /// 16 sequences keeps both cores busy with four passes of 4. The split is the same for any
     /// number of threads, so the bits are too; GPU queues want one large pass.
     const SPLITS_PASSES: bool = false;
 

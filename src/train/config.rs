@@ -46,7 +46,9 @@ pub struct TrainConfig {
     /// side on the cores, their gradients summed: the same step, rounded differently. The
     /// split does not depend on the thread count, so neither do the bits. 0: one pass per
     /// micro-batch (the bits of mixtrain before 2026-11-25). Other backends run one pass per
-    /// micro-batch. Default 8.
+    /// micro-batch. Default 4: 16 sequences as four passes of 4 trained 3–8% faster than two
+    /// of 8 on two cores (`PASS_SIZES=8,4 cargo bench --bench vs_pytorch`; README,
+    /// "Training throughput against PyTorch"); 8 was the default until 2026-11-25 evening.
     pub cpu_pass_size: usize,
     /// Peak learning rate of AdamW. Default 3e-3.
     pub lr: f64,
@@ -100,7 +102,7 @@ impl Default for TrainConfig {
             steps: 300,
             batch_size: 16,
             grad_accum: 1,
-            cpu_pass_size: 8,
+            cpu_pass_size: 4,
             lr: 3e-3,
             min_lr_ratio: 0.1,
             warmup_steps: 30,
