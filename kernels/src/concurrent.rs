@@ -122,6 +122,9 @@ where
                 .insert(i, result);
             done.notify_one();
         });
+        // A panic in `take` (or a job's, resumed below) stops the other threads too: they
+        // would otherwise wait for room forever and the scope for them.
+        let _stop_on_panic = StopOnPanic(&abandoned);
         for (i, job) in jobs.iter().enumerate() {
             let mut waiting = finished
                 .lock()
@@ -135,17 +138,22 @@ where
                     .expect("no thread panicked holding the results");
             };
             drop(waiting);
-            let result = match result {
-                Ok(result) => result,
-                Err(panic) => {
-                    abandoned.store(true, Ordering::Relaxed);
-                    std::panic::resume_unwind(panic);
-                }
-            };
+            let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             take(job, result);
             taken.store(i + 1, Ordering::Release);
         }
     });
+}
+
+/// Sets its flag when dropped during a panic.
+struct StopOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Lanes for independent passes on the CPU: one per thread of rayon's pool
@@ -221,6 +229,17 @@ mod tests {
                 |&x, _| taken.push(x),
             );
             taken
+        });
+        assert!(outcome.is_err());
+    }
+
+    /// A `take` that panics makes the call panic rather than leave the other threads waiting
+    /// for room (`held = 1` keeps them waiting on every job).
+    #[test]
+    fn a_panicking_take_panics_the_caller() {
+        let jobs: Vec<u64> = (0..12).collect();
+        let outcome = std::panic::catch_unwind(|| {
+            run_streaming(&jobs, 2, 1, |&x| x, |&x, _| assert!(x != 3, "take 3 fails"));
         });
         assert!(outcome.is_err());
     }
