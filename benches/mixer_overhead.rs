@@ -10,8 +10,9 @@
 //!
 //! Each timed step includes the mixer's share of the work: fastmix's validation gradient and
 //! probed step (per-source: domain-homogeneous micro-batches each dotted with g_val;
-//! single-pass: traced forward and per-token output gradients), tikmix's and tikmix-m's
-//! per-source passes at their updates, odm's and ado's bookkeeping, doremi's forward passes
+//! single-pass: traced forward and per-token output gradients), tikmix's probed window steps
+//! (or with `influence = "extra-passes"` its per-source passes at updates), tikmix-m's
+//! per-source passes at its updates, odm's and ado's bookkeeping, doremi's forward passes
 //! (both models on fresh samples, or with `excess_from = "step"` the reference on the step's
 //! batch).
 

@@ -244,6 +244,24 @@ mod tests {
         assert!(outcome.is_err());
     }
 
+    /// Called from one of rayon's own threads, the jobs run in windows instead (the caller
+    /// must not block on a result only it could produce): same results, same order.
+    #[test]
+    fn streaming_from_a_pool_thread_takes_the_results_in_order() {
+        let jobs: Vec<u64> = (0..9).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool of 2");
+        let seen = pool.install(|| {
+            assert!(rayon::current_thread_index().is_some());
+            let mut seen = Vec::new();
+            run_streaming(&jobs, 2, 4, |&x| x + 100, |&x, r| seen.push((x, r)));
+            seen
+        });
+        assert_eq!(seen, jobs.iter().map(|&x| (x, x + 100)).collect::<Vec<_>>());
+    }
+
     #[test]
     fn nested_parallel_work_inside_a_job_finishes() {
         use rayon::prelude::*;

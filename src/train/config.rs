@@ -45,7 +45,8 @@ pub struct TrainConfig {
     /// micro-batch of more runs as passes of at most this many (as equal as can be), side by
     /// side on the cores, their gradients summed: the same step, rounded differently. The
     /// split does not depend on the thread count, so neither do the bits. 0: one pass per
-    /// micro-batch (the bits of mixtrain before 2026-11-25). Other backends run one pass per
+    /// micro-batch (the bits of mixtrain before 2026-11-25 for plain steps; a probed step's
+    /// ⟨g_val, g_k⟩ has been summed differently since that evening). Other backends run one pass per
     /// micro-batch. Default 4: 16 sequences as four passes of 4 trained 3–8% faster than two
     /// of 8 on two cores (`PASS_SIZES=8,4 cargo bench --bench vs_pytorch`; README,
     /// "Training throughput against PyTorch"); 8 was the default until 2026-11-25 evening.

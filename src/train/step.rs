@@ -209,7 +209,7 @@ impl<B: TrainBackend> Session<B> {
         // in two makes the count even and its halves a pair ([3, 3, 4, 3, 3] took 112 ms, its
         // plain step 97). The rule reads only the rows, so the bits do not depend on the
         // thread count.
-        if target.is_some() && !single_pass && pass_size > 0 && B::SPLITS_PASSES {
+        if flat_target.is_some() && pass_size > 0 && B::SPLITS_PASSES {
             pair_up_passes(&mut drawn);
         }
         // Single-pass statistics read the step's P ⊙ g_val inside the pass: one at a time.
