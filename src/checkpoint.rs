@@ -288,13 +288,15 @@ fn write_into(snapshot: &Snapshot, tmp: &Path, save_number: usize) -> Result<()>
         std::fs::remove_dir_all(tmp).at(tmp)?;
     }
     std::fs::create_dir_all(tmp).at(tmp)?;
-    let model_path = tmp.join(MODEL);
-    if let Some(e) = fault::checkpoint_write_error(save_number) {
-        return Err(Error::io(model_path, e));
-    }
-    write_safetensors(&model_path, &snapshot.model, &[])?;
+    write_safetensors(&tmp.join(MODEL), &snapshot.model, &[])?;
     fault::checkpoint_phase(save_number, CheckpointPhase::Partial);
-    write_safetensors(&tmp.join(OPTIMIZER), &snapshot.optimizer, &[])?;
+    let optimizer_path = tmp.join(OPTIMIZER);
+    if let Some(e) = fault::checkpoint_write_error(save_number) {
+        // As a disk that fills up mid-file: the model complete, the optimizer file begun.
+        std::fs::write(&optimizer_path, b"partial").at(&optimizer_path)?;
+        return Err(Error::io(optimizer_path, e));
+    }
+    write_safetensors(&optimizer_path, &snapshot.optimizer, &[])?;
     let state_json = serde_json::to_string_pretty(&snapshot.state).expect("TrainState serialises");
     write_synced(&tmp.join(STATE), state_json.as_bytes())?;
     write_done(tmp)?;

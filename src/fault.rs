@@ -9,8 +9,10 @@
 //!   `before-rename` (DONE written, directory still temporary), `after-rename` (complete, older
 //!   checkpoints not yet pruned), `pruning` (an older checkpoint half deleted).
 //! - `checkpoint-write-error=N`: the N-th save fails with "no space left on device" while
-//!   writing its model file.
+//!   writing its optimizer file, after its model file is on disk (part of it written).
 //! - `nonfinite-loss=STEP`: the loss of the first sequence of step STEP (counted from 1) is NaN.
+//! - `nonfinite-grad=STEP`: one element of a parameter's gradient in step STEP is NaN (after
+//!   the sums over ranks, before the gradient norm), the losses stay finite.
 //! - `rank-kill=R:STEP`: in a distributed run, rank R SIGKILLs itself as step STEP begins.
 //! - `rank-stop=R:STEP`: rank R SIGSTOPs itself as step STEP begins (a hung rank).
 
@@ -43,6 +45,7 @@ enum Fault {
     CheckpointKill { phase: CheckpointPhase, save: usize },
     CheckpointWriteError { save: usize },
     NonfiniteLoss { step: usize },
+    NonfiniteGrad { step: usize },
     RankKill { rank: usize, step: usize },
     RankStop { rank: usize, step: usize },
 }
@@ -85,6 +88,9 @@ fn parse(spec: &str) -> std::result::Result<Fault, String> {
         "nonfinite-loss" => Ok(Fault::NonfiniteLoss {
             step: number(value)?,
         }),
+        "nonfinite-grad" => Ok(Fault::NonfiniteGrad {
+            step: number(value)?,
+        }),
         "rank-kill" | "rank-stop" => {
             let (rank, step) = value
                 .split_once(':')
@@ -101,7 +107,7 @@ fn parse(spec: &str) -> std::result::Result<Fault, String> {
         }
         other => Err(format!(
             "unknown fault {other:?} (checkpoint-kill, checkpoint-write-error, nonfinite-loss, \
-             rank-kill, rank-stop)"
+             nonfinite-grad, rank-kill, rank-stop)"
         )),
     }
 }
@@ -138,7 +144,7 @@ pub fn checkpoint_phase(save: usize, phase: CheckpointPhase) {
     }
 }
 
-/// The error a full disk would give while writing this save's model file, if injected.
+/// The error a full disk would give while writing this save's optimizer file, if injected.
 pub fn checkpoint_write_error(save: usize) -> Option<std::io::Error> {
     (fault() == Some(Fault::CheckpointWriteError { save }))
         .then(|| std::io::Error::from_raw_os_error(libc::ENOSPC))
@@ -155,6 +161,11 @@ pub fn before_step(rank: usize, step: usize) {
     unsafe {
         libc::kill(libc::getpid(), signal);
     }
+}
+
+/// True when a gradient of step `step` (from 1) is to be poisoned.
+pub fn nonfinite_grad(step: usize) -> bool {
+    fault() == Some(Fault::NonfiniteGrad { step })
 }
 
 /// True when the loss of step `step` (from 1) is to be poisoned.
@@ -183,11 +194,26 @@ mod tests {
             parse("nonfinite-loss=7"),
             Ok(Fault::NonfiniteLoss { step: 7 })
         );
+        assert_eq!(
+            parse("nonfinite-grad=4"),
+            Ok(Fault::NonfiniteGrad { step: 4 })
+        );
+        assert_eq!(
+            parse("rank-kill=1:13"),
+            Ok(Fault::RankKill { rank: 1, step: 13 })
+        );
+        assert_eq!(
+            parse("rank-stop=0:2"),
+            Ok(Fault::RankStop { rank: 0, step: 2 })
+        );
         for bad in [
             "checkpoint-kill=sideways:1",
             "checkpoint-kill=partial",
             "nonfinite-loss=0",
             "nonfinite-loss=x",
+            "nonfinite-grad=-1",
+            "rank-kill=1",
+            "rank-stop=a:2",
             "explode",
         ] {
             assert!(parse(bad).is_err(), "{bad}");

@@ -151,8 +151,17 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             if cfg.distributed.rank != 0 {
                 return Ok(()); // rank 0 reports the run
             }
+            let how = match summary.resumed {
+                Some(mixtrain::train::Resumed::FromStep(step)) => {
+                    format!(" (resumed from step {step})")
+                }
+                Some(mixtrain::train::Resumed::Restarted) => {
+                    " (restarted from step 0: no complete checkpoint)".to_string()
+                }
+                None => String::new(),
+            };
             println!(
-                "run finished: {} steps in {}",
+                "run finished: {} steps in {}{how}",
                 summary.steps,
                 cfg.run.out_dir.display()
             );

@@ -241,6 +241,45 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for GradNorm<'_, AB::InnerBackend> {
     }
 }
 
+/// Puts a NaN into the first element of the first parameter's gradient that exists: the
+/// `nonfinite-grad` fault (src/fault.rs), so that the non-finite policy is tested on a real
+/// gradient whose losses were finite.
+pub fn poison_first_gradient<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    model: &M,
+    grads: &mut GradientsParams,
+) {
+    let mut visitor = Poison::<AB::InnerBackend> {
+        grads,
+        done: false,
+        backend: std::marker::PhantomData,
+    };
+    model.visit(&mut visitor);
+}
+
+struct Poison<'a, B: Backend> {
+    grads: &'a mut GradientsParams,
+    done: bool,
+    backend: std::marker::PhantomData<B>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Poison<'_, AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        if self.done {
+            return;
+        }
+        let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let dims = grad.dims();
+        let device = grad.device();
+        let flat = grad.reshape([dims.iter().product::<usize>()]);
+        let nan = Tensor::<AB::InnerBackend, 1>::from_floats([f32::NAN], &device);
+        let poisoned = flat.slice_assign([0..1], nan).reshape(dims);
+        self.grads.register(param.id, poisoned);
+        self.done = true;
+    }
+}
+
 /// The global L2 norm of all gradients. One host sync.
 pub fn global_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     model: &M,

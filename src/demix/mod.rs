@@ -172,9 +172,12 @@ fn demix_search<B: TrainBackend>(
     let dm = config.demix.clone();
     let dir = config.run.out_dir.join(DEMIX_DIR);
     let components_dir = dir.join("components");
+    // Two demix searches (or a search and a run) must not write the same directory: the lock
+    // first, so that a refused search creates nothing.
+    let out_dir = &config.run.out_dir;
+    std::fs::create_dir_all(out_dir).at(out_dir)?;
+    let _lock = crate::run_lock::RunLock::acquire(out_dir)?;
     std::fs::create_dir_all(&components_dir).at(&components_dir)?;
-    // Two demix searches (or a search and a run) must not write the same directory.
-    let _lock = crate::run_lock::RunLock::acquire(&config.run.out_dir)?;
     let base = base_config(&config)?;
 
     // The scorer holds the sources and their fixed validation windows; its model is the

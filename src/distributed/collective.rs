@@ -462,10 +462,19 @@ mod tests {
 
     #[test]
     fn sums_in_rank_order_on_every_rank() {
-        let out = with_ranks(3, free_port(), |rank, c| {
+        // Values whose float sum depends on the order: ((r0 + r1) + r2) keeps the 1, every
+        // other grouping loses it to rounding.
+        let f32s = [1e8f32, -1e8, 1.0];
+        let f64s = [1e17f64, -1e17, 1.0];
+        assert_eq!((f32s[0] + f32s[1]) + f32s[2], 1.0);
+        assert_eq!((f32s[0] + f32s[2]) + f32s[1], 0.0);
+        assert_eq!((f32s[1] + f32s[2]) + f32s[0], 0.0);
+        assert_eq!((f64s[0] + f64s[2]) + f64s[1], 0.0);
+        assert_eq!((f64s[1] + f64s[2]) + f64s[0], 0.0);
+        let out = with_ranks(3, free_port(), move |rank, c| {
             let payload = Payload {
-                f32s: vec![rank as f32 + 0.5, 1.0],
-                f64s: vec![10.0f64.powi(rank as i32)],
+                f32s: vec![f32s[rank], 1.0],
+                f64s: vec![f64s[rank]],
             };
             (0..3)
                 .map(|step| c.all_reduce(step, 7, payload.clone()).unwrap())
@@ -473,8 +482,8 @@ mod tests {
         });
         for per_rank in &out {
             for sum in per_rank {
-                assert_eq!(sum.f32s, vec![0.5 + 1.5 + 2.5, 3.0]);
-                assert_eq!(sum.f64s, vec![111.0]);
+                assert_eq!(sum.f32s, vec![1.0, 3.0]);
+                assert_eq!(sum.f64s, vec![1.0]);
             }
         }
     }

@@ -16,5 +16,5 @@ mod step;
 pub use config::{NonFinitePolicy, RunConfig, TrainConfig};
 pub use evaluator::{batch_tensors, Evaluation, Evaluator};
 pub use probe::GradProbe;
-pub use run::{run, RunOptions, RunSummary};
+pub use run::{run, Resumed, RunOptions, RunSummary};
 pub use session::{Session, StepReport};

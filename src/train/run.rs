@@ -49,6 +49,17 @@ pub struct RunSummary {
     /// Final mean validation loss over the target's members.
     pub final_target_loss: f64,
     pub final_weights: Vec<f64>,
+    /// Where a `--resume` continued: the checkpoint's step, or `Restarted` when no complete
+    /// checkpoint existed (`None` for a fresh run).
+    pub resumed: Option<Resumed>,
+}
+
+/// How a `run --resume` began; printed by `mixtrain run` so that a user (and the resume tests)
+/// can tell a resume from a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    FromStep(usize),
+    Restarted,
 }
 
 /// Runs (or resumes) the training run described by `config` on its backend.
@@ -151,7 +162,9 @@ fn train_loop<B: TrainBackend>(
                 resumed_at = Some(state.step);
             }
             None => {
-                tracing::info!("no complete checkpoint yet: restarting the run from step 0");
+                tracing::warn!(
+                    "--resume found no complete checkpoint: restarting the run from step 0"
+                );
                 if let Some(run_dir) = run_dir.as_mut() {
                     run_dir.restart(&config)?;
                 }
@@ -325,6 +338,9 @@ fn train_loop<B: TrainBackend>(
         final_target_loss: final_val.target(&session.target),
         final_val_loss: final_val.sources,
         final_weights: session.mixer.weights().to_vec(),
+        resumed: options
+            .resume
+            .then_some(resumed_at.map_or(Resumed::Restarted, Resumed::FromStep)),
     })
 }
 

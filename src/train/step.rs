@@ -303,6 +303,9 @@ impl<B: TrainBackend> Session<B> {
                 .collect()
         });
 
+        if crate::fault::nonfinite_grad(self.progress.step + 1) {
+            crate::optim::poison_first_gradient(&self.model, &mut grads);
+        }
         let grad_norm = global_grad_norm(&self.model, &grads);
         if !loss.is_finite() || !grad_norm.is_finite() {
             let message = self.nonfinite_message(loss, grad_norm, &sums);

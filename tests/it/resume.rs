@@ -2,12 +2,10 @@
 //! ratios.csv, mixture.json and the final model are byte-identical to an uninterrupted run.
 //! Set MIXTRAIN_KILL_STEP to replay a failing kill step.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{metrics_without_wall, mixtrain, run_ok, tiny_config};
+use crate::common::{assert_resumed_from, metrics_without_wall, mixtrain, run_ok, tiny_config};
 
 fn last_logged_step(metrics: &std::path::Path) -> Option<u64> {
     let text = std::fs::read_to_string(metrics).ok()?;
@@ -27,7 +25,9 @@ fn kill_and_resume(backend: &str, more_sets: &[&str]) {
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("clock after 1970")
                 .subsec_nanos() as u64;
-            3 + nanos % 45
+            // From step 6 on, at least the checkpoint of step 5 is complete: a resume, not a
+            // restart, is what is tested.
+            6 + nanos % 45
         });
     eprintln!(
         "{backend}: killing at step {kill_step} (replay with MIXTRAIN_KILL_STEP={kill_step})"
@@ -82,10 +82,13 @@ fn kill_and_resume(backend: &str, more_sets: &[&str]) {
         "killed before the end (last logged step {logged})"
     );
 
+    let expected = crate::common::newest_complete_checkpoint(&cut.path().join("run/checkpoints"))
+        .expect("a complete checkpoint exists after step 6");
     let mut cmd = mixtrain();
     cmd.arg("run").arg(&cut_cfg).arg("--resume");
     with_sets(&mut cmd);
-    run_ok(&mut cmd);
+    let out = run_ok(&mut cmd);
+    assert_resumed_from(&out, expected);
 
     let (a, b) = (whole.path().join("run"), cut.path().join("run"));
     let ma = metrics_without_wall(&a.join("metrics.jsonl"));
@@ -385,7 +388,7 @@ fn kill_9_then_resume_is_bit_identical_ado_hybrid_trust_region() {
 
 #[test]
 fn kill_9_then_resume_is_bit_identical_fastmix_target_set() {
-    let man = common::repo().join("data/quickstart/man.jsonl");
+    let man = crate::common::repo().join("data/quickstart/man.jsonl");
     let sets = format!(
         "target.sets=[{{ name = \"heldout\", path = \"{}\" }}]",
         man.display()

@@ -1,11 +1,9 @@
 //! Validation-only target sets (`[[target.sets]]`), the hybrid apply, the mixer's warmup and
 //! trust region, on the real binary.
 
-mod common;
-
 use std::path::Path;
 
-use common::{metrics_without_wall, mixtrain, ratio_rows, repo, run_ok, tiny_config};
+use crate::common::{metrics_without_wall, mixtrain, ratio_rows, repo, run_ok, tiny_config};
 
 /// `[[target.sets]]` with one set "heldout" at `path`.
 fn target_set(path: &Path) -> String {

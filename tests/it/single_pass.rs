@@ -2,8 +2,6 @@
 //! step's own backward) against the accumulation-differencing reference, on the quickstart
 //! model, and the mixture trajectories of training runs with either.
 
-mod common;
-
 use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
@@ -32,7 +30,7 @@ fn probed_dots_on<B: TrainBackend>(
         format!("run.out_dir={}", dir.path().join("run").display()),
     ];
     sets.extend(extra.iter().map(|s| s.to_string()));
-    let repo = common::repo();
+    let repo = crate::common::repo();
     std::env::set_current_dir(&repo).unwrap();
     let config = Config::load(Path::new("configs/quickstart.toml"), &sets).unwrap();
     let mut session = Session::<B>::build(config, device).unwrap();
@@ -111,8 +109,8 @@ fn single_pass_on_wgpu_runs_the_kernels_and_equals_accumulation_differencing() {
 fn single_pass_run_follows_the_per_source_trajectory() {
     let ratios = |grad_stats: &str| -> Vec<Vec<f64>> {
         let dir = tempfile::tempdir().unwrap();
-        let config = common::tiny_config(dir.path(), "");
-        common::run_ok(common::mixtrain().args(["run"]).arg(&config).args([
+        let config = crate::common::tiny_config(dir.path(), "");
+        crate::common::run_ok(crate::common::mixtrain().args(["run"]).arg(&config).args([
             "--set",
             "mixer.kind=fastmix",
             "--set",
@@ -120,7 +118,7 @@ fn single_pass_run_follows_the_per_source_trajectory() {
             "--set",
             &format!("mixer.grad_stats={grad_stats}"),
         ]));
-        common::ratio_rows(&dir.path().join("run/ratios.csv"))
+        crate::common::ratio_rows(&dir.path().join("run/ratios.csv"))
     };
     let (reference, single) = (ratios("per-source"), ratios("single-pass"));
     assert_eq!(reference.len(), single.len());

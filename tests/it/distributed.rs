@@ -2,13 +2,11 @@
 //! one-process run with the same global batch to float tolerance, repeat bit for bit, resume
 //! bit for bit, and stop with an error naming the rank when one dies or hangs.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{metrics_without_wall, mixtrain, ratio_rows, run_ok, tiny_config};
+use crate::common::{metrics_without_wall, mixtrain, ratio_rows, run_ok, tiny_config};
 
 /// Sets shared by every run here: fastmix (a probed step before each update, so the sums of
 /// ⟨g_val, g_k⟩ over ranks are exercised), micro-batches of 5 (shares of 2 and 3 sequences).
@@ -255,6 +253,8 @@ fn resume_of_a_two_rank_run_is_bit_identical() {
         "resume failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Rank 0's stdout is launch's: it continued from the checkpoint of step 10.
+    crate::common::assert_resumed_from(&out, 10);
     assert_bit_identical(whole.path(), cut.path());
 }
 
@@ -277,6 +277,7 @@ fn a_two_rank_checkpoint_resumes_on_one_process() {
         stderr.contains("written by 2 rank(s), resuming with 1"),
         "{stderr}"
     );
+    crate::common::assert_resumed_from(&out, 10);
     let (a, b) = (
         ratio_rows(&whole.path().join("run/ratios.csv")),
         ratio_rows(&cut.path().join("run/ratios.csv")),

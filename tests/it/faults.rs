@@ -3,14 +3,12 @@
 //! Kills and errors are placed with `MIXTRAIN_FAULT` (src/fault.rs) so every trial is
 //! reproducible; after each, `--resume` must give the uninterrupted run's bytes.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{metrics_without_wall, mixtrain, run_ok, tiny_config};
+use crate::common::{metrics_without_wall, mixtrain, run_ok, tiny_config};
 
 const STEPS: usize = 40;
 
@@ -122,8 +120,20 @@ fn kills_at_every_phase_of_a_checkpoint_write_resume_bit_identically() {
             "{fault}: the run should have been killed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        run_ok(&mut run_cmd(&cfg, None, true));
         let run = dir.path().join("run");
+        let newest = crate::common::newest_complete_checkpoint(&run.join("checkpoints"));
+        let out = run_ok(&mut run_cmd(&cfg, None, true));
+        // The killed save counts only if its rename happened.
+        let killed_at = save * 5;
+        let expected_from = match phase {
+            "partial" | "before-rename" => (save > 1).then(|| killed_at - 5),
+            _ => Some(killed_at),
+        };
+        assert_eq!(newest, expected_from, "{fault}: checkpoints on disk");
+        match expected_from {
+            Some(step) => crate::common::assert_resumed_from(&out, step),
+            None => crate::common::assert_restarted(&out),
+        }
         assert!(
             outputs(&run) == expected,
             "{fault}: the resumed run differs from the uninterrupted one"
@@ -175,6 +185,18 @@ fn a_second_process_on_a_run_directory_is_refused_naming_the_holder() {
             "not refused at once"
         );
     }
+    // `demix` writes into run.out_dir/demix/: the same lock refuses it.
+    let mut demix = mixtrain();
+    demix.arg("demix").arg(&cfg).args(long);
+    let (_, stderr) = run_failing(&mut demix);
+    assert!(
+        stderr.contains("is in use by another mixtrain process") && stderr.contains(&holder),
+        "demix: {stderr}"
+    );
+    assert!(
+        !dir.path().join("run/demix").exists(),
+        "the refused demix wrote nothing"
+    );
     assert!(
         first.try_wait().unwrap().is_none(),
         "the first run was disturbed"
@@ -237,6 +259,7 @@ fn a_damaged_checkpoint_is_reported_kept_and_skipped_for_the_previous_one() {
         stderr.contains("step_00000040") && stderr.contains("damaged: SHA-256"),
         "{stderr}"
     );
+    crate::common::assert_resumed_from(&out, 35);
     assert!(outputs(&run) == expected, "resumed run differs");
     let aside = run.join("checkpoints/damaged-step_00000040/model.safetensors");
     assert_eq!(
@@ -267,6 +290,7 @@ fn a_full_disk_during_a_checkpoint_fails_clearly_and_keeps_the_earlier_ones() {
     let (_, stderr) = run_failing(&mut run_cmd(&cfg, Some("checkpoint-write-error=3"), false));
     assert!(
         stderr.contains("step_00000015")
+            && stderr.contains("optimizer.safetensors")
             && stderr.contains("No space left on device")
             && stderr.contains("earlier checkpoints are untouched"),
         "{stderr}"
@@ -282,7 +306,8 @@ fn a_full_disk_during_a_checkpoint_fails_clearly_and_keeps_the_earlier_ones() {
         let path = run.join(format!("checkpoints/step_{step:08}"));
         run_ok(mixtrain().arg("eval").arg(&path));
     }
-    run_ok(&mut run_cmd(&cfg, None, true));
+    let out = run_ok(&mut run_cmd(&cfg, None, true));
+    crate::common::assert_resumed_from(&out, 10);
     assert!(outputs(&run) == expected, "resumed run differs");
 }
 
@@ -308,16 +333,27 @@ fn a_nonfinite_loss_stops_the_run_naming_step_and_source_after_saving_the_last_g
     }
 }
 
+/// A NaN inside a gradient tensor (the losses finite) is caught by the gradient norm, with
+/// the same policy as a non-finite loss.
+#[test]
+fn a_nan_gradient_stops_the_run_naming_the_gradient_norm() {
+    let (_ref_dir, expected) = reference_outputs();
+    nonfinite_then_resume_with("nonfinite-grad", 13, "gradient norm is NaN", &expected);
+}
+
 fn nonfinite_then_resume(step: usize, expected: &RunOutputs) {
+    let what = "loss is NaN (non-finite in source(s): ";
+    nonfinite_then_resume_with("nonfinite-loss", step, what, expected);
+}
+
+fn nonfinite_then_resume_with(fault: &str, step: usize, what: &str, expected: &RunOutputs) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let fault = format!("nonfinite-loss={step}");
+    let fault = format!("{fault}={step}");
     let (_, stderr) = run_failing(&mut run_cmd(&cfg, Some(&fault), false));
     let last_good = format!("step_{:08}", step - 1);
     assert!(
-        stderr.contains(&format!(
-            "step {step}: loss is NaN (non-finite in source(s): "
-        )) && stderr.contains(&last_good),
+        stderr.contains(&format!("step {step}: {what}")) && stderr.contains(&last_good),
         "{stderr}"
     );
     let run = dir.path().join("run");
@@ -328,7 +364,8 @@ fn nonfinite_then_resume(step: usize, expected: &RunOutputs) {
         .is_file());
     // The checkpoint holds the state before the step (sampler included): resuming without the
     // fault replays it and ends exactly like a run that never failed.
-    run_ok(&mut run_cmd(&cfg, None, true));
+    let out = run_ok(&mut run_cmd(&cfg, None, true));
+    crate::common::assert_resumed_from(&out, step - 1);
     assert!(
         outputs(&run) == *expected,
         "step {step}: resumed run differs"
@@ -357,6 +394,25 @@ fn skip_mode_drops_nonfinite_steps_and_stops_past_the_limit() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(by_source, 39 * 6 * 32);
+
+    // A NaN in a gradient (losses finite) is dropped the same way and never reaches AdamW's
+    // moments: the run ends with finite losses.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    run_ok(run_cmd(&cfg, Some("nonfinite-grad=13"), false).args(skip));
+    let metrics = metrics_without_wall(&dir.path().join("run/metrics.jsonl"));
+    let line = metrics.iter().find(|m| m["step"] == 13).unwrap();
+    assert!(
+        line["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("gradient norm is NaN"),
+        "{line}"
+    );
+    let last = metrics.last().unwrap();
+    assert_eq!(last["step"], 40);
+    let val = last["val_loss"].as_f64().expect("a final validation loss");
+    assert!(val.is_finite() && val < 6.0, "{last}");
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());

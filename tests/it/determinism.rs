@@ -2,9 +2,7 @@
 //! split over rows) yet must give the same bits for any thread count: bit-identical resume
 //! and reproducible seeds depend on it.
 
-mod common;
-
-use common::{metrics_without_wall, mixtrain, run_ok, tiny_config};
+use crate::common::{metrics_without_wall, mixtrain, run_ok, tiny_config};
 
 /// A quickstart-sized model (large enough that the matrix products are split over threads),
 /// GELU so the fused GELU runs too, a few steps; `extra` config (TOML appended) and

@@ -2,9 +2,7 @@
 //! and TiKMiX must move the largest share of weight, well above uniform, onto that source
 //! within 150 steps. (Prose and legal text help each other, so 'legal' is the harder target.)
 
-mod common;
-
-use common::{mixtrain, run_ok, tiny_config};
+use crate::common::{mixtrain, run_ok, tiny_config};
 
 /// Mean weight of each source over the second half of ratios.csv's rows.
 fn late_weights(ratios: &str) -> (Vec<String>, Vec<f64>) {

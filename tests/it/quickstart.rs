@@ -2,9 +2,7 @@
 //! moved into a temp dir), then `eval`, `plot`, and the exported model. Takes ~4 minutes on
 //! 2 cores: it is the check that the README's first command does what the README says.
 
-mod common;
-
-use common::{metrics_without_wall, mixtrain, repo, run_ok};
+use crate::common::{metrics_without_wall, mixtrain, repo, run_ok};
 
 #[test]
 fn quickstart_trains_and_every_output_is_usable() {

@@ -1,8 +1,6 @@
 //! The CLI end to end on small configs: --set keys, seeds, mixture application, BPE, eval, plot.
 
-mod common;
-
-use common::{metrics_without_wall, mixtrain, run_ok, tiny_config};
+use crate::common::{metrics_without_wall, mixtrain, run_ok, tiny_config};
 use mixtrain::config::Config;
 
 #[test]
@@ -183,7 +181,7 @@ fn trained_bpe_tokenizer_runs() {
 
 #[test]
 fn every_example_config_is_valid() {
-    let dir = common::repo().join("configs");
+    let dir = crate::common::repo().join("configs");
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -329,9 +327,9 @@ fn entropy_seed_starts_from_weights_proportional_to_token_entropy() {
         .map(|i| serde_json::json!({ "text": "abc".repeat(300 + i) }).to_string() + "\n")
         .collect();
     std::fs::write(&repetitive, lines).unwrap();
-    let config = common::tiny_config(dir.path(), "");
+    let config = crate::common::tiny_config(dir.path(), "");
     let out = dir.path().join("run");
-    common::run_ok(common::mixtrain().args(["run"]).arg(&config).args([
+    crate::common::run_ok(crate::common::mixtrain().args(["run"]).arg(&config).args([
         "--set",
         "train.steps=2",
         "--set",
@@ -347,7 +345,7 @@ fn entropy_seed_starts_from_weights_proportional_to_token_entropy() {
         .map(|s| mixture["entropy_nats"][s].as_f64().unwrap())
         .collect();
     let total: f64 = entropy.iter().sum();
-    let row0 = common::ratio_rows(&out.join("ratios.csv")).remove(0);
+    let row0 = crate::common::ratio_rows(&out.join("ratios.csv")).remove(0);
     for (w, h) in row0.iter().zip(&entropy) {
         assert!((w - h / total).abs() < 1e-12, "{row0:?} vs {entropy:?}");
     }

@@ -74,7 +74,7 @@ warmup_steps = 1
     let case_path = dir.path().join("case.json");
     std::fs::write(&case_path, case.to_string()).unwrap();
 
-    let out = Command::new("python3")
+    let out = Command::new(crate::common::python())
         .arg(format!("{repo}/tests/reference_forward.py"))
         .arg(&model_path)
         .arg(&case_path)
@@ -82,7 +82,7 @@ warmup_steps = 1
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "NumPy reference disagrees or could not run (needs numpy and safetensors):\n{}{}",
+        "NumPy reference disagrees or could not run:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -1,9 +1,7 @@
 //! `mixtrain demix` end to end on a tiny config: outputs, reuse of finished components after
 //! an interruption, and runs seeded from the result.
 
-mod common;
-
-use common::{mixtrain, run_ok, tiny_config};
+use crate::common::{mixtrain, run_ok, tiny_config};
 
 const TINY_DEMIX: &str = r#"
 [demix]
@@ -86,7 +84,7 @@ fn demix_writes_its_outputs_resumes_and_seeds_a_run() {
         "--set",
         &format!("mixer.init=demix:{}", demix_dir.display()),
     ]));
-    let row0 = common::ratio_rows(&seeded.join("ratios.csv")).remove(0);
+    let row0 = crate::common::ratio_rows(&seeded.join("ratios.csv")).remove(0);
     for (a, b) in row0.iter().zip(&seed) {
         assert!((a - b).abs() < 1e-12, "{row0:?} vs {seed:?}");
     }

@@ -1,0 +1,175 @@
+//! Helpers for the integration tests: they run the real `mixtrain` binary in temporary
+//! directories, on the bundled quickstart corpus.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn mixtrain() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mixtrain"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A small, fast config over three quickstart sources: seconds per run on 2 cores.
+pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
+    let data = repo().join("data/quickstart");
+    let text = format!(
+        r#"
+[run]
+out_dir = "{out}"
+seed = 7
+
+[data]
+seq_len = 32
+cache_dir = "{cache}"
+[[data.sources]]
+name = "prose"
+path = "{data}/prose.jsonl"
+[[data.sources]]
+name = "code"
+path = "{data}/code.jsonl"
+[[data.sources]]
+name = "legal"
+path = "{data}/legal.jsonl"
+
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_ff = 64
+
+[train]
+steps = 40
+batch_size = 6
+lr = 3e-3
+warmup_steps = 5
+eval_every = 10
+eval_batches = 1
+checkpoint_every = 5
+log_every = 1
+{extra}
+"#,
+        out = dir.join("run").display(),
+        cache = dir.join("cache").display(),
+        data = data.display(),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn mixtrain");
+    assert!(
+        out.status.success(),
+        "mixtrain failed: {}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// metrics.jsonl as JSON values with the wall-clock fields ("wall") removed.
+pub fn metrics_without_wall(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("read metrics.jsonl")
+        .lines()
+        .map(|line| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(line).expect("metrics line is JSON");
+            v.as_object_mut().expect("object").remove("wall");
+            v
+        })
+        .collect()
+}
+
+/// The weight rows of a run's ratios.csv (step column dropped).
+pub fn ratio_rows(path: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(path)
+        .expect("read ratios.csv")
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(1).map(|x| x.parse().unwrap()).collect())
+        .collect()
+}
+
+/// `mixtrain run --resume` printed that it continued from checkpoint `step` (a restart from
+/// step 0 would produce the same files, so the files alone cannot tell).
+pub fn assert_resumed_from(out: &Output, step: usize) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("(resumed from step {step})")),
+        "expected a resume from step {step}, got:\n{stdout}"
+    );
+}
+
+/// The step of the newest checkpoint directory that has its `DONE` marker.
+pub fn newest_complete_checkpoint(dir: &Path) -> Option<usize> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("DONE").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step_")?.parse().ok())
+        .max()
+}
+
+/// `mixtrain run --resume` printed that it found no complete checkpoint and began again.
+pub fn assert_restarted(out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(restarted from step 0"), "{stdout}");
+}
+
+/// The Python packages the golden and export checks import, pinned.
+const PYTHON_PACKAGES: [&str; 2] = ["numpy==2.4.6", "safetensors==0.8.0"];
+
+/// A python3 that can import [`PYTHON_PACKAGES`]: a venv under target/ made on first use
+/// (`python3 -m venv`, then `pip install` of the pinned versions; a stamp file records a
+/// finished install). Panics with what to do when the registry cannot be reached.
+pub fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_python_venv).clone()
+}
+
+fn make_python_venv() -> PathBuf {
+    let venv = repo().join("target/test-venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("mixtrain-packages.txt");
+    let wanted = PYTHON_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return python;
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .output()
+        .expect("python3 runs (the export and golden tests need it)");
+    assert!(
+        made.status.success(),
+        "python3 -m venv {} failed:\n{}",
+        venv.display(),
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let pip = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(PYTHON_PACKAGES)
+        .output()
+        .expect("the venv's python runs");
+    assert!(
+        pip.status.success(),
+        "pip could not install {PYTHON_PACKAGES:?} into {} (is PyPI reachable?):\n{}",
+        venv.display(),
+        String::from_utf8_lossy(&pip.stderr)
+    );
+    std::fs::write(&stamp, wanted).expect("write the venv's stamp");
+    python
+}

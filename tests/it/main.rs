@@ -1,0 +1,19 @@
+//! mixtrain's integration tests, one binary (so burn is linked once): each module is a topic.
+//! Most run the real `mixtrain` binary on the bundled quickstart corpus in temporary
+//! directories (`common`); a few drive the library directly.
+
+mod common;
+
+mod bad_inputs;
+mod cli;
+mod demix;
+mod determinism;
+mod distributed;
+mod export;
+mod faults;
+mod fuzz_readers;
+mod quickstart;
+mod resume;
+mod single_pass;
+mod synthetic;
+mod target_sets;
