@@ -274,7 +274,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Poison<'_, AB::InnerBackend> {
         let device = grad.device();
         let flat = grad.reshape([dims.iter().product::<usize>()]);
         let nan = Tensor::<AB::InnerBackend, 1>::from_floats([f32::NAN], &device);
-        let poisoned = flat.slice_assign([0..1], nan).reshape(dims);
+        let poisoned = flat.slice_assign(0..1, nan).reshape(dims);
         self.grads.register(param.id, poisoned);
         self.done = true;
     }

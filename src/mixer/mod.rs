@@ -213,3 +213,20 @@ pub fn initial_mixture(
         entropy,
     })
 }
+
+/// The mixers' golden numbers, computed by tests/golden/mixers.py (plain Python from the
+/// update rules in docs/design.md) and checked against that script by `.ci/run`.
+#[cfg(test)]
+pub(crate) fn golden(name: &str) -> serde_json::Value {
+    let all: serde_json::Value =
+        serde_json::from_str(include_str!("../../tests/golden/mixers.json")).expect("JSON");
+    all.get(name)
+        .unwrap_or_else(|| panic!("{name} is not in tests/golden/mixers.json"))
+        .clone()
+}
+
+/// A golden case that is one list of numbers.
+#[cfg(test)]
+pub(crate) fn golden_weights(name: &str) -> Vec<f64> {
+    serde_json::from_value(golden(name)).expect("a list of numbers")
+}

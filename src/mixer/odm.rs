@@ -114,7 +114,7 @@ impl Mixer for Odm {
 mod tests {
     use super::*;
 
-    /// Golden numbers (Python): K = 4, after 9 updates R = (1, 0, 0, 0), p = 0.25 each,
+    /// Golden numbers (tests/golden/mixers.py, `odm_one_update`): K = 4, after 9 updates R = (1, 0, 0, 0), p = 0.25 each,
     /// L̄ = (2, 1, 1, 1), a = 0.9: R = (1.7, 0.4, 0.4, 0.4); ε_9 = sqrt(ln 4 / 36) = 0.19624,
     /// ε_10 = sqrt(ln 4 / 40) = 0.18616; p = (1 − 4 ε_10) softmax(ε_9 R) + ε_10
     /// = (0.26297046314188366, 0.24567651228603876, 0.24567651228603876, 0.24567651228603876)
@@ -134,12 +134,8 @@ mod tests {
             tokens_seen: Vec::new(),
         };
         let update = mixer.update(&stats).unwrap();
-        let expected = [
-            0.26297046314188366,
-            0.24567651228603876,
-            0.24567651228603876,
-            0.24567651228603876,
-        ];
+        let expected = crate::mixer::golden_weights("odm_one_update");
+        assert_eq!(update.weights.len(), expected.len());
         for (w, e) in update.weights.iter().zip(expected) {
             assert!((w - e).abs() < 1e-12, "{:?}", update.weights);
         }

@@ -205,7 +205,7 @@ mod tests {
         }
     }
 
-    /// Golden numbers (Python): I = (3, 1, -1), population std = 1.632993161855452,
+    /// Golden numbers (tests/golden/mixers.py, `tikmix_one_update`): I = (3, 1, -1), population std = 1.632993161855452,
     /// p_new = softmax(I / std / 0.5) = (0.91425076, 0.07893424, 0.00681500),
     /// base = 0.5/3 + 0.5 p_new, w = 0.85 base + 0.05
     /// = (0.580223240047721, 0.2252137202013394, 0.19456303975093958)
@@ -218,7 +218,8 @@ mod tests {
         };
         let mut mixer = TikMix::new(config, &[1.0 / 3.0; 3], 0.05);
         let update = mixer.update(&stats(vec![3.0, 1.0, -1.0])).unwrap();
-        let expected = [0.580223240047721, 0.2252137202013394, 0.19456303975093958];
+        let expected = crate::mixer::golden_weights("tikmix_one_update");
+        assert_eq!(update.weights.len(), expected.len());
         for (w, e) in update.weights.iter().zip(expected) {
             assert!((w - e).abs() < 1e-12, "{:?}", update.weights);
         }

@@ -252,7 +252,8 @@ mod tests {
         }
     }
 
-    /// Golden numbers (NumPy, brute force over every split of a depth-1 tree):
+    /// Golden numbers (tests/golden/mixers.py, `tikmix_m_choice_by_pool_order`: brute force
+    /// over every split of a depth-1 tree):
     ///     X = [[1,0],[0,1],[.5,.5],[.8,.2]]; d = [-3,-1,-2,-2.6]; z = (d - d.mean()) / d.std()
     ///     d.std() = 0.7533259586659682, z = [-1.1283, 1.5266, 0.1991, -0.5974]
     ///     SSE by split: w0 <= .25: 0.8928 (best; w1 > .75 is the same partition), w0 <= .65:
@@ -274,13 +275,19 @@ mod tests {
             learning_rate: 1.0,
             min_leaf: 1,
         };
+        let golden: Vec<Vec<f64>> =
+            serde_json::from_value(crate::mixer::golden("tikmix_m_choice_by_pool_order")).unwrap();
         let chosen = regress_and_choose(&history, &pool, params, 2);
-        assert!((chosen[0] - 0.6).abs() < 1e-12 && (chosen[1] - 0.4).abs() < 1e-12);
+        assert!(
+            (chosen[0] - golden[0][0]).abs() < 1e-12 && (chosen[1] - golden[0][1]).abs() < 1e-12
+        );
         // With (.1, .9) first in the pool, it falls in the w0 <= 0.25 leaf (worse) and is
         // never among the top 2.
         let pool = vec![vec![0.1, 0.9], vec![0.9, 0.1], vec![0.3, 0.7]];
         let chosen = regress_and_choose(&history, &pool, params, 2);
-        assert!((chosen[0] - 0.6).abs() < 1e-12 && (chosen[1] - 0.4).abs() < 1e-12);
+        assert!(
+            (chosen[0] - golden[1][0]).abs() < 1e-12 && (chosen[1] - golden[1][1]).abs() < 1e-12
+        );
     }
 
     /// ΔL(w) = |w − w*|² with w* = (.6, .3, .1): the mixture moves toward w*.

@@ -1,5 +1,5 @@
 //! The exported model.safetensors is what the README says: an independent NumPy forward pass
-//! (tests/reference_forward.py, PyTorch layout) reproduces mixtrain's logits. Needs python3
+//! (tests/golden/reference_forward.py, PyTorch layout) reproduces mixtrain's logits. Needs python3
 //! with numpy and safetensors (.ci/run installs them).
 
 use std::process::Command;
@@ -75,7 +75,7 @@ warmup_steps = 1
     std::fs::write(&case_path, case.to_string()).unwrap();
 
     let out = Command::new(crate::common::python())
-        .arg(format!("{repo}/tests/reference_forward.py"))
+        .arg(format!("{repo}/tests/golden/reference_forward.py"))
         .arg(&model_path)
         .arg(&case_path)
         .output()

@@ -1,7 +1,6 @@
-"""Golden numbers of src/mixer/ado.rs `updates_match_the_python_reference`: the ADO update
-(power-law fit on an epsilon grid, credit, preference, smoothing, floor) in plain Python.
-
-    python3 tests/ado_golden.py
+"""ADO's golden numbers (src/mixer/ado.rs `updates_match_the_python_reference`): the ADO
+update (power-law fit on an epsilon grid, credit, preference, smoothing, floor) in plain
+Python. Imported by tests/golden/mixers.py, which writes and checks tests/golden/mixers.json.
 """
 import math
 
@@ -39,7 +38,7 @@ def rate(law, n):
     return alpha * (beta * n ** -alpha) / n
 
 
-def main():
+def weights_after_six_updates():
     k = 4
     gamma1, s, gamma2, min_points, floor = 0.9, 0.5, 0.9, 4, 0.05
     prior = [0.25] * k
@@ -66,7 +65,4 @@ def main():
         smoothed = [gamma2 * a + (1 - gamma2) * b for a, b in zip(smoothed, rho)]
         total = sum(smoothed)
         weights = [(1 - k * floor) * (x / total) + floor for x in smoothed]
-    print([repr(w) for w in weights])
-
-
-main()
+    return weights
