@@ -1,4 +1,4 @@
-//! Fault injection for the reliability tests (`tests/faults.rs`): the environment variable
+//! Fault injection for the reliability tests (`tests/it/faults.rs`): the environment variable
 //! `MIXTRAIN_FAULT` makes a run fail in one chosen, reproducible way, so a test can place a kill
 //! or an error exactly where a real fault could strike. Unset (always, outside tests) it costs
 //! one lookup per checkpoint phase and per step.

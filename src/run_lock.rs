@@ -96,10 +96,18 @@ mod tests {
     #[test]
     fn a_held_lock_refuses_another_holder_naming_the_pid() {
         let dir = tempfile::tempdir().unwrap();
-        let _lock = RunLock::acquire(dir.path()).unwrap();
-        // A second open file description stands for another process.
-        let file = File::open(dir.path().join(LOCK_FILE)).unwrap();
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_ne!(rc, 0);
+        // Another process holds the lock: an open file description of its own, flocked, and
+        // its pid in the file.
+        std::fs::write(dir.path().join(LOCK_FILE), "4242\n").unwrap();
+        let other = File::open(dir.path().join(LOCK_FILE)).unwrap();
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0);
+        let error = RunLock::acquire(dir.path()).err().expect("refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("in use by another mixtrain process (pid 4242)"),
+            "{message}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! by side where the backend gains from it (the CPU: `StatKernels::concurrent_passes`,
 //! `mixtrain_kernels::concurrent`), one after the other elsewhere. The results come back in
 //! job order and callers add them up in that order, so the bits are the same either way
-//! (`tests/determinism.rs`).
+//! (`tests/it/determinism.rs`).
 
 use burn::module::AutodiffModule;
 use mixtrain_kernels::concurrent::{run_concurrently, run_streaming};

@@ -308,11 +308,18 @@ fn doremi_uses_a_given_reference_run() {
         .filter(|m| m.get("mixer").is_some())
         .collect();
     assert_eq!(updates.len(), 3, "updates at steps 2, 4, 6");
+    // The model trains from scratch against a reference 5 steps ahead: its excess loss
+    // (clamped at 0 per token) is positive for the sources, not the clamp's 0 everywhere.
     for m in updates {
         let excess = &m["mixer"]["excess_loss"];
-        for name in ["prose", "code", "legal"] {
-            assert!(excess[name].as_f64().unwrap() >= 0.0, "{m}");
-        }
+        let values: Vec<f64> = ["prose", "code", "legal"]
+            .iter()
+            .map(|name| excess[*name].as_f64().unwrap())
+            .collect();
+        assert!(
+            values.iter().all(|e| e.is_finite()) && values.iter().any(|&e| e > 0.0),
+            "{m}"
+        );
     }
 }
 

@@ -24,6 +24,21 @@ fn weights(value: &serde_json::Value) -> Vec<f64> {
         .collect()
 }
 
+/// Spearman's ρ = 1 − 6 Σ d² / (n (n² − 1)) of (x, y) pairs with distinct values.
+fn spearman_without_ties(pairs: &[(f64, f64)]) -> f64 {
+    let rank = |values: Vec<f64>| -> Vec<f64> {
+        values
+            .iter()
+            .map(|v| values.iter().filter(|w| *w < v).count() as f64)
+            .collect()
+    };
+    let rx = rank(pairs.iter().map(|p| p.0).collect());
+    let ry = rank(pairs.iter().map(|p| p.1).collect());
+    let n = pairs.len() as f64;
+    let d2: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - b).powi(2)).sum();
+    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+}
+
 #[test]
 fn demix_writes_its_outputs_resumes_and_seeds_a_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -36,7 +51,28 @@ fn demix_writes_its_outputs_resumes_and_seeds_a_run() {
             .args(["--validate", "3"]),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Spearman over 3 models"), "{stdout}");
+    // The reported Spearman is the rank correlation of validation.csv's two loss columns.
+    let printed: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("proxy vs trained target loss, Spearman over 3 models: "))
+        .unwrap_or_else(|| panic!("no validation Spearman printed: {stdout}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let rows: Vec<(f64, f64)> = std::fs::read_to_string(demix_dir.join("validation.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<f64> = l.split(',').map(|c| c.parse().unwrap()).collect();
+            (cols[cols.len() - 2], cols[cols.len() - 1])
+        })
+        .collect();
+    let expected = spearman_without_ties(&rows);
+    assert!(
+        (printed - expected).abs() < 5e-4,
+        "{printed} vs {expected}: {rows:?}"
+    );
 
     let mixture = read_json(&demix_dir.join("mixture.json"));
     let seed = weights(&mixture["final"]);

@@ -301,7 +301,13 @@ fn checkpoint_files_never_panic_and_errors_name_the_file() {
         };
         // Errors name the checkpoint directory (and, where one file is at fault, that file).
         let needle = ckpt.display().to_string();
-        fuzz(file, &mut rng, 400, &valid, &path, &needle, read);
+        let (accepted, _) = fuzz(file, &mut rng, 400, &valid, &path, &needle, read);
+        // Every changed byte breaks the file's SHA-256 in DONE; only a mutation that leaves
+        // the digests' meaning intact (DONE's whitespace) may pass.
+        assert!(
+            accepted <= 2,
+            "{file}: {accepted} of 400 damaged copies accepted despite the digests"
+        );
         std::fs::write(&path, &valid).unwrap();
     }
     // The unmodified checkpoint still reads.
@@ -320,7 +326,13 @@ fn checkpoint_files_never_panic_and_errors_name_the_file() {
                 read_safetensors(p).map(|_| ())
             }
         };
-        fuzz(file, &mut rng, 400, &valid, &path, &needle, read);
+        let (_, rejected) = fuzz(file, &mut rng, 400, &valid, &path, &needle, read);
+        // Without digests the readers' own checks catch most damage (a changed float in a
+        // tensor's data is legitimately accepted): 386 and 352 of 400 at the default seed.
+        assert!(
+            rejected > 200,
+            "{file}: only {rejected} of 400 damaged copies rejected"
+        );
         std::fs::write(&path, &valid).unwrap();
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod bad_inputs;
 mod cli;
+mod config_doc;
 mod demix;
 mod determinism;
 mod distributed;
