@@ -3,10 +3,12 @@
 mod config;
 mod evaluator;
 mod measure;
+mod micro;
 mod passes;
 mod probe;
 mod ranks;
 mod reference;
+mod report;
 mod run;
 mod session;
 mod single_pass;

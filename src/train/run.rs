@@ -4,11 +4,15 @@
 use std::io::IsTerminal;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{json, Map, Value};
 
 use super::evaluator::Evaluation;
 use super::reference;
+use super::report::{
+    add_eval_fields, add_mixer_fields, add_train_fields, make_progress, provenance,
+    report_progress, write_mixture,
+};
 use super::session::{Session, StepReport};
 use mixtrain_kernels::StatKernels;
 
@@ -18,8 +22,7 @@ use crate::config::Config;
 use crate::distributed::Collective;
 use crate::error::{Error, Result};
 use crate::export::export_model;
-use crate::mixer::MixerUpdate;
-use crate::mixture_file::{by_name, MixtureFile, MIXTURE_FILE};
+use crate::mixture_file::by_name;
 use crate::rundir::{RunDir, MODEL_FILE};
 
 #[derive(Debug, Clone)]
@@ -79,19 +82,31 @@ impl BackendTask for RunTask {
     }
 }
 
-fn provenance(config: &Config, backend: &str, kernels: &str, device: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!(
-        "# mixtrain {} (git {}), backend {backend} (statistics: {kernels}), device {device}, \
-         started at unix time {now}\n\
-         # resolved config (hash {}); every key is listed with its value",
-        env!("CARGO_PKG_VERSION"),
-        env!("MIXTRAIN_GIT_HASH"),
-        config.hash()
-    )
+/// Everything the loop works on, made by `prepare`.
+struct Run<B: TrainBackend> {
+    config: Config,
+    session: Session<B>,
+    /// Rank 0's run directory (None on the other ranks: only rank 0 writes files).
+    run_dir: Option<RunDir>,
+    /// The checkpoint step a `--resume` continued from: its periodic work is already logged.
+    resumed_at: Option<usize>,
+    names: Vec<String>,
+}
+
+/// What the loop carries from one step to the next.
+struct LoopState {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    /// Tokens trained before this process started (non-zero when resumed): throughput counts
+    /// only this process's work.
+    start_tokens: u64,
+    initial_val_loss: Option<Evaluation>,
+    last_val_loss: Option<Evaluation>,
+    /// The last step's report, logged with the next periodic work (every `train.log_every`).
+    pending_train: Option<StepReport>,
+    last_lr: f64,
+    /// DoReMi's excess losses from the step just before an update (`excess_from = "step"`).
+    step_excess: Option<Vec<Option<f64>>>,
 }
 
 fn train_loop<B: TrainBackend>(
@@ -101,18 +116,55 @@ fn train_loop<B: TrainBackend>(
     backend: &'static str,
 ) -> Result<RunSummary> {
     crate::fault::init()?;
+    let mut run = prepare::<B>(config, &options, device, backend)?;
+    let mut state = LoopState {
+        bar: make_progress(
+            options.progress,
+            run.config.train.steps,
+            run.session.progress.step,
+        ),
+        started: Instant::now(),
+        start_tokens: run.session.progress.tokens,
+        initial_val_loss: None,
+        last_val_loss: None,
+        pending_train: None,
+        last_lr: 0.0,
+        step_excess: None,
+    };
+    loop {
+        let step = run.session.progress.step;
+        if run.resumed_at != Some(step) {
+            periodic_work(&mut run, &mut state, step)?;
+        }
+        if step == run.config.train.steps {
+            break;
+        }
+        crate::fault::before_step(run.config.distributed.rank, step + 1);
+        training_step(&mut run, &mut state)?;
+    }
+    finish(run, state, options.resume)
+}
+
+/// Joins the ranks, builds the session (after the DeMix seed it may start from and with the
+/// DoReMi reference it may need), opens or creates the run directory, and on `--resume`
+/// restores the newest intact checkpoint. Rank 0 prepares everything that writes files
+/// while the other ranks wait; they then read what it wrote.
+fn prepare<B: TrainBackend>(
+    config: Config,
+    options: &RunOptions,
+    device: B::Device,
+    backend: &'static str,
+) -> Result<Run<B>> {
     let device_name = format!("{device:?}");
     // Which implementation the cross-entropy and single-pass statistics run on: the CubeCL
     // kernels on wgpu/cuda, the plain-tensor references on the CPU.
     let kernels = <B as StatKernels>::IMPL.name();
     let distributed = &config.distributed;
+    let leader = distributed.rank == 0;
     let mut collective = distributed
         .is_distributed()
         .then(|| Collective::join(distributed, &config.hash()))
         .transpose()?;
-    // Rank 0 prepares everything that writes files (data cache, seed mixture, reference model,
-    // run directory) while the other ranks wait; they then read what it wrote.
-    let leader = distributed.rank == 0;
     if let (Some(collective), false) = (collective.as_mut(), leader) {
         collective.barrier(0, 0, distributed.join_timeout())?;
     }
@@ -138,53 +190,14 @@ fn train_loop<B: TrainBackend>(
         )?),
         (None, false) => None,
     };
+    let resumed_at = match options.resume {
+        true => resume(&mut session, run_dir.as_mut(), &config, leader)?,
+        false => None,
+    };
+    if let Some(collective) = collective.take() {
+        session.collective = Some(start_ranks(collective, &session, leader, distributed)?);
+    }
     let names = session.source_names();
-    let total = config.train.steps;
-    let train = &config.train;
-
-    // On resume, the periodic work of the checkpoint's step is already in the logs.
-    let mut resumed_at = None;
-    if options.resume {
-        let checkpoints_dir = config.run.out_dir.join(crate::rundir::CHECKPOINTS_DIR);
-        // Damaged checkpoints are set aside first (by rank 0), so that tidying never prunes
-        // the intact one the run falls back to.
-        let newest = checkpoint::newest_intact(&checkpoints_dir, leader)?;
-        if leader {
-            checkpoint::tidy(&checkpoints_dir, train.keep_checkpoints)?;
-        }
-        match newest {
-            Some((_, dir)) => {
-                let state = session.restore_checkpoint(&dir)?;
-                if let Some(run_dir) = run_dir.as_mut() {
-                    run_dir.truncate_logs(state.metrics_bytes, state.ratios_bytes)?;
-                }
-                tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
-                resumed_at = Some(state.step);
-            }
-            None => {
-                tracing::warn!(
-                    "--resume found no complete checkpoint: restarting the run from step 0"
-                );
-                if let Some(run_dir) = run_dir.as_mut() {
-                    run_dir.restart(&config)?;
-                }
-            }
-        }
-    }
-    if let (Some(collective), true) = (collective.as_mut(), leader) {
-        // The run directory is ready (and on resume tidied): the other ranks may read it.
-        collective.barrier(0, 0, distributed.join_timeout())?;
-    }
-    if let Some(mut collective) = collective.take() {
-        // Every rank has its state now: check that they start from the same step and mixture.
-        let check = crate::distributed::mixture_check(session.mixer.weights());
-        collective.barrier(
-            session.progress.step as u64,
-            check,
-            distributed.join_timeout(),
-        )?;
-        session.collective = Some(collective);
-    }
     tracing::info!(
         backend,
         kernels,
@@ -193,124 +206,193 @@ fn train_loop<B: TrainBackend>(
         sources = %names.join(","),
         "training"
     );
+    Ok(Run {
+        config,
+        session,
+        run_dir,
+        resumed_at,
+        names,
+    })
+}
 
-    let progress = make_progress(options.progress, total, session.progress.step);
-    let started = Instant::now();
-    // Tokens trained before this process started (non-zero when resumed): throughput counts
-    // only this process's work.
-    let start_tokens = session.progress.tokens;
-    let mut initial_val_loss = None;
-    let mut last_val_loss = None;
-    let mut pending_train: Option<StepReport> = None;
-    let mut last_lr = 0.0;
-    // DoReMi's excess losses from the step just before an update (`excess_from = "step"`).
-    let mut step_excess: Option<Vec<Option<f64>>> = None;
-    loop {
-        let step = session.progress.step;
-        if resumed_at != Some(step) {
-            let mut record = Map::new();
-            record.insert("step".into(), json!(step));
-            record.insert("tokens".into(), json!(session.progress.tokens));
-            if let Some(report) = pending_train.take() {
-                add_train_fields(&mut record, &report, &names);
-                record.insert(
-                    "tokens_by_source".into(),
-                    by_name(&names, session.progress.tokens_by_source.iter().copied()),
-                );
-            }
-            if step % train.eval_every == 0 || step == total {
-                let val = session.evaluate_over_ranks()?;
-                add_eval_fields(&mut record, &val, &session);
-                if step == 0 {
-                    initial_val_loss = Some(val.clone());
-                }
-                last_val_loss = Some(val);
-            }
-            if step == 0 {
-                if let Some(run_dir) = run_dir.as_mut() {
-                    run_dir.write_ratios(0, session.mixer.weights())?;
-                }
-            } else if config.mixer.updates_at(step, total) {
-                // Every rank updates its mixer from the same sums: the mixtures stay equal.
-                let excess = step_excess.take();
-                if let Some(update) = session.mixer_update(last_lr, excess)? {
-                    if let Some(run_dir) = run_dir.as_mut() {
-                        run_dir.write_ratios(step, &update.weights)?;
-                    }
-                    add_mixer_fields(&mut record, &update, &names);
-                }
-            }
-            if let (Some(run_dir), true) = (run_dir.as_mut(), record.len() > 2) {
-                let elapsed = started.elapsed().as_secs_f64();
-                let tokens_done = (session.progress.tokens - start_tokens) as f64;
-                record.insert(
-                    "wall".into(),
-                    json!({ "elapsed_s": elapsed, "tokens_per_s": tokens_done / elapsed.max(1e-9) }),
-                );
-                run_dir.write_metrics(&Value::Object(record))?;
-            }
-            let checkpoint_due = step == total
-                || (train.checkpoint_every > 0 && step > 0 && step % train.checkpoint_every == 0);
-            if let (Some(run_dir), true) = (run_dir.as_mut(), checkpoint_due) {
-                let lengths = run_dir.flush()?;
-                session.save_checkpoint(
-                    &run_dir.checkpoints_dir(),
-                    lengths,
-                    train.keep_checkpoints,
-                )?;
-            }
+/// Restores the newest intact checkpoint and cuts the logs back to it; returns its step, or
+/// None (the run restarts from step 0) when no complete checkpoint exists yet.
+fn resume<B: TrainBackend>(
+    session: &mut Session<B>,
+    run_dir: Option<&mut RunDir>,
+    config: &Config,
+    leader: bool,
+) -> Result<Option<usize>> {
+    let checkpoints_dir = config.run.out_dir.join(crate::rundir::CHECKPOINTS_DIR);
+    // Damaged checkpoints are set aside first (by rank 0), so that tidying never prunes the
+    // intact one the run falls back to.
+    let newest = checkpoint::newest_intact(&checkpoints_dir, leader)?;
+    if leader {
+        checkpoint::tidy(&checkpoints_dir, config.train.keep_checkpoints)?;
+    }
+    let Some((_, dir)) = newest else {
+        tracing::warn!("--resume found no complete checkpoint: restarting the run from step 0");
+        if let Some(run_dir) = run_dir {
+            run_dir.restart(config)?;
         }
-        if step == total {
-            break;
+        return Ok(None);
+    };
+    let state = session.restore_checkpoint(&dir)?;
+    if let Some(run_dir) = run_dir {
+        run_dir.truncate_logs(state.metrics_bytes, state.ratios_bytes)?;
+    }
+    tracing::info!(step = state.step, checkpoint = %dir.display(), "resumed");
+    Ok(Some(state.step))
+}
+
+/// Lets the other ranks read what rank 0 prepared, then checks that every rank starts from
+/// the same step and mixture.
+fn start_ranks<B: TrainBackend>(
+    mut collective: Collective,
+    session: &Session<B>,
+    leader: bool,
+    distributed: &crate::distributed::DistributedConfig,
+) -> Result<Collective> {
+    if leader {
+        // The run directory is ready (and on resume tidied): the other ranks may read it.
+        collective.barrier(0, 0, distributed.join_timeout())?;
+    }
+    let check = crate::distributed::mixture_check(session.mixer.weights());
+    collective.barrier(
+        session.progress.step as u64,
+        check,
+        distributed.join_timeout(),
+    )?;
+    Ok(collective)
+}
+
+/// The periodic work of `step`, before its training step: evaluate, update the mixture, log
+/// one metrics line, checkpoint; each when due.
+fn periodic_work<B: TrainBackend>(
+    run: &mut Run<B>,
+    state: &mut LoopState,
+    step: usize,
+) -> Result<()> {
+    let session = &mut run.session;
+    let (train, total) = (&run.config.train, run.config.train.steps);
+    let mut record = Map::new();
+    record.insert("step".into(), json!(step));
+    record.insert("tokens".into(), json!(session.progress.tokens));
+    if let Some(report) = state.pending_train.take() {
+        add_train_fields(&mut record, &report, &run.names);
+        let tokens = session.progress.tokens_by_source.iter().copied();
+        record.insert("tokens_by_source".into(), by_name(&run.names, tokens));
+    }
+    if step.is_multiple_of(train.eval_every) || step == total {
+        let val = session.evaluate_over_ranks()?;
+        add_eval_fields(&mut record, &val, session);
+        if step == 0 {
+            state.initial_val_loss = Some(val.clone());
         }
-        crate::fault::before_step(config.distributed.rank, step + 1);
-        let mut report = match session.train_step() {
-            Ok(report) => report,
-            Err(Error::NonFinite { step, message }) if run_dir.is_some() => {
-                // The step was not applied: the session holds the last good state.
-                let run_dir = run_dir.as_mut().expect("checked by the guard");
-                let lengths = run_dir.flush()?;
-                let saved = session.save_checkpoint(
-                    &run_dir.checkpoints_dir(),
-                    lengths,
-                    train.keep_checkpoints,
-                )?;
-                return Err(Error::NonFinite {
-                    step,
-                    message: format!(
-                        "{message}. The last good state (step {}) is checkpoint {}",
-                        session.progress.step,
-                        saved.display()
-                    ),
-                });
+        state.last_val_loss = Some(val);
+    }
+    if step == 0 {
+        if let Some(run_dir) = run.run_dir.as_mut() {
+            run_dir.write_ratios(0, session.mixer.weights())?;
+        }
+    } else if run.config.mixer.updates_at(step, total) {
+        // Every rank updates its mixer from the same sums: the mixtures stay equal.
+        let excess = state.step_excess.take();
+        if let Some(update) = session.mixer_update(state.last_lr, excess)? {
+            if let Some(run_dir) = run.run_dir.as_mut() {
+                run_dir.write_ratios(step, &update.weights)?;
             }
-            Err(e) => return Err(e),
-        };
-        last_lr = report.lr;
-        step_excess = report.excess_loss.take();
-        report_progress(&progress, &session, &report, started, start_tokens, &config);
-        if let Some(reason) = &report.skipped {
-            tracing::warn!(step = session.progress.step, "step skipped: {reason}");
-        }
-        if session.progress.step % train.log_every == 0 || report.skipped.is_some() {
-            pending_train = Some(report);
+            add_mixer_fields(&mut record, &update, &run.names);
         }
     }
-    if let Some(bar) = &progress {
+    let Some(run_dir) = run.run_dir.as_mut() else {
+        return Ok(());
+    };
+    if record.len() > 2 {
+        let elapsed = state.started.elapsed().as_secs_f64();
+        let tokens_done = (session.progress.tokens - state.start_tokens) as f64;
+        record.insert(
+            "wall".into(),
+            json!({ "elapsed_s": elapsed, "tokens_per_s": tokens_done / elapsed.max(1e-9) }),
+        );
+        run_dir.write_metrics(&Value::Object(record))?;
+    }
+    let checkpoint_due = step == total
+        || (train.checkpoint_every > 0 && step > 0 && step.is_multiple_of(train.checkpoint_every));
+    if checkpoint_due {
+        let lengths = run_dir.flush()?;
+        session.save_checkpoint(&run_dir.checkpoints_dir(), lengths, train.keep_checkpoints)?;
+    }
+    Ok(())
+}
+
+/// One training step. A non-finite step was not applied: rank 0 checkpoints the last good
+/// state and the error names it.
+fn training_step<B: TrainBackend>(run: &mut Run<B>, state: &mut LoopState) -> Result<()> {
+    let session = &mut run.session;
+    let train = &run.config.train;
+    let mut report = match (session.train_step(), run.run_dir.as_mut()) {
+        (Ok(report), _) => report,
+        (Err(Error::NonFinite { step, message }), Some(run_dir)) => {
+            let lengths = run_dir.flush()?;
+            let saved = session.save_checkpoint(
+                &run_dir.checkpoints_dir(),
+                lengths,
+                train.keep_checkpoints,
+            )?;
+            return Err(Error::NonFinite {
+                step,
+                message: format!(
+                    "{message}. The last good state (step {}) is checkpoint {}",
+                    session.progress.step,
+                    saved.display()
+                ),
+            });
+        }
+        (Err(e), _) => return Err(e),
+    };
+    state.last_lr = report.lr;
+    state.step_excess = report.excess_loss.take();
+    report_progress(
+        &state.bar,
+        session,
+        &report,
+        state.started,
+        state.start_tokens,
+        &run.config,
+    );
+    if let Some(reason) = &report.skipped {
+        tracing::warn!(step = session.progress.step, "step skipped: {reason}");
+    }
+    if session.progress.step.is_multiple_of(train.log_every) || report.skipped.is_some() {
+        state.pending_train = Some(report);
+    }
+    Ok(())
+}
+
+/// Writes mixture.json and the model (rank 0), closes the ranks' link, logs the final
+/// losses and returns the summary `mixtrain run` prints.
+fn finish<B: TrainBackend>(
+    mut run: Run<B>,
+    state: LoopState,
+    resume_asked: bool,
+) -> Result<RunSummary> {
+    if let Some(bar) = &state.bar {
         bar.finish_and_clear();
     }
-    if let Some(run_dir) = run_dir.as_mut() {
+    let session = &mut run.session;
+    if let Some(run_dir) = run.run_dir.as_mut() {
         run_dir.flush()?;
-        write_mixture(run_dir, &session, &names)?;
+        write_mixture(run_dir, session, &run.names)?;
+        let model_path = run_dir.path.join(MODEL_FILE);
         export_model(
-            &run_dir.path.join(MODEL_FILE),
+            &model_path,
             &session.model,
-            &config.model,
+            &run.config.model,
             session.vocab_size,
         )?;
     }
-
-    let final_val = match last_val_loss {
+    let final_val = match state.last_val_loss {
         Some(v) => v,
         None => session.evaluate_over_ranks()?,
     };
@@ -325,142 +407,20 @@ fn train_loop<B: TrainBackend>(
             "all-reduce"
         );
     }
-    for (name, loss) in names.iter().zip(&final_val.sources) {
+    for (name, loss) in run.names.iter().zip(&final_val.sources) {
         tracing::info!(source = %name, val_loss = format!("{loss:.4}"), "final");
     }
     for (set, loss) in session.target_sets.iter().zip(&final_val.sets) {
         tracing::info!(target_set = %set.name, val_loss = format!("{loss:.4}"), "final");
     }
     Ok(RunSummary {
-        steps: total,
-        sources: names,
-        initial_val_loss: initial_val_loss.map(|v| v.sources),
+        steps: run.config.train.steps,
         final_target_loss: final_val.target(&session.target),
+        sources: run.names,
+        initial_val_loss: state.initial_val_loss.map(|v| v.sources),
         final_val_loss: final_val.sources,
         final_weights: session.mixer.weights().to_vec(),
-        resumed: options
-            .resume
-            .then_some(resumed_at.map_or(Resumed::Restarted, Resumed::FromStep)),
+        resumed: resume_asked
+            .then_some(run.resumed_at.map_or(Resumed::Restarted, Resumed::FromStep)),
     })
-}
-
-fn add_train_fields(record: &mut Map<String, Value>, report: &StepReport, names: &[String]) {
-    if let Some(reason) = &report.skipped {
-        record.insert("skipped".into(), json!(reason));
-    }
-    record.insert("lr".into(), json!(report.lr));
-    record.insert("train_loss".into(), json!(report.loss));
-    record.insert(
-        "train_loss_by_source".into(),
-        by_name(names, report.loss_by_source.iter().copied()),
-    );
-    record.insert("grad_norm".into(), json!(report.grad_norm));
-}
-
-/// `val_loss` (mean over training sources), `val_loss_by_source`, `target_val_loss` (mean over
-/// the target's members) and, with target sets, `val_loss_by_target_set`.
-fn add_eval_fields<B: TrainBackend>(
-    record: &mut Map<String, Value>,
-    val: &Evaluation,
-    session: &Session<B>,
-) {
-    record.insert("val_loss".into(), json!(val.mean()));
-    record.insert(
-        "val_loss_by_source".into(),
-        by_name(&session.source_names(), val.sources.iter().copied()),
-    );
-    if !session.target_sets.is_empty() {
-        let set_names: Vec<String> = session.target_sets.iter().map(|s| s.name.clone()).collect();
-        record.insert(
-            "val_loss_by_target_set".into(),
-            by_name(&set_names, val.sets.iter().copied()),
-        );
-    }
-    record.insert("target_val_loss".into(), json!(val.target(&session.target)));
-}
-
-fn add_mixer_fields(record: &mut Map<String, Value>, update: &MixerUpdate, names: &[String]) {
-    let mut mixer = Map::new();
-    mixer.insert(
-        "weights".into(),
-        by_name(names, update.weights.iter().copied()),
-    );
-    if let Some((signal, values)) = &update.signal {
-        mixer.insert((*signal).into(), by_name(names, values.iter().copied()));
-    }
-    record.insert("mixer".into(), Value::Object(mixer));
-}
-
-fn write_mixture<B: TrainBackend>(
-    run_dir: &RunDir,
-    session: &Session<B>,
-    names: &[String],
-) -> Result<()> {
-    let steps = session.progress.step.max(1) as f64;
-    let initial = &session.initial;
-    let time_averaged: Vec<f64> = session
-        .progress
-        .weight_sums
-        .iter()
-        .map(|w| w / steps)
-        .collect();
-    let mut file = MixtureFile::new(names, session.mixer.weights())
-        .with("time_averaged", by_name(names, time_averaged))
-        .with("initial", by_name(names, initial.weights.iter().copied()))
-        .with("init", json!(initial.method))
-        .with("steps", json!(session.progress.step))
-        .with(
-            "tokens_by_source",
-            by_name(names, session.progress.tokens_by_source.iter().copied()),
-        );
-    if let Some(entropy) = &initial.entropy {
-        file = file.with("entropy_nats", by_name(names, entropy.iter().copied()));
-    }
-    file.write(&run_dir.path.join(MIXTURE_FILE))
-}
-
-fn make_progress(enabled: bool, total: usize, start: usize) -> Option<ProgressBar> {
-    if !enabled {
-        return None;
-    }
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  elapsed {elapsed_precise}  eta {eta_precise}",
-        )
-        .expect("the template is valid"),
-    );
-    bar.set_position(start as u64);
-    Some(bar)
-}
-
-fn report_progress<B: TrainBackend>(
-    bar: &Option<ProgressBar>,
-    session: &Session<B>,
-    report: &StepReport,
-    started: Instant,
-    start_tokens: u64,
-    config: &Config,
-) {
-    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    let tokens_per_s = (session.progress.tokens - start_tokens) as f64 / elapsed;
-    match bar {
-        Some(bar) => {
-            bar.set_position(session.progress.step as u64);
-            bar.set_message(format!(
-                "loss {:.4}  {:.0} tok/s",
-                report.loss, tokens_per_s
-            ));
-        }
-        None if session.progress.step.is_multiple_of(config.train.log_every) => {
-            tracing::info!(
-                step = session.progress.step,
-                loss = format!("{:.4}", report.loss),
-                tokens_per_s = format!("{tokens_per_s:.0}"),
-                lr = format!("{:.2e}", report.lr),
-                "train"
-            );
-        }
-        None => {}
-    }
 }

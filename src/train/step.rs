@@ -1,41 +1,42 @@
-//! One training step, built from micro-steps: draw the step's sequences from the mixture,
-//! forward/backward each micro-batch with per-sequence loss weights (`PassContext::run`, side
-//! by side on the CPU: `passes`), accumulate,
-//! check that the step is finite, clip, AdamW. Before a mixer update whose mixer asks for
+//! One training step in four parts: plan (draw the step's sources from the mixture, lay out
+//! its micro-batches), run passes (forward/backward of each with per-sequence loss weights,
+//! `PassContext::run`, side by side on the CPU: `passes`; losses and statistics summed in
+//! `StepSums`), reduce (sums over ranks), apply (finite check and its policy, clip, AdamW,
+//! counters). Before a mixer update whose mixer asks for
 //! ⟨g_val, g_k⟩ the step is probed and returns the measurement in its report.
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::prelude::*;
 
-use super::evaluator::batch_tensors;
-use super::measure::excess_by_sequence;
+use super::micro::{
+    micro_batch_ranges, pair_up_passes, sequence_weights, MicroBatch, MicroOut, MicroProbe,
+    PassContext, StepSums,
+};
 use super::passes::{backward_passes, split_into_passes};
 use super::probe::{grad_dot, FlatGrads, GradProbe, ProbeWindow};
-use super::single_pass::SinglePass;
 use super::{NonFinitePolicy, Session, StepReport};
 use crate::backend::TrainBackend;
 use crate::error::{Error, Result};
-use crate::mixer::{ApplyMode, ExcessSpec, GradStats};
-use crate::model::{token_losses, Gpt, Trace};
+use crate::mixer::{ExcessSpec, GradStats};
+use crate::model::Gpt;
 use crate::optim::{global_grad_norm, lr_at};
 
-/// What one micro-batch's forward and backward produced.
-struct MicroOut<B: TrainBackend> {
-    grads: GradientsParams,
-    /// Mean token loss of each sequence. [n]
-    seq_loss: Vec<f32>,
-    probe: MicroProbe<B>,
-    /// Per sequence, Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), when the step measures it.
-    excess: Option<Vec<f32>>,
-}
-
-/// A micro-batch's share of ⟨g_val, g_k⟩.
-enum MicroProbe<B: TrainBackend> {
-    None,
-    /// ⟨g_val, this micro-batch's gradient⟩; all its sequences are of one source.
-    Homogeneous(f64),
-    /// Per source, from the traced backward. [k]
-    SinglePass(Tensor<B::InnerBackend, 1>),
+/// What `plan_step` decides before any pass runs.
+struct StepPlan {
+    lr: f64,
+    /// The mixture the step draws from. [k]
+    weights: Vec<f64>,
+    /// Each sequence's source, sorted by source. [n]
+    sources: Vec<usize>,
+    /// Sequences of each source. [k]
+    counts: Vec<usize>,
+    /// Each sequence's loss weight (`sequence_weights`). [n]
+    seq_weights: Vec<f64>,
+    /// Σ of the step's loss weights.
+    weight_total: f64,
+    /// The micro-batches' rows of `sources`.
+    ranges: Vec<std::ops::Range<usize>>,
+    /// A probed step measures ⟨g_val, g_k⟩ from its traced backward (`grad_stats`).
+    single_pass: bool,
 }
 
 impl<B: TrainBackend> Session<B> {
@@ -117,26 +118,35 @@ impl<B: TrainBackend> Session<B> {
         self.step_from(probe.as_ref(), false, sampler_before)
     }
 
-    /// The step itself; with `excess`, it also measures DoReMi's excess losses on its
-    /// sequences (returned in the report's `excess_loss`). `sampler_before` is the sampler as
-    /// it was before this step (and its probe), restored if the step turns out non-finite and
-    /// the run stops: its checkpoint then replays this very step.
+    /// The step itself, as four parts: plan it (`plan_step`), run its passes (`run_passes`),
+    /// sum over ranks (`reduce_step`), apply it (`apply_step`). With `excess`, it also
+    /// measures DoReMi's excess losses on its sequences (returned in the report's
+    /// `excess_loss`). `sampler_before` is the sampler as it was before this step (and its
+    /// probe), restored if the step turns out non-finite and the run stops: its checkpoint
+    /// then replays this very step.
     fn step_from(
         &mut self,
         probe: Option<&GradProbe>,
         excess: bool,
         sampler_before: crate::data::SamplerState,
     ) -> Result<StepReport> {
+        let plan = self.plan_step(probe.is_some());
+        let mut sums = StepSums::new(plan.weights.len());
+        let passes = self.draw_passes(&plan, probe.is_some(), &mut sums);
+        let grads = self.run_passes(&plan, passes, probe, excess, &mut sums);
+        let grads = self.reduce_step(grads, &mut sums, excess)?;
+        self.apply_step(&plan, grads, sums, probe.is_some(), excess, sampler_before)
+    }
+
+    /// Draws the step's sources from the mixture and lays out its micro-batches.
+    fn plan_step(&mut self, probed: bool) -> StepPlan {
         let train = &self.config.train;
         let apply = self.config.mixer.apply;
-        let (policy, max_skipped) = (train.on_nonfinite, train.max_skipped_steps);
-        let step_sequences = train.batch_size * train.grad_accum;
-        let batch_size = train.batch_size;
-        let lr = lr_at(self.progress.step, train);
         let weights = self.mixer.weights().to_vec();
-        let k = weights.len();
-        let sources = self.sampler.draw_sources(&weights, apply, step_sequences);
-        let mut counts = vec![0usize; k]; // sequences of each source in this step
+        let sources =
+            self.sampler
+                .draw_sources(&weights, apply, train.batch_size * train.grad_accum);
+        let mut counts = vec![0usize; weights.len()];
         for &s in &sources {
             counts[s] += 1;
         }
@@ -145,51 +155,49 @@ impl<B: TrainBackend> Session<B> {
         // Σ_i w_i ℓ_i / Σ_i w_i.
         let weight_total: f64 = seq_weights.iter().sum();
         // Per-source statistics from the step's own backward need no homogeneous micro-batches.
-        let single_pass = probe.is_some() && self.config.mixer.grad_stats == GradStats::SinglePass;
-        let ranges = micro_batch_ranges(&sources, batch_size, probe.is_some() && !single_pass);
-        let head = self.head_name();
-        let target = probe.map(|p| p.step_target(&self.model, head, &self.optim));
-        // Per-source passes dot their gradient with the target where they run.
-        let flat_target = match (&target, single_pass) {
-            (Some(target), false) => Some(FlatGrads::of(&self.model, target)),
-            _ => None,
-        };
+        let single_pass = probed && self.config.mixer.grad_stats == GradStats::SinglePass;
+        let ranges = micro_batch_ranges(&sources, train.batch_size, probed && !single_pass);
+        StepPlan {
+            lr: lr_at(self.progress.step, train),
+            weights,
+            sources,
+            counts,
+            seq_weights,
+            weight_total,
+            ranges,
+            single_pass,
+        }
+    }
 
-        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
-        let mut loss = 0.0;
-        let mut sums = vec![(0.0f64, 0u64); k];
-        // Per source: Σ over its sequences' tokens of max(ℓ_θ − ℓ_ref, 0), with `excess`.
-        let mut excess_sums = vec![0.0f64; k];
-        // Per source: Σ ⟨g_val, Δ buffer⟩ and Σ w_i of its sequences.
-        let mut dots = vec![(0.0f64, 0.0f64); k];
-        // Single-pass: Σ over micro-batches of the per-source dots, kept on the device and read
-        // once after the last micro-batch. [k]
-        let mut single_pass_dots: Option<Tensor<B::InnerBackend, 1>> = None;
-        // Every micro-batch is drawn first, in order (the sampler's draws are those of one
-        // micro-batch after another), then their forward/backward passes run: side by side on
-        // the CPU (`passes::backward_passes`). What they return is added up in pass order
-        // either way, so the step's bits do not depend on how many ran at once.
+    /// Every micro-batch drawn first, in order (the sampler's draws are those of one
+    /// micro-batch after another): this rank's rows of each, as passes of at most
+    /// `train.cpu_pass_size` rows on the CPU. A probed step's Σ w_i per source goes to `sums`.
+    fn draw_passes(
+        &mut self,
+        plan: &StepPlan,
+        probed: bool,
+        sums: &mut StepSums<B>,
+    ) -> Vec<MicroBatch> {
         let pass_size = self.config.train.cpu_pass_size;
-        let mut drawn = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            let micro = &sources[range.clone()];
-            let micro_weights = &seq_weights[range.clone()];
+        let mut drawn = Vec::with_capacity(plan.ranges.len());
+        for range in &plan.ranges {
+            let micro = &plan.sources[range.clone()];
+            let micro_weights = &plan.seq_weights[range.clone()];
             // Σ w_i per source over the whole micro-batch: the same on every rank.
-            if probe.is_some() && single_pass {
+            if probed && plan.single_pass {
                 for (&s, &w) in micro.iter().zip(micro_weights) {
-                    dots[s].1 += w;
+                    sums.dots[s].1 += w;
                 }
-            } else if probe.is_some() {
-                dots[micro[0]].1 += micro_weights.iter().sum::<f64>();
+            } else if probed {
+                sums.dots[micro[0]].1 += micro_weights.iter().sum::<f64>();
             }
             // A distributed rank trains on its share of every micro-batch; the sums over ranks
-            // below make the step the same as one process training on all of it.
+            // make the step the same as one process training on all of it.
             let mine = self.my_rows(micro.len());
             let batch = self.sampler.fill_share(micro, &self.sources, mine.clone());
             if mine.is_empty() {
                 continue;
             }
-            // On the CPU, passes of at most `train.cpu_pass_size` rows.
             let mut first_row = mine.start;
             for batch in split_into_passes::<B>(batch, pass_size) {
                 let at = first_row..first_row + batch.len();
@@ -202,61 +210,48 @@ impl<B: TrainBackend> Session<B> {
                 });
             }
         }
+        drawn
+    }
+
+    /// Forward and backward of every pass (side by side on the CPU: `passes`), their results
+    /// added into `sums` in pass order, so the bits do not depend on how many ran at once.
+    /// Returns the step's accumulated gradient.
+    fn run_passes(
+        &self,
+        plan: &StepPlan,
+        mut drawn: Vec<MicroBatch>,
+        probe: Option<&GradProbe>,
+        excess: bool,
+        sums: &mut StepSums<B>,
+    ) -> GradientsParams {
+        let target = probe.map(|p| p.step_target(&self.model, self.head_name(), &self.optim));
+        // Per-source passes dot their gradient with the target where they run.
+        let flat_target = match (&target, plan.single_pass) {
+            (Some(target), false) => Some(FlatGrads::of(&self.model, target)),
+            _ => None,
+        };
         // A probed step's per-source passes (about three rows each on the quickstart) run two
-        // at a time on two cores, each pair finishing together (their row splits help each
-        // other, so a pair takes as long as its larger pass would next to an equal one); an
-        // odd number leaves the last alone, at 1.5× the time per row. Splitting the largest
-        // in two makes the count even and its halves a pair ([3, 3, 4, 3, 3] took 112 ms, its
-        // plain step 97). The rule reads only the rows, so the bits do not depend on the
-        // thread count.
-        if flat_target.is_some() && pass_size > 0 && B::SPLITS_PASSES {
+        // at a time on two cores, each pair finishing together; an odd number leaves the last
+        // alone, at 1.5× the time per row. Splitting the largest in two makes the count even
+        // ([3, 3, 4, 3, 3] took 112 ms, its plain step 97). The rule reads only the rows, so
+        // the bits do not depend on the thread count.
+        if flat_target.is_some() && self.config.train.cpu_pass_size > 0 && B::SPLITS_PASSES {
             pair_up_passes(&mut drawn);
         }
-        // Single-pass statistics read the step's P ⊙ g_val inside the pass: one at a time.
-        let traced = if single_pass { target.as_ref() } else { None };
-        let poison = crate::fault::nonfinite_loss(self.progress.step + 1);
         let passes = PassContext {
             reference: self.reference.as_ref(),
             device: &self.device,
-            k,
-            weight_total,
+            k: plan.weights.len(),
+            weight_total: plan.weight_total,
             excess,
         };
+        let poison = crate::fault::nonfinite_loss(self.progress.step + 1);
+        let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         let mut take = |micro: &MicroBatch, out: MicroOut<B>| {
-            if let Some(per_sequence) = &out.excess {
-                for (&s, &e) in micro.sources.iter().zip(per_sequence) {
-                    excess_sums[s] += e as f64;
-                }
-            }
-            match out.probe {
-                MicroProbe::None => {}
-                MicroProbe::Homogeneous(dot) => dots[micro.sources[0]].0 += dot,
-                MicroProbe::SinglePass(micro_dots) => {
-                    single_pass_dots = Some(match single_pass_dots.take() {
-                        Some(total) => total + micro_dots,
-                        None => micro_dots,
-                    });
-                }
-            }
-            accumulator.accumulate(&self.model, out.grads);
-            for (i, ((&s, &l), &w)) in micro
-                .sources
-                .iter()
-                .zip(&out.seq_loss)
-                .zip(&micro.weights)
-                .enumerate()
-            {
-                let l = if poison && micro.first_row + i == 0 {
-                    f32::NAN
-                } else {
-                    l
-                };
-                sums[s].0 += l as f64;
-                sums[s].1 += 1;
-                loss += l as f64 * w / weight_total;
-            }
+            accumulator.accumulate(&self.model, sums.add(micro, out, plan.weight_total, poison));
         };
-        match traced {
+        // Single-pass statistics read the step's P ⊙ g_val inside the pass: one at a time.
+        match target.as_ref().filter(|_| plan.single_pass) {
             Some(traced) => {
                 for micro in &drawn {
                     take(micro, passes.run(&self.model, micro, Some(traced)));
@@ -275,66 +270,45 @@ impl<B: TrainBackend> Session<B> {
                 take,
             ),
         }
-        if let Some(total) = single_pass_dots {
-            let per_source: Vec<f64> = total
-                .into_data()
-                .convert::<f64>()
-                .to_vec()
-                .expect("converted to f64");
-            for (dot, value) in dots.iter_mut().zip(per_source) {
-                dot.0 += value;
-            }
-        }
-        let mut grads = accumulator.grads();
-        if self.collective.is_some() {
-            grads = self.sum_step_over_ranks(
-                grads,
-                &mut loss,
-                &mut sums,
-                &mut dots,
-                excess.then_some(&mut excess_sums[..]),
-            )?;
-        }
-        // The buffer grew by (Σ_{i∈k} w_i / W) ∇(mean loss of k) when source k's sequences share
-        // one weight: undo that factor to get ⟨g_val, g_k⟩.
-        let grad_dot = probe.is_some().then(|| {
-            dots.iter()
-                .map(|&(dot, w)| (w > 0.0).then(|| dot * weight_total / w))
-                .collect()
-        });
+        sums.read_single_pass_dots();
+        accumulator.grads()
+    }
 
+    /// The step's gradient and sums over ranks (the identity alone).
+    fn reduce_step(
+        &mut self,
+        grads: GradientsParams,
+        sums: &mut StepSums<B>,
+        excess: bool,
+    ) -> Result<GradientsParams> {
+        if self.collective.is_none() {
+            return Ok(grads);
+        }
+        self.sum_step_over_ranks(
+            grads,
+            &mut sums.loss,
+            &mut sums.by_source,
+            &mut sums.dots,
+            excess.then_some(&mut sums.excess[..]),
+        )
+    }
+
+    /// The finite check and its policy, clipping, AdamW and the counters; the step's report.
+    fn apply_step(
+        &mut self,
+        plan: &StepPlan,
+        mut grads: GradientsParams,
+        sums: StepSums<B>,
+        probed: bool,
+        excess: bool,
+        sampler_before: crate::data::SamplerState,
+    ) -> Result<StepReport> {
         if crate::fault::nonfinite_grad(self.progress.step + 1) {
             crate::optim::poison_first_gradient(&self.model, &mut grads);
         }
         let grad_norm = global_grad_norm(&self.model, &grads);
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            let message = self.nonfinite_message(loss, grad_norm, &sums);
-            if policy == NonFinitePolicy::Skip && self.progress.skipped_steps < max_skipped {
-                // The batch is dropped; the schedule moves on as if the step had happened.
-                self.progress.record_skipped(&weights);
-                return Ok(StepReport {
-                    loss,
-                    loss_by_source: vec![None; k],
-                    grad_norm,
-                    lr,
-                    tokens: 0,
-                    skipped: Some(message),
-                    grad_dot: None,
-                    excess_loss: None,
-                });
-            }
-            self.sampler.restore(sampler_before);
-            let message = if policy == NonFinitePolicy::Skip {
-                format!(
-                    "{message}; more than train.max_skipped_steps = {max_skipped} steps skipped"
-                )
-            } else {
-                message
-            };
-            return Err(Error::NonFinite {
-                step: self.progress.step + 1,
-                message,
-            });
+        if !sums.loss.is_finite() || !grad_norm.is_finite() {
+            return self.refuse_nonfinite(plan, &sums, grad_norm, sampler_before);
         }
         let clip = self.config.train.grad_clip;
         let scale = if clip > 0.0 && grad_norm > clip {
@@ -343,30 +317,69 @@ impl<B: TrainBackend> Session<B> {
             1.0
         };
         let model = self.model.clone();
-        self.model = self.optim.step(model, &mut grads, lr, scale);
+        self.model = self.optim.step(model, &mut grads, plan.lr, scale);
 
         let seq_len = self.config.data.seq_len;
-        let step_tokens = sources.len() * seq_len;
-        self.progress
-            .record_step(step_tokens as u64, seq_len, &counts, &weights, &sums);
+        let step_tokens = plan.sources.len() * seq_len;
+        self.progress.record_step(
+            step_tokens as u64,
+            seq_len,
+            &plan.counts,
+            &plan.weights,
+            &sums.by_source,
+        );
         Ok(StepReport {
-            loss,
+            loss: sums.loss,
             loss_by_source: sums
+                .by_source
                 .iter()
                 .map(|&(s, n)| (n > 0).then(|| s / n as f64))
                 .collect(),
             grad_norm,
-            lr,
+            lr: plan.lr,
             tokens: step_tokens,
             skipped: None,
-            grad_dot,
-            excess_loss: excess.then(|| {
-                excess_sums
-                    .iter()
-                    .zip(&counts)
-                    .map(|(&e, &n)| (n > 0).then(|| e / (n * seq_len) as f64))
-                    .collect()
-            }),
+            grad_dot: probed.then(|| sums.grad_dots(plan.weight_total)),
+            excess_loss: excess.then(|| sums.excess_per_token(&plan.counts, seq_len)),
+        })
+    }
+
+    /// A non-finite step is never applied: with `train.on_nonfinite = "skip"` (and skips
+    /// left) it is dropped and reported; otherwise the sampler goes back to before the step,
+    /// so that the checkpoint the run stops with replays it, and the step is an error.
+    fn refuse_nonfinite(
+        &mut self,
+        plan: &StepPlan,
+        sums: &StepSums<B>,
+        grad_norm: f64,
+        sampler_before: crate::data::SamplerState,
+    ) -> Result<StepReport> {
+        let train = &self.config.train;
+        let (policy, max_skipped) = (train.on_nonfinite, train.max_skipped_steps);
+        let message = self.nonfinite_message(sums.loss, grad_norm, &sums.by_source);
+        if policy == NonFinitePolicy::Skip && self.progress.skipped_steps < max_skipped {
+            // The batch is dropped; the schedule moves on as if the step had happened.
+            self.progress.record_skipped(&plan.weights);
+            return Ok(StepReport {
+                loss: sums.loss,
+                loss_by_source: vec![None; plan.weights.len()],
+                grad_norm,
+                lr: plan.lr,
+                tokens: 0,
+                skipped: Some(message),
+                grad_dot: None,
+                excess_loss: None,
+            });
+        }
+        self.sampler.restore(sampler_before);
+        let message = if policy == NonFinitePolicy::Skip {
+            format!("{message}; more than train.max_skipped_steps = {max_skipped} steps skipped")
+        } else {
+            message
+        };
+        Err(Error::NonFinite {
+            step: self.progress.step + 1,
+            message,
         })
     }
 
@@ -392,249 +405,5 @@ impl<B: TrainBackend> Session<B> {
             "{what}; the step was not applied (lower train.lr, raise train.warmup_steps, or set \
              train.on_nonfinite = \"skip\")"
         )
-    }
-}
-
-/// One micro-batch of a step, drawn: this rank's rows of it.
-struct MicroBatch {
-    /// Each row's source.
-    sources: Vec<usize>,
-    /// Each row's loss weight (of the step's total).
-    weights: Vec<f64>,
-    /// Where this rank's rows start in the whole micro-batch.
-    first_row: usize,
-    batch: crate::data::Batch,
-}
-
-impl MicroBatch {
-    /// The first `rows` rows and the rest, as two passes.
-    fn split_at(self, rows: usize) -> [MicroBatch; 2] {
-        let n = self.sources.len();
-        let part = |range: std::ops::Range<usize>| MicroBatch {
-            sources: self.sources[range.clone()].to_vec(),
-            weights: self.weights[range.clone()].to_vec(),
-            first_row: self.first_row + range.start,
-            batch: self.batch.rows(range),
-        };
-        [part(0..rows), part(rows..n)]
-    }
-}
-
-/// An odd number of passes becomes even: the first of the largest is split in two
-/// near-equal halves, which move to the front so that they run side by side as one pair
-/// (nothing to split when every pass has one row).
-fn pair_up_passes(passes: &mut Vec<MicroBatch>) {
-    if passes.len().is_multiple_of(2) {
-        return;
-    }
-    let Some((largest, rows)) = passes
-        .iter()
-        .map(|p| p.sources.len())
-        .enumerate()
-        .rev()
-        .max_by_key(|&(_, rows)| rows)
-    else {
-        return;
-    };
-    if rows < 2 {
-        return;
-    }
-    let [first, second] = passes.remove(largest).split_at(rows.div_ceil(2));
-    passes.insert(0, second);
-    passes.insert(0, first);
-}
-
-/// What a micro-batch's forward and backward pass reads; shared by passes running side by
-/// side, so nothing in it changes during a pass.
-struct PassContext<'a, B: TrainBackend> {
-    /// DoReMi's reference model, for excess losses.
-    reference: Option<&'a Gpt<B::InnerBackend>>,
-    device: &'a B::Device,
-    k: usize,
-    /// Σ of the step's loss weights.
-    weight_total: f64,
-    /// Measure DoReMi's excess loss of each sequence (one reference forward).
-    excess: bool,
-}
-
-impl<B: TrainBackend> PassContext<'_, B> {
-    /// Forward and backward of one micro-batch on `model` with its per-sequence loss weights; with
-    /// `traced` (the step's P ⊙ g_val), the micro-batch's ⟨P ⊙ g_val, g_k⟩ per source from the
-    /// traced backward (single-pass statistics); with `excess`, DoReMi's excess loss per
-    /// sequence.
-    fn run(
-        &self,
-        model: &Gpt<B>,
-        micro: &MicroBatch,
-        traced: Option<&GradientsParams>,
-    ) -> MicroOut<B> {
-        let batch = &micro.batch;
-        let n = batch.len();
-        let seq = batch.seq_len;
-        let (inputs, targets) = batch_tensors::<B>(batch, self.device);
-        let mut trace = traced.is_some().then(Trace::new);
-        let logits = model.forward_traced(inputs, trace.as_mut()); // [n · seq, vocab]
-        let token_loss = token_losses(logits, targets); // [n · seq]
-        let excess = match (self.excess, self.reference) {
-            (true, Some(reference)) => Some(excess_by_sequence(
-                reference,
-                batch,
-                token_loss.clone().inner(),
-                self.device,
-            )),
-            _ => None,
-        };
-        let seq_loss = token_loss.reshape([n, seq]).mean_dim(1).reshape([n]); // [n]
-        let w: Vec<f32> = micro
-            .weights
-            .iter()
-            .map(|w| (w / self.weight_total) as f32)
-            .collect();
-        let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), self.device);
-        let mut raw_grads = (seq_loss.clone() * w).sum().backward();
-        let mut probe = MicroProbe::None;
-        if let (Some(target), Some(trace)) = (traced, trace) {
-            let stats = SinglePass {
-                target,
-                backend: std::marker::PhantomData,
-            };
-            // Token t belongs to sequence t / seq. [n · seq]
-            let seg: Vec<i64> = micro
-                .sources
-                .iter()
-                .flat_map(|&s| std::iter::repeat_n(s as i64, seq))
-                .collect();
-            let seg = Tensor::<B::InnerBackend, 1, Int>::from_data(
-                TensorData::new(seg, [n * seq]),
-                self.device,
-            );
-            probe = MicroProbe::SinglePass(stats.source_dots(trace, &mut raw_grads, seg, self.k));
-        }
-        let grads = GradientsParams::from_grads(raw_grads, model);
-        // Host sync: per-sequence losses for the per-source report.
-        let seq_loss: Vec<f32> = seq_loss
-            .inner()
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("converted to f32");
-        MicroOut {
-            grads,
-            seq_loss,
-            probe,
-            excess,
-        }
-    }
-}
-
-/// Each sequence's loss weight under `apply`: 1 (sample), p_k (reweight), or p_k n / n_k
-/// (hybrid: the draw follows p up to rounding; the weight corrects the rounding only).
-fn sequence_weights(
-    sources: &[usize],
-    weights: &[f64],
-    counts: &[usize],
-    apply: ApplyMode,
-) -> Vec<f64> {
-    let n = sources.len() as f64;
-    sources
-        .iter()
-        .map(|&s| match apply {
-            ApplyMode::Sample => 1.0,
-            ApplyMode::Reweight => weights[s],
-            ApplyMode::Hybrid => weights[s] * n / counts[s] as f64,
-        })
-        .collect()
-}
-
-/// Index ranges of a step's micro-batches over `sources` (sorted by source): chunks of
-/// `batch_size`, or, when `homogeneous`, chunks that never mix two sources.
-fn micro_batch_ranges(
-    sources: &[usize],
-    batch_size: usize,
-    homogeneous: bool,
-) -> Vec<std::ops::Range<usize>> {
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    while start < sources.len() {
-        let mut end = (start + batch_size).min(sources.len());
-        if homogeneous {
-            end = start
-                + sources[start..end]
-                    .iter()
-                    .take_while(|&&s| s == sources[start])
-                    .count();
-        }
-        ranges.push(start..end);
-        start = end;
-    }
-    ranges
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::data::Batch;
-
-    /// A pass of `rows` rows of source `source`, its tokens numbering its rows from `first`.
-    fn pass(source: usize, rows: usize, first: usize) -> MicroBatch {
-        let seq_len = 2;
-        MicroBatch {
-            sources: vec![source; rows],
-            weights: vec![0.5; rows],
-            first_row: first,
-            batch: Batch {
-                tokens: (first..first + rows).flat_map(|r| [r as i32; 3]).collect(),
-                sources: vec![source; rows],
-                seq_len,
-            },
-        }
-    }
-
-    fn shape(passes: &[MicroBatch]) -> Vec<(usize, usize, usize)> {
-        passes
-            .iter()
-            .map(|p| (p.sources[0], p.sources.len(), p.first_row))
-            .collect()
-    }
-
-    /// [3, 3, 4, 3, 3] becomes [2, 2, 3, 3, 3, 3]: the 4 split in halves that run first, each
-    /// half with its own rows (tokens and first row) and nothing else moved.
-    #[test]
-    fn an_odd_number_of_passes_splits_the_largest_into_a_leading_pair() {
-        let mut passes: Vec<MicroBatch> = [3, 3, 4, 3, 3]
-            .iter()
-            .enumerate()
-            .scan(0, |first, (source, &rows)| {
-                *first += rows;
-                Some(pass(source, rows, *first - rows))
-            })
-            .collect();
-        pair_up_passes(&mut passes);
-        assert_eq!(
-            shape(&passes),
-            vec![
-                (2, 2, 6),
-                (2, 2, 8),
-                (0, 3, 0),
-                (1, 3, 3),
-                (3, 3, 10),
-                (4, 3, 13)
-            ]
-        );
-        assert_eq!(passes[1].batch.tokens, vec![8, 8, 8, 9, 9, 9]);
-        // Even already, or nothing to split: unchanged.
-        let mut even = vec![pass(0, 3, 0), pass(1, 5, 3)];
-        pair_up_passes(&mut even);
-        assert_eq!(shape(&even), vec![(0, 3, 0), (1, 5, 3)]);
-        let mut ones = vec![pass(0, 1, 0), pass(1, 1, 1), pass(2, 1, 2)];
-        pair_up_passes(&mut ones);
-        assert_eq!(shape(&ones), vec![(0, 1, 0), (1, 1, 1), (2, 1, 2)]);
-        // The first of equal largest.
-        let mut tied = vec![pass(0, 2, 0), pass(1, 3, 2), pass(2, 3, 5)];
-        pair_up_passes(&mut tied);
-        assert_eq!(
-            shape(&tied),
-            vec![(1, 2, 2), (1, 1, 4), (0, 2, 0), (2, 3, 5)]
-        );
     }
 }
