@@ -13,12 +13,12 @@ pub enum Error {
     #[error("{key}: {message}")]
     ConfigValue { key: String, message: String },
 
-    /// A file or directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file or directory could not be read or written. The OS error is part of the message
+    /// and not a `source`, so that a report of the error chain (`{:#}`) names it once.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// Input data (a text or jsonl file, a source) is unusable.
@@ -64,7 +64,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -144,7 +144,13 @@ fn file_errors_name_their_path() {
 
     // Missing config file.
     let missing = dir.path().join("missing.toml");
-    expect_error(&mut run_with(&missing, &[]), "missing.toml");
+    let stderr = expect_error(&mut run_with(&missing, &[]), "missing.toml");
+    // The OS error once, not repeated by the error chain.
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
 
     // Malformed TOML: the parser's line is named.
     let broken = dir.path().join("broken.toml");
