@@ -139,102 +139,13 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
 
 fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config, resume } => {
-            let cfg = Config::load(&config.config, &config.set)?;
-            let summary = mixtrain::train::run(
-                cfg.clone(),
-                mixtrain::train::RunOptions {
-                    resume,
-                    ..Default::default()
-                },
-            )?;
-            if cfg.distributed.rank != 0 {
-                return Ok(()); // rank 0 reports the run
-            }
-            let how = match summary.resumed {
-                Some(mixtrain::train::Resumed::FromStep(step)) => {
-                    format!(" (resumed from step {step})")
-                }
-                Some(mixtrain::train::Resumed::Restarted) => {
-                    " (restarted from step 0: no complete checkpoint)".to_string()
-                }
-                None => String::new(),
-            };
-            println!(
-                "run finished: {} steps in {}{how}",
-                summary.steps,
-                cfg.run.out_dir.display()
-            );
-            println!(
-                "{:<16} {:>10} {:>10} {:>8}",
-                "source", "val@0", "val@end", "weight"
-            );
-            for (i, name) in summary.sources.iter().enumerate() {
-                let initial = summary
-                    .initial_val_loss
-                    .as_ref()
-                    .map_or("-".to_string(), |v| format!("{:.4}", v[i]));
-                println!(
-                    "{:<16} {:>10} {:>10.4} {:>8.4}",
-                    name, initial, summary.final_val_loss[i], summary.final_weights[i]
-                );
-            }
-            println!(
-                "{:<16} {:>10} {:>10.4}",
-                "target", "", summary.final_target_loss
-            );
-            Ok(())
-        }
-        Command::Demix { config, validate } => {
-            let cfg = Config::load(&config.config, &config.set)?;
-            let summary = mixtrain::demix::demix(cfg, mixtrain::demix::DemixOptions { validate })?;
-            println!(
-                "demix: {} merged proxies scored; wrote {}",
-                summary.scored,
-                summary.dir.join("mixture.json").display()
-            );
-            println!(
-                "regressor out-of-fold Spearman (predicted vs measured proxy loss): {:.3}",
-                summary.cv_spearman
-            );
-            if let Some(rho) = summary.validation_spearman {
-                println!("proxy vs trained target loss, Spearman over {validate} models: {rho:.3}");
-            }
-            println!("{:<16} {:>8}", "source", "weight");
-            for (name, w) in summary.sources.iter().zip(&summary.mixture) {
-                println!("{name:<16} {w:>8.4}");
-            }
-            println!(
-                "use it with: --set mixer.init=\"demix:{}\"",
-                summary.dir.display()
-            );
-            Ok(())
-        }
+        Command::Run { config, resume } => run(config, resume),
+        Command::Demix { config, validate } => demix(config, validate),
         Command::Prepare {
             config,
             train_bpe,
             tokenizer_out,
-        } => {
-            let cfg = Config::load(&config.config, &config.set)?;
-            match train_bpe {
-                Some(vocab) => {
-                    let out = tokenizer_out
-                        .unwrap_or_else(|| cfg.data.cache_dir.join(format!("bpe-{vocab}.json")));
-                    mixtrain::prepare::train_tokenizer(&cfg, vocab, &out)?;
-                    println!("wrote {}", out.display());
-                    println!(
-                        "use it with: --set data.tokenizer=\"bpe:{}\"",
-                        out.display()
-                    );
-                }
-                None => {
-                    for line in mixtrain::prepare::prepare_sources(&cfg)? {
-                        println!("{line}");
-                    }
-                }
-            }
-            Ok(())
-        }
+        } => prepare(config, train_bpe, tokenizer_out),
         Command::Eval { path, json } => {
             let report = mixtrain::evaluate::evaluate_path(&path)?;
             if json {
@@ -252,4 +163,96 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `mixtrain run`: trains, then (rank 0) prints how the run began and each source's
+/// validation loss at step 0 and at the end with its final weight.
+fn run(config: ConfigArgs, resume: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(&config.config, &config.set)?;
+    let options = mixtrain::train::RunOptions {
+        resume,
+        ..Default::default()
+    };
+    let summary = mixtrain::train::run(cfg.clone(), options)?;
+    if cfg.distributed.rank != 0 {
+        return Ok(()); // rank 0 reports the run
+    }
+    let how = match summary.resumed {
+        Some(mixtrain::train::Resumed::FromStep(step)) => format!(" (resumed from step {step})"),
+        Some(mixtrain::train::Resumed::Restarted) => {
+            " (restarted from step 0: no complete checkpoint)".to_string()
+        }
+        None => String::new(),
+    };
+    let out_dir = cfg.run.out_dir.display();
+    println!("run finished: {} steps in {out_dir}{how}", summary.steps);
+    println!(
+        "{:<16} {:>10} {:>10} {:>8}",
+        "source", "val@0", "val@end", "weight"
+    );
+    for (i, name) in summary.sources.iter().enumerate() {
+        let initial = summary
+            .initial_val_loss
+            .as_ref()
+            .map_or("-".to_string(), |v| format!("{:.4}", v[i]));
+        println!(
+            "{:<16} {:>10} {:>10.4} {:>8.4}",
+            name, initial, summary.final_val_loss[i], summary.final_weights[i]
+        );
+    }
+    println!(
+        "{:<16} {:>10} {:>10.4}",
+        "target", "", summary.final_target_loss
+    );
+    Ok(())
+}
+
+/// `mixtrain demix`: the seed search, then its mixture and how to use it.
+fn demix(config: ConfigArgs, validate: usize) -> anyhow::Result<()> {
+    let cfg = Config::load(&config.config, &config.set)?;
+    let summary = mixtrain::demix::demix(cfg, mixtrain::demix::DemixOptions { validate })?;
+    println!(
+        "demix: {} merged proxies scored; wrote {}",
+        summary.scored,
+        summary.dir.join("mixture.json").display()
+    );
+    println!(
+        "regressor out-of-fold Spearman (predicted vs measured proxy loss): {:.3}",
+        summary.cv_spearman
+    );
+    if let Some(rho) = summary.validation_spearman {
+        println!("proxy vs trained target loss, Spearman over {validate} models: {rho:.3}");
+    }
+    println!("{:<16} {:>8}", "source", "weight");
+    for (name, w) in summary.sources.iter().zip(&summary.mixture) {
+        println!("{name:<16} {w:>8.4}");
+    }
+    println!(
+        "use it with: --set mixer.init=\"demix:{}\"",
+        summary.dir.display()
+    );
+    Ok(())
+}
+
+/// `mixtrain prepare`: tokenise and cache every source, or train a BPE tokenizer.
+fn prepare(
+    config: ConfigArgs,
+    train_bpe: Option<usize>,
+    tokenizer_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let cfg = Config::load(&config.config, &config.set)?;
+    let Some(vocab) = train_bpe else {
+        for line in mixtrain::prepare::prepare_sources(&cfg)? {
+            println!("{line}");
+        }
+        return Ok(());
+    };
+    let out = tokenizer_out.unwrap_or_else(|| cfg.data.cache_dir.join(format!("bpe-{vocab}.json")));
+    mixtrain::prepare::train_tokenizer(&cfg, vocab, &out)?;
+    println!("wrote {}", out.display());
+    println!(
+        "use it with: --set data.tokenizer=\"bpe:{}\"",
+        out.display()
+    );
+    Ok(())
 }

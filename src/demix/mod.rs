@@ -136,7 +136,13 @@ fn train_from<B: TrainBackend>(
     Ok(collect_params(&session.model))
 }
 
-fn by_name(tensors: Vec<NamedTensor>) -> BTreeMap<String, NamedTensor> {
+/// A merged candidate's validation loss per source and its target loss.
+type Scored = (Vec<f64>, f64);
+
+/// A model's parameters by name.
+type NamedParams = BTreeMap<String, NamedTensor>;
+
+fn by_name(tensors: Vec<NamedTensor>) -> NamedParams {
     tensors.into_iter().map(|t| (t.name.clone(), t)).collect()
 }
 
@@ -171,59 +177,28 @@ fn demix_search<B: TrainBackend>(
 ) -> Result<DemixSummary> {
     let dm = config.demix.clone();
     let dir = config.run.out_dir.join(DEMIX_DIR);
-    let components_dir = dir.join("components");
     // Two demix searches (or a search and a run) must not write the same directory: the lock
     // first, so that a refused search creates nothing.
     let out_dir = &config.run.out_dir;
     std::fs::create_dir_all(out_dir).at(out_dir)?;
     let _lock = crate::run_lock::RunLock::acquire(out_dir)?;
-    std::fs::create_dir_all(&components_dir).at(&components_dir)?;
     let base = base_config(&config)?;
 
     // The scorer holds the sources and their fixed validation windows; its model is the
     // seeded initial model, which the base (or, with base_steps = 0, the components) start from.
     let scorer = Session::<B>::build(base.clone(), device.clone())?;
     let names = scorer.source_names();
-    let k = names.len();
-    let initial = scorer.initial.weights.clone();
     let target = scorer.target.clone();
-
-    let start = if dm.base_steps > 0 {
-        cached(&dir.join("base.safetensors"), || {
-            tracing::info!(steps = dm.base_steps, "training the demix base model");
-            let fresh = by_name(collect_params(&scorer.model));
-            train_from::<B>(&base, &fresh, &initial, dm.base_steps, &device)
-        })?
-    } else {
-        by_name(collect_params(&scorer.model))
-    };
-
-    let mut components = Vec::with_capacity(k);
-    for (i, name) in names.iter().enumerate() {
-        let path = components_dir.join(format!("{name}.safetensors"));
-        let component = cached(&path, || {
-            tracing::info!(source = %name, steps = dm.component_steps, "training a demix component");
-            let mixture: Vec<f64> = (0..k)
-                .map(|j| {
-                    (1.0 - dm.general_fraction) * f64::from(i == j)
-                        + dm.general_fraction * initial[j]
-                })
-                .collect();
-            train_from::<B>(&base, &start, &mixture, dm.component_steps, &device)
-        })?;
-        components.push(component.into_values().collect::<Vec<_>>());
-    }
-    let components = Components::<B::InnerBackend>::new(&components, &device)?;
+    let (start, components) = train_components::<B>(&base, &scorer, &dir, &device)?;
 
     // One model is mapped to each merge in turn.
     let template = scorer.model.valid();
-    let score = |weights: &[f64]| -> Result<(Vec<f64>, f64)> {
+    let score = |weights: &[f64]| -> Result<Scored> {
         let merged = components.merge_into(template.clone(), weights)?;
         let val = scorer.evaluate_model(&merged);
         let target_loss = val.target(&target);
         Ok((val.sources, target_loss))
     };
-
     let prior = normalise(
         &scorer
             .sources
@@ -233,19 +208,95 @@ fn demix_search<B: TrainBackend>(
     );
     let mut sampler = CandidateSampler::new(prior.clone(), dm.concentrations.clone(), dm.max_ratio);
     let mut rng = Rng::new(config.run.seed, RNG_STREAM);
+    let proxies = score_rounds(&dm, &mut sampler, &mut rng, &score)?;
+    let (x, y) = training_rows(&proxies);
+    let mixture = seed_mixture(&x, &y, &mut sampler, &mut rng, &dm, names.len());
+    let seed = score(&mixture)?;
+    let out_of_fold = cross_validated(&x, &y, 5);
+    let cv_spearman = spearman(&out_of_fold, &y);
+    write_diagnostics(&dir, &names, &proxies, &y, &out_of_fold)?;
+
+    let validation_spearman = match options.validate {
+        0 => None,
+        n => Some(validate::<B>(
+            &base, &start, &proxies, n, &dir, &names, &scorer, &target, &device,
+        )?),
+    };
+    let summary = DemixSummary {
+        dir,
+        sources: names,
+        mixture,
+        scored: proxies.len(),
+        cv_spearman,
+        validation_spearman,
+    };
+    write_seed(&summary, &scorer, &prior, &proxies, seed)?;
+    Ok(summary)
+}
+
+/// The base model (trained on the initial mixture, or the seeded initial model with
+/// `base_steps = 0`) and one component per source trained from it, each reused from
+/// `dir` when a previous search finished it.
+fn train_components<B: TrainBackend>(
+    base: &Config,
+    scorer: &Session<B>,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(NamedParams, Components<B::InnerBackend>)> {
+    let dm = &base.demix;
+    let initial = &scorer.initial.weights;
+    let k = initial.len();
+    let components_dir = dir.join("components");
+    std::fs::create_dir_all(&components_dir).at(&components_dir)?;
+    let start = if dm.base_steps > 0 {
+        cached(&dir.join("base.safetensors"), || {
+            tracing::info!(steps = dm.base_steps, "training the demix base model");
+            let fresh = by_name(collect_params(&scorer.model));
+            train_from::<B>(base, &fresh, initial, dm.base_steps, device)
+        })?
+    } else {
+        by_name(collect_params(&scorer.model))
+    };
+    let mut components = Vec::with_capacity(k);
+    for (i, name) in scorer.source_names().iter().enumerate() {
+        let path = components_dir.join(format!("{name}.safetensors"));
+        let component = cached(&path, || {
+            tracing::info!(source = %name, steps = dm.component_steps, "training a demix component");
+            let mixture: Vec<f64> = (0..k)
+                .map(|j| {
+                    (1.0 - dm.general_fraction) * f64::from(i == j)
+                        + dm.general_fraction * initial[j]
+                })
+                .collect();
+            train_from::<B>(base, &start, &mixture, dm.component_steps, device)
+        })?;
+        components.push(component.into_values().collect::<Vec<_>>());
+    }
+    let components = Components::<B::InnerBackend>::new(&components, device)?;
+    Ok((start, components))
+}
+
+/// The scoring rounds: random candidates first, then in each round the regressor's best
+/// predicted of a fresh pool, each merged and scored.
+fn score_rounds(
+    dm: &DemixConfig,
+    sampler: &mut CandidateSampler,
+    rng: &mut Rng,
+    score: &dyn Fn(&[f64]) -> Result<Scored>,
+) -> Result<Vec<Proxy>> {
     let mut proxies: Vec<Proxy> = Vec::new();
     for round in 0..dm.rounds {
         let n = (dm.first_round >> round).max(1);
         let chosen: Vec<(Vec<f64>, Option<f64>)> = if round == 0 {
             sampler
-                .draw(&mut rng, n)
+                .draw(rng, n)
                 .into_iter()
                 .map(|w| (w, None))
                 .collect()
         } else {
             let (x, y) = training_rows(&proxies);
             let model = search::fit(&x, &y);
-            let pool = sampler.draw(&mut rng, dm.pool);
+            let pool = sampler.draw(rng, dm.pool);
             let predicted: Vec<f64> = pool.iter().map(|w| model.predict(w)).collect();
             search::lowest(&predicted, n)
                 .into_iter()
@@ -265,10 +316,21 @@ fn demix_search<B: TrainBackend>(
             });
         }
     }
+    Ok(proxies)
+}
 
-    let (x, y) = training_rows(&proxies);
-    let model = search::fit(&x, &y);
-    let pool = sampler.draw(&mut rng, dm.pool);
+/// The seed: the mean of the `top_k` best predicted candidates of a final pool, by a
+/// regressor fitted on every scored proxy (rows `x`, target losses `y`).
+fn seed_mixture(
+    x: &[Vec<f64>],
+    y: &[f64],
+    sampler: &mut CandidateSampler,
+    rng: &mut Rng,
+    dm: &DemixConfig,
+    k: usize,
+) -> Vec<f64> {
+    let model = search::fit(x, y);
+    let pool = sampler.draw(rng, dm.pool);
     let predicted: Vec<f64> = pool.iter().map(|w| model.predict(w)).collect();
     let best = search::lowest(&predicted, dm.top_k);
     let mut mixture = vec![0.0; k];
@@ -277,11 +339,18 @@ fn demix_search<B: TrainBackend>(
             *m += w / best.len() as f64;
         }
     }
-    let (seed_losses, seed_target_loss) = score(&mixture)?;
-    let out_of_fold = cross_validated(&x, &y, 5);
-    let cv_spearman = spearman(&out_of_fold, &y);
+    mixture
+}
 
-    write_proxies(&dir.join("proxies.csv"), &names, &proxies, &out_of_fold)?;
+/// proxies.csv and the scatter of out-of-fold predicted against measured target loss.
+fn write_diagnostics(
+    dir: &Path,
+    names: &[String],
+    proxies: &[Proxy],
+    y: &[f64],
+    out_of_fold: &[f64],
+) -> Result<()> {
+    write_proxies(&dir.join("proxies.csv"), names, proxies, out_of_fold)?;
     crate::plot::scatter(
         &dir.join("predicted_vs_measured.svg"),
         "DeMix: regressor (out-of-fold) vs merged-proxy target loss",
@@ -291,24 +360,18 @@ fn demix_search<B: TrainBackend>(
             .copied()
             .zip(out_of_fold.iter().copied())
             .collect::<Vec<_>>(),
-    )?;
+    )
+}
 
-    let validation_spearman = if options.validate > 0 {
-        Some(validate::<B>(
-            &base,
-            &start,
-            &proxies,
-            options.validate,
-            &dir,
-            &names,
-            &scorer,
-            &target,
-            &device,
-        )?)
-    } else {
-        None
-    };
-
+/// demix/mixture.json: the seed in "final", with what it was found from.
+fn write_seed<B: TrainBackend>(
+    summary: &DemixSummary,
+    scorer: &Session<B>,
+    prior: &[f64],
+    proxies: &[Proxy],
+    (seed_losses, seed_target_loss): Scored,
+) -> Result<()> {
+    let names = &summary.sources;
     let named = |v: &[f64]| -> serde_json::Value {
         names
             .iter()
@@ -321,14 +384,15 @@ fn demix_search<B: TrainBackend>(
         .iter()
         .min_by(|a, b| a.target_loss.total_cmp(&b.target_loss))
         .expect("at least one proxy");
+    let target = &scorer.target;
     let extra = json!({
         "merged_seed_target_loss": seed_target_loss,
         "merged_seed_losses": named(&seed_losses),
-        "prior": named(&prior),
-        "base_mixture": named(&initial),
+        "prior": named(prior),
+        "base_mixture": named(&scorer.initial.weights),
         "scored": proxies.len(),
-        "cv_spearman": cv_spearman,
-        "validation_spearman": validation_spearman,
+        "cv_spearman": summary.cv_spearman,
+        "validation_spearman": summary.validation_spearman,
         "best_scored": { "weights": named(&best_scored.weights), "target_loss": best_scored.target_loss },
         "target": target
             .sources
@@ -337,21 +401,13 @@ fn demix_search<B: TrainBackend>(
             .chain(target.sets.iter().map(|&j| scorer.target_sets[j].name.clone()))
             .collect::<Vec<_>>(),
     });
-    let mut file = MixtureFile::new(&names, &mixture);
+    let mut file = MixtureFile::new(names, &summary.mixture);
     if let serde_json::Value::Object(fields) = extra {
         for (key, value) in fields {
             file = file.with(&key, value);
         }
     }
-    file.write(&dir.join(MIXTURE_FILE))?;
-    Ok(DemixSummary {
-        dir,
-        sources: names,
-        mixture,
-        scored: proxies.len(),
-        cv_spearman,
-        validation_spearman,
-    })
+    file.write(&summary.dir.join(MIXTURE_FILE))
 }
 
 fn training_rows(proxies: &[Proxy]) -> (Vec<Vec<f64>>, Vec<f64>) {
