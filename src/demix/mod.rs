@@ -11,6 +11,7 @@
 mod config;
 mod merge;
 mod search;
+mod validate;
 
 pub use config::DemixConfig;
 pub use merge::Components;
@@ -31,7 +32,6 @@ use crate::mixer::normalise;
 use crate::mixture_file::{MixtureFile, MIXTURE_FILE};
 use crate::params::{collect_params, load_params, NamedTensor};
 use crate::rng::Rng;
-use crate::target::Target;
 use crate::tensor_file::{read_safetensors, write_safetensors};
 use crate::train::Session;
 
@@ -218,7 +218,7 @@ fn demix_search<B: TrainBackend>(
 
     let validation_spearman = match options.validate {
         0 => None,
-        n => Some(validate::<B>(
+        n => Some(validate::validate::<B>(
             &base, &start, &proxies, n, &dir, &names, &scorer, &target, &device,
         )?),
     };
@@ -440,69 +440,4 @@ fn write_proxies(
         writeln!(text, ",{},{chosen},{oof}", p.target_loss).expect("String");
     }
     write_atomic(path, text.as_bytes())
-}
-
-/// Trains `count` real models (from the base, `validate_steps`) on scored mixtures spread over
-/// the range of proxy losses, writes validation.csv and returns the Spearman correlation of
-/// proxy vs trained target loss.
-#[allow(clippy::too_many_arguments)]
-fn validate<B: TrainBackend>(
-    base: &Config,
-    start: &BTreeMap<String, NamedTensor>,
-    proxies: &[Proxy],
-    count: usize,
-    dir: &Path,
-    names: &[String],
-    scorer: &Session<B>,
-    target: &Target,
-    device: &B::Device,
-) -> Result<f64> {
-    let steps = match base.demix.validate_steps {
-        0 => base.demix.component_steps,
-        n => n,
-    };
-    let losses: Vec<f64> = proxies.iter().map(|p| p.target_loss).collect();
-    let order = search::lowest(&losses, losses.len());
-    let count = count.min(order.len());
-    let picked: Vec<usize> = (0..count)
-        .map(|i| {
-            order[if count == 1 {
-                0
-            } else {
-                i * (order.len() - 1) / (count - 1)
-            }]
-        })
-        .collect();
-    let mut text = String::new();
-    for name in names {
-        write!(text, "w_{name},").expect("String");
-    }
-    text.push_str("proxy_target_loss,trained_target_loss\n");
-    let (mut proxy, mut trained) = (Vec::new(), Vec::new());
-    for (i, &at) in picked.iter().enumerate() {
-        tracing::info!(
-            model = i + 1,
-            of = count,
-            steps,
-            "training a validation model"
-        );
-        let params = by_name(train_from::<B>(
-            base,
-            start,
-            &proxies[at].weights,
-            steps,
-            device,
-        )?);
-        let model = load_params(scorer.model.clone(), &params, Path::new("validation model"))?;
-        let loss = scorer.evaluate_model(&model.valid()).target(target);
-        for w in &proxies[at].weights {
-            write!(text, "{w},").expect("String");
-        }
-        writeln!(text, "{},{loss}", proxies[at].target_loss).expect("String");
-        proxy.push(proxies[at].target_loss);
-        trained.push(loss);
-    }
-    let path = dir.join("validation.csv");
-    write_atomic(&path, text.as_bytes())?;
-    Ok(spearman(&proxy, &trained))
 }
