@@ -20,7 +20,8 @@ use crate::tensor_file::{read_safetensors, write_safetensors};
 
 pub const FORMAT: u32 = 1;
 const DONE: &str = "DONE";
-const MODEL: &str = "model.safetensors";
+/// The model weights file of a checkpoint directory.
+pub const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
 

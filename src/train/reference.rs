@@ -22,7 +22,7 @@ fn weights_of(path: &Path) -> Result<PathBuf> {
         Some((_, newest)) => newest,
         None => path.to_path_buf(),
     };
-    let weights = dir.join("model.safetensors");
+    let weights = dir.join(checkpoint::MODEL);
     if !weights.is_file() {
         return Err(Error::value(
             "mixer.doremi.reference",
