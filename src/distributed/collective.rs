@@ -436,11 +436,7 @@ mod tests {
 
     /// A port nothing listens on now (the tests run in parallel: no fixed ports).
     fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        crate::distributed::launch::free_port().expect("a free port")
     }
 
     /// Runs `body(rank, collective)` on `world` threads joined through `port`.

@@ -128,7 +128,7 @@ pub fn launch(
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
