@@ -95,7 +95,7 @@ fn clone_grads<B: TrainBackend>(grads: &GradientsParams, session: &Session<B>) -
         from: grads,
         to: GradientsParams::new(),
     };
-    session.model.visit(&mut copy);
+    session.model().visit(&mut copy);
     copy.to
 }
 

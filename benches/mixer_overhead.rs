@@ -40,7 +40,7 @@ impl BackendTask for Bench {
         let every = self.config.mixer.every;
         let mut session = Session::<B>::build(self.config, device)?;
         // DoReMi's reference: the initial model (the cost is the same as a trained one's).
-        session.set_reference(burn::module::AutodiffModule::valid(&session.model));
+        session.set_reference(burn::module::AutodiffModule::valid(session.model()));
         // DoReMi's fixed pool is built (the reference's losses on it computed) once per run,
         // at the first update: in the warm-up, as the reference itself is.
         let doremi = session.config.mixer.doremi.clone();

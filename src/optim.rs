@@ -12,8 +12,8 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::params::{NamedTensor, ParamPath};
 use crate::train::TrainConfig;
-use mixtrain_kernels::host::AdamWStep;
-use mixtrain_kernels::StatKernels;
+use mixtrain_kernels::cpu::host::AdamWStep;
+use mixtrain_kernels::{FusedOps, StatKernels};
 
 /// Learning rate after `step` optimizer steps (the rate used by step `step + 1`).
 pub fn lr_at(step: usize, train: &TrainConfig) -> f64 {

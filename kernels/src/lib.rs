@@ -1,19 +1,19 @@
 //! Kernels for per-source statistics, each with a reference in plain burn tensor ops.
 //!
-//! `reference` runs on every backend and defines what the kernels compute. `cube` (features
-//! `wgpu` / `cuda`) holds the CubeCL kernels: `segment_row_dot` and its gather form,
-//! `segment_sum`, `segment_accumulate`, `multi_dot` and the fused per-source cross-entropy
-//! (forward and backward). `host` holds fused row loops (cross-entropy, causal softmax) for the
-//! CPU. `StatKernels` picks between them by backend type, so mixtrain's training path runs the
-//! kernels on CubeCL backends, the host loops on ndarray and the references elsewhere.
+//! - `roles`: what a backend provides, by role (`SourceStats`, `FusedOps`, `ExecPolicy`;
+//!   `StatKernels` is all three), with the references as defaults.
+//! - `reference`: plain tensor ops on every backend; they define what the others compute.
+//! - `cube` (features `wgpu` / `cuda`): the CubeCL kernels — `segment_row_dot` and its gather
+//!   form, `segment_sum`, `segment_accumulate`, `multi_dot` and the fused per-source
+//!   cross-entropy (forward and backward).
+//! - `cpu`: the CPU fast path for ndarray (host loops, matrix products, concurrent passes).
+//! - `autodiff`: the roles for `Autodiff<B>`, each fused op one tracked op over `B`'s.
 
-mod backward;
-pub mod concurrent;
+mod autodiff;
+pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
-pub mod host;
-mod ndarray_backend;
 pub mod reference;
-mod stat_kernels;
+mod roles;
 
-pub use stat_kernels::{KernelImpl, StatKernels};
+pub use roles::{ExecPolicy, FusedOps, KernelImpl, SourceStats, StatKernels};

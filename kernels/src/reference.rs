@@ -140,7 +140,7 @@ pub fn adamw<B: Backend>(
     grad: Tensor<B, 1>,
     m: Tensor<B, 1>,
     v: Tensor<B, 1>,
-    c: crate::host::AdamWStep,
+    c: crate::cpu::host::AdamWStep,
 ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
     let grad = if c.grad_scale != 1.0 {
         grad * c.grad_scale

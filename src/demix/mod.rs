@@ -129,11 +129,11 @@ fn train_from<B: TrainBackend>(
     config.train.steps = steps;
     config.train.warmup_steps = config.train.warmup_steps.min(steps);
     let mut session = Session::<B>::build(config, device.clone())?;
-    session.model = load_params(session.model, start, Path::new("demix base"))?;
+    session.trainer.model = load_params(session.trainer.model, start, Path::new("demix base"))?;
     for _ in 0..steps {
         session.train_step()?;
     }
-    Ok(collect_params(&session.model))
+    Ok(collect_params(&session.trainer.model))
 }
 
 /// A merged candidate's validation loss per source and its target loss.
@@ -188,11 +188,11 @@ fn demix_search<B: TrainBackend>(
     // seeded initial model, which the base (or, with base_steps = 0, the components) start from.
     let scorer = Session::<B>::build(base.clone(), device.clone())?;
     let names = scorer.source_names();
-    let target = scorer.target.clone();
+    let target = scorer.mixing.target.clone();
     let (start, components) = train_components::<B>(&base, &scorer, &dir, &device)?;
 
     // One model is mapped to each merge in turn.
-    let template = scorer.model.valid();
+    let template = scorer.trainer.model.valid();
     let score = |weights: &[f64]| -> Result<Scored> {
         let merged = components.merge_into(template.clone(), weights)?;
         let val = scorer.evaluate_model(&merged);
@@ -201,6 +201,7 @@ fn demix_search<B: TrainBackend>(
     };
     let prior = normalise(
         &scorer
+            .batches
             .sources
             .iter()
             .map(|s| (s.train.len() as f64).powf(dm.prior_temperature))
@@ -244,18 +245,18 @@ fn train_components<B: TrainBackend>(
     device: &B::Device,
 ) -> Result<(NamedParams, Components<B::InnerBackend>)> {
     let dm = &base.demix;
-    let initial = &scorer.initial.weights;
+    let initial = &scorer.mixing.initial.weights;
     let k = initial.len();
     let components_dir = dir.join("components");
     std::fs::create_dir_all(&components_dir).at(&components_dir)?;
     let start = if dm.base_steps > 0 {
         cached(&dir.join("base.safetensors"), || {
             tracing::info!(steps = dm.base_steps, "training the demix base model");
-            let fresh = by_name(collect_params(&scorer.model));
+            let fresh = by_name(collect_params(&scorer.trainer.model));
             train_from::<B>(base, &fresh, initial, dm.base_steps, device)
         })?
     } else {
-        by_name(collect_params(&scorer.model))
+        by_name(collect_params(&scorer.trainer.model))
     };
     let mut components = Vec::with_capacity(k);
     for (i, name) in scorer.source_names().iter().enumerate() {
@@ -384,12 +385,12 @@ fn write_seed<B: TrainBackend>(
         .iter()
         .min_by(|a, b| a.target_loss.total_cmp(&b.target_loss))
         .expect("at least one proxy");
-    let target = &scorer.target;
+    let target = &scorer.mixing.target;
     let extra = json!({
         "merged_seed_target_loss": seed_target_loss,
         "merged_seed_losses": named(&seed_losses),
         "prior": named(prior),
-        "base_mixture": named(&scorer.initial.weights),
+        "base_mixture": named(&scorer.mixing.initial.weights),
         "scored": proxies.len(),
         "cv_spearman": summary.cv_spearman,
         "validation_spearman": summary.validation_spearman,
@@ -398,7 +399,7 @@ fn write_seed<B: TrainBackend>(
             .sources
             .iter()
             .map(|&t| names[t].clone())
-            .chain(target.sets.iter().map(|&j| scorer.target_sets[j].name.clone()))
+            .chain(target.sets.iter().map(|&j| scorer.batches.target_sets[j].name.clone()))
             .collect::<Vec<_>>(),
     });
     let mut file = MixtureFile::new(names, &summary.mixture);

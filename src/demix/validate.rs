@@ -66,7 +66,11 @@ pub(super) fn validate<B: TrainBackend>(
             steps,
             device,
         )?);
-        let model = load_params(scorer.model.clone(), &params, Path::new("validation model"))?;
+        let model = load_params(
+            scorer.trainer.model.clone(),
+            &params,
+            Path::new("validation model"),
+        )?;
         let loss = scorer.evaluate_model(&model.valid()).target(target);
         for w in &proxies[at].weights {
             write!(text, "{w},").expect("String");

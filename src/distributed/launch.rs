@@ -43,43 +43,16 @@ pub fn launch(
         Some(port) => port,
         None => free_port()?,
     };
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Training(format!("cannot find the mixtrain executable: {e}")))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / options.procs).max(1).to_string();
-    let mut children: Vec<Option<Child>> = Vec::new();
+    let mut children = Vec::new();
     for rank in 0..options.procs {
-        let mut command = Command::new(&exe);
-        command.arg("run").arg(config_path);
-        for set in sets {
-            command.arg("--set").arg(set);
-        }
-        command
-            .arg("--set")
-            .arg(format!("distributed.world_size={}", options.procs))
-            .arg("--set")
-            .arg(format!("distributed.rank={rank}"))
-            .arg("--set")
-            .arg(format!("distributed.address=\"127.0.0.1:{port}\""));
-        if options.resume {
-            command.arg("--resume");
-        }
-        // Each rank gets its share of the cores unless the user chose the thread count (rayon's
-        // pool runs all of a CPU step's parallel work).
-        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            command.env("RAYON_NUM_THREADS", &threads);
-        }
-        if rank > 0 {
-            // Rank 0 reports the run; the others only their warnings and errors.
-            if std::env::var_os("RUST_LOG").is_none() {
-                command.env("RUST_LOG", "warn");
-            }
-            command.stdout(Stdio::null());
-        }
-        let child = command.spawn().map_err(|e| {
-            Error::Training(format!("cannot start rank {rank} ({}): {e}", exe.display()))
-        })?;
-        children.push(Some(child));
+        let rank_options = RankOptions {
+            rank,
+            port,
+            threads: &threads,
+        };
+        children.push(Some(spawn_rank(config_path, sets, options, &rank_options)?));
     }
     tracing::info!(
         ranks = options.procs,
@@ -88,27 +61,77 @@ pub fn launch(
         "launched"
     );
     let grace = config.distributed.timeout() + Duration::from_secs(10);
+    wait_for_ranks(children, grace)
+}
+
+/// What differs between the ranks' command lines.
+struct RankOptions<'a> {
+    rank: usize,
+    port: u16,
+    /// RAYON_NUM_THREADS for each rank: its share of the cores.
+    threads: &'a str,
+}
+
+/// Starts `mixtrain run` as one rank of the run.
+fn spawn_rank(
+    config_path: &Path,
+    sets: &[String],
+    options: &LaunchOptions,
+    rank_options: &RankOptions,
+) -> Result<Child> {
+    let RankOptions {
+        rank,
+        port,
+        threads,
+    } = *rank_options;
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Training(format!("cannot find the mixtrain executable: {e}")))?;
+    let mut command = Command::new(&exe);
+    command.arg("run").arg(config_path);
+    for set in sets {
+        command.arg("--set").arg(set);
+    }
+    command
+        .arg("--set")
+        .arg(format!("distributed.world_size={}", options.procs))
+        .arg("--set")
+        .arg(format!("distributed.rank={rank}"))
+        .arg("--set")
+        .arg(format!("distributed.address=\"127.0.0.1:{port}\""));
+    if options.resume {
+        command.arg("--resume");
+    }
+    // Each rank gets its share of the cores unless the user chose the thread count (rayon's
+    // pool runs all of a CPU step's parallel work).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        command.env("RAYON_NUM_THREADS", threads);
+    }
+    if rank > 0 {
+        // Rank 0 reports the run; the others only their warnings and errors.
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        command.stdout(Stdio::null());
+    }
+    command
+        .spawn()
+        .map_err(|e| Error::Training(format!("cannot start rank {rank} ({}): {e}", exe.display())))
+}
+
+/// Waits for every rank; after the first failure the others get `grace` to stop on their
+/// own, then are killed.
+fn wait_for_ranks(mut children: Vec<Option<Child>>, grace: Duration) -> Result<LaunchOutcome> {
     let mut failed: Option<(usize, i32, String)> = None;
     let mut kill_at: Option<Instant> = None;
     while children.iter().any(Option::is_some) {
-        let mut failed_now = Vec::new();
-        for (rank, slot) in children.iter_mut().enumerate() {
-            let Some(child) = slot else { continue };
-            let status = child
-                .try_wait()
-                .map_err(|e| Error::Training(format!("waiting for rank {rank}: {e}")))?;
-            if let Some(status) = status {
-                *slot = None;
-                if !status.success() {
-                    failed_now.push((rank, status));
-                }
-            }
-        }
+        let failed_now = reap_finished(&mut children)?;
         if failed.is_none() && !failed_now.is_empty() {
             // Ranks that failed between two polls: a killed one is the cause, the others
             // stopped because of it (and said so).
-            failed_now.sort_by_key(|(rank, status)| (status.code().is_some(), *rank));
-            let (rank, status) = failed_now[0];
+            let (rank, status) = failed_now
+                .into_iter()
+                .min_by_key(|(rank, status)| (status.code().is_some(), *rank))
+                .expect("not empty");
             failed = Some((rank, exit_code(status), describe(status)));
             kill_at = Some(Instant::now() + grace);
         }
@@ -125,6 +148,24 @@ pub fn launch(
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(LaunchOutcome { failed })
+}
+
+/// Collects the ranks that ended since the last poll; returns those that failed.
+fn reap_finished(children: &mut [Option<Child>]) -> Result<Vec<(usize, ExitStatus)>> {
+    let mut failed_now = Vec::new();
+    for (rank, slot) in children.iter_mut().enumerate() {
+        let Some(child) = slot else { continue };
+        let status = child
+            .try_wait()
+            .map_err(|e| Error::Training(format!("waiting for rank {rank}: {e}")))?;
+        if let Some(status) = status {
+            *slot = None;
+            if !status.success() {
+                failed_now.push((rank, status));
+            }
+        }
+    }
+    Ok(failed_now)
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.

@@ -6,6 +6,7 @@
 
 mod collective;
 mod config;
+mod connect;
 mod grads;
 pub mod launch;
 mod wire;

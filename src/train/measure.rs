@@ -67,9 +67,13 @@ impl<B: TrainBackend> Session<B> {
     /// (random windows, equal numbers per target member: source or target set). Distributed,
     /// each rank computes its rows of every batch and the gradients are summed over ranks.
     pub fn validation_gradient(&mut self, batches: usize) -> Result<GradientsParams> {
-        let streams = target_streams(&self.target, &self.sources, &self.target_sets);
+        let streams = target_streams(
+            &self.mixing.target,
+            &self.batches.sources,
+            &self.batches.target_sets,
+        );
         let batch_size = self.config.train.batch_size;
-        let alone = self.collective.is_none();
+        let alone = self.reducer.is_alone();
         let mine = self.my_rows(batch_size);
         // Drawn in turn (on the CPU as passes of at most `train.cpu_pass_size` rows, each then
         // a share of its batch's mean), then forward/backward side by side (`passes`), added
@@ -78,6 +82,7 @@ impl<B: TrainBackend> Session<B> {
         let mut drawn = Vec::new();
         for _ in 0..batches {
             let batch = self
+                .batches
                 .sampler
                 .probe_batch_share(&streams, batch_size, mine.clone());
             let passes = split_into_passes::<B>(batch, pass_size);
@@ -88,7 +93,7 @@ impl<B: TrainBackend> Session<B> {
         let device = &self.device;
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         backward_passes(
-            &self.model,
+            &self.trainer.model,
             &drawn,
             |model, (whole, batch)| {
                 let (inputs, targets) = batch_tensors::<B>(batch, device);
@@ -96,7 +101,7 @@ impl<B: TrainBackend> Session<B> {
                 let loss = batch_mean(losses, batch_size * batch.seq_len, *whole) / batches as f64;
                 GradientsParams::from_grads(loss.backward(), model)
             },
-            |_, grads| accumulator.accumulate(&self.model, grads),
+            |_, grads| accumulator.accumulate(&self.trainer.model, grads),
         );
         self.sum_grads_over_ranks(accumulator.grads())
     }
@@ -112,9 +117,10 @@ impl<B: TrainBackend> Session<B> {
             let n = left.min(batch_size);
             left -= n;
             let mine = self.my_rows(n);
-            let batch = self
-                .sampler
-                .probe_batch_share(&[&self.sources[k].train], n, mine);
+            let batch =
+                self.batches
+                    .sampler
+                    .probe_batch_share(&[&self.batches.sources[k].train], n, mine);
             drawn.extend(split_into_passes::<B>(
                 batch,
                 self.config.train.cpu_pass_size,
@@ -124,7 +130,7 @@ impl<B: TrainBackend> Session<B> {
         let device = &self.device;
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         backward_passes(
-            &self.model,
+            &self.trainer.model,
             &drawn,
             |model, batch| {
                 let (inputs, targets) = batch_tensors::<B>(batch, device);
@@ -132,7 +138,7 @@ impl<B: TrainBackend> Session<B> {
                     / (samples * batch.seq_len) as f64;
                 GradientsParams::from_grads(loss.backward(), model)
             },
-            |_, grads| accumulator.accumulate(&self.model, grads),
+            |_, grads| accumulator.accumulate(&self.trainer.model, grads),
         );
         accumulator.grads()
     }
@@ -154,13 +160,13 @@ impl<B: TrainBackend> Session<B> {
     ) -> Vec<Vec<f64>> {
         let g_vals: Vec<FlatGrads<B::InnerBackend>> = g_vals
             .iter()
-            .map(|g_val| FlatGrads::of(&self.model, g_val))
+            .map(|g_val| FlatGrads::of(&self.trainer.model, g_val))
             .collect();
         let mut out = vec![Vec::new(); g_vals.len()];
-        for k in 0..self.sources.len() {
+        for k in 0..self.batches.sources.len() {
             let g_k = self.source_gradient_share(k, samples);
             for (row, g_val) in out.iter_mut().zip(&g_vals) {
-                row.push(grad_dot(&self.model, g_val, &g_k));
+                row.push(grad_dot(&self.trainer.model, g_val, &g_k));
             }
         }
         out
@@ -176,20 +182,25 @@ impl<B: TrainBackend> Session<B> {
         lr: f64,
         candidates: &[Vec<f64>],
     ) -> Result<Vec<f64>> {
-        let mut gradients = Vec::with_capacity(self.sources.len());
-        for k in 0..self.sources.len() {
+        let mut gradients = Vec::with_capacity(self.batches.sources.len());
+        for k in 0..self.batches.sources.len() {
             let share = self.source_gradient_share(k, spec.samples_per_source);
             gradients.push(self.sum_grads_over_ranks(share)?);
         }
-        let streams = target_streams(&self.target, &self.sources, &self.target_sets);
+        let streams = target_streams(
+            &self.mixing.target,
+            &self.batches.sources,
+            &self.batches.target_sets,
+        );
         let batch_size = self.config.train.batch_size;
-        let alone = self.collective.is_none();
+        let alone = self.reducer.is_alone();
         let mine = self.my_rows(batch_size);
         let batches: Vec<_> = (0..spec.val_batches)
             .map(|_| {
-                let batch = self
-                    .sampler
-                    .probe_batch_share(&streams, batch_size, mine.clone());
+                let batch =
+                    self.batches
+                        .sampler
+                        .probe_batch_share(&streams, batch_size, mine.clone());
                 (!batch.is_empty())
                     .then(|| Self::batch_tensors::<B::InnerBackend>(&batch, &self.device))
             })
@@ -208,8 +219,8 @@ impl<B: TrainBackend> Session<B> {
                 .sum();
             total / batches.len() as f64
         };
-        let model = self.model.valid();
-        let optim = spec.precondition.then_some(&self.optim);
+        let model = self.trainer.model.valid();
+        let optim = spec.precondition.then_some(&self.trainer.optim);
         // [L(θ), L(θ_1), …, L(θ_C)], summed over ranks before the differences are taken.
         let mut losses = vec![mean_loss(&model)];
         for w in candidates {
@@ -224,14 +235,14 @@ impl<B: TrainBackend> Session<B> {
     /// each source (forward passes of both models, no backward). Distributed, each rank takes
     /// its rows of every batch and the sums are added over ranks.
     pub fn excess_losses(&mut self, samples: usize) -> Result<Vec<f64>> {
-        let reference = self.reference.as_ref().ok_or_else(|| {
+        let reference = self.mixing.reference.as_ref().ok_or_else(|| {
             Error::Training("the doremi mixer needs a reference model, and none is loaded".into())
         })?;
-        let model = self.model.valid();
+        let model = self.trainer.model.valid();
         let batch_size = self.config.train.batch_size;
-        let mut totals = Vec::with_capacity(self.sources.len());
-        let mut token_counts = Vec::with_capacity(self.sources.len());
-        for k in 0..self.sources.len() {
+        let mut totals = Vec::with_capacity(self.batches.sources.len());
+        let mut token_counts = Vec::with_capacity(self.batches.sources.len());
+        for k in 0..self.batches.sources.len() {
             let mut total = 0.0;
             let mut tokens = 0usize;
             let mut left = samples;
@@ -239,9 +250,11 @@ impl<B: TrainBackend> Session<B> {
                 let n = left.min(batch_size);
                 left -= n;
                 let mine = self.my_rows(n);
-                let batch = self
-                    .sampler
-                    .probe_batch_share(&[&self.sources[k].train], n, mine);
+                let batch = self.batches.sampler.probe_batch_share(
+                    &[&self.batches.sources[k].train],
+                    n,
+                    mine,
+                );
                 tokens += n * batch.seq_len;
                 if batch.is_empty() {
                     continue;
@@ -272,14 +285,14 @@ impl<B: TrainBackend> Session<B> {
     /// reference model's token losses were computed when the pool was built. Distributed,
     /// each rank holds its rows of every source's pool and the sums are added over ranks.
     pub fn pool_excess_losses(&mut self, samples: usize) -> Result<Vec<f64>> {
-        if self.excess_pool.is_none() {
-            self.excess_pool = Some(self.build_excess_pool(samples)?);
+        if self.mixing.excess_pool.is_none() {
+            self.mixing.excess_pool = Some(self.build_excess_pool(samples)?);
         }
-        let pool = self.excess_pool.as_ref().expect("built above");
-        let k = self.sources.len();
+        let pool = self.mixing.excess_pool.as_ref().expect("built above");
+        let k = self.batches.sources.len();
         let totals: Vec<f64> = match &pool.batch {
             Some(b) => {
-                let model = self.model.valid();
+                let model = self.trainer.model.valid();
                 // The pool's rows as passes of at most `train.cpu_pass_size` on the CPU,
                 // forwarded side by side (`passes`); every row's losses are those of one
                 // forward over the whole pool.
@@ -313,7 +326,7 @@ impl<B: TrainBackend> Session<B> {
     /// training stream, drawn from the run's seed, as one batch (source by source), and the
     /// reference model's token losses on it.
     fn build_excess_pool(&self, samples: usize) -> Result<ExcessPool<B::InnerBackend>> {
-        let reference = self.reference.as_ref().ok_or_else(|| {
+        let reference = self.mixing.reference.as_ref().ok_or_else(|| {
             Error::Training("the doremi mixer needs a reference model, and none is loaded".into())
         })?;
         let mine = self.my_rows(samples);
@@ -329,10 +342,13 @@ impl<B: TrainBackend> Session<B> {
             sources: Vec::new(),
             seq_len: self.config.data.seq_len,
         };
-        for (k, source) in self.sources.iter().enumerate() {
-            let batch =
-                self.sampler
-                    .fixed_batch_share(&[&source.train], samples, mine.clone(), k as u64);
+        for (k, source) in self.batches.sources.iter().enumerate() {
+            let batch = self.batches.sampler.fixed_batch_share(
+                &[&source.train],
+                samples,
+                mine.clone(),
+                k as u64,
+            );
             pool.tokens.extend(batch.tokens);
             pool.sources.extend(batch.sources.iter().map(|_| k));
         }

@@ -1,12 +1,15 @@
 //! The inner loop (one training step, evaluation) and the run loop around it.
 
+mod batches;
 mod config;
 mod evaluator;
 mod measure;
 mod micro;
+mod mixing;
 mod passes;
 mod probe;
 mod ranks;
+mod reducer;
 mod reference;
 mod report;
 mod run;
@@ -14,6 +17,7 @@ mod session;
 mod single_pass;
 mod state;
 mod step;
+mod trainer;
 
 pub use config::{NonFinitePolicy, RunConfig, TrainConfig};
 pub use evaluator::{batch_tensors, Evaluation, Evaluator};

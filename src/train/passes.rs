@@ -1,12 +1,12 @@
 //! Independent forward/backward passes (a step's micro-batches, the validation batches behind
 //! g_val, TiKMiX's per-source batches) and forward passes (evaluation, DoReMi's pool) run side
 //! by side where the backend gains from it (the CPU: `StatKernels::concurrent_passes`,
-//! `mixtrain_kernels::concurrent`), one after the other elsewhere. The results come back in
+//! `mixtrain_kernels::cpu::concurrent`), one after the other elsewhere. The results come back in
 //! job order and callers add them up in that order, so the bits are the same either way
 //! (`tests/it/determinism.rs`).
 
 use burn::module::AutodiffModule;
-use mixtrain_kernels::concurrent::{run_concurrently, run_streaming};
+use mixtrain_kernels::cpu::concurrent::{run_concurrently, run_streaming};
 use mixtrain_kernels::StatKernels;
 
 use crate::backend::TrainBackend;

@@ -9,7 +9,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use mixtrain_kernels::StatKernels;
+use mixtrain_kernels::{SourceStats, StatKernels};
 
 use crate::mixer::GradScope;
 use crate::optim::AdamW;
@@ -191,7 +191,7 @@ where
             return;
         };
         let numel = b.shape().num_elements();
-        let s = <AB::InnerBackend as StatKernels>::dot(a.clone(), b.reshape([numel])); // [1]
+        let s = <AB::InnerBackend as SourceStats>::dot(a.clone(), b.reshape([numel])); // [1]
         self.sum = Some(match self.sum.take() {
             Some(acc) => acc + s,
             None => s,

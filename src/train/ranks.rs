@@ -11,37 +11,31 @@ use burn::optim::GradientsParams;
 use super::evaluator::Evaluation;
 use super::Session;
 use crate::backend::TrainBackend;
-use crate::distributed::{flatten_grads, mixture_check, share, unflatten_grads, Payload};
+use crate::distributed::{flatten_grads, mixture_check, unflatten_grads, Payload};
 use crate::error::Result;
 
 impl<B: TrainBackend> Session<B> {
     /// (rank, world size); (0, 1) alone.
     pub(crate) fn rank_and_world(&self) -> (usize, usize) {
-        self.collective
-            .as_ref()
-            .map_or((0, 1), |c| (c.rank(), c.world_size()))
+        self.reducer.rank_and_world()
     }
 
     /// The rows of a batch of `n` this rank computes.
     pub(crate) fn my_rows(&self, n: usize) -> Range<usize> {
-        let (rank, world) = self.rank_and_world();
-        share(n, rank, world)
+        self.reducer.my_rows(n)
     }
 
-    /// Sums over ranks (in rank order) of `f32s` and `f64s`; the same values back alone.
+    /// Sums over ranks (in rank order) of `f32s` and `f64s`; the same values back alone. The
+    /// step and the mixture in force are compared across ranks on the way.
     pub(crate) fn sum_over_ranks(&mut self, f32s: Vec<f32>, f64s: Vec<f64>) -> Result<Payload> {
-        let step = self.progress.step as u64;
-        let check = mixture_check(self.mixer.weights());
-        let payload = Payload { f32s, f64s };
-        match self.collective.as_mut() {
-            Some(collective) => collective.all_reduce(step, check, payload),
-            None => Ok(payload),
-        }
+        let step = self.trainer.progress.step as u64;
+        let check = mixture_check(self.mixing.mixer.weights());
+        self.reducer.sum(step, check, Payload { f32s, f64s })
     }
 
     /// Σ over ranks of a statistic (one value per source, candidate, ...).
     pub(crate) fn sum_values_over_ranks(&mut self, values: Vec<f64>) -> Result<Vec<f64>> {
-        if self.collective.is_none() {
+        if self.reducer.is_alone() {
             return Ok(values);
         }
         Ok(self.sum_over_ranks(Vec::new(), values)?.f64s)
@@ -50,14 +44,14 @@ impl<B: TrainBackend> Session<B> {
     /// The evaluation on the fixed validation windows, each rank computing its rows of every
     /// batch of windows and the loss totals summed over ranks; alone, `evaluate`.
     pub fn evaluate_over_ranks(&mut self) -> Result<Evaluation> {
-        if self.collective.is_none() {
+        if self.reducer.is_alone() {
             return Ok(self.evaluate());
         }
-        let model = self.model.valid();
+        let model = self.trainer.model.valid();
         let totals = self.evaluator.token_loss_totals(
             &model,
-            &self.sources,
-            &self.target_sets,
+            &self.batches.sources,
+            &self.batches.target_sets,
             &self.device,
             self.rank_and_world(),
         );
@@ -70,12 +64,12 @@ impl<B: TrainBackend> Session<B> {
         &mut self,
         grads: GradientsParams,
     ) -> Result<GradientsParams> {
-        if self.collective.is_none() {
+        if self.reducer.is_alone() {
             return Ok(grads);
         }
-        let flat = flatten_grads(&self.model, &grads);
+        let flat = flatten_grads(&self.trainer.model, &grads);
         let summed = self.sum_over_ranks(flat, Vec::new())?;
-        Ok(unflatten_grads(&self.model, &summed.f32s))
+        Ok(unflatten_grads(&self.trainer.model, &summed.f32s))
     }
 
     /// Sums the step's gradients and statistics over the ranks of a distributed run: the
@@ -96,7 +90,7 @@ impl<B: TrainBackend> Session<B> {
         if let Some(excess) = &excess_sums {
             f64s.extend(excess.iter());
         }
-        let flat = flatten_grads(&self.model, &grads);
+        let flat = flatten_grads(&self.trainer.model, &grads);
         let summed = self.sum_over_ranks(flat, f64s)?;
         let k = sums.len();
         *loss = summed.f64s[0];
@@ -107,6 +101,6 @@ impl<B: TrainBackend> Session<B> {
         if let Some(excess) = excess_sums {
             excess.copy_from_slice(&summed.f64s[1 + 3 * k..1 + 4 * k]);
         }
-        Ok(unflatten_grads(&self.model, &summed.f32s))
+        Ok(unflatten_grads(&self.trainer.model, &summed.f32s))
     }
 }

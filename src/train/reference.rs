@@ -35,7 +35,7 @@ fn weights_of(path: &Path) -> Result<PathBuf> {
     Ok(weights)
 }
 
-/// Loads or trains the reference model into `session.reference`. A resumed run loads the one
+/// Loads or trains the reference model into `session.mixing.reference`. A resumed run loads the one
 /// it saved; a new run loads `mixer.doremi.reference` or trains one and saves it in `out_dir`
 /// (replacing any leftover of an earlier, failed start).
 pub fn ensure_reference<B: TrainBackend>(
@@ -58,7 +58,7 @@ pub fn ensure_reference<B: TrainBackend>(
             let fresh = session
                 .config
                 .model
-                .init::<B>(session.vocab_size, &session.device);
+                .init::<B>(session.batches.vocab_size, &session.device);
             load_params(fresh, &tensors, &path)?.valid()
         }
         None => {
@@ -70,7 +70,7 @@ pub fn ensure_reference<B: TrainBackend>(
             model
         }
     };
-    session.reference = Some(reference);
+    session.mixing.reference = Some(reference);
     Ok(())
 }
 
@@ -91,5 +91,5 @@ fn train_reference<B: TrainBackend>(
     for _ in 0..steps {
         reference.train_step()?;
     }
-    Ok(reference.model.valid())
+    Ok(reference.trainer.model.valid())
 }

@@ -59,14 +59,22 @@ pub(super) fn add_eval_fields<B: TrainBackend>(
         "val_loss_by_source".into(),
         by_name(&session.source_names(), val.sources.iter().copied()),
     );
-    if !session.target_sets.is_empty() {
-        let set_names: Vec<String> = session.target_sets.iter().map(|s| s.name.clone()).collect();
+    if !session.batches.target_sets.is_empty() {
+        let set_names: Vec<String> = session
+            .batches
+            .target_sets
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
         record.insert(
             "val_loss_by_target_set".into(),
             by_name(&set_names, val.sets.iter().copied()),
         );
     }
-    record.insert("target_val_loss".into(), json!(val.target(&session.target)));
+    record.insert(
+        "target_val_loss".into(),
+        json!(val.target(&session.mixing.target)),
+    );
 }
 
 pub(super) fn add_mixer_fields(
@@ -90,22 +98,26 @@ pub(super) fn write_mixture<B: TrainBackend>(
     session: &Session<B>,
     names: &[String],
 ) -> Result<()> {
-    let steps = session.progress.step.max(1) as f64;
-    let initial = &session.initial;
+    let steps = session.trainer.progress.step.max(1) as f64;
+    let initial = &session.mixing.initial;
     let time_averaged: Vec<f64> = session
+        .trainer
         .progress
         .weight_sums
         .iter()
         .map(|w| w / steps)
         .collect();
-    let mut file = MixtureFile::new(names, session.mixer.weights())
+    let mut file = MixtureFile::new(names, session.mixing.mixer.weights())
         .with("time_averaged", by_name(names, time_averaged))
         .with("initial", by_name(names, initial.weights.iter().copied()))
         .with("init", json!(initial.method))
-        .with("steps", json!(session.progress.step))
+        .with("steps", json!(session.trainer.progress.step))
         .with(
             "tokens_by_source",
-            by_name(names, session.progress.tokens_by_source.iter().copied()),
+            by_name(
+                names,
+                session.trainer.progress.tokens_by_source.iter().copied(),
+            ),
         );
     if let Some(entropy) = &initial.entropy {
         file = file.with("entropy_nats", by_name(names, entropy.iter().copied()));
@@ -137,18 +149,23 @@ pub(super) fn report_progress<B: TrainBackend>(
     config: &Config,
 ) {
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    let tokens_per_s = (session.progress.tokens - start_tokens) as f64 / elapsed;
+    let tokens_per_s = (session.trainer.progress.tokens - start_tokens) as f64 / elapsed;
     match bar {
         Some(bar) => {
-            bar.set_position(session.progress.step as u64);
+            bar.set_position(session.trainer.progress.step as u64);
             bar.set_message(format!(
                 "loss {:.4}  {:.0} tok/s",
                 report.loss, tokens_per_s
             ));
         }
-        None if session.progress.step.is_multiple_of(config.train.log_every) => {
+        None if session
+            .trainer
+            .progress
+            .step
+            .is_multiple_of(config.train.log_every) =>
+        {
             tracing::info!(
-                step = session.progress.step,
+                step = session.trainer.progress.step,
                 loss = format!("{:.4}", report.loss),
                 tokens_per_s = format!("{tokens_per_s:.0}"),
                 lr = format!("{:.2e}", report.lr),

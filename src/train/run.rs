@@ -14,8 +14,9 @@ use super::report::{
     report_progress, write_mixture,
 };
 use super::session::{Session, StepReport};
-use mixtrain_kernels::StatKernels;
+use mixtrain_kernels::ExecPolicy;
 
+use super::reducer::Reducer;
 use crate::backend::{dispatch, BackendTask, TrainBackend};
 use crate::checkpoint;
 use crate::config::Config;
@@ -121,10 +122,10 @@ fn train_loop<B: TrainBackend>(
         bar: make_progress(
             options.progress,
             run.config.train.steps,
-            run.session.progress.step,
+            run.session.trainer.progress.step,
         ),
         started: Instant::now(),
-        start_tokens: run.session.progress.tokens,
+        start_tokens: run.session.trainer.progress.tokens,
         initial_val_loss: None,
         last_val_loss: None,
         pending_train: None,
@@ -132,7 +133,7 @@ fn train_loop<B: TrainBackend>(
         step_excess: None,
     };
     loop {
-        let step = run.session.progress.step;
+        let step = run.session.trainer.progress.step;
         if run.resumed_at != Some(step) {
             periodic_work(&mut run, &mut state, step)?;
         }
@@ -158,7 +159,7 @@ fn prepare<B: TrainBackend>(
     let device_name = format!("{device:?}");
     // Which implementation the cross-entropy and single-pass statistics run on: the CubeCL
     // kernels on wgpu/cuda, the plain-tensor references on the CPU.
-    let kernels = <B as StatKernels>::IMPL.name();
+    let kernels = <B as ExecPolicy>::IMPL.name();
     let distributed = &config.distributed;
     let leader = distributed.rank == 0;
     let mut collective = distributed
@@ -178,7 +179,7 @@ fn prepare<B: TrainBackend>(
         .transpose()?;
     crate::demix::ensure_seed::<B>(&config, &device)?;
     let mut session = Session::<B>::build(config.clone(), device)?;
-    if session.mixer.needs().excess_loss.is_some() {
+    if session.mixing.mixer.needs().excess_loss.is_some() {
         // The other ranks load the reference model rank 0 trained and saved.
         reference::ensure_reference(&mut session, &config.run.out_dir, options.resume || !leader)?;
     }
@@ -195,14 +196,14 @@ fn prepare<B: TrainBackend>(
         false => None,
     };
     if let Some(collective) = collective.take() {
-        session.collective = Some(start_ranks(collective, &session, leader, distributed)?);
+        session.reducer = Reducer::Tcp(start_ranks(collective, &session, leader, distributed)?);
     }
     let names = session.source_names();
     tracing::info!(
         backend,
         kernels,
         device = %device_name,
-        params = session.model.num_params(),
+        params = session.trainer.model.num_params(),
         sources = %names.join(","),
         "training"
     );
@@ -257,9 +258,9 @@ fn start_ranks<B: TrainBackend>(
         // The run directory is ready (and on resume tidied): the other ranks may read it.
         collective.barrier(0, 0, distributed.join_timeout())?;
     }
-    let check = crate::distributed::mixture_check(session.mixer.weights());
+    let check = crate::distributed::mixture_check(session.mixing.mixer.weights());
     collective.barrier(
-        session.progress.step as u64,
+        session.trainer.progress.step as u64,
         check,
         distributed.join_timeout(),
     )?;
@@ -277,10 +278,10 @@ fn periodic_work<B: TrainBackend>(
     let (train, total) = (&run.config.train, run.config.train.steps);
     let mut record = Map::new();
     record.insert("step".into(), json!(step));
-    record.insert("tokens".into(), json!(session.progress.tokens));
+    record.insert("tokens".into(), json!(session.trainer.progress.tokens));
     if let Some(report) = state.pending_train.take() {
         add_train_fields(&mut record, &report, &run.names);
-        let tokens = session.progress.tokens_by_source.iter().copied();
+        let tokens = session.trainer.progress.tokens_by_source.iter().copied();
         record.insert("tokens_by_source".into(), by_name(&run.names, tokens));
     }
     if step.is_multiple_of(train.eval_every) || step == total {
@@ -293,7 +294,7 @@ fn periodic_work<B: TrainBackend>(
     }
     if step == 0 {
         if let Some(run_dir) = run.run_dir.as_mut() {
-            run_dir.write_ratios(0, session.mixer.weights())?;
+            run_dir.write_ratios(0, session.mixing.mixer.weights())?;
         }
     } else if run.config.mixer.updates_at(step, total) {
         // Every rank updates its mixer from the same sums: the mixtures stay equal.
@@ -310,7 +311,7 @@ fn periodic_work<B: TrainBackend>(
     };
     if record.len() > 2 {
         let elapsed = state.started.elapsed().as_secs_f64();
-        let tokens_done = (session.progress.tokens - state.start_tokens) as f64;
+        let tokens_done = (session.trainer.progress.tokens - state.start_tokens) as f64;
         record.insert(
             "wall".into(),
             json!({ "elapsed_s": elapsed, "tokens_per_s": tokens_done / elapsed.max(1e-9) }),
@@ -344,7 +345,7 @@ fn training_step<B: TrainBackend>(run: &mut Run<B>, state: &mut LoopState) -> Re
                 step,
                 message: format!(
                     "{message}. The last good state (step {}) is checkpoint {}",
-                    session.progress.step,
+                    session.trainer.progress.step,
                     saved.display()
                 ),
             });
@@ -362,9 +363,18 @@ fn training_step<B: TrainBackend>(run: &mut Run<B>, state: &mut LoopState) -> Re
         &run.config,
     );
     if let Some(reason) = &report.skipped {
-        tracing::warn!(step = session.progress.step, "step skipped: {reason}");
+        tracing::warn!(
+            step = session.trainer.progress.step,
+            "step skipped: {reason}"
+        );
     }
-    if session.progress.step.is_multiple_of(train.log_every) || report.skipped.is_some() {
+    if session
+        .trainer
+        .progress
+        .step
+        .is_multiple_of(train.log_every)
+        || report.skipped.is_some()
+    {
         state.pending_train = Some(report);
     }
     Ok(())
@@ -387,39 +397,29 @@ fn finish<B: TrainBackend>(
         let model_path = run_dir.path.join(MODEL_FILE);
         export_model(
             &model_path,
-            &session.model,
+            &session.trainer.model,
             &run.config.model,
-            session.vocab_size,
+            session.batches.vocab_size,
         )?;
     }
     let final_val = match state.last_val_loss {
         Some(v) => v,
         None => session.evaluate_over_ranks()?,
     };
-    if let Some(collective) = session.collective.as_mut() {
-        collective.finish();
-        let stats = &collective.stats;
-        tracing::info!(
-            rank = collective.rank(),
-            calls = stats.calls,
-            seconds = format!("{:.2}", stats.seconds),
-            mib_sent = format!("{:.1}", stats.bytes_sent as f64 / (1 << 20) as f64),
-            "all-reduce"
-        );
-    }
+    session.reducer.finish();
     for (name, loss) in run.names.iter().zip(&final_val.sources) {
         tracing::info!(source = %name, val_loss = format!("{loss:.4}"), "final");
     }
-    for (set, loss) in session.target_sets.iter().zip(&final_val.sets) {
+    for (set, loss) in session.batches.target_sets.iter().zip(&final_val.sets) {
         tracing::info!(target_set = %set.name, val_loss = format!("{loss:.4}"), "final");
     }
     Ok(RunSummary {
         steps: run.config.train.steps,
-        final_target_loss: final_val.target(&session.target),
+        final_target_loss: final_val.target(&session.mixing.target),
         sources: run.names,
         initial_val_loss: state.initial_val_loss.map(|v| v.sources),
         final_val_loss: final_val.sources,
-        final_weights: session.mixer.weights().to_vec(),
+        final_weights: session.mixing.mixer.weights().to_vec(),
         resumed: resume_asked
             .then_some(run.resumed_at.map_or(Resumed::Restarted, Resumed::FromStep)),
     })

@@ -44,28 +44,32 @@ impl<B: TrainBackend> Session<B> {
     /// (`MixerConfig::probes_at`): the open window, or a new one at the window's first step,
     /// around the g_val kept from earlier updates (`mixer.gval_every`) or a fresh one.
     fn probe_for_next_step(&mut self) -> Result<Option<ProbeWindow>> {
-        let Some(spec) = self.mixer.needs().grad_probe else {
+        let Some(spec) = self.mixing.mixer.needs().grad_probe else {
             return Ok(None);
         };
         if !self
             .config
             .mixer
-            .probes_at(self.progress.step + 1, self.config.train.steps)
+            .probes_at(self.trainer.progress.step + 1, self.config.train.steps)
         {
             return Ok(None);
         }
-        if let Some(window) = self.probe_window.take() {
+        if let Some(window) = self.mixing.probe.window.take() {
             return Ok(Some(window));
         }
-        if let Some((probe, served)) = self.kept_probe.take() {
-            return Ok(Some(ProbeWindow::new(probe, self.sources.len(), served)));
+        if let Some((probe, served)) = self.mixing.probe.kept.take() {
+            return Ok(Some(ProbeWindow::new(
+                probe,
+                self.batches.sources.len(),
+                served,
+            )));
         }
         let probe = GradProbe {
             g_val: self.validation_gradient(spec.val_batches)?,
             scope: spec.scope,
             precondition: spec.precondition,
         };
-        Ok(Some(ProbeWindow::new(probe, self.sources.len(), 0)))
+        Ok(Some(ProbeWindow::new(probe, self.batches.sources.len(), 0)))
     }
 
     /// One optimizer step: draw the step's sequences from the mixture, forward/backward each
@@ -75,8 +79,8 @@ impl<B: TrainBackend> Session<B> {
     /// probe window.
     pub fn train_step(&mut self) -> Result<StepReport> {
         // Taken before the probe: its validation batches draw from the sampler too.
-        let sampler_before = self.sampler.state().clone();
-        let opened_here = self.probe_window.is_none();
+        let sampler_before = self.batches.sampler.state().clone();
+        let opened_here = self.mixing.probe.window.is_none();
         let mut window = self.probe_for_next_step()?;
         let excess = self.excess_for_next_step();
         let result = self.step_from(window.as_ref().map(|w| &w.probe), excess, sampler_before);
@@ -85,16 +89,16 @@ impl<B: TrainBackend> Session<B> {
                 if let (Some(window), Some(dots)) = (window.as_mut(), &report.grad_dot) {
                     window.add(dots);
                 }
-                self.probe_window = window;
+                self.mixing.probe.window = window;
             }
             // The sampler is back where it was before this step's g_val was drawn: a window
             // opened by this step goes too, so the replayed step opens it again identically
             // (around the same kept g_val, if it had one).
             Err(_) => match window {
                 Some(window) if opened_here && window.served > 0 => {
-                    self.kept_probe = Some((window.probe, window.served));
+                    self.mixing.probe.kept = Some((window.probe, window.served));
                 }
-                Some(window) if !opened_here => self.probe_window = Some(window),
+                Some(window) if !opened_here => self.mixing.probe.window = Some(window),
                 _ => {}
             },
         }
@@ -103,18 +107,18 @@ impl<B: TrainBackend> Session<B> {
 
     /// Whether the next step measures DoReMi's excess losses for the update right after it.
     fn excess_for_next_step(&self) -> bool {
-        self.mixer.needs().excess_loss == Some(ExcessSpec::Step)
+        self.mixing.mixer.needs().excess_loss == Some(ExcessSpec::Step)
             && self
                 .config
                 .mixer
-                .updates_at(self.progress.step + 1, self.config.train.steps)
+                .updates_at(self.trainer.progress.step + 1, self.config.train.steps)
     }
 
     /// One optimizer step; with `probe`, it also measures ⟨g_val, g_k⟩ per source the way
     /// `mixer.grad_stats` says (returned in the report's `grad_dot`). `train_step` probes the
     /// steps right before the mixer's updates; benches call this directly to time a probed step.
     pub fn train_step_probed(&mut self, probe: Option<GradProbe>) -> Result<StepReport> {
-        let sampler_before = self.sampler.state().clone();
+        let sampler_before = self.batches.sampler.state().clone();
         self.step_from(probe.as_ref(), false, sampler_before)
     }
 
@@ -142,9 +146,10 @@ impl<B: TrainBackend> Session<B> {
     fn plan_step(&mut self, probed: bool) -> StepPlan {
         let train = &self.config.train;
         let apply = self.config.mixer.apply;
-        let weights = self.mixer.weights().to_vec();
+        let weights = self.mixing.mixer.weights().to_vec();
         let sources =
-            self.sampler
+            self.batches
+                .sampler
                 .draw_sources(&weights, apply, train.batch_size * train.grad_accum);
         let mut counts = vec![0usize; weights.len()];
         for &s in &sources {
@@ -158,7 +163,7 @@ impl<B: TrainBackend> Session<B> {
         let single_pass = probed && self.config.mixer.grad_stats == GradStats::SinglePass;
         let ranges = micro_batch_ranges(&sources, train.batch_size, probed && !single_pass);
         StepPlan {
-            lr: lr_at(self.progress.step, train),
+            lr: lr_at(self.trainer.progress.step, train),
             weights,
             sources,
             counts,
@@ -194,7 +199,10 @@ impl<B: TrainBackend> Session<B> {
             // A distributed rank trains on its share of every micro-batch; the sums over ranks
             // make the step the same as one process training on all of it.
             let mine = self.my_rows(micro.len());
-            let batch = self.sampler.fill_share(micro, &self.sources, mine.clone());
+            let batch = self
+                .batches
+                .sampler
+                .fill_share(micro, &self.batches.sources, mine.clone());
             if mine.is_empty() {
                 continue;
             }
@@ -224,10 +232,11 @@ impl<B: TrainBackend> Session<B> {
         excess: bool,
         sums: &mut StepSums<B>,
     ) -> GradientsParams {
-        let target = probe.map(|p| p.step_target(&self.model, self.head_name(), &self.optim));
+        let target = probe
+            .map(|p| p.step_target(&self.trainer.model, self.head_name(), &self.trainer.optim));
         // Per-source passes dot their gradient with the target where they run.
         let flat_target = match (&target, plan.single_pass) {
-            (Some(target), false) => Some(FlatGrads::of(&self.model, target)),
+            (Some(target), false) => Some(FlatGrads::of(&self.trainer.model, target)),
             _ => None,
         };
         // A probed step's per-source passes (about three rows each on the quickstart) run two
@@ -239,26 +248,29 @@ impl<B: TrainBackend> Session<B> {
             pair_up_passes(&mut drawn);
         }
         let passes = PassContext {
-            reference: self.reference.as_ref(),
+            reference: self.mixing.reference.as_ref(),
             device: &self.device,
             k: plan.weights.len(),
             weight_total: plan.weight_total,
             excess,
         };
-        let poison = crate::fault::nonfinite_loss(self.progress.step + 1);
+        let poison = crate::fault::nonfinite_loss(self.trainer.progress.step + 1);
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
         let mut take = |micro: &MicroBatch, out: MicroOut<B>| {
-            accumulator.accumulate(&self.model, sums.add(micro, out, plan.weight_total, poison));
+            accumulator.accumulate(
+                &self.trainer.model,
+                sums.add(micro, out, plan.weight_total, poison),
+            );
         };
         // Single-pass statistics read the step's P ⊙ g_val inside the pass: one at a time.
         match target.as_ref().filter(|_| plan.single_pass) {
             Some(traced) => {
                 for micro in &drawn {
-                    take(micro, passes.run(&self.model, micro, Some(traced)));
+                    take(micro, passes.run(&self.trainer.model, micro, Some(traced)));
                 }
             }
             None => backward_passes(
-                &self.model,
+                &self.trainer.model,
                 &drawn,
                 |model, micro| {
                     let mut out = passes.run(model, micro, None);
@@ -281,7 +293,7 @@ impl<B: TrainBackend> Session<B> {
         sums: &mut StepSums<B>,
         excess: bool,
     ) -> Result<GradientsParams> {
-        if self.collective.is_none() {
+        if self.reducer.is_alone() {
             return Ok(grads);
         }
         self.sum_step_over_ranks(
@@ -303,10 +315,10 @@ impl<B: TrainBackend> Session<B> {
         excess: bool,
         sampler_before: crate::data::SamplerState,
     ) -> Result<StepReport> {
-        if crate::fault::nonfinite_grad(self.progress.step + 1) {
-            crate::optim::poison_first_gradient(&self.model, &mut grads);
+        if crate::fault::nonfinite_grad(self.trainer.progress.step + 1) {
+            crate::optim::poison_first_gradient(&self.trainer.model, &mut grads);
         }
-        let grad_norm = global_grad_norm(&self.model, &grads);
+        let grad_norm = global_grad_norm(&self.trainer.model, &grads);
         if !sums.loss.is_finite() || !grad_norm.is_finite() {
             return self.refuse_nonfinite(plan, &sums, grad_norm, sampler_before);
         }
@@ -316,12 +328,12 @@ impl<B: TrainBackend> Session<B> {
         } else {
             1.0
         };
-        let model = self.model.clone();
-        self.model = self.optim.step(model, &mut grads, plan.lr, scale);
+        let model = self.trainer.model.clone();
+        self.trainer.model = self.trainer.optim.step(model, &mut grads, plan.lr, scale);
 
         let seq_len = self.config.data.seq_len;
         let step_tokens = plan.sources.len() * seq_len;
-        self.progress.record_step(
+        self.trainer.progress.record_step(
             step_tokens as u64,
             seq_len,
             &plan.counts,
@@ -357,9 +369,9 @@ impl<B: TrainBackend> Session<B> {
         let train = &self.config.train;
         let (policy, max_skipped) = (train.on_nonfinite, train.max_skipped_steps);
         let message = self.nonfinite_message(sums.loss, grad_norm, &sums.by_source);
-        if policy == NonFinitePolicy::Skip && self.progress.skipped_steps < max_skipped {
+        if policy == NonFinitePolicy::Skip && self.trainer.progress.skipped_steps < max_skipped {
             // The batch is dropped; the schedule moves on as if the step had happened.
-            self.progress.record_skipped(&plan.weights);
+            self.trainer.progress.record_skipped(&plan.weights);
             return Ok(StepReport {
                 loss: sums.loss,
                 loss_by_source: vec![None; plan.weights.len()],
@@ -371,14 +383,14 @@ impl<B: TrainBackend> Session<B> {
                 excess_loss: None,
             });
         }
-        self.sampler.restore(sampler_before);
+        self.batches.sampler.restore(sampler_before);
         let message = if policy == NonFinitePolicy::Skip {
             format!("{message}; more than train.max_skipped_steps = {max_skipped} steps skipped")
         } else {
             message
         };
         Err(Error::NonFinite {
-            step: self.progress.step + 1,
+            step: self.trainer.progress.step + 1,
             message,
         })
     }

@@ -54,6 +54,7 @@ fn set_keys_reach_the_resolved_config() {
         "DONE",
         "model.safetensors",
         "optimizer.safetensors",
+        "mixing.safetensors",
         "state.json",
     ] {
         assert!(

@@ -50,7 +50,7 @@ warmup_steps = 1
     let model_path = dir.path().join("model.safetensors");
     export_model(
         &model_path,
-        &session.model,
+        session.model(),
         &session.config.model,
         session.vocab_size(),
     )
@@ -65,7 +65,7 @@ warmup_steps = 1
         TensorData::new(tokens[..batch * seq].to_vec(), [batch, seq]),
         &Default::default(),
     );
-    let logits: Vec<f32> = session.model.forward(input).into_data().to_vec().unwrap(); // [batch · seq, vocab]
+    let logits: Vec<f32> = session.model().forward(input).into_data().to_vec().unwrap(); // [batch · seq, vocab]
     let vocab = logits.len() / (batch * seq);
     let case = serde_json::json!({
         "tokens": tokens[..batch * seq].chunks(seq).collect::<Vec<_>>(),

@@ -180,20 +180,21 @@ fn window_checkpoint_holds_g_val() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(checkpoint(5).join("state.json")).unwrap())
             .unwrap();
-    let sums = state["probe_window"].as_array().expect("an open window");
+    let sums = state["parts"]["mixing"]["probe_window"]
+        .as_array()
+        .expect("an open window");
     assert_eq!(sums.len(), 3, "one (sum, steps) per source");
     let steps: Vec<u64> = sums.iter().map(|s| s[1].as_u64().unwrap()).collect();
     assert!(steps.iter().all(|&n| n <= 1) && steps.contains(&1));
-    let optimizer = std::fs::read(checkpoint(5).join("optimizer.safetensors")).unwrap();
     assert!(
-        optimizer.windows(11).any(|w| w == b"probe.g_val"),
+        safetensor_bytes(&checkpoint(5).join("mixing.safetensors"), "g_val").is_some(),
         "the window's g_val is saved"
     );
     // Step 10 is the end of the run: no update window is open.
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(checkpoint(10).join("state.json")).unwrap())
             .unwrap();
-    assert!(state.get("probe_window").is_none());
+    assert!(state["parts"]["mixing"].get("probe_window").is_none());
 }
 
 /// One g_val for 3 updates (`mixer.gval_every = 3`): most checkpoints fall between two
@@ -216,32 +217,31 @@ fn safetensor_bytes(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
     Some(bytes[8 + header_len + start..8 + header_len + end].to_vec())
 }
 
+/// Windows of 2 steps, one g_val for 3 updates, a checkpoint after every step.
+const KEPT_GVAL_EVERY_STEP: [&str; 7] = [
+    "train.steps=10",
+    "train.checkpoint_every=1",
+    "train.keep_checkpoints=10",
+    "mixer.kind=fastmix",
+    "mixer.every=2",
+    "mixer.probe_steps=window",
+    "mixer.gval_every=3",
+];
+
 /// With windows of 2 steps and `gval_every = 3`, the g_val computed for the update at step 2
 /// serves the updates at 4 and 6 too, and a fresh one is computed for step 8's window: every
 /// checkpoint from step 1 to 5 holds the same g_val bytes, step 6 (after its third update)
 /// none, steps 7 to 10 a different one; `gval_served` counts the updates it served.
 #[test]
 fn kept_gval_serves_gval_every_updates() {
-    let dir = run_tiny(&[
-        "train.steps=10",
-        "train.checkpoint_every=1",
-        "train.keep_checkpoints=10",
-        "mixer.kind=fastmix",
-        "mixer.every=2",
-        "mixer.probe_steps=window",
-        "mixer.gval_every=3",
-    ]);
+    let dir = run_tiny(&KEPT_GVAL_EVERY_STEP);
     let checkpoint = |step: usize| dir.path().join(format!("run/checkpoints/step_{step:08}"));
     let state = |step: usize| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(checkpoint(step).join("state.json")).unwrap())
             .unwrap()
     };
-    let g_val = |step: usize| {
-        safetensor_bytes(
-            &checkpoint(step).join("optimizer.safetensors"),
-            "probe.g_val",
-        )
-    };
+    let g_val =
+        |step: usize| safetensor_bytes(&checkpoint(step).join("mixing.safetensors"), "g_val");
     // (window open, gval_served) after each step.
     let expected = [
         (true, Some(0)),
@@ -257,8 +257,9 @@ fn kept_gval_serves_gval_every_updates() {
     ];
     for (step, &(window, served)) in (1..=10).zip(&expected) {
         let state = state(step);
-        assert_eq!(state.get("probe_window").is_some(), window, "step {step}");
-        assert_eq!(state["gval_served"].as_u64(), served, "step {step}");
+        let mixing = &state["parts"]["mixing"];
+        assert_eq!(mixing.get("probe_window").is_some(), window, "step {step}");
+        assert_eq!(mixing["gval_served"].as_u64(), served, "step {step}");
         assert_eq!(g_val(step).is_some(), served.is_some(), "step {step}");
     }
     let first = g_val(1).unwrap();
@@ -394,4 +395,83 @@ fn kill_9_then_resume_is_bit_identical_fastmix_target_set() {
         man.display()
     );
     kill_and_resume("ndarray", &["mixer.kind=fastmix", "mixer.every=3", &sets]);
+}
+
+/// Rewrites the format-2 checkpoint in `dir` as the format-1 one of an older version: the
+/// parts' states flat at the top level, the mixing part's g_val as `probe.g_val` in the
+/// optimizer file, and an empty DONE (older versions wrote no digests).
+fn downgrade_to_format_1(dir: &std::path::Path) {
+    use mixtrain::export::{read_safetensors, write_safetensors};
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let parts = &state["parts"];
+    let mut flat = serde_json::Map::new();
+    for key in [
+        "step",
+        "config_hash",
+        "metrics_bytes",
+        "ratios_bytes",
+        "world_size",
+    ] {
+        flat.insert(key.into(), state[key].clone());
+    }
+    flat.insert("format".into(), 1.into());
+    flat.insert(
+        "optimizer_steps".into(),
+        parts["trainer"]["optimizer_steps"].clone(),
+    );
+    for (key, value) in parts["trainer"]["progress"].as_object().unwrap() {
+        flat.insert(key.clone(), value.clone());
+    }
+    flat.insert("sampler".into(), parts["batches"]["sampler"].clone());
+    for (key, value) in parts["mixing"].as_object().unwrap() {
+        flat.insert(key.clone(), value.clone());
+    }
+    let text = serde_json::to_string_pretty(&flat).unwrap();
+    std::fs::write(dir.join("state.json"), text).unwrap();
+    let mut optimizer: Vec<_> = read_safetensors(&dir.join("optimizer.safetensors"))
+        .unwrap()
+        .into_values()
+        .collect();
+    let mut mixing = read_safetensors(&dir.join("mixing.safetensors")).unwrap();
+    let mut g_val = mixing.remove("g_val").expect("step 5 has a g_val");
+    g_val.name = "probe.g_val".into();
+    optimizer.push(g_val);
+    write_safetensors(&dir.join("optimizer.safetensors"), &optimizer, &[]).unwrap();
+    std::fs::remove_file(dir.join("mixing.safetensors")).unwrap();
+    std::fs::write(dir.join("DONE"), b"").unwrap();
+}
+
+/// A checkpoint of the older format 1 (flat state, g_val in the optimizer file), taken inside
+/// a probe window with a kept g_val, resumes to the same bytes as an uninterrupted run.
+#[test]
+fn format_1_checkpoint_resumes_bit_identically() {
+    let sets = KEPT_GVAL_EVERY_STEP;
+    let whole = run_tiny(&sets);
+    let cut = run_tiny(&sets);
+    let checkpoints = cut.path().join("run/checkpoints");
+    for step in 6..=10 {
+        std::fs::remove_dir_all(checkpoints.join(format!("step_{step:08}"))).unwrap();
+    }
+    downgrade_to_format_1(&checkpoints.join("step_00000005"));
+    let mut cmd = mixtrain();
+    cmd.arg("run")
+        .arg(cut.path().join("config.toml"))
+        .arg("--resume");
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    assert_resumed_from(&run_ok(&mut cmd), 5);
+    let (a, b) = (whole.path().join("run"), cut.path().join("run"));
+    assert_eq!(
+        metrics_without_wall(&a.join("metrics.jsonl")),
+        metrics_without_wall(&b.join("metrics.jsonl"))
+    );
+    for file in ["ratios.csv", "mixture.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+            "{file} differs after resuming from a format-1 checkpoint"
+        );
+    }
 }

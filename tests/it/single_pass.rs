@@ -87,10 +87,10 @@ fn single_pass_equals_accumulation_differencing_on_every_source() {
 #[test]
 fn single_pass_on_wgpu_runs_the_kernels_and_equals_accumulation_differencing() {
     use mixtrain::backend::WgpuBackend;
-    use mixtrain_kernels::{KernelImpl, StatKernels};
+    use mixtrain_kernels::{ExecPolicy, KernelImpl};
     type W = Autodiff<WgpuBackend>;
-    assert_eq!(<W as StatKernels>::IMPL, KernelImpl::CubeCl);
-    assert_eq!(<WgpuBackend as StatKernels>::IMPL, KernelImpl::CubeCl);
+    assert_eq!(<W as ExecPolicy>::IMPL, KernelImpl::CubeCl);
+    assert_eq!(<WgpuBackend as ExecPolicy>::IMPL, KernelImpl::CubeCl);
     for (extra, what) in [
         (&[][..], "wgpu: all parameters, preconditioned"),
         (&["model.tie_embeddings=false"][..], "wgpu: untied head"),

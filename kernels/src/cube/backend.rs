@@ -8,17 +8,15 @@ use super::forward::{
     cross_entropy_rows, cross_entropy_rows_backward, segment_gather_row_dot, segment_row_dot,
 };
 use super::CubeBackend;
-use crate::{KernelImpl, StatKernels};
+use crate::{ExecPolicy, FusedOps, KernelImpl, SourceStats};
 
-impl<R, F, I, BT> StatKernels for CubeBackend<R, F, I, BT>
+impl<R, F, I, BT> SourceStats for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
     F: FloatElement,
     I: IntElement,
     BT: BoolElement,
 {
-    const IMPL: KernelImpl = KernelImpl::CubeCl;
-
     fn segment_row_dot(
         u: Tensor<Self, 2>,
         v: Tensor<Self, 2>,
@@ -39,7 +37,15 @@ where
     ) -> Tensor<Self, 1> {
         segment_gather_row_dot(table, rows, v, seg, w, k)
     }
+}
 
+impl<R, F, I, BT> FusedOps for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
     fn cross_entropy_per_token(
         logits: Tensor<Self, 2>,
         targets: Tensor<Self, 1, Int>,
@@ -62,4 +68,14 @@ where
     ) -> Tensor<Self, 2> {
         cross_entropy_rows_backward(logits, targets, logsumexp, dloss)
     }
+}
+
+impl<R, F, I, BT> ExecPolicy for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    const IMPL: KernelImpl = KernelImpl::CubeCl;
 }

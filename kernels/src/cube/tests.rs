@@ -2,7 +2,7 @@
 //! driver in CI) or cuda.
 
 use super::*;
-use crate::{reference, KernelImpl, StatKernels};
+use crate::{reference, ExecPolicy, FusedOps, KernelImpl, SourceStats};
 use burn::prelude::{Backend, TensorData};
 use burn::tensor::{Distribution, Int};
 
@@ -157,7 +157,7 @@ fn per_source_cross_entropy_matches_the_reference() {
 fn cross_entropy_gradients_match_the_reference() {
     use burn::backend::Autodiff;
     type AB = Autodiff<B>;
-    assert_eq!(<AB as StatKernels>::IMPL, KernelImpl::CubeCl);
+    assert_eq!(<AB as ExecPolicy>::IMPL, KernelImpl::CubeCl);
     let device = test_device();
     for (n, vocab, seed) in [(1, 1, 1), (7, 3, 2), (64, 257, 3), (130, 1000, 4)] {
         AB::seed(&device, seed);
@@ -169,7 +169,7 @@ fn cross_entropy_gradients_match_the_reference() {
 
         let kernel_logits = logits.clone().require_grad();
         let kernel_loss =
-            <AB as StatKernels>::cross_entropy_per_token(kernel_logits.clone(), targets.clone());
+            <AB as FusedOps>::cross_entropy_per_token(kernel_logits.clone(), targets.clone());
         let grads = (kernel_loss.clone() * weights.clone()).sum().backward();
         let kernel_grad = kernel_logits
             .grad(&grads)
@@ -206,7 +206,7 @@ fn segment_gather_row_dot_matches_the_reference() {
         let used = if k > 1 { k - 1 } else { 1 };
         let seg: Vec<i32> = (0..n).map(|t| ((t * 7 + 3) % used) as i32).collect();
         let seg = Tensor::<B, 1, Int>::from_data(TensorData::new(seg, [n]), &device);
-        let got = <B as StatKernels>::segment_gather_row_dot(
+        let got = <B as SourceStats>::segment_gather_row_dot(
             table.clone(),
             rows.clone(),
             v.clone(),

@@ -4,24 +4,37 @@
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
-use ndarray::{ArcArray, ArrayD, ArrayViewD, Ix2, Ix3, Ix4, IxDyn};
-use rayon::prelude::*;
+use ndarray::{ArrayViewD, Ix2, Ix3, Ix4, IxDyn};
 
-use crate::host::{self, AdamWStep};
-use crate::{KernelImpl, StatKernels};
+use super::host::{self, AdamWStep};
+use super::matmul::host_matmul;
+use crate::{ExecPolicy, FusedOps, KernelImpl, SourceStats};
 
 /// The default CPU backend runs the row-wise ops as fused host loops (`host.rs`): measured
 /// faster than the reference's chain of tensor ops (`cargo bench --bench vs_pytorch`).
-impl StatKernels for NdArray {
-    const IMPL: KernelImpl = KernelImpl::Host;
-    const SPLITS_PASSES: bool = true;
-
-    /// One pass per thread: small passes use two cores better side by side than split
-    /// (`concurrent`), and give the same bits either way.
-    fn concurrent_passes() -> usize {
-        crate::concurrent::cpu_lanes()
+impl SourceStats for NdArray {
+    fn dot(a: Tensor<Self, 1>, b: Tensor<Self, 1>) -> Tensor<Self, 1> {
+        let device = a.device();
+        let value = with_host_f32(a, |a| with_host_f32(b, |b| host::dot(a, b)));
+        Tensor::from_data(TensorData::new(vec![value], [1]), &device)
     }
 
+    fn preconditioned(
+        g: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        bias2: f64,
+        eps: f64,
+    ) -> Tensor<Self, 1> {
+        let [n] = g.dims();
+        let device = g.device();
+        let out = with_host_f32(g, |g| {
+            with_host_f32(v, |v| host::preconditioned(g, v, bias2 as f32, eps as f32))
+        });
+        Tensor::from_data(TensorData::new(out, [n]), &device)
+    }
+}
+
+impl FusedOps for NdArray {
     fn cross_entropy_per_token(
         logits: Tensor<Self, 2>,
         targets: Tensor<Self, 1, Int>,
@@ -209,26 +222,6 @@ impl StatKernels for NdArray {
         )
     }
 
-    fn dot(a: Tensor<Self, 1>, b: Tensor<Self, 1>) -> Tensor<Self, 1> {
-        let device = a.device();
-        let value = with_host_f32(a, |a| with_host_f32(b, |b| host::dot(a, b)));
-        Tensor::from_data(TensorData::new(vec![value], [1]), &device)
-    }
-
-    fn preconditioned(
-        g: Tensor<Self, 1>,
-        v: Tensor<Self, 1>,
-        bias2: f64,
-        eps: f64,
-    ) -> Tensor<Self, 1> {
-        let [n] = g.dims();
-        let device = g.device();
-        let out = with_host_f32(g, |g| {
-            with_host_f32(v, |v| host::preconditioned(g, v, bias2 as f32, eps as f32))
-        });
-        Tensor::from_data(TensorData::new(out, [n]), &device)
-    }
-
     fn adamw(
         param: Tensor<Self, 1>,
         grad: Tensor<Self, 1>,
@@ -247,91 +240,16 @@ impl StatKernels for NdArray {
     }
 }
 
-/// lhs [.., m, k] × rhs [.., k, n] (same leading dims, any strides) → [.., m, n] row-major: one
-/// sgemm per leading index, those in parallel (each output block written by one thread in a
-/// fixed order, so the bits do not depend on the thread count).
-fn host_matmul(lhs: ArrayViewD<f32>, rhs: ArrayViewD<f32>) -> ArcArray<f32, IxDyn> {
-    let nd = lhs.ndim();
-    let (m, k, n) = (
-        lhs.shape()[nd - 2],
-        lhs.shape()[nd - 1],
-        rhs.shape()[nd - 1],
-    );
-    let lead = &lhs.shape()[..nd - 2];
-    let batches: usize = lead.iter().product();
-    let mut shape = lhs.shape().to_vec();
-    shape[nd - 1] = n;
-    let len = batches * m * n;
-    if m * n == 0 || k == 0 {
-        return ArrayD::zeros(shape).into_shared();
+impl ExecPolicy for NdArray {
+    const IMPL: KernelImpl = KernelImpl::Host;
+
+    const SPLITS_PASSES: bool = true;
+
+    /// One pass per thread: small passes use two cores better side by side than split
+    /// (`concurrent`), and give the same bits either way.
+    fn concurrent_passes() -> usize {
+        super::concurrent::cpu_lanes()
     }
-    // Uninitialised: sgemm with β = 0 writes every element of C and never reads it (its
-    // contract), which saves a memset of the output (5% of the step).
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let (ls, rs) = (lhs.strides(), rhs.strides());
-    // Element offset of leading index b in an array with strides `strides`.
-    let offset = |b: usize, strides: &[isize]| -> isize {
-        let mut rest = b;
-        let mut at = 0isize;
-        for axis in (0..nd - 2).rev() {
-            at += (rest % lead[axis]) as isize * strides[axis];
-            rest /= lead[axis];
-        }
-        at
-    };
-    // Addresses as integers: the views and the buffer outlive the loop; each product reads the
-    // views and writes its own m·n block of the buffer.
-    let (lp, rp, cp) = (
-        lhs.as_ptr() as usize,
-        rhs.as_ptr() as usize,
-        out.as_mut_ptr() as usize,
-    );
-    // Rows first..first + count of product b.
-    let rows_of_product = |b: usize, first: usize, count: usize| {
-        // SAFETY: every (offset + i·stride) with i within the shape lies inside the views,
-        // which are alive for the call; these rows of block b of the buffer (m·n values,
-        // row-major) lie within its capacity and no other call writes them.
-        unsafe {
-            matrixmultiply::sgemm(
-                count,
-                k,
-                n,
-                1.0,
-                (lp as *const f32).offset(offset(b, ls) + ls[nd - 2] * first as isize),
-                ls[nd - 2],
-                ls[nd - 1],
-                (rp as *const f32).offset(offset(b, rs)),
-                rs[nd - 2],
-                rs[nd - 1],
-                0.0,
-                (cp as *mut f32).add(b * m * n + first * n),
-                n as isize,
-                1,
-            )
-        }
-    };
-    if batches == 1 {
-        // One product: its rows in blocks, one block per thread. Each output element is still
-        // one sgemm's sum over all of k in the same order, so the bits do not depend on the
-        // number of blocks. rayon is the only thread pool (matrixmultiply's own `threading` is
-        // off): two pools on two cores took turns spinning, 5% of a step.
-        let rows = m
-            .div_ceil(rayon::current_num_threads().max(1))
-            .next_multiple_of(8);
-        (0..m.div_ceil(rows)).into_par_iter().for_each(|block| {
-            let first = block * rows;
-            rows_of_product(0, first, rows.min(m - first));
-        });
-    } else {
-        (0..batches)
-            .into_par_iter()
-            .for_each(|b| rows_of_product(b, 0, m));
-    }
-    // SAFETY: the products above wrote all len values.
-    unsafe { out.set_len(len) };
-    ArrayD::from_shape_vec(shape, out)
-        .expect("shape matches the buffer")
-        .into_shared()
 }
 
 /// Calls `f` with an ndarray tensor's values in row-major order, read in place when the array

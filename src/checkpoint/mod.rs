@@ -1,5 +1,5 @@
 //! Checkpoints: `checkpoints/step_XXXXXXXX/` with model.safetensors, optimizer.safetensors,
-//! state.json (step, tokens, config hash, sampler, mixer, log lengths) and a `DONE` marker that
+//! mixing.safetensors, state.json (step, config hash, log lengths, each part's state) and a `DONE` marker that
 //! lists every file's SHA-256. Written into a temporary directory, fsynced, renamed; older
 //! checkpoints are deleted only after a newer one is complete; resume takes the newest one whose
 //! digests match.
@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::data::SamplerState;
+mod format_1;
+
+use format_1::{StateV1, V1_G_VAL};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fault::{self, CheckpointPhase};
@@ -18,44 +20,33 @@ use crate::fsutil::{sync_dir, write_synced};
 use crate::params::NamedTensor;
 use crate::tensor_file::{read_safetensors, write_safetensors};
 
-pub const FORMAT: u32 = 1;
+/// Format 2 nests each part's state under `parts` and keeps the mixing part's tensors in their
+/// own file; format 1 (flat state, g_val inside the optimizer file) is read and upgraded.
+pub const FORMAT: u32 = 2;
 const DONE: &str = "DONE";
+/// The mixing part's g_val in mixing.safetensors.
+pub const G_VAL: &str = "g_val";
 /// The model weights file of a checkpoint directory.
 pub const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
+/// The mixing part's tensors (a kept validation gradient), absent in format 1.
+const MIXING: &str = "mixing.safetensors";
 const STATE: &str = "state.json";
 
+/// state.json: where the run stands, and each part's own state under `parts` (`trainer`,
+/// `batches`, `mixing`), as that part wrote it. Checkpoints know nothing of the parts.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TrainState {
     pub format: u32,
     pub step: usize,
-    pub tokens: u64,
     pub config_hash: String,
-    pub optimizer_steps: u64,
-    pub sampler: SamplerState,
-    pub mixer: serde_json::Value,
-    pub weight_sums: Vec<f64>,
-    pub loss_since_update: Vec<(f64, u64)>,
-    /// Training tokens drawn per source (absent in checkpoints of older versions: zeros).
-    #[serde(default)]
-    pub tokens_by_source: Vec<u64>,
-    /// Steps skipped for a non-finite loss (`train.on_nonfinite = "skip"`).
-    #[serde(default)]
-    pub skipped_steps: u32,
     /// Lengths of metrics.jsonl and ratios.csv when the checkpoint was taken.
     pub metrics_bytes: u64,
     pub ratios_bytes: u64,
     /// Ranks of the run that wrote it (`distributed.world_size`; 1 in older checkpoints).
     #[serde(default = "one_rank")]
     pub world_size: usize,
-    /// Per source (Σ ⟨g_val, g_k⟩, steps) of a probe window open at the checkpoint
-    /// (`mixer.probe_steps = "window"`); its g_val is `probe.g_val` in the optimizer file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probe_window: Option<Vec<(f64, u32)>>,
-    /// Updates already served by the g_val saved as `probe.g_val` (`mixer.gval_every`): the
-    /// open window's, or, with no window open, the g_val kept for the next update's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gval_served: Option<u32>,
+    pub parts: BTreeMap<String, serde_json::Value>,
 }
 
 fn one_rank() -> usize {
@@ -99,7 +90,7 @@ fn file_digest(path: &Path) -> Result<String> {
 /// (`sha256sum -c DONE` checks it by hand). An empty DONE is a checkpoint of an older version.
 fn write_done(dir: &Path) -> Result<()> {
     let mut lines = String::new();
-    for name in [MODEL, OPTIMIZER, STATE] {
+    for name in [MODEL, OPTIMIZER, MIXING, STATE] {
         lines.push_str(&format!("{}  {name}\n", file_digest(&dir.join(name))?));
     }
     write_synced(&dir.join(DONE), lines.as_bytes())
@@ -280,6 +271,8 @@ pub fn tidy(checkpoints_dir: &Path, keep: usize) -> Result<()> {
 pub struct Snapshot {
     pub model: Vec<NamedTensor>,
     pub optimizer: Vec<NamedTensor>,
+    /// The mixing part's tensors (a kept validation gradient); often none.
+    pub mixing: Vec<NamedTensor>,
     pub state: TrainState,
 }
 
@@ -298,31 +291,36 @@ fn write_into(snapshot: &Snapshot, tmp: &Path, save_number: usize) -> Result<()>
         return Err(Error::io(optimizer_path, e));
     }
     write_safetensors(&optimizer_path, &snapshot.optimizer, &[])?;
+    write_safetensors(&tmp.join(MIXING), &snapshot.mixing, &[])?;
     let state_json = serde_json::to_string_pretty(&snapshot.state).expect("TrainState serialises");
     write_synced(&tmp.join(STATE), state_json.as_bytes())?;
     write_done(tmp)?;
     sync_dir(tmp)
 }
 
-/// Reads only state.json of a checkpoint (validating its presence and format).
+/// Reads only state.json of a checkpoint (validating its presence and format); a format-1
+/// state comes back upgraded to format 2's parts (its `format` still says 1).
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     if !dir.join(DONE).is_file() {
         return Err(Error::checkpoint(dir, "incomplete (no DONE marker)"));
     }
     let path = dir.join(STATE);
     let text = std::fs::read_to_string(&path).at(&path)?;
-    let state: TrainState = serde_json::from_str(&text)
-        .map_err(|e| Error::checkpoint(&path, format!("corrupt state: {e}")))?;
-    if state.format != FORMAT {
-        return Err(Error::checkpoint(
+    let corrupt = |e: serde_json::Error| Error::checkpoint(&path, format!("corrupt state: {e}"));
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(corrupt)?;
+    match value.get("format").and_then(serde_json::Value::as_u64) {
+        Some(1) => Ok(serde_json::from_value::<StateV1>(value)
+            .map_err(corrupt)?
+            .upgrade()),
+        Some(f) if f == FORMAT as u64 => serde_json::from_value(value).map_err(corrupt),
+        other => Err(Error::checkpoint(
             &path,
             format!(
-                "format {}, this mixtrain reads format {FORMAT}",
-                state.format
+                "format {}, this mixtrain reads formats 1 and {FORMAT}",
+                other.map_or("missing".to_string(), |f| f.to_string())
             ),
-        ));
+        )),
     }
-    Ok(state)
 }
 
 /// The model weights of a checkpoint, by parameter name.
@@ -333,13 +331,16 @@ pub fn read_model(dir: &Path) -> Result<(PathBuf, BTreeMap<String, NamedTensor>)
 }
 
 /// Everything a checkpoint holds, read back for a resume: the state (its config hash checked
-/// against `config_hash`), the model weights and the optimizer moments.
+/// against `config_hash`), the model weights, the optimizer moments and the mixing part's
+/// tensors (empty when it kept none).
 pub struct Restored {
     pub state: TrainState,
     pub model_path: PathBuf,
     pub model: BTreeMap<String, NamedTensor>,
     pub optimizer_path: PathBuf,
     pub optimizer: BTreeMap<String, NamedTensor>,
+    pub mixing_path: PathBuf,
+    pub mixing: BTreeMap<String, NamedTensor>,
 }
 
 pub fn read(dir: &Path, config_hash: &str) -> Result<Restored> {
@@ -356,13 +357,32 @@ pub fn read(dir: &Path, config_hash: &str) -> Result<Restored> {
     }
     let (model_path, model) = read_model(dir)?;
     let optimizer_path = dir.join(OPTIMIZER);
-    let optimizer = read_safetensors(&optimizer_path)?;
+    let mut optimizer = read_safetensors(&optimizer_path)?;
+    let (mixing_path, mut mixing) = (dir.join(MIXING), BTreeMap::new());
+    if state.format == 1 {
+        if let Some(mut g_val) = optimizer.remove(V1_G_VAL) {
+            g_val.name = G_VAL.into();
+            mixing.insert(G_VAL.to_string(), g_val);
+        }
+        return Ok(Restored {
+            state,
+            model_path,
+            model,
+            mixing_path: optimizer_path.clone(),
+            optimizer_path,
+            optimizer,
+            mixing,
+        });
+    }
+    mixing = read_safetensors(&mixing_path)?;
     Ok(Restored {
         state,
         model_path,
         model,
         optimizer_path,
         optimizer,
+        mixing_path,
+        mixing,
     })
 }
 
