@@ -57,7 +57,7 @@ impl BackendTask for Bench {
                 let start = Instant::now();
                 for _ in 0..self.steps {
                     let probe = stats.map(|stats| {
-                        session.config.mixer.grad_stats = stats;
+                        session.config.mixer.fastmix.grad_stats = stats;
                         GradProbe {
                             g_val: clone_grads::<B>(&g_val, &session),
                             scope: GradScope::All,

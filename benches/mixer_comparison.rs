@@ -115,7 +115,7 @@ const METHODS: &[Method] = &[
         name: "fastmix-lr1-floor0.001-gval1",
         apply: |c| {
             target_only_fastmix(c);
-            c.mixer.gval_every = 1;
+            c.mixer.fastmix.gval_every = 1;
         },
     },
     Method {
@@ -130,24 +130,24 @@ const METHODS: &[Method] = &[
         name: "fastmix-window",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.probe_steps = Some(ProbeSteps::Window);
+            c.mixer.fastmix.probe_steps = ProbeSteps::Window;
         },
     },
     Method {
         name: "fastmix-window-lr0.3",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.probe_steps = Some(ProbeSteps::Window);
+            c.mixer.fastmix.probe_steps = ProbeSteps::Window;
             c.mixer.fastmix.lr = 0.3;
         },
     },
-    // fastmix with a fresh g_val for every update (`mixer.gval_every = 1`, the default before
+    // fastmix with a fresh g_val for every update (`mixer.fastmix.gval_every = 1`, the default before
     // 2026-11-24; the default reuses one for 5 updates).
     Method {
         name: "fastmix-gval1",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.gval_every = 1;
+            c.mixer.fastmix.gval_every = 1;
         },
     },
     // fastmix with a 3x smaller step on the mixture logits.
@@ -186,7 +186,7 @@ const METHODS: &[Method] = &[
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::Probe;
-            c.mixer.probe_steps = Some(ProbeSteps::Last);
+            c.mixer.tikmix.probe_steps = ProbeSteps::Last;
         },
     },
     // The default's settings spelled out (the name the results before 2026-11-25 use).
@@ -195,7 +195,7 @@ const METHODS: &[Method] = &[
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::Probe;
-            c.mixer.probe_steps = Some(ProbeSteps::Window);
+            c.mixer.tikmix.probe_steps = ProbeSteps::Window;
         },
     },
     // Extra passes with blend 0.5 (p moves half-way to softmax(Ĩ/τ) per update), the
@@ -213,7 +213,7 @@ const METHODS: &[Method] = &[
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::Probe;
-            c.mixer.probe_steps = Some(ProbeSteps::Last);
+            c.mixer.tikmix.probe_steps = ProbeSteps::Last;
             c.mixer.tikmix.blend = 0.5;
         },
     },

@@ -90,7 +90,7 @@ fn main() -> mixtrain::Result<()> {
     let steps: usize = std::env::var("STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        // 5 updates: one g_val at `mixer.gval_every = 5`, its long-run share.
+        // 5 updates: one g_val at `mixer.fastmix.gval_every = 5`, its long-run share.
         .unwrap_or(50);
     let mut base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
     base.run.backend = BackendKind::Ndarray;
@@ -130,23 +130,23 @@ fn main() -> mixtrain::Result<()> {
         }),
         ("fastmix/single-pass", |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.grad_stats = GradStats::SinglePass;
+            c.mixer.fastmix.grad_stats = GradStats::SinglePass;
         }),
         ("fastmix/window", |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.probe_steps = Some(ProbeSteps::Window);
+            c.mixer.fastmix.probe_steps = ProbeSteps::Window;
         }),
         // A fresh g_val for every update (the default reuses one for `gval_every = 5`).
         ("fastmix/gval1", |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.gval_every = 1;
+            c.mixer.fastmix.gval_every = 1;
         }),
         // The default: I_k from every probed step of the update's window.
         ("tikmix", |c| c.mixer.kind = MixerKind::Tikmix),
         // I_k from the update's last step only.
         ("tikmix/probe-last", |c| {
             c.mixer.kind = MixerKind::Tikmix;
-            c.mixer.probe_steps = Some(ProbeSteps::Last);
+            c.mixer.tikmix.probe_steps = ProbeSteps::Last;
         }),
         // 32 extra sequences of each source at every update (the default before 2026-11-25).
         ("tikmix/extra-passes", |c| {

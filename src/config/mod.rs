@@ -67,6 +67,7 @@ impl Config {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
+        refuse_moved_keys(&table, file)?;
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
@@ -144,6 +145,27 @@ impl Config {
         self.demix.validate()?;
         self.distributed.validate()?;
         self.target.validate(&self.data.sources)
+    }
+}
+
+/// Keys that moved out of `[mixer]` into the probing mixers' sections: an error that says
+/// where they went (serde's would only list the keys `[mixer]` accepts now).
+fn refuse_moved_keys(table: &toml::Table, file: &str) -> Result<()> {
+    let Some(mixer) = table.get("mixer").and_then(toml::Value::as_table) else {
+        return Ok(());
+    };
+    match crate::mixer::MOVED_TO_MIXER_SECTIONS
+        .iter()
+        .find(|key| mixer.contains_key(**key))
+    {
+        None => Ok(()),
+        Some(key) => Err(Error::ConfigParse {
+            file: file.to_string(),
+            message: format!(
+                "mixer.{key}: moved into the section of the mixer it configures: write \
+                 `{key}` under [mixer.fastmix] or [mixer.tikmix] (--set mixer.fastmix.{key}=...)"
+            ),
+        }),
     }
 }
 

@@ -57,6 +57,19 @@ pub enum ProbeSteps {
     Window,
 }
 
+/// How a mixer that takes ⟨g_val, g_k⟩ from training steps probes them: keys of its own
+/// section (`[mixer.fastmix]`, `[mixer.tikmix]`), read into this by each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probing {
+    pub grad_stats: GradStats,
+    pub probe_steps: ProbeSteps,
+    /// Mixer updates one validation gradient g_val serves (≥ 1).
+    pub gval_every: usize,
+}
+
+/// The keys that moved from `[mixer]` into the probing mixers' own sections (2026-12-06).
+pub const MOVED_TO_MIXER_SECTIONS: [&str; 3] = ["grad_stats", "probe_steps", "gval_every"];
+
 /// `mixer.init`: a named rule, or explicit weights by source name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -101,21 +114,6 @@ pub struct MixerConfig {
     /// Trust region: an update moves the applied mixture by at most this much in total
     /// variation (½ Σ |Δp_k|) toward the mixer's proposal. Unset: no bound. Default unset.
     pub max_change: Option<f64>,
-    /// How fastmix's probed step measures ⟨g_val, g_k⟩: "per-source" or "single-pass".
-    /// Default "per-source".
-    pub grad_stats: GradStats,
-    /// Which steps measure ⟨g_val, g_k⟩ (fastmix; tikmix with `influence = "probe"`): "last"
-    /// (the step before each update) or "window" (every step since the previous update, one
-    /// g_val for the window). Unset: the mixer's own default, "window" for tikmix (its I_k
-    /// from ~`every` times more sequences: README, "Mixer overhead") and "last" for fastmix
-    /// (s_k steers a gradient step; the window did not help it: "Target-directed mixing").
-    pub probe_steps: Option<ProbeSteps>,
-    /// Mixer updates one validation gradient g_val serves (fastmix; tikmix with `influence =
-    /// "probe"`): g_val is computed for the first of them and reused by the next
-    /// `gval_every − 1` (the target does not change, and the preconditioner P is still taken
-    /// fresh at every probed step). 1 recomputes it for every update. Default 5 (README,
-    /// "Target-directed mixing": as good as 1 on the benchmark, at a fifth of the cost).
-    pub gval_every: usize,
     /// Weight floor ε for online mixers, p ← (1−Kε)p + ε; must satisfy Kε < 1. Default 0.2/K.
     /// The static mixer uses its weights exactly as given.
     pub min_weight: Option<f64>,
@@ -166,22 +164,27 @@ impl MixerConfig {
         step > 0 && step < total && step >= self.warmup_steps && step.is_multiple_of(self.every)
     }
 
-    /// `probe_steps`, or the mixer's own default when unset.
-    pub fn probe_steps(&self) -> ProbeSteps {
-        self.probe_steps.unwrap_or(match self.kind {
-            MixerKind::Tikmix => ProbeSteps::Window,
-            _ => ProbeSteps::Last,
-        })
+    /// The probing settings of the active mixer when it takes ⟨g_val, g_k⟩ from training
+    /// steps (`[mixer.fastmix]`, `[mixer.tikmix]`); None for the others.
+    pub fn probing(&self) -> Option<Probing> {
+        match self.kind {
+            MixerKind::Fastmix => Some(self.fastmix.probing()),
+            MixerKind::Tikmix => Some(self.tikmix.probing()),
+            _ => None,
+        }
     }
 
-    /// True when a mixer that takes ⟨g_val, g_k⟩ measures it on step `step` (1-based: the
-    /// step that ends with `step` optimizer steps done): the update's own step for
-    /// `probe_steps = "last"`, any step of an update's window (the `every` steps ending with
-    /// the update) for `"window"`.
+    /// True when the mixer measures ⟨g_val, g_k⟩ on step `step` (1-based: the step that ends
+    /// with `step` optimizer steps done): the update's own step for `probe_steps = "last"`,
+    /// any step of an update's window (the `every` steps ending with the update) for
+    /// `"window"`; never for a mixer without probing settings.
     pub fn probes_at(&self, step: usize, total: usize) -> bool {
-        match self.probe_steps() {
-            ProbeSteps::Last => self.updates_at(step, total),
-            ProbeSteps::Window => (step..step + self.every).any(|u| self.updates_at(u, total)),
+        match self.probing().map(|p| p.probe_steps) {
+            None => false,
+            Some(ProbeSteps::Last) => self.updates_at(step, total),
+            Some(ProbeSteps::Window) => {
+                (step..step + self.every).any(|u| self.updates_at(u, total))
+            }
         }
     }
 }
@@ -194,9 +197,6 @@ impl Default for MixerConfig {
             every: 10,
             warmup_steps: 0,
             max_change: None,
-            grad_stats: GradStats::PerSource,
-            probe_steps: None,
-            gval_every: 5,
             min_weight: None,
             temperature: 0.5,
             init: InitSpec::Named("uniform".into()),
@@ -255,7 +255,6 @@ impl MixerConfig {
     /// Checks `[mixer]` and every mixer's section, for a run over `sources` (names).
     pub fn validate(&self, sources: &[String]) -> Result<()> {
         at_least_one("mixer.every", self.every)?;
-        at_least_one("mixer.gval_every", self.gval_every)?;
         if let Some(delta) = self.max_change {
             unit_closed_above("mixer.max_change", delta)?;
         }
@@ -320,34 +319,41 @@ mod tests {
     #[test]
     fn probe_steps_cover_the_update_windows() {
         let mut config = MixerConfig {
+            kind: MixerKind::Fastmix,
             every: 4,
             warmup_steps: 6,
             ..MixerConfig::default()
         };
         assert_eq!(probed(&config, 14), vec![8, 12]);
-        config.probe_steps = Some(ProbeSteps::Window);
+        config.fastmix.probe_steps = ProbeSteps::Window;
         assert_eq!(probed(&config, 14), vec![5, 6, 7, 8, 9, 10, 11, 12]);
         config.warmup_steps = 0;
         assert_eq!(probed(&config, 12), (1..=8).collect::<Vec<_>>());
     }
 
-    /// Unset, tikmix probes its whole window and every other mixer the last step; a value
-    /// given wins for any mixer.
+    /// tikmix probes its whole window by default and fastmix the last step; each reads its
+    /// own section; the other mixers probe no training step.
     #[test]
-    fn probe_steps_default_by_mixer() {
+    fn probing_follows_the_active_mixer() {
         let mut config = MixerConfig::default();
         for (kind, steps) in [
-            (MixerKind::Fastmix, ProbeSteps::Last),
-            (MixerKind::Tikmix, ProbeSteps::Window),
-            (MixerKind::TikmixM, ProbeSteps::Last),
+            (MixerKind::Fastmix, Some(ProbeSteps::Last)),
+            (MixerKind::Tikmix, Some(ProbeSteps::Window)),
+            (MixerKind::TikmixM, None),
+            (MixerKind::Doremi, None),
         ] {
             config.kind = kind;
-            assert_eq!(config.probe_steps(), steps, "{kind:?}");
+            assert_eq!(config.probing().map(|p| p.probe_steps), steps, "{kind:?}");
         }
-        config.probe_steps = Some(ProbeSteps::Last);
-        assert_eq!(config.probe_steps(), ProbeSteps::Last);
         config.kind = MixerKind::Fastmix;
-        config.probe_steps = Some(ProbeSteps::Window);
-        assert_eq!(config.probe_steps(), ProbeSteps::Window);
+        config.tikmix.probe_steps = ProbeSteps::Last;
+        config.fastmix.gval_every = 3;
+        assert_eq!(config.probing().unwrap().probe_steps, ProbeSteps::Last);
+        assert_eq!(config.probing().unwrap().gval_every, 3);
+        config.kind = MixerKind::Tikmix;
+        assert_eq!(config.probing().unwrap().probe_steps, ProbeSteps::Last);
+        assert_eq!(config.probing().unwrap().gval_every, 5);
+        config.kind = MixerKind::Static;
+        assert_eq!(probed(&config, 20), Vec::<usize>::new());
     }
 }

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::config::{GradStats, ProbeSteps, Probing};
+
 use super::init::{apply_floor, softmax};
 use super::ScopeKind;
 use super::{restore_state, GradScope, Mixer, MixerUpdate, ProbeSpec, SourceStats, StatsRequest};
@@ -29,6 +31,20 @@ pub struct FastMixConfig {
     /// large early update then holds Adam's momentum for ~30 updates (README, "Target-directed
     /// mixing").
     pub normalise: SignalNorm,
+    /// How a probed step measures ⟨g_val, g_k⟩: "per-source" (domain-homogeneous
+    /// micro-batches) or "single-pass" (the step's own backward, any micro-batches). Default
+    /// "per-source".
+    pub grad_stats: GradStats,
+    /// Which steps measure s_k = ⟨g_val, g_k⟩: "last" (the step before each update) or
+    /// "window" (every step since the previous update, one g_val for the window). Default
+    /// "last": s_k steers a gradient step, and the window did not help it (docs/results/
+    /// mixing.md).
+    pub probe_steps: ProbeSteps,
+    /// Mixer updates one validation gradient g_val serves: computed for the first, reused by
+    /// the next `gval_every − 1` (the preconditioner P is still taken fresh at every probed
+    /// step). 1 recomputes it for every update. Default 5 (as good as 1 on the benchmark, at a
+    /// fifth of the cost: docs/results/stale_gval.md).
+    pub gval_every: usize,
 }
 
 /// fastmix's per-update normalisation of s.
@@ -48,14 +64,27 @@ impl Default for FastMixConfig {
             ema: 0.5,
             val_batches: 2,
             normalise: SignalNorm::Std,
+            grad_stats: GradStats::PerSource,
+            probe_steps: ProbeSteps::Last,
+            gval_every: 5,
         }
     }
 }
 
 impl FastMixConfig {
+    /// The probing settings of this section.
+    pub fn probing(&self) -> Probing {
+        Probing {
+            grad_stats: self.grad_stats,
+            probe_steps: self.probe_steps,
+            gval_every: self.gval_every,
+        }
+    }
+
     pub fn validate(&self) -> crate::Result<()> {
         positive("mixer.fastmix.lr", self.lr)?;
         unit_open("mixer.fastmix.ema", self.ema)?;
+        at_least_one("mixer.fastmix.gval_every", self.gval_every)?;
         at_least_one("mixer.fastmix.val_batches", self.val_batches)
     }
 }

@@ -16,7 +16,8 @@ mod trust_region;
 
 pub use ado::{Ado, AdoConfig};
 pub use config::{
-    ApplyMode, GradStats, InitSpec, MixerConfig, MixerKind, MixtureInit, ProbeSteps, ScopeKind,
+    ApplyMode, GradStats, InitSpec, MixerConfig, MixerKind, MixtureInit, ProbeSteps, Probing,
+    ScopeKind, MOVED_TO_MIXER_SECTIONS,
 };
 pub use doremi::{DoReMi, DoremiConfig, ExcessFrom};
 pub use entropy::{token_entropy, EntropyKind};

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::config::{GradStats, ProbeSteps, Probing};
+
 use super::init::{apply_floor, blend_and_floor, softmax};
 use super::{
     restore_state, GradScope, InfluenceSpec, Mixer, MixerUpdate, ProbeSpec, SourceStats,
@@ -26,7 +28,7 @@ pub enum InfluenceNorm {
 #[serde(rename_all = "kebab-case")]
 pub enum InfluenceFrom {
     /// The training step just before the update: G_k = the gradient of source k's sequences
-    /// in that step, measured by the step's own backward (`mixer.grad_stats`), as fastmix's
+    /// in that step, measured by the step's own backward (`grad_stats`), as fastmix's
     /// s_k. No extra backward.
     Probe,
     /// `samples_per_source` extra random sequences of each source, one extra backward each.
@@ -38,7 +40,7 @@ pub enum InfluenceFrom {
 #[serde(deny_unknown_fields, default)]
 pub struct TikMixConfig {
     /// Where G_k comes from: "probe" (the probed training steps of the update's window,
-    /// `mixer.probe_steps`, no extra backward) or "extra-passes" (`samples_per_source` more
+    /// `probe_steps`, no extra backward) or "extra-passes" (`samples_per_source` more
     /// sequences of each source, forward and backward, at every update: about one more
     /// step's work per step). Default "probe": with the window probe it mixed as well as the
     /// extra passes at about half their cost (README, "Mixer overhead"); the probe of the last
@@ -58,6 +60,14 @@ pub struct TikMixConfig {
     pub normalise: InfluenceNorm,
     /// Fresh validation batches behind g_val at each update. Default 2.
     pub val_batches: usize,
+    /// How a probed step measures ⟨g_val, g_k⟩ (`influence = "probe"`): "per-source" or
+    /// "single-pass", as fastmix's. Default "per-source".
+    pub grad_stats: GradStats,
+    /// Which steps measure I_k (`influence = "probe"`): "last" or "window". Default "window":
+    /// I_k from about `every` times more sequences (docs/results/mixer_overhead.md).
+    pub probe_steps: ProbeSteps,
+    /// Mixer updates one validation gradient g_val serves (`influence = "probe"`). Default 5.
+    pub gval_every: usize,
 }
 
 impl Default for TikMixConfig {
@@ -69,15 +79,28 @@ impl Default for TikMixConfig {
             blend: 0.1,
             normalise: InfluenceNorm::Std,
             val_batches: 2,
+            grad_stats: GradStats::PerSource,
+            probe_steps: ProbeSteps::Window,
+            gval_every: 5,
         }
     }
 }
 
 impl TikMixConfig {
+    /// The probing settings of this section.
+    pub fn probing(&self) -> Probing {
+        Probing {
+            grad_stats: self.grad_stats,
+            probe_steps: self.probe_steps,
+            gval_every: self.gval_every,
+        }
+    }
+
     pub fn validate(&self) -> crate::Result<()> {
         at_least_one("mixer.tikmix.samples_per_source", self.samples_per_source)?;
         positive("mixer.tikmix.tau", self.tau)?;
         unit_closed_above("mixer.tikmix.blend", self.blend)?;
+        at_least_one("mixer.tikmix.gval_every", self.gval_every)?;
         at_least_one("mixer.tikmix.val_batches", self.val_batches)
     }
 }

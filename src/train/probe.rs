@@ -23,12 +23,12 @@ pub struct GradProbe {
     pub precondition: bool,
 }
 
-/// The probe of an update's window (`mixer.probe_steps`): its g_val, and per source the sum
+/// The probe of an update's window (`probe_steps` of the mixer's section): its g_val, and per source the sum
 /// of ⟨g_val, g_k⟩ over the window's probed steps that drew the source and their number.
 pub struct ProbeWindow {
     pub probe: GradProbe,
     pub sums: Vec<(f64, u32)>,
-    /// Earlier updates this g_val already served (`mixer.gval_every`).
+    /// Earlier updates this g_val already served (`gval_every` of the mixer's section).
     pub served: u32,
 }
 

@@ -147,7 +147,7 @@ impl<B: TrainBackend> Session<B> {
         let grad_dot = self
             .mixing
             .probe
-            .close_window(self.config.mixer.gval_every as u32);
+            .close_window(self.config.mixer.probing().map_or(1, |p| p.gval_every) as u32);
         let influence = match needs.group_influence {
             Some(spec) => {
                 let g_val = self.validation_gradient(spec.val_batches)?;

@@ -42,7 +42,7 @@ struct StepPlan {
 impl<B: TrainBackend> Session<B> {
     /// The probe window the next training step measures into, if it is probed
     /// (`MixerConfig::probes_at`): the open window, or a new one at the window's first step,
-    /// around the g_val kept from earlier updates (`mixer.gval_every`) or a fresh one.
+    /// around the g_val kept from earlier updates (`gval_every` of the mixer's section) or a fresh one.
     fn probe_for_next_step(&mut self) -> Result<Option<ProbeWindow>> {
         let Some(spec) = self.mixing.mixer.needs().grad_probe else {
             return Ok(None);
@@ -74,7 +74,7 @@ impl<B: TrainBackend> Session<B> {
 
     /// One optimizer step: draw the step's sequences from the mixture, forward/backward each
     /// micro-batch with per-sequence loss weights, accumulate, clip, AdamW. On the steps that
-    /// measure ⟨g_val, g_k⟩ for a mixer update (`mixer.probe_steps`), micro-batches are
+    /// measure ⟨g_val, g_k⟩ for a mixer update (`probe_steps` of the mixer's section), micro-batches are
     /// domain-homogeneous (or traced, single-pass) and the measurement joins the update's
     /// probe window.
     pub fn train_step(&mut self) -> Result<StepReport> {
@@ -115,7 +115,7 @@ impl<B: TrainBackend> Session<B> {
     }
 
     /// One optimizer step; with `probe`, it also measures ⟨g_val, g_k⟩ per source the way
-    /// `mixer.grad_stats` says (returned in the report's `grad_dot`). `train_step` probes the
+    /// the mixer's `grad_stats` says (returned in the report's `grad_dot`). `train_step` probes the
     /// steps right before the mixer's updates; benches call this directly to time a probed step.
     pub fn train_step_probed(&mut self, probe: Option<GradProbe>) -> Result<StepReport> {
         let sampler_before = self.batches.sampler.state().clone();
@@ -160,7 +160,8 @@ impl<B: TrainBackend> Session<B> {
         // Σ_i w_i ℓ_i / Σ_i w_i.
         let weight_total: f64 = seq_weights.iter().sum();
         // Per-source statistics from the step's own backward need no homogeneous micro-batches.
-        let single_pass = probed && self.config.mixer.grad_stats == GradStats::SinglePass;
+        let single_pass = probed
+            && self.config.mixer.probing().map(|p| p.grad_stats) == Some(GradStats::SinglePass);
         let ranges = micro_batch_ranges(&sources, train.batch_size, probed && !single_pass);
         StepPlan {
             lr: lr_at(self.trainer.progress.step, train),

@@ -76,6 +76,15 @@ fn config_errors_name_their_key() {
             "target.sources: no source or target set named \"math\"",
         ),
         (&["mixer.min_weight=0.5"], "mixer.min_weight"),
+        (
+            &["mixer.probe_steps=window"],
+            "mixer.probe_steps: moved into the section of the mixer it configures",
+        ),
+        (&["mixer.fastmix.gval_every=0"], "mixer.fastmix.gval_every"),
+        (
+            &["mixer.tikmix.probe_steps=all"],
+            "mixer.tikmix.probe_steps",
+        ),
         (&["train.beta2=1.5"], "train.beta2: must be in [0, 1)"),
         (&["data.sources.9.path=x"], "index 9 out of range"),
         (&["novalue"], "expected key=value"),

@@ -168,7 +168,7 @@ fn two_ranks_match_one_process_and_repeat_bit_for_bit() {
 fn two_ranks_match_one_process_with_accumulation_and_single_pass() {
     let more = [
         "mixer.apply=hybrid",
-        "mixer.grad_stats=single-pass",
+        "mixer.fastmix.grad_stats=single-pass",
         "train.grad_accum=2",
         "train.steps=12",
     ];
@@ -187,7 +187,7 @@ fn two_ranks_match_one_process_with_accumulation_and_single_pass() {
 /// over ranks before it joins the window, so both runs' windows agree.
 #[test]
 fn two_ranks_match_one_process_with_probe_windows() {
-    let (one, two) = one_and_two_ranks(&["mixer.probe_steps=window", "train.steps=12"]);
+    let (one, two) = one_and_two_ranks(&["mixer.fastmix.probe_steps=window", "train.steps=12"]);
     let r2 = assert_mixtures_close(one.path(), two.path(), "probe window");
     assert!(
         r2.last()

@@ -148,7 +148,7 @@ fn kill_9_then_resume_is_bit_identical_fastmix_probe_window() {
         &[
             "mixer.kind=fastmix",
             "mixer.every=4",
-            "mixer.probe_steps=window",
+            "mixer.fastmix.probe_steps=window",
         ],
     );
 }
@@ -173,7 +173,7 @@ fn window_checkpoint_holds_g_val() {
         "train.keep_checkpoints=3",
         "mixer.kind=fastmix",
         "mixer.every=4",
-        "mixer.probe_steps=window",
+        "mixer.fastmix.probe_steps=window",
     ]);
     let checkpoint = |step: usize| dir.path().join(format!("run/checkpoints/step_{step:08}"));
     // Step 5 is inside the window of the update at step 8 (steps 5..=8): one step measured.
@@ -197,13 +197,17 @@ fn window_checkpoint_holds_g_val() {
     assert!(state["parts"]["mixing"].get("probe_window").is_none());
 }
 
-/// One g_val for 3 updates (`mixer.gval_every = 3`): most checkpoints fall between two
+/// One g_val for 3 updates (`mixer.fastmix.gval_every = 3`): most checkpoints fall between two
 /// updates that share a g_val, so the kept g_val travels with them.
 #[test]
 fn kill_9_then_resume_is_bit_identical_fastmix_kept_gval() {
     kill_and_resume(
         "ndarray",
-        &["mixer.kind=fastmix", "mixer.every=2", "mixer.gval_every=3"],
+        &[
+            "mixer.kind=fastmix",
+            "mixer.every=2",
+            "mixer.fastmix.gval_every=3",
+        ],
     );
 }
 
@@ -224,8 +228,8 @@ const KEPT_GVAL_EVERY_STEP: [&str; 7] = [
     "train.keep_checkpoints=10",
     "mixer.kind=fastmix",
     "mixer.every=2",
-    "mixer.probe_steps=window",
-    "mixer.gval_every=3",
+    "mixer.fastmix.probe_steps=window",
+    "mixer.fastmix.gval_every=3",
 ];
 
 /// With windows of 2 steps and `gval_every = 3`, the g_val computed for the update at step 2

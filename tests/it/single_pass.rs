@@ -26,7 +26,7 @@ fn probed_dots_on<B: TrainBackend>(
     let mut sets: Vec<String> = vec![
         "mixer.kind=fastmix".into(),
         "mixer.every=3".into(),
-        format!("mixer.grad_stats={grad_stats}"),
+        format!("mixer.fastmix.grad_stats={grad_stats}"),
         format!("run.out_dir={}", dir.path().join("run").display()),
     ];
     sets.extend(extra.iter().map(|s| s.to_string()));
@@ -116,7 +116,7 @@ fn single_pass_run_follows_the_per_source_trajectory() {
             "--set",
             "mixer.every=5",
             "--set",
-            &format!("mixer.grad_stats={grad_stats}"),
+            &format!("mixer.fastmix.grad_stats={grad_stats}"),
         ]));
         crate::common::ratio_rows(&dir.path().join("run/ratios.csv"))
     };

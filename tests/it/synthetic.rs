@@ -78,13 +78,13 @@ fn fastmix_moves_weight_to_the_validation_source_code() {
     moves_weight_to_target("fastmix", "code");
 }
 
-/// With a fresh g_val at every update. At the default `mixer.gval_every = 5` (one g_val for
+/// With a fresh g_val at every update. At the default `mixer.fastmix.gval_every = 5` (one g_val for
 /// 25 steps here) this seed ends with legal 0.488, prose 0.372: mean late weight on legal
 /// over seeds 1, 2, 3, 7 was 0.705, 0.731, 0.756, 0.685 with `gval_every = 1` and 0.739,
 /// 0.651, 0.752, 0.488 with 5 (docs/results/mixing.md).
 #[test]
 fn fastmix_moves_weight_to_the_validation_source_legal() {
-    moves_weight_to_target_with("fastmix", "legal", &["mixer.gval_every=1"]);
+    moves_weight_to_target_with("fastmix", "legal", &["mixer.fastmix.gval_every=1"]);
 }
 
 /// At the default `gval_every = 5` legal still gets the largest share, above 0.45 on every
@@ -140,5 +140,5 @@ fn tikmix_with_extra_passes_moves_weight_to_the_validation_source_legal() {
 /// probe is too noisy, which is why the default probes the whole window.
 #[test]
 fn tikmix_with_last_step_probe_moves_weight_to_the_validation_source_code() {
-    moves_weight_to_target_with("tikmix", "code", &["mixer.probe_steps=last"]);
+    moves_weight_to_target_with("tikmix", "code", &["mixer.tikmix.probe_steps=last"]);
 }
