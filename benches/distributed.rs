@@ -10,6 +10,9 @@
 //! ms/step is timed between the metrics lines of steps 10 and STEPS − 5 (no evaluation in
 //! between: evaluations run at step 0 and at the end only).
 
+#[macro_use]
+mod report;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -107,11 +110,16 @@ fn main() {
             }
         }
         let (one, two) = (median(one), median(two));
-        println!(
+        say!(
             "distributed/{mixer:<8} 1 rank x 2 cores {one:>7.1} ms/step   2 ranks x 1 core \
              {two:>7.1} ms/step   speed-up {:.2}   all-reduce share of a 2-rank step {:.1}%",
             one / two,
             100.0 * median(share)
         );
     }
+    report::finish(
+        "distributed",
+        "distributed",
+        &["STEPS", "ROUNDS", "RAYON_NUM_THREADS"],
+    );
 }

@@ -16,6 +16,9 @@
 //! steps: it is the same work for both. Ratios: tracing on vs off = single-pass / plain, and
 //! single-pass / per-source.
 
+#[macro_use]
+mod report;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -125,17 +128,22 @@ fn main() -> mixtrain::Result<()> {
             rounds,
         },
     )?;
-    println!("influence/{backend:?}: median ms/step over {rounds} rounds of {steps} steps");
-    println!("  plain (tracing off)   {plain:>9.1} ms  1.000");
-    println!(
+    say!("influence/{backend:?}: median ms/step over {rounds} rounds of {steps} steps");
+    say!("  plain (tracing off)   {plain:>9.1} ms  1.000");
+    say!(
         "  single-pass           {single:>9.1} ms  {:.3}",
         single / plain
     );
-    println!(
+    say!(
         "  per-source            {per_source:>9.1} ms  {:.3}",
         per_source / plain
     );
-    println!("  tracing on vs off: {:.3}", single / plain);
-    println!("  single-pass / per-source: {:.3}", single / per_source);
+    say!("  tracing on vs off: {:.3}", single / plain);
+    say!("  single-pass / per-source: {:.3}", single / per_source);
+    report::finish(
+        "influence",
+        "influence",
+        &["STEPS", "ROUNDS", "RAYON_NUM_THREADS"],
+    );
     Ok(())
 }

@@ -7,6 +7,9 @@
 //! about GPU speed; on a GPU, run it with the default device. Each figure is the median of
 //! ROUNDS (default 5) timed calls after one warm-up, each call synced by reading the result.
 
+#[macro_use]
+mod report;
+
 use std::time::Instant;
 
 use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
@@ -32,7 +35,7 @@ fn median_ms(rounds: usize, mut call: impl FnMut() -> Vec<f32>) -> f64 {
 }
 
 fn report(name: &str, kernel: f64, reference: f64) {
-    println!(
+    say!(
         "kernels/{name:<24} kernel {kernel:>9.2} ms  reference {reference:>9.2} ms  kernel/reference {:.3}",
         kernel / reference
     );
@@ -191,4 +194,5 @@ fn main() {
             out
         }),
     );
+    report::finish("kernels", "kernels", &["ROUNDS"]);
 }

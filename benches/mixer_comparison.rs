@@ -34,6 +34,9 @@
 //! held-out source has a neighbour of its own domain among the other eight. Its runs go to
 //! target/comparison-nine/.
 
+#[macro_use]
+mod report;
+
 use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
@@ -519,6 +522,21 @@ fn main() -> mixtrain::Result<()> {
         }
         print_table(&case.name, &rows, &seeds, base.train.steps);
     }
+    report::finish(
+        "mixer_comparison",
+        "mixing",
+        &[
+            "SCENARIO",
+            "SEEDS",
+            "METHODS",
+            "STATIC",
+            "TARGET",
+            "HELD_OUT",
+            "CORPUS",
+            "RUNS",
+            "RAYON_NUM_THREADS",
+        ],
+    );
     Ok(())
 }
 
@@ -555,15 +573,15 @@ fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], ste
         })
         .expect("the static baselines always run");
     let best = finals(&best_static.1);
-    println!(
+    say!(
         "\n### {case} (seeds {seeds:?}; best static: {})\n",
         best_static.0
     );
-    println!(
+    say!(
         "| method | final target loss | Δ vs uniform | Δ vs best static | final worst-source loss | \
          step reaching uniform's final target loss (per seed) | as a fraction of {steps} steps (max) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    say!("|---|---|---|---|---|---|---|");
     for (name, runs) in rows {
         let f = finals(runs);
         let (mean, sd) = mean_sd(&f);
@@ -593,10 +611,10 @@ fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], ste
         } else {
             "-".into()
         };
-        println!(
+        say!(
             "| {name} | {mean:.4} ± {sd:.4} | {du:+.4} ± {du_sd:.4} | {db:+.4} ± {db_sd:.4} | {worst:.4} | {} | {fraction} |",
             reach_text.join(", ")
         );
     }
-    println!("\n(mean ± sd over seeds; Δ paired by seed; losses in nats per byte-token)");
+    say!("\n(mean ± sd over seeds; Δ paired by seed; losses in nats per byte-token)");
 }

@@ -16,6 +16,9 @@
 //! (both models on fresh samples, or with `excess_from = "step"` the reference on the step's
 //! batch).
 
+#[macro_use]
+mod report;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -195,7 +198,7 @@ fn main() -> mixtrain::Result<()> {
     };
     let medians: Vec<f64> = samples.iter_mut().map(median).collect();
     for ((label, ..), ms) in variants.iter().zip(&medians) {
-        println!(
+        say!(
             "mixer_overhead/{label:<20} {ms:>8.1} ms/step (median of {rounds})  ratio vs static {:.3}",
             ms / medians[0]
         );
@@ -207,10 +210,15 @@ fn main() -> mixtrain::Result<()> {
             .map(|i| medians[i])
     };
     if let (Some(single), Some(per_source)) = (ms_of("fastmix/single-pass"), ms_of("fastmix")) {
-        println!(
+        say!(
             "single-pass vs per-source statistics (fastmix): {:.3}",
             single / per_source
         );
     }
+    report::finish(
+        "mixer_overhead",
+        "mixer_overhead",
+        &["STEPS", "ROUNDS", "VARIANTS", "RAYON_NUM_THREADS"],
+    );
     Ok(())
 }

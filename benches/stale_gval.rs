@@ -15,6 +15,9 @@
 //!     cargo bench --bench stale_gval
 //!     TARGET=man AGE=9 AT=30,100,200 cargo bench --bench stale_gval
 
+#[macro_use]
+mod report;
+
 use std::path::Path;
 
 use mixtrain::backend::{dispatch, BackendTask, TrainBackend};
@@ -95,14 +98,19 @@ fn main() -> mixtrain::Result<()> {
         config.target.sources = Some(vec![target.clone()]);
     }
     let rows = dispatch(config.run.backend, Bench { config, at, age })?;
-    println!(
+    say!(
         "stale_gval (target {}, g_old {age} steps old; standardised I_k over sources; 0 = same, 1.41 = uncorrelated)",
         target.as_deref().unwrap_or("all sources")
     );
-    println!("| step | d(old, new) | d(new', new) | top source agrees: old, new' |");
-    println!("|---|---|---|---|");
+    say!("| step | d(old, new) | d(new', new) | top source agrees: old, new' |");
+    say!("|---|---|---|---|");
     for (t, stale, noise, top_old, top_again) in rows {
-        println!("| {t} | {stale:.3} | {noise:.3} | {top_old}, {top_again} |");
+        say!("| {t} | {stale:.3} | {noise:.3} | {top_old}, {top_again} |");
     }
+    report::finish(
+        "stale_gval",
+        "stale_gval",
+        &["AT", "AGE", "TARGET", "RAYON_NUM_THREADS"],
+    );
     Ok(())
 }

@@ -6,6 +6,9 @@
 //!
 //! Prints tokens/s per backend and the ndarray/flex ratio.
 
+#[macro_use]
+mod report;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -37,7 +40,7 @@ impl BackendTask for Bench {
         }
         let seconds = start.elapsed().as_secs_f64();
         let rate = tokens as f64 / seconds;
-        println!(
+        say!(
             "train_step/{backend:<8} {:>8.1} ms/step {rate:>10.0} tokens/s ({} steps of {} tokens)",
             seconds * 1e3 / self.steps as f64,
             self.steps,
@@ -61,6 +64,7 @@ fn main() -> mixtrain::Result<()> {
         config.run.backend = kind;
         rates.push(dispatch(kind, Bench { config, steps })?);
     }
-    println!("train_step ratio ndarray/flex = {:.2}", rates[1] / rates[0]);
+    say!("train_step ratio ndarray/flex = {:.2}", rates[1] / rates[0]);
+    report::finish("train_step", "throughput", &["STEPS", "RAYON_NUM_THREADS"]);
     Ok(())
 }

@@ -17,6 +17,9 @@
 //! 2 threads), so load on the shared machine hits all alike. Prints the median ms/step of each and the speed ratio PyTorch / mixtrain
 //! (> 1: mixtrain is faster).
 
+#[macro_use]
+mod report;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -119,7 +122,7 @@ impl Torch {
             stdout,
         };
         let ready = torch.read_line()?;
-        println!("vs_pytorch: {ready}");
+        say!("vs_pytorch: {ready}");
         Ok(torch)
     }
 
@@ -200,7 +203,7 @@ impl BackendTask for Bench {
                 match torch.time_steps(self.steps) {
                     Ok(ms) => theirs.push(ms),
                     Err(e) => {
-                        println!("vs_pytorch: {e}; timing mixtrain alone from here");
+                        say!("vs_pytorch: {e}; timing mixtrain alone from here");
                         self.torch = None;
                     }
                 }
@@ -212,7 +215,7 @@ impl BackendTask for Bench {
                     format!("mixtrain ({label}) {:.1} ms/step", times[round])
                 })
                 .collect();
-            println!(
+            say!(
                 "round {round}: {}, pytorch {}",
                 mine.join(", "),
                 theirs
@@ -226,21 +229,21 @@ impl BackendTask for Bench {
         let theirs = (theirs.len() == self.rounds).then(|| median(theirs));
         for ((label, _), times) in sessions.iter().zip(ours) {
             let ours = median(times);
-            println!(
+            say!(
                 "vs_pytorch/mixtrain ({backend}, {label}) {ours:>8.1} ms/step {:>9.0} tokens/s (median of {} rounds of {} steps)",
                 tokens / ours * 1e3,
                 self.rounds,
                 self.steps
             );
             if let Some(theirs) = theirs {
-                println!(
+                say!(
                     "vs_pytorch speed mixtrain ({label}) / pytorch = {:.2}",
                     theirs / ours
                 );
             }
         }
         if let Some(theirs) = theirs {
-            println!(
+            say!(
                 "vs_pytorch/pytorch-eager  {theirs:>8.1} ms/step {:>9.0} tokens/s",
                 tokens / theirs * 1e3
             );
@@ -260,7 +263,7 @@ fn main() -> mixtrain::Result<()> {
     let torch = match torch_python().and_then(|python| Torch::start(&python, &config)) {
         Ok(torch) => Some(torch),
         Err(why) => {
-            println!("vs_pytorch: PyTorch side skipped: {why}");
+            say!("vs_pytorch: PyTorch side skipped: {why}");
             None
         }
     };
@@ -270,5 +273,18 @@ fn main() -> mixtrain::Result<()> {
         config: config.clone(),
         torch,
     };
-    dispatch(config.run.backend, bench)
+    dispatch(config.run.backend, bench)?;
+    report::finish(
+        "vs_pytorch",
+        "throughput",
+        &[
+            "PASS_SIZES",
+            "MLP",
+            "D_FF",
+            "ROUNDS",
+            "STEPS",
+            "RAYON_NUM_THREADS",
+        ],
+    );
+    Ok(())
 }

@@ -14,52 +14,47 @@ pub fn mixtrain() -> Command {
     cmd
 }
 
-/// A small, fast config over three quickstart sources: seconds per run on 2 cores.
+/// `tests/configs/tiny.toml` written into `dir` as `config.toml`, with `dir/run` as its
+/// out_dir, `dir/cache` as its cache, absolute data paths, and `extra` (TOML) merged over it
+/// table by table. Seconds per run on 2 cores.
 pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
-    let data = repo().join("data/quickstart");
-    let text = format!(
-        r#"
-[run]
-out_dir = "{out}"
-seed = 7
-
-[data]
-seq_len = 32
-cache_dir = "{cache}"
-[[data.sources]]
-name = "prose"
-path = "{data}/prose.jsonl"
-[[data.sources]]
-name = "code"
-path = "{data}/code.jsonl"
-[[data.sources]]
-name = "legal"
-path = "{data}/legal.jsonl"
-
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_ff = 64
-
-[train]
-steps = 40
-batch_size = 6
-lr = 3e-3
-warmup_steps = 5
-eval_every = 10
-eval_batches = 1
-checkpoint_every = 5
-log_every = 1
-{extra}
-"#,
-        out = dir.join("run").display(),
-        cache = dir.join("cache").display(),
-        data = data.display(),
-    );
+    let text = std::fs::read_to_string(repo().join("tests/configs/tiny.toml")).expect("tiny.toml");
+    let mut config: toml::Table = toml::from_str(&text).expect("tiny.toml parses");
+    let table = |config: &mut toml::Table, key: &str| -> toml::Table {
+        config[key].as_table().expect("a table").clone()
+    };
+    let mut run = table(&mut config, "run");
+    run.insert("out_dir".into(), path_value(&dir.join("run")));
+    config.insert("run".into(), run.into());
+    let mut data = table(&mut config, "data");
+    data.insert("cache_dir".into(), path_value(&dir.join("cache")));
+    for source in data["sources"].as_array_mut().expect("sources").iter_mut() {
+        let source = source.as_table_mut().expect("a source table");
+        let path = source["path"].as_str().expect("a path").to_string();
+        source.insert("path".into(), path_value(&repo().join(path)));
+    }
+    config.insert("data".into(), data.into());
+    let extra: toml::Table = toml::from_str(extra).expect("the test's extra TOML parses");
+    merge(&mut config, extra);
     let path = dir.join("config.toml");
-    std::fs::write(&path, text).expect("write config");
+    std::fs::write(&path, toml::to_string(&config).expect("serialises")).expect("write config");
     path
+}
+
+fn path_value(path: &Path) -> toml::Value {
+    toml::Value::String(path.display().to_string())
+}
+
+/// `extra` over `base`: tables merged key by key, anything else replaced.
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(old)), toml::Value::Table(new)) => merge(old, new),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {

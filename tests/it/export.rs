@@ -10,38 +10,17 @@ use mixtrain::config::Config;
 use mixtrain::export::export_model;
 use mixtrain::train::Session;
 
+use crate::common::{repo, tiny_config};
+
 type B = Autodiff<NdArray>;
 
 fn check_against_numpy(model_keys: &str) {
-    let repo = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"
-[run]
-out_dir = "{out}"
-[data]
-seq_len = 24
-cache_dir = "{cache}"
-[[data.sources]]
-name = "prose"
-path = "{repo}/data/quickstart/prose.jsonl"
-[[data.sources]]
-name = "code"
-path = "{repo}/data/quickstart/code.jsonl"
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-d_ff = 48
-{model_keys}
-[train]
-batch_size = 4
-warmup_steps = 1
-"#,
-        out = dir.path().join("run").display(),
-        cache = dir.path().join("cache").display(),
+    let extra = format!(
+        "[data]\nseq_len = 24\n[model]\nn_heads = 4\nd_ff = 48\n{model_keys}\n\
+         [train]\nbatch_size = 4\nwarmup_steps = 1\n"
     );
-    let config = Config::from_toml_str(&text, "export-test.toml", &[]).unwrap();
+    let config = Config::load(&tiny_config(dir.path(), &extra), &[]).unwrap();
     let mut session = Session::<B>::build(config, Default::default()).unwrap();
     // A few steps so the weights are trained, not just initialised.
     for _ in 0..3 {
@@ -75,7 +54,7 @@ warmup_steps = 1
     std::fs::write(&case_path, case.to_string()).unwrap();
 
     let out = Command::new(crate::common::python())
-        .arg(format!("{repo}/tests/golden/reference_forward.py"))
+        .arg(repo().join("tests/golden/reference_forward.py"))
         .arg(&model_path)
         .arg(&case_path)
         .output()

@@ -5,13 +5,15 @@
 //! (never panic), and every error must name the file it read.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mixtrain::checkpoint;
 use mixtrain::config::{Config, MixtureInit};
 use mixtrain::data::{read_documents, write_shard, Shard};
 use mixtrain::export::read_safetensors;
 use mixtrain::mixer::resolve_init;
+
+use crate::common::{repo, tiny_config};
 
 /// SplitMix64.
 struct Rng(u64);
@@ -135,10 +137,6 @@ fn fuzz<T>(
     }
     eprintln!("{name}: {cases} cases, {ok} accepted, {err} errors");
     (ok, err)
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn seed() -> u64 {
@@ -271,18 +269,11 @@ fn shards_never_panic_and_errors_name_the_file() {
 fn checkpoint_files_never_panic_and_errors_name_the_file() {
     let mut rng = Rng(seed() ^ 4);
     let dir = tempfile::tempdir().unwrap();
-    let data = repo().join("data/quickstart");
-    let config = format!(
-        "[run]\nout_dir = \"{}\"\n[data]\nseq_len = 16\ncache_dir = \"{}\"\n\
-         [[data.sources]]\nname = \"prose\"\npath = \"{}/prose.jsonl\"\n\
-         [model]\nd_model = 16\nn_layers = 1\nn_heads = 2\nd_ff = 32\n\
-         [train]\nsteps = 2\nbatch_size = 2\nwarmup_steps = 1\neval_every = 2\neval_batches = 1\n",
-        dir.path().join("run").display(),
-        dir.path().join("cache").display(),
-        data.display()
+    let config_path = tiny_config(
+        dir.path(),
+        "[data]\nseq_len = 16\n[model]\nd_model = 16\nn_layers = 1\nd_ff = 32\n\
+         [train]\nsteps = 2\nbatch_size = 2\nwarmup_steps = 1\neval_every = 2\n",
     );
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config).unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_mixtrain"))
         .arg("run")
         .arg(&config_path)

@@ -1,0 +1,151 @@
+//! What a bench reports: every line it `say!`s goes to stdout and, with `--out [PATH]` after
+//! `cargo bench --bench NAME --`, into its results file (`docs/results/TOPIC.md` by default),
+//! headed by the commit, date, machine and the command that reproduces it. The generated part
+//! sits between two markers named after the bench (two benches may share a topic's file), so
+//! the notes written by hand around it survive a rerun.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Prints one line of results and keeps it for the results file.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        println!("{line}");
+        $crate::report::keep(line);
+    }};
+}
+
+pub fn keep(line: String) {
+    LINES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+}
+
+/// Writes bench `name`'s part of the results file of `topic` when `--out` was given; `knobs`
+/// are the environment variables the bench reads (those set go into the command line). Exits
+/// with status 1 when it cannot.
+pub fn finish(name: &str, topic: &str, knobs: &[&str]) {
+    let Some(path) = out_path(topic) else {
+        return;
+    };
+    let (begin, end) = markers(name);
+    let lines = std::mem::take(&mut *LINES.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut region = vec![
+        begin.clone(),
+        format!("- **Command**: `{}`", command(name, knobs)),
+        format!("- **Commit**: {}", commit()),
+        format!("- **Date**: {}", date()),
+        format!("- **Machine**: {}", machine()),
+        String::new(),
+        "```text".to_string(),
+    ];
+    region.extend(lines);
+    region.push("```".to_string());
+    region.push(end.clone());
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = replace_region(&old, &region.join("\n"), (&begin, &end), topic);
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("cannot write the results file {}: {e}", path.display());
+        std::process::exit(1);
+    }
+    eprintln!("wrote {}", path.display());
+}
+
+fn markers(name: &str) -> (String, String) {
+    (
+        format!("<!-- written by `cargo bench --bench {name}`: begin -->"),
+        format!("<!-- written by `cargo bench --bench {name}`: end -->"),
+    )
+}
+
+/// `--out PATH`, or `--out` alone for `docs/results/TOPIC.md`.
+fn out_path(topic: &str) -> Option<PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--out")?;
+    Some(match args.get(at + 1).filter(|a| !a.starts_with("--")) {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(format!("docs/results/{topic}.md")),
+    })
+}
+
+/// The old file with this bench's region replaced (or, without one, put before its first
+/// section, else under its title).
+fn replace_region(old: &str, region: &str, (begin, end): (&str, &str), topic: &str) -> String {
+    if let (Some(b), Some(e)) = (old.find(begin), old.find(end)) {
+        if b < e {
+            return format!("{}{region}{}", &old[..b], &old[e + end.len()..]);
+        }
+    }
+    if let Some(at) = old.find("\n## ") {
+        return format!("{}{region}\n\n{}", &old[..at + 1], &old[at + 1..]);
+    }
+    match old.split_once('\n') {
+        Some((title, rest)) if title.starts_with("# ") => format!("{title}\n\n{region}\n{rest}"),
+        _ => format!("# {topic}\n\n{region}\n\n{old}"),
+    }
+}
+
+fn command(name: &str, knobs: &[&str]) -> String {
+    let mut parts: Vec<String> = knobs
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+        .collect();
+    parts.push("cargo bench".into());
+    if cfg!(feature = "wgpu") {
+        parts.push("--features wgpu".into());
+    }
+    if cfg!(feature = "cuda") {
+        parts.push("--features cuda".into());
+    }
+    parts.push(format!("--bench {name} -- --out"));
+    parts.join(" ")
+}
+
+fn run(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn commit() -> String {
+    let hash = run("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{hash} with uncommitted changes")
+    } else {
+        hash
+    }
+}
+
+fn date() -> String {
+    run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown".into())
+}
+
+/// CPU model and cores, memory, and a GPU when `nvidia-smi` names one.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / (1024.0 * 1024.0));
+    let mut text = format!("{model}, {cores} cores, {gib:.0} GiB");
+    if let Some(gpu) = run("nvidia-smi", &["--query-gpu=name", "--format=csv,noheader"]) {
+        text.push_str(&format!(", GPU {}", gpu.replace('\n', ", ")));
+    }
+    text
+}
