@@ -16,11 +16,6 @@ mod report;
 use std::path::Path;
 use std::process::Command;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    v[v.len() / 2]
-}
-
 /// elapsed_s of the metrics line of `step`.
 fn elapsed_at(metrics: &Path, step: u64) -> f64 {
     let text = std::fs::read_to_string(metrics).expect("metrics.jsonl");
@@ -109,12 +104,12 @@ fn main() {
                 share.push(seconds * 1e3 / steps as f64 / t.ms_per_step);
             }
         }
-        let (one, two) = (median(one), median(two));
+        let (one, two) = (report::median(one), report::median(two));
         say!(
             "distributed/{mixer:<8} 1 rank x 2 cores {one:>7.1} ms/step   2 ranks x 1 core \
              {two:>7.1} ms/step   speed-up {:.2}   all-reduce share of a 2-rank step {:.1}%",
             one / two,
-            100.0 * median(share)
+            100.0 * report::median(share)
         );
     }
     report::finish(

@@ -72,10 +72,7 @@ impl BackendTask for Bench {
                 samples[variant].push(start.elapsed().as_secs_f64() * 1e3 / self.steps as f64);
             }
         }
-        Ok(samples.map(|mut s| {
-            s.sort_by(|a, b| a.total_cmp(b));
-            s[s.len() / 2]
-        }))
+        Ok(samples.map(report::median))
     }
 }
 

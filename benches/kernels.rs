@@ -22,7 +22,7 @@ type B = CubeBackend<WgpuRuntime, f32, i32, u32>;
 
 fn median_ms(rounds: usize, mut call: impl FnMut() -> Vec<f32>) -> f64 {
     call();
-    let mut times: Vec<f64> = (0..rounds)
+    let times: Vec<f64> = (0..rounds)
         .map(|_| {
             let start = Instant::now();
             let out = call();
@@ -30,8 +30,7 @@ fn median_ms(rounds: usize, mut call: impl FnMut() -> Vec<f32>) -> f64 {
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    times[times.len() / 2]
+    report::median(times)
 }
 
 fn report(name: &str, kernel: f64, reference: f64) {

@@ -192,11 +192,7 @@ fn main() -> mixtrain::Result<()> {
             samples[i].push(dispatch(config.run.backend, Bench { config, steps })?);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let medians: Vec<f64> = samples.iter_mut().map(median).collect();
+    let medians: Vec<f64> = samples.into_iter().map(report::median).collect();
     for ((label, ..), ms) in variants.iter().zip(&medians) {
         say!(
             "mixer_overhead/{label:<20} {ms:>8.1} ms/step (median of {rounds})  ratio vs static {:.3}",

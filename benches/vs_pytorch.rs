@@ -38,11 +38,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// The venv's python with torch importable, made on first use; Err says why not.
 fn torch_python() -> Result<PathBuf, String> {
     let venv = Path::new("target/torch-venv");
@@ -226,9 +221,9 @@ impl BackendTask for Bench {
         let tokens = (self.config.train.batch_size
             * self.config.train.grad_accum
             * self.config.data.seq_len) as f64;
-        let theirs = (theirs.len() == self.rounds).then(|| median(theirs));
+        let theirs = (theirs.len() == self.rounds).then(|| report::median(theirs));
         for ((label, _), times) in sessions.iter().zip(ours) {
-            let ours = median(times);
+            let ours = report::median(times);
             say!(
                 "vs_pytorch/mixtrain ({backend}, {label}) {ours:>8.1} ms/step {:>9.0} tokens/s (median of {} rounds of {} steps)",
                 tokens / ours * 1e3,

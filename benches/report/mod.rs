@@ -19,6 +19,13 @@ macro_rules! say {
     }};
 }
 
+/// The median of `values` (the upper one of an even count).
+#[allow(dead_code)] // Not every bench takes medians.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 pub fn keep(line: String) {
     LINES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
 }

@@ -21,9 +21,9 @@ pub use crate::data::{DataConfig, SourceConfig};
 pub use crate::demix::DemixConfig;
 pub use crate::distributed::DistributedConfig;
 pub use crate::mixer::{
-    AdoConfig, ApplyMode, DoremiConfig, ExcessFrom, FastMixConfig, GradStats, InfluenceFrom,
-    InfluenceNorm, InitSpec, MixerConfig, MixerKind, MixtureInit, OdmConfig, ProbeSteps, ScopeKind,
-    SignalNorm, TikMixConfig, TikMixMConfig,
+    AdoConfig, ApplyMode, DoremiConfig, ExcessFrom, FastMixConfig, GradScope, GradStats,
+    InfluenceFrom, InfluenceNorm, InitSpec, MixerConfig, MixerKind, MixtureInit, OdmConfig,
+    ProbeSteps, SignalNorm, TikMixConfig, TikMixMConfig,
 };
 pub use crate::model::{MlpKind, ModelConfig};
 pub use crate::target::{Target, TargetConfig, TargetSetConfig};

@@ -25,15 +25,6 @@ pub enum MixerKind {
     Ado,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScopeKind {
-    /// The LM head only (the embedding when tied), as FastMix's reference code.
-    Head,
-    /// Every parameter.
-    All,
-}
-
 /// How a probed training step gets ⟨g_val, g_k⟩ for every source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

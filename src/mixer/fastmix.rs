@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use super::config::{GradStats, ProbeSteps, Probing};
 
 use super::init::{apply_floor, softmax};
-use super::ScopeKind;
 use super::{restore_state, GradScope, Mixer, MixerUpdate, ProbeSpec, SourceStats, StatsRequest};
 use crate::validate::{at_least_one, positive, unit_open};
 
@@ -18,7 +17,7 @@ pub struct FastMixConfig {
     /// Adam learning rate of the mixture logits. Default 0.1.
     pub lr: f64,
     /// Parameters of ⟨g_val, g_k⟩: "all" or "head". Default "all".
-    pub scope: ScopeKind,
+    pub scope: GradScope,
     /// Use ⟨P g_val, g_k⟩ with AdamW's diagonal preconditioner P. Default true.
     pub precondition: bool,
     /// EMA factor of s_k across updates (0 = none). Default 0.5.
@@ -59,7 +58,7 @@ impl Default for FastMixConfig {
     fn default() -> Self {
         FastMixConfig {
             lr: 0.1,
-            scope: ScopeKind::All,
+            scope: GradScope::All,
             precondition: true,
             ema: 0.5,
             val_batches: 2,
@@ -139,10 +138,7 @@ impl Mixer for FastMix {
     fn needs(&self) -> StatsRequest {
         StatsRequest {
             grad_probe: Some(ProbeSpec {
-                scope: match self.config.scope {
-                    ScopeKind::Head => GradScope::Head,
-                    ScopeKind::All => GradScope::All,
-                },
+                scope: self.config.scope,
                 precondition: self.config.precondition,
                 val_batches: self.config.val_batches,
             }),

@@ -17,7 +17,7 @@ mod trust_region;
 pub use ado::{Ado, AdoConfig};
 pub use config::{
     ApplyMode, GradStats, InitSpec, MixerConfig, MixerKind, MixtureInit, ProbeSteps, Probing,
-    ScopeKind, MOVED_TO_MIXER_SECTIONS,
+    MOVED_TO_MIXER_SECTIONS,
 };
 pub use doremi::{DoReMi, DoremiConfig, ExcessFrom};
 pub use entropy::{token_entropy, EntropyKind};
@@ -32,10 +32,11 @@ pub use trust_region::{bounded_step, TrustRegion};
 use crate::data::Source;
 use crate::error::Result;
 
-/// Parameter scope of gradient inner products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Parameter scope of gradient inner products (`mixer.fastmix.scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GradScope {
-    /// The LM head only.
+    /// The LM head only (the embedding when tied), as FastMix's reference code.
     Head,
     /// Every parameter.
     All,

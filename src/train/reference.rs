@@ -64,9 +64,8 @@ pub fn ensure_reference<B: TrainBackend>(
         None => {
             let model = train_reference(session)?;
             std::fs::create_dir_all(out_dir).at(out_dir)?;
-            let tmp = saved.with_extension("safetensors.tmp");
-            write_safetensors(&tmp, &collect_params(&model), &[])?;
-            std::fs::rename(&tmp, &saved).at(&saved)?;
+            // Atomic: a temporary file, fsynced, renamed, the directory fsynced.
+            write_safetensors(&saved, &collect_params(&model), &[])?;
             model
         }
     };
