@@ -88,7 +88,7 @@ pub type WgpuBackend =
     mixtrain_kernels::cube::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 
 #[cfg(feature = "cuda")]
-pub type CudaBackend =
+pub(crate) type CudaBackend =
     mixtrain_kernels::cube::CubeBackend<mixtrain_kernels::cube::CudaRuntime, f32, i32, u8>;
 
 #[cfg(feature = "wgpu")]

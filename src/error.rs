@@ -61,28 +61,28 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             error: source,
         }
     }
 
-    pub fn value(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn value(key: impl Into<String>, message: impl Into<String>) -> Self {
         Error::ConfigValue {
             key: key.into(),
             message: message.into(),
         }
     }
 
-    pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    pub(crate) fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Data {
             path: path.into(),
             message: message.into(),
         }
     }
 
-    pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Checkpoint {
             path: path.into(),
             message: message.into(),
@@ -91,7 +91,7 @@ impl Error {
 }
 
 /// `result.at(path)?` turns an io::Error into one naming the path.
-pub trait IoContext<T> {
+pub(crate) trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
 }
 

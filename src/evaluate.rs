@@ -14,19 +14,19 @@ use crate::train::Evaluator;
 
 #[derive(Debug, Clone)]
 pub struct EvalReport {
-    pub checkpoint: PathBuf,
-    pub step: usize,
-    pub sources: Vec<String>,
-    pub val_loss: Vec<f64>,
+    pub(crate) checkpoint: PathBuf,
+    pub(crate) step: usize,
+    pub(crate) sources: Vec<String>,
+    pub(crate) val_loss: Vec<f64>,
     /// Validation-only target sets and their losses.
-    pub target_sets: Vec<String>,
-    pub target_set_loss: Vec<f64>,
+    pub(crate) target_sets: Vec<String>,
+    pub(crate) target_set_loss: Vec<f64>,
     /// Mean loss over the target's members.
-    pub target_loss: f64,
+    pub(crate) target_loss: f64,
 }
 
 impl EvalReport {
-    pub fn mean(&self) -> f64 {
+    pub(crate) fn mean(&self) -> f64 {
         self.val_loss.iter().sum::<f64>() / self.val_loss.len() as f64
     }
 

@@ -31,7 +31,7 @@ pub fn export_model<B: Backend>(
 }
 
 /// The parameters renamed and laid out as a PyTorch model of the same architecture expects.
-pub fn to_pytorch_layout(params: &[NamedTensor]) -> Vec<NamedTensor> {
+pub(crate) fn to_pytorch_layout(params: &[NamedTensor]) -> Vec<NamedTensor> {
     params
         .iter()
         .map(|p| {

@@ -21,10 +21,10 @@ use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
-pub const ENV: &str = "MIXTRAIN_FAULT";
+pub(crate) const ENV: &str = "MIXTRAIN_FAULT";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointPhase {
+pub(crate) enum CheckpointPhase {
     Partial,
     BeforeRename,
     AfterRename,
@@ -113,7 +113,7 @@ fn parse(spec: &str) -> std::result::Result<Fault, String> {
 }
 
 /// Reads `MIXTRAIN_FAULT` once; a malformed value is an error naming the variable.
-pub fn init() -> Result<()> {
+pub(crate) fn init() -> Result<()> {
     let parsed = match std::env::var(ENV) {
         Ok(spec) if !spec.trim().is_empty() => {
             Some(parse(spec.trim()).map_err(|message| Error::value(ENV, message))?)
@@ -129,13 +129,13 @@ fn fault() -> Option<Fault> {
 }
 
 /// Counts a checkpoint save; returns its number (from 1) for the hooks below.
-pub fn begin_save() -> usize {
+pub(crate) fn begin_save() -> usize {
     SAVES.fetch_add(1, Ordering::SeqCst) + 1
 }
 
 /// Kills the process (SIGKILL: no destructors, no flushes) when the fault names this phase of
 /// this save.
-pub fn checkpoint_phase(save: usize, phase: CheckpointPhase) {
+pub(crate) fn checkpoint_phase(save: usize, phase: CheckpointPhase) {
     if fault() == Some(Fault::CheckpointKill { phase, save }) {
         // SAFETY: sending a signal to our own pid has no memory-safety preconditions.
         unsafe {
@@ -145,13 +145,13 @@ pub fn checkpoint_phase(save: usize, phase: CheckpointPhase) {
 }
 
 /// The error a full disk would give while writing this save's optimizer file, if injected.
-pub fn checkpoint_write_error(save: usize) -> Option<std::io::Error> {
+pub(crate) fn checkpoint_write_error(save: usize) -> Option<std::io::Error> {
     (fault() == Some(Fault::CheckpointWriteError { save }))
         .then(|| std::io::Error::from_raw_os_error(libc::ENOSPC))
 }
 
 /// Kills or stops this process (rank `rank`) as step `step` (from 1) begins, if injected.
-pub fn before_step(rank: usize, step: usize) {
+pub(crate) fn before_step(rank: usize, step: usize) {
     let signal = match fault() {
         Some(Fault::RankKill { rank: r, step: s }) if (r, s) == (rank, step) => libc::SIGKILL,
         Some(Fault::RankStop { rank: r, step: s }) if (r, s) == (rank, step) => libc::SIGSTOP,
@@ -164,12 +164,12 @@ pub fn before_step(rank: usize, step: usize) {
 }
 
 /// True when a gradient of step `step` (from 1) is to be poisoned.
-pub fn nonfinite_grad(step: usize) -> bool {
+pub(crate) fn nonfinite_grad(step: usize) -> bool {
     fault() == Some(Fault::NonfiniteGrad { step })
 }
 
 /// True when the loss of step `step` (from 1) is to be poisoned.
-pub fn nonfinite_loss(step: usize) -> bool {
+pub(crate) fn nonfinite_loss(step: usize) -> bool {
     fault() == Some(Fault::NonfiniteLoss { step })
 }
 

@@ -9,14 +9,14 @@ use crate::error::{IoContext, Result};
 
 /// Writes `bytes` to `path` and fsyncs the file (not atomic: for files inside a directory that
 /// is itself renamed into place, like a checkpoint's).
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = std::fs::File::create(path).at(path)?;
     file.write_all(bytes).at(path)?;
     file.sync_all().at(path)
 }
 
 /// Fsyncs a directory, making renames and deletions inside it durable.
-pub fn sync_dir(path: &Path) -> Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|d| d.sync_all())
         .at(path)
@@ -32,7 +32,7 @@ fn temporary_name(path: &Path) -> PathBuf {
 
 /// Replaces `path` with `bytes` atomically: temporary file, fsync, rename, fsync of the
 /// directory. On error the temporary file is removed and `path` is untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_name(path);
     let written = write_synced(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path).at(path));
     if written.is_err() {
@@ -47,7 +47,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Lower-case hex of `bytes` (digests, cache keys).
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -9,13 +9,13 @@
 
 /// Boosting hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GbtParams {
-    pub trees: usize,
-    pub max_depth: usize,
+pub(crate) struct GbtParams {
+    pub(crate) trees: usize,
+    pub(crate) max_depth: usize,
     /// Shrinkage applied to each tree's output.
-    pub learning_rate: f64,
+    pub(crate) learning_rate: f64,
     /// Fewest training rows in a leaf.
-    pub min_leaf: usize,
+    pub(crate) min_leaf: usize,
 }
 
 impl Default for GbtParams {
@@ -66,7 +66,7 @@ impl Tree {
 
 /// A fitted ensemble: prediction = base + learning_rate · Σ trees.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Gbt {
+pub(crate) struct Gbt {
     base: f64,
     learning_rate: f64,
     trees: Vec<Tree>,
@@ -74,7 +74,7 @@ pub struct Gbt {
 
 impl Gbt {
     /// Fits rows `x` (each of the same length) to targets `y`. Empty data give the zero model.
-    pub fn fit(x: &[Vec<f64>], y: &[f64], params: GbtParams) -> Gbt {
+    pub(crate) fn fit(x: &[Vec<f64>], y: &[f64], params: GbtParams) -> Gbt {
         assert_eq!(x.len(), y.len(), "one target per row");
         let n = y.len();
         let base = if n == 0 {
@@ -112,7 +112,7 @@ impl Gbt {
         model
     }
 
-    pub fn predict(&self, x: &[f64]) -> f64 {
+    pub(crate) fn predict(&self, x: &[f64]) -> f64 {
         self.base + self.learning_rate * self.trees.iter().map(|t| t.predict(x)).sum::<f64>()
     }
 }

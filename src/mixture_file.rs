@@ -9,10 +9,13 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, IoContext, Result};
 
-pub const MIXTURE_FILE: &str = "mixture.json";
+pub(crate) const MIXTURE_FILE: &str = "mixture.json";
 
 /// One value per source as an object keyed by source name.
-pub fn by_name<V: Into<Value>>(names: &[String], values: impl IntoIterator<Item = V>) -> Value {
+pub(crate) fn by_name<V: Into<Value>>(
+    names: &[String],
+    values: impl IntoIterator<Item = V>,
+) -> Value {
     Value::Object(
         names
             .iter()
@@ -22,13 +25,13 @@ pub fn by_name<V: Into<Value>>(names: &[String], values: impl IntoIterator<Item 
     )
 }
 
-pub struct MixtureFile {
+pub(crate) struct MixtureFile {
     fields: Map<String, Value>,
 }
 
 impl MixtureFile {
     /// `sources` in order with their `final` weights.
-    pub fn new(sources: &[String], final_weights: &[f64]) -> Self {
+    pub(crate) fn new(sources: &[String], final_weights: &[f64]) -> Self {
         let mut file = MixtureFile { fields: Map::new() };
         file.fields
             .insert("sources".into(), Value::from(sources.to_vec()));
@@ -40,18 +43,18 @@ impl MixtureFile {
     }
 
     /// Adds a field after the ones already there.
-    pub fn with(mut self, key: &str, value: Value) -> Self {
+    pub(crate) fn with(mut self, key: &str, value: Value) -> Self {
         self.fields.insert(key.into(), value);
         self
     }
 
     /// Writes the file atomically (pretty JSON, newline-terminated).
-    pub fn write(&self, path: &Path) -> Result<()> {
+    pub(crate) fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(&self.fields).expect("JSON serialises") + "\n";
         crate::fsutil::write_atomic(path, text.as_bytes())
     }
 
-    pub fn read_final(path: &Path, names: &[String]) -> Result<Vec<f64>> {
+    pub(crate) fn read_final(path: &Path, names: &[String]) -> Result<Vec<f64>> {
         let text = std::fs::read_to_string(path).at(path)?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::data(path, format!("mixer.init: not valid JSON: {e}")))?;

@@ -34,14 +34,14 @@ pub struct ModelConfig {
     /// "swiglu" or "gelu". Default "swiglu".
     pub mlp: MlpKind,
     /// Share the token embedding with the LM head. Default true.
-    pub tie_embeddings: bool,
+    pub(crate) tie_embeddings: bool,
     /// RoPE base frequency. Default 10000.
-    pub rope_theta: f64,
+    pub(crate) rope_theta: f64,
     /// RMSNorm epsilon. Default 1e-5.
-    pub norm_eps: f64,
+    pub(crate) norm_eps: f64,
     /// Standard deviation of the normal initialisation (output projections are further scaled by
     /// 1/sqrt(2 n_layers)). Default 0.02.
-    pub init_std: f64,
+    pub(crate) init_std: f64,
 }
 
 impl Default for ModelConfig {
@@ -61,7 +61,7 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         at_least_one("model.d_model", self.d_model)?;
         at_least_one("model.n_layers", self.n_layers)?;
         at_least_one("model.n_heads", self.n_heads)?;
@@ -92,37 +92,37 @@ impl ModelConfig {
 
 #[derive(Module, Debug)]
 pub struct Gpt<B: Backend> {
-    pub tok_emb: Embedding<B>,
-    pub blocks: Vec<Block<B>>,
-    pub norm_f: RmsNorm<B>,
+    pub(crate) tok_emb: Embedding<B>,
+    pub(crate) blocks: Vec<Block<B>>,
+    pub(crate) norm_f: RmsNorm<B>,
     /// None when the head is tied to `tok_emb`.
-    pub lm_head: Option<Linear<B>>,
+    pub(crate) lm_head: Option<Linear<B>>,
     n_heads: usize,
     rope_theta: f64,
 }
 
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
-    pub attn_norm: RmsNorm<B>,
-    pub attn: Attention<B>,
-    pub mlp_norm: RmsNorm<B>,
-    pub mlp: Mlp<B>,
+pub(crate) struct Block<B: Backend> {
+    pub(crate) attn_norm: RmsNorm<B>,
+    pub(crate) attn: Attention<B>,
+    pub(crate) mlp_norm: RmsNorm<B>,
+    pub(crate) mlp: Mlp<B>,
 }
 
 #[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub o_proj: Linear<B>,
+pub(crate) struct Attention<B: Backend> {
+    pub(crate) q_proj: Linear<B>,
+    pub(crate) k_proj: Linear<B>,
+    pub(crate) v_proj: Linear<B>,
+    pub(crate) o_proj: Linear<B>,
 }
 
 #[derive(Module, Debug)]
-pub struct Mlp<B: Backend> {
+pub(crate) struct Mlp<B: Backend> {
     /// SwiGLU's gate; None for the GELU MLP.
-    pub gate_proj: Option<Linear<B>>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+    pub(crate) gate_proj: Option<Linear<B>>,
+    pub(crate) up_proj: Linear<B>,
+    pub(crate) down_proj: Linear<B>,
 }
 
 fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
@@ -134,7 +134,7 @@ fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -
 
 impl ModelConfig {
     /// Builds the model for a vocabulary of `vocab_size` tokens.
-    pub fn init<B: Backend>(&self, vocab_size: usize, device: &B::Device) -> Gpt<B> {
+    pub(crate) fn init<B: Backend>(&self, vocab_size: usize, device: &B::Device) -> Gpt<B> {
         let d = self.d_model;
         let std = self.init_std;
         // GPT-2: residual output projections scaled by 1/sqrt(2 · n_layers).
@@ -207,7 +207,7 @@ impl<B: StatKernels> Gpt<B> {
 
     /// `forward`, recording into `trace` (when given) every parameter's tap for single-pass
     /// per-source gradient statistics. The logits are the same either way.
-    pub fn forward_traced(
+    pub(crate) fn forward_traced(
         &self,
         tokens: Tensor<B, 2, Int>,
         mut trace: Option<&mut Trace<B>>,
@@ -263,7 +263,7 @@ impl<B: StatKernels> Gpt<B> {
 }
 
 impl<B: Backend> Gpt<B> {
-    pub fn num_params(&self) -> usize {
+    pub(crate) fn num_params(&self) -> usize {
         Module::num_params(self)
     }
 }
@@ -322,7 +322,7 @@ impl<B: StatKernels> Mlp<B> {
 }
 
 /// The forward quantity each parameter's per-token gradient is built from (N = batch · seq).
-pub enum TapInput<B: Backend> {
+pub(crate) enum TapInput<B: Backend> {
     /// y = a W (burn's [in, out] weight): ∂W = Σ_t a_t ⊗ δ_t. a: [N, in]
     Linear(Tensor<B, 2>),
     /// y = E[x_t]: ∂E = Σ_t onehot(x_t) ⊗ δ_t. Tokens [N]
@@ -335,20 +335,20 @@ pub enum TapInput<B: Backend> {
 
 /// One parameter's use in a traced forward pass: its input and a zero "probe" added to its
 /// output, whose gradient after backward is the per-token output gradient δ [N, out].
-pub struct Tap<B: Backend> {
-    pub param: burn::module::ParamId,
-    pub input: TapInput<B>,
+pub(crate) struct Tap<B: Backend> {
+    pub(crate) param: burn::module::ParamId,
+    pub(crate) input: TapInput<B>,
     /// Zeros [N, out], a leaf that requires grad.
-    pub probe: Tensor<B, 2>,
+    pub(crate) probe: Tensor<B, 2>,
 }
 
 /// Everything a traced forward pass recorded, in forward order.
-pub struct Trace<B: Backend> {
-    pub taps: Vec<Tap<B>>,
+pub(crate) struct Trace<B: Backend> {
+    pub(crate) taps: Vec<Tap<B>>,
 }
 
 impl<B: Backend> Trace<B> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Trace { taps: Vec::new() }
     }
 
@@ -426,7 +426,7 @@ fn rms_norm<B: StatKernels>(
 
 /// Per-token cross-entropy of `logits` [n, vocab] against `targets` [n] → [n]: the fused
 /// kernel (forward and backward) on CubeCL backends, the reference ops on the CPU.
-pub fn token_losses<B: StatKernels>(
+pub(crate) fn token_losses<B: StatKernels>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {

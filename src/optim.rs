@@ -16,7 +16,7 @@ use mixtrain_kernels::cpu::host::AdamWStep;
 use mixtrain_kernels::{FusedOps, StatKernels};
 
 /// Learning rate after `step` optimizer steps (the rate used by step `step + 1`).
-pub fn lr_at(step: usize, train: &TrainConfig) -> f64 {
+pub(crate) fn lr_at(step: usize, train: &TrainConfig) -> f64 {
     let warmup = train.warmup_steps;
     if step < warmup {
         return train.lr * (step + 1) as f64 / warmup as f64;
@@ -33,18 +33,18 @@ struct Moments<B: Backend> {
     v: Tensor<B, 1>,
 }
 
-pub struct AdamW<B: Backend> {
+pub(crate) struct AdamW<B: Backend> {
     beta1: f64,
     beta2: f64,
     eps: f64,
     weight_decay: f64,
     /// Optimizer steps taken (bias correction uses it).
-    pub steps: u64,
+    pub(crate) steps: u64,
     moments: BTreeMap<String, Moments<B>>,
 }
 
 impl<B: Backend> AdamW<B> {
-    pub fn new(train: &TrainConfig) -> Self {
+    pub(crate) fn new(train: &TrainConfig) -> Self {
         AdamW {
             beta1: train.beta1,
             beta2: train.beta2,
@@ -57,7 +57,7 @@ impl<B: Backend> AdamW<B> {
 
     /// One update of every parameter that has a gradient in `grads` (which it consumes), with
     /// the gradients multiplied by `grad_scale` (clipping) first.
-    pub fn step<AB, M>(
+    pub(crate) fn step<AB, M>(
         &mut self,
         model: M,
         grads: &mut GradientsParams,
@@ -83,7 +83,7 @@ impl<B: Backend> AdamW<B> {
     /// P ⊙ g for parameter `name` with g [numel] and AdamW's diagonal preconditioner
     /// P = 1 / (sqrt(v / (1 − β2^t)) + eps) (fused on the CPU), or None before the
     /// parameter's first step.
-    pub fn precondition(&self, name: &str, g: Tensor<B, 1>) -> Option<Tensor<B, 1>>
+    pub(crate) fn precondition(&self, name: &str, g: Tensor<B, 1>) -> Option<Tensor<B, 1>>
     where
         B: StatKernels,
     {
@@ -96,7 +96,7 @@ impl<B: Backend> AdamW<B> {
     /// 1 / (sqrt(v' / (1 − β2^(t+1))) + eps) with v' = β2 v + (1 − β2) g². Bounded, unlike
     /// `preconditioner`, where v is ~0 but g is not (rare tokens' embedding rows): the step
     /// P ⊙ g stays within sqrt((1 − β2^(t+1)) / (1 − β2)) per coordinate. [numel]
-    pub fn next_preconditioner(&self, name: &str, g: &Tensor<B, 1>) -> Tensor<B, 1> {
+    pub(crate) fn next_preconditioner(&self, name: &str, g: &Tensor<B, 1>) -> Tensor<B, 1> {
         let bias2 = 1.0 - self.beta2.powi(self.steps as i32 + 1);
         let fresh = g.clone().powi_scalar(2) * (1.0 - self.beta2);
         let v = match self.moments.get(name) {
@@ -107,7 +107,7 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// The moments as named host tensors ("m.<param>", "v.<param>"), for checkpoints.
-    pub fn to_named(&self) -> Vec<NamedTensor> {
+    pub(crate) fn to_named(&self) -> Vec<NamedTensor> {
         let mut out = Vec::with_capacity(self.moments.len() * 2);
         for (name, moments) in &self.moments {
             for (prefix, tensor) in [("m", &moments.m), ("v", &moments.v)] {
@@ -129,7 +129,7 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Restores moments saved by `to_named`; false if the set is inconsistent.
-    pub fn load_named(
+    pub(crate) fn load_named(
         &mut self,
         tensors: &BTreeMap<String, NamedTensor>,
         device: &B::Device,
@@ -244,7 +244,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for GradNorm<'_, AB::InnerBackend> {
 /// Puts a NaN into the first element of the first parameter's gradient that exists: the
 /// `nonfinite-grad` fault (src/fault.rs), so that the non-finite policy is tested on a real
 /// gradient whose losses were finite.
-pub fn poison_first_gradient<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+pub(crate) fn poison_first_gradient<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     model: &M,
     grads: &mut GradientsParams,
 ) {
@@ -281,7 +281,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Poison<'_, AB::InnerBackend> {
 }
 
 /// The global L2 norm of all gradients. One host sync.
-pub fn global_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+pub(crate) fn global_grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     model: &M,
     grads: &GradientsParams,
 ) -> f64 {

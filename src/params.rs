@@ -13,30 +13,30 @@ use crate::error::{Error, Result};
 pub struct NamedTensor {
     pub name: String,
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub(crate) data: Vec<f32>,
     /// A burn `Linear` weight, stored [in, out] (PyTorch stores [out, in]).
-    pub is_linear_weight: bool,
+    pub(crate) is_linear_weight: bool,
 }
 
 /// Tracks the module path during a visit or map.
 #[derive(Default)]
-pub struct ParamPath {
+pub(crate) struct ParamPath {
     names: Vec<String>,
     containers: Vec<String>,
 }
 
 impl ParamPath {
-    pub fn enter(&mut self, name: &str, container_type: &str) {
+    pub(crate) fn enter(&mut self, name: &str, container_type: &str) {
         self.names.push(name.to_string());
         self.containers.push(container_type.to_string());
     }
 
-    pub fn exit(&mut self) {
+    pub(crate) fn exit(&mut self) {
         self.names.pop();
         self.containers.pop();
     }
 
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.names.join(".")
     }
 
@@ -78,7 +78,7 @@ impl<B: Backend> ModuleVisitor<B> for Collector {
 }
 
 /// Every float parameter of `module`, in module order.
-pub fn collect_params<B: Backend, M: Module<B>>(module: &M) -> Vec<NamedTensor> {
+pub(crate) fn collect_params<B: Backend, M: Module<B>>(module: &M) -> Vec<NamedTensor> {
     let mut collector = Collector {
         path: ParamPath::default(),
         out: Vec::new(),
@@ -139,7 +139,7 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
 
 /// Replaces every parameter of `module` with the saved tensor of the same name and shape.
 /// `origin` names the file in errors.
-pub fn load_params<B: Backend, M: Module<B>>(
+pub(crate) fn load_params<B: Backend, M: Module<B>>(
     module: M,
     tensors: &BTreeMap<String, NamedTensor>,
     origin: &std::path::Path,
@@ -178,6 +178,6 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
 /// Runs every parameter's (lazy) initialiser now, in module order, so a model's initial
 /// values depend only on the seed, not on what else draws from the backend's RNG before its
 /// first forward pass (e.g. DoReMi's reference training).
-pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+pub(crate) fn materialize<B: Backend, M: Module<B>>(module: &M) {
     module.visit(&mut Materialize);
 }

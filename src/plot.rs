@@ -198,7 +198,7 @@ fn draw(
 }
 
 /// A scatter plot of (x, y) points with the diagonal y = x (for predicted vs measured).
-pub fn scatter(
+pub(crate) fn scatter(
     path: &Path,
     title: &str,
     x_label: &str,

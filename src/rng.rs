@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rng {
+pub(crate) struct Rng {
     state: [u64; 4],
 }
 
@@ -18,7 +18,7 @@ fn splitmix64(x: &mut u64) -> u64 {
 
 impl Rng {
     /// A generator for `seed`, decorrelated from other streams by `stream`.
-    pub fn new(seed: u64, stream: u64) -> Self {
+    pub(crate) fn new(seed: u64, stream: u64) -> Self {
         let mut x = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
         let state = [
             splitmix64(&mut x),
@@ -29,7 +29,7 @@ impl Rng {
         Rng { state }
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let s = &mut self.state;
         let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = s[1] << 17;
@@ -43,19 +43,19 @@ impl Rng {
     }
 
     /// Uniform in [0, 1) with 53 random bits.
-    pub fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Uniform in [0, n). `n` must be > 0.
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);
         // Lemire's multiply-shift; the tiny bias (< n / 2^64) does not matter here.
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 
     /// Index drawn with probability proportional to `weights` (non-negative, positive sum).
-    pub fn categorical(&mut self, weights: &[f64]) -> usize {
+    pub(crate) fn categorical(&mut self, weights: &[f64]) -> usize {
         let total: f64 = weights.iter().sum();
         let mut u = self.next_f64() * total;
         for (i, w) in weights.iter().enumerate() {
@@ -69,7 +69,7 @@ impl Rng {
     }
 
     /// Standard normal (Box-Muller; one of the pair is discarded to keep the state simple).
-    pub fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         // 1 − u is in (0, 1], so the logarithm is finite.
         let u = 1.0 - self.next_f64();
         let v = self.next_f64();
@@ -78,7 +78,7 @@ impl Rng {
 
     /// Gamma(shape, 1) for shape > 0 (Marsaglia & Tsang; shape < 1 by the boost
     /// Gamma(shape + 1) · U^(1/shape)).
-    pub fn gamma(&mut self, shape: f64) -> f64 {
+    pub(crate) fn gamma(&mut self, shape: f64) -> f64 {
         debug_assert!(shape > 0.0);
         if shape < 1.0 {
             let u = 1.0 - self.next_f64();
@@ -100,7 +100,7 @@ impl Rng {
     }
 
     /// A draw from Dirichlet(alpha), every alpha_k > 0.
-    pub fn dirichlet(&mut self, alpha: &[f64]) -> Vec<f64> {
+    pub(crate) fn dirichlet(&mut self, alpha: &[f64]) -> Vec<f64> {
         let mut draw: Vec<f64> = alpha.iter().map(|&a| self.gamma(a)).collect();
         let total: f64 = draw.iter().sum();
         if !(total > 0.0 && total.is_finite()) {
@@ -113,7 +113,7 @@ impl Rng {
     }
 
     /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             let j = self.below(i as u64 + 1) as usize;
             items.swap(i, j);

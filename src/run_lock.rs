@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::error::{Error, IoContext, Result};
 
-pub const LOCK_FILE: &str = ".lock";
+pub(crate) const LOCK_FILE: &str = ".lock";
 
 /// Held while alive; clones share one lock. Dropping the last one releases it.
 #[derive(Clone)]

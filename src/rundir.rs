@@ -9,15 +9,14 @@ use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::run_lock::RunLock;
 
-pub const CONFIG_FILE: &str = "config.toml";
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const RATIOS_FILE: &str = "ratios.csv";
-pub use crate::mixture_file::MIXTURE_FILE;
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
+pub(crate) const CONFIG_FILE: &str = "config.toml";
+pub(crate) const METRICS_FILE: &str = "metrics.jsonl";
+pub(crate) const RATIOS_FILE: &str = "ratios.csv";
+pub(crate) const MODEL_FILE: &str = "model.safetensors";
+pub(crate) const CHECKPOINTS_DIR: &str = "checkpoints";
 
-pub struct RunDir {
-    pub path: PathBuf,
+pub(crate) struct RunDir {
+    pub(crate) path: PathBuf,
     metrics: BufWriter<File>,
     ratios: BufWriter<File>,
     /// Held until the run ends: no second process writes into this directory meanwhile.
@@ -25,7 +24,7 @@ pub struct RunDir {
 }
 
 /// True when `dir` already holds (part of) a run.
-pub fn holds_run(dir: &Path) -> bool {
+pub(crate) fn holds_run(dir: &Path) -> bool {
     [CONFIG_FILE, METRICS_FILE, RATIOS_FILE, CHECKPOINTS_DIR]
         .iter()
         .any(|f| dir.join(f).exists())
@@ -38,7 +37,7 @@ fn open_append(path: &Path) -> Result<BufWriter<File>> {
 
 impl RunDir {
     /// Errors if `path` already holds a run (a new run must not overwrite it).
-    pub fn check_free(path: &Path) -> Result<()> {
+    pub(crate) fn check_free(path: &Path) -> Result<()> {
         if path.is_dir() {
             // A directory another process is training in: name that process.
             RunLock::acquire(path)?;
@@ -55,7 +54,7 @@ impl RunDir {
     }
 
     /// Starts a new run in `config.run.out_dir`; refuses a directory that already holds one.
-    pub fn create(config: &Config, provenance: &str) -> Result<RunDir> {
+    pub(crate) fn create(config: &Config, provenance: &str) -> Result<RunDir> {
         let path = config.run.out_dir.clone();
         Self::check_free(&path)?;
         std::fs::create_dir_all(&path).at(&path)?;
@@ -71,7 +70,7 @@ impl RunDir {
 
     /// Opens the run in `config.run.out_dir` for `--resume`; its config.toml must describe the
     /// same run (same hash) as `config`.
-    pub fn open_for_resume(config: &Config) -> Result<RunDir> {
+    pub(crate) fn open_for_resume(config: &Config) -> Result<RunDir> {
         let path = config.run.out_dir.clone();
         let config_path = path.join(CONFIG_FILE);
         let lock = if path.is_dir() {
@@ -127,7 +126,7 @@ impl RunDir {
     }
 
     /// Back to the state of a fresh start (resume with no complete checkpoint).
-    pub fn restart(&mut self, config: &Config) -> Result<()> {
+    pub(crate) fn restart(&mut self, config: &Config) -> Result<()> {
         self.flush()?;
         Self::reset_logs(&self.path, config)?;
         *self = Self::open(self.path.clone(), self._lock.clone())?;
@@ -136,7 +135,7 @@ impl RunDir {
 
     /// Cuts metrics.jsonl and ratios.csv back to their lengths at a checkpoint, dropping lines
     /// written after it by the interrupted run.
-    pub fn truncate_logs(&mut self, metrics_bytes: u64, ratios_bytes: u64) -> Result<()> {
+    pub(crate) fn truncate_logs(&mut self, metrics_bytes: u64, ratios_bytes: u64) -> Result<()> {
         self.flush()?;
         for (name, len) in [(METRICS_FILE, metrics_bytes), (RATIOS_FILE, ratios_bytes)] {
             let path = self.path.join(name);
@@ -157,20 +156,20 @@ impl RunDir {
         Ok(())
     }
 
-    pub fn write_metrics(&mut self, record: &serde_json::Value) -> Result<()> {
+    pub(crate) fn write_metrics(&mut self, record: &serde_json::Value) -> Result<()> {
         let path = self.path.join(METRICS_FILE);
         writeln!(self.metrics, "{record}").at(path)
     }
 
     /// A ratios.csv row: the step and the weights, summing to 1.
-    pub fn write_ratios(&mut self, step: usize, weights: &[f64]) -> Result<()> {
+    pub(crate) fn write_ratios(&mut self, step: usize, weights: &[f64]) -> Result<()> {
         let path = self.path.join(RATIOS_FILE);
         let row: Vec<String> = weights.iter().map(|w| format!("{w}")).collect();
         writeln!(self.ratios, "{step},{}", row.join(",")).at(path)
     }
 
     /// Flushes and fsyncs both logs; returns their lengths (what a checkpoint records).
-    pub fn flush(&mut self) -> Result<(u64, u64)> {
+    pub(crate) fn flush(&mut self) -> Result<(u64, u64)> {
         let mut lens = [0u64; 2];
         for (i, (writer, name)) in [
             (&mut self.metrics, METRICS_FILE),
@@ -187,7 +186,7 @@ impl RunDir {
         Ok((lens[0], lens[1]))
     }
 
-    pub fn checkpoints_dir(&self) -> PathBuf {
+    pub(crate) fn checkpoints_dir(&self) -> PathBuf {
         self.path.join(CHECKPOINTS_DIR)
     }
 }

@@ -47,7 +47,7 @@ pub struct TargetSetConfig {
 impl TargetSetConfig {
     /// The set as a source whose documents all go to validation (cached apart from any
     /// training source with the same files, since the split fraction is part of the key).
-    pub fn as_source(&self) -> SourceConfig {
+    pub(crate) fn as_source(&self) -> SourceConfig {
         SourceConfig {
             name: self.name.clone(),
             path: self.path.clone(),
@@ -66,21 +66,12 @@ pub struct Target {
 
 impl Target {
     /// Members in the order probes take them in turn: training sources, then sets.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sources.len() + self.sets.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// True when the target is the mean over every training source and nothing else.
-    pub fn is_all_sources(&self, k: usize) -> bool {
-        self.sets.is_empty() && self.sources.len() == k
-    }
-
     /// The target loss: the mean of the members' losses.
-    pub fn mean(&self, source_losses: &[f64], set_losses: &[f64]) -> f64 {
+    pub(crate) fn mean(&self, source_losses: &[f64], set_losses: &[f64]) -> f64 {
         let total: f64 = self.sources.iter().map(|&k| source_losses[k]).sum::<f64>()
             + self.sets.iter().map(|&j| set_losses[j]).sum::<f64>();
         total / self.len() as f64
@@ -89,7 +80,7 @@ impl Target {
 
 impl TargetConfig {
     /// Resolves the member names against the training sources (assumes `validate` passed).
-    pub fn resolve(&self, sources: &[SourceConfig]) -> Target {
+    pub(crate) fn resolve(&self, sources: &[SourceConfig]) -> Target {
         let names = match &self.sources {
             Some(names) => names.clone(),
             None if !self.sets.is_empty() => self.sets.iter().map(|s| s.name.clone()).collect(),
@@ -116,7 +107,7 @@ impl TargetConfig {
     }
 
     /// Names, paths and members; each error names its key.
-    pub fn validate(&self, sources: &[SourceConfig]) -> Result<()> {
+    pub(crate) fn validate(&self, sources: &[SourceConfig]) -> Result<()> {
         let source_names: BTreeSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
         let mut set_names = BTreeSet::new();
         for (i, set) in self.sets.iter().enumerate() {

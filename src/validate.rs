@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 
 /// A finite value above 0.
-pub fn positive(key: &str, v: f64) -> Result<()> {
+pub(crate) fn positive(key: &str, v: f64) -> Result<()> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
@@ -13,7 +13,7 @@ pub fn positive(key: &str, v: f64) -> Result<()> {
 }
 
 /// A finite value at or above 0.
-pub fn non_negative(key: &str, v: f64) -> Result<()> {
+pub(crate) fn non_negative(key: &str, v: f64) -> Result<()> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
@@ -21,7 +21,7 @@ pub fn non_negative(key: &str, v: f64) -> Result<()> {
     }
 }
 
-pub fn at_least_one(key: &str, v: usize) -> Result<()> {
+pub(crate) fn at_least_one(key: &str, v: usize) -> Result<()> {
     if v >= 1 {
         Ok(())
     } else {
@@ -30,7 +30,7 @@ pub fn at_least_one(key: &str, v: usize) -> Result<()> {
 }
 
 /// `v` (at `key`) must not exceed the value of the key `bound_key`.
-pub fn at_most(key: &str, v: usize, bound_key: &str, bound: usize) -> Result<()> {
+pub(crate) fn at_most(key: &str, v: usize, bound_key: &str, bound: usize) -> Result<()> {
     if v <= bound {
         Ok(())
     } else {
@@ -42,7 +42,7 @@ pub fn at_most(key: &str, v: usize, bound_key: &str, bound: usize) -> Result<()>
 }
 
 /// In [0, 1): smoothing factors, betas.
-pub fn unit_open(key: &str, v: f64) -> Result<()> {
+pub(crate) fn unit_open(key: &str, v: f64) -> Result<()> {
     if (0.0..1.0).contains(&v) {
         Ok(())
     } else {
@@ -51,7 +51,7 @@ pub fn unit_open(key: &str, v: f64) -> Result<()> {
 }
 
 /// In (0, 1]: blends, trust regions.
-pub fn unit_closed_above(key: &str, v: f64) -> Result<()> {
+pub(crate) fn unit_closed_above(key: &str, v: f64) -> Result<()> {
     if v > 0.0 && v <= 1.0 {
         Ok(())
     } else {
@@ -61,7 +61,7 @@ pub fn unit_closed_above(key: &str, v: f64) -> Result<()> {
 
 /// A source's or target set's name: letters, digits, '_' and '-', and not a reserved word
 /// (names become JSON keys and CSV columns beside "step").
-pub fn check_name(key: &str, name: &str) -> Result<()> {
+pub(crate) fn check_name(key: &str, name: &str) -> Result<()> {
     if name.is_empty()
         || !name
             .chars()

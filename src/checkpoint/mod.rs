@@ -22,12 +22,12 @@ use crate::tensor_file::{read_safetensors, write_safetensors};
 
 /// Format 2 nests each part's state under `parts` and keeps the mixing part's tensors in their
 /// own file; format 1 (flat state, g_val inside the optimizer file) is read and upgraded.
-pub const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 2;
 const DONE: &str = "DONE";
 /// The mixing part's g_val in mixing.safetensors.
-pub const G_VAL: &str = "g_val";
+pub(crate) const G_VAL: &str = "g_val";
 /// The model weights file of a checkpoint directory.
-pub const MODEL: &str = "model.safetensors";
+pub(crate) const MODEL: &str = "model.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 /// The mixing part's tensors (a kept validation gradient), absent in format 1.
 const MIXING: &str = "mixing.safetensors";
@@ -37,28 +37,28 @@ const STATE: &str = "state.json";
 /// `batches`, `mixing`), as that part wrote it. Checkpoints know nothing of the parts.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TrainState {
-    pub format: u32,
-    pub step: usize,
-    pub config_hash: String,
+    pub(crate) format: u32,
+    pub(crate) step: usize,
+    pub(crate) config_hash: String,
     /// Lengths of metrics.jsonl and ratios.csv when the checkpoint was taken.
-    pub metrics_bytes: u64,
-    pub ratios_bytes: u64,
+    pub(crate) metrics_bytes: u64,
+    pub(crate) ratios_bytes: u64,
     /// Ranks of the run that wrote it (`distributed.world_size`; 1 in older checkpoints).
     #[serde(default = "one_rank")]
-    pub world_size: usize,
-    pub parts: BTreeMap<String, serde_json::Value>,
+    pub(crate) world_size: usize,
+    pub(crate) parts: BTreeMap<String, serde_json::Value>,
 }
 
 fn one_rank() -> usize {
     1
 }
 
-pub fn step_dir_name(step: usize) -> String {
+pub(crate) fn step_dir_name(step: usize) -> String {
     format!("step_{step:08}")
 }
 
 /// Complete checkpoints (those with DONE) in `dir`, oldest first.
-pub fn complete_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+pub(crate) fn complete_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut found = Vec::new();
     if !dir.is_dir() {
         return Ok(found);
@@ -139,7 +139,7 @@ pub fn verify(dir: &Path) -> Result<()> {
 /// renamed to `damaged-step_XXXXXXXX` (kept, never deleted) so that the resumed run can write
 /// that step again. Ok(None) when there is no complete checkpoint at all; an error when there
 /// are some but every one is damaged.
-pub fn newest_intact(dir: &Path, quarantine: bool) -> Result<Option<(usize, PathBuf)>> {
+pub(crate) fn newest_intact(dir: &Path, quarantine: bool) -> Result<Option<(usize, PathBuf)>> {
     let mut damaged = Vec::new();
     for (step, path) in complete_checkpoints(dir)?.into_iter().rev() {
         match verify(&path).and_then(|()| read_state(&path).map(|_| ())) {
@@ -205,7 +205,7 @@ fn remove_leftovers(dir: &Path) -> Result<()> {
 /// first renamed out of the `step_*` namespace and only then deleted. On an error (disk full,
 /// unwritable directory) the partial temporary directory is removed and every earlier
 /// checkpoint is left as it was.
-pub fn save(snapshot: &Snapshot, checkpoints_dir: &Path, keep: usize) -> Result<PathBuf> {
+pub(crate) fn save(snapshot: &Snapshot, checkpoints_dir: &Path, keep: usize) -> Result<PathBuf> {
     let step = snapshot.state.step;
     let save_number = fault::begin_save();
     let final_dir = checkpoints_dir.join(step_dir_name(step));
@@ -258,7 +258,7 @@ fn prune(checkpoints_dir: &Path, keep: usize, save_number: usize) -> Result<()> 
 
 /// On resume: finishes what an interrupted save left undone (its temporary or half-deleted
 /// directories, checkpoints beyond `keep`).
-pub fn tidy(checkpoints_dir: &Path, keep: usize) -> Result<()> {
+pub(crate) fn tidy(checkpoints_dir: &Path, keep: usize) -> Result<()> {
     if !checkpoints_dir.is_dir() {
         return Ok(());
     }
@@ -268,12 +268,12 @@ pub fn tidy(checkpoints_dir: &Path, keep: usize) -> Result<()> {
 
 /// What a checkpoint saves: the model's and the optimizer's tensors, and the rest of the
 /// training state.
-pub struct Snapshot {
-    pub model: Vec<NamedTensor>,
-    pub optimizer: Vec<NamedTensor>,
+pub(crate) struct Snapshot {
+    pub(crate) model: Vec<NamedTensor>,
+    pub(crate) optimizer: Vec<NamedTensor>,
     /// The mixing part's tensors (a kept validation gradient); often none.
-    pub mixing: Vec<NamedTensor>,
-    pub state: TrainState,
+    pub(crate) mixing: Vec<NamedTensor>,
+    pub(crate) state: TrainState,
 }
 
 /// The checkpoint's files, fsynced, in `tmp` (created fresh).
@@ -324,7 +324,7 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 }
 
 /// The model weights of a checkpoint, by parameter name.
-pub fn read_model(dir: &Path) -> Result<(PathBuf, BTreeMap<String, NamedTensor>)> {
+pub(crate) fn read_model(dir: &Path) -> Result<(PathBuf, BTreeMap<String, NamedTensor>)> {
     let path = dir.join(MODEL);
     let tensors = read_safetensors(&path)?;
     Ok((path, tensors))
@@ -333,17 +333,17 @@ pub fn read_model(dir: &Path) -> Result<(PathBuf, BTreeMap<String, NamedTensor>)
 /// Everything a checkpoint holds, read back for a resume: the state (its config hash checked
 /// against `config_hash`), the model weights, the optimizer moments and the mixing part's
 /// tensors (empty when it kept none).
-pub struct Restored {
-    pub state: TrainState,
-    pub model_path: PathBuf,
-    pub model: BTreeMap<String, NamedTensor>,
-    pub optimizer_path: PathBuf,
-    pub optimizer: BTreeMap<String, NamedTensor>,
-    pub mixing_path: PathBuf,
-    pub mixing: BTreeMap<String, NamedTensor>,
+pub(crate) struct Restored {
+    pub(crate) state: TrainState,
+    pub(crate) model_path: PathBuf,
+    pub(crate) model: BTreeMap<String, NamedTensor>,
+    pub(crate) optimizer_path: PathBuf,
+    pub(crate) optimizer: BTreeMap<String, NamedTensor>,
+    pub(crate) mixing_path: PathBuf,
+    pub(crate) mixing: BTreeMap<String, NamedTensor>,
 }
 
-pub fn read(dir: &Path, config_hash: &str) -> Result<Restored> {
+pub(crate) fn read(dir: &Path, config_hash: &str) -> Result<Restored> {
     let state = read_state(dir)?;
     if state.config_hash != config_hash {
         return Err(Error::checkpoint(
@@ -387,7 +387,7 @@ pub fn read(dir: &Path, config_hash: &str) -> Result<Restored> {
 }
 
 /// Path of a checkpoint's state.json (for errors about its contents).
-pub fn state_path(dir: &Path) -> PathBuf {
+pub(crate) fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE)
 }
 

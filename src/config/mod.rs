@@ -18,7 +18,7 @@ use overrides::apply_override;
 
 pub use crate::backend::BackendKind;
 pub use crate::data::{DataConfig, SourceConfig};
-pub use crate::demix::DemixConfig;
+pub(crate) use crate::demix::DemixConfig;
 pub use crate::distributed::DistributedConfig;
 pub use crate::mixer::{
     AdoConfig, ApplyMode, DoremiConfig, ExcessFrom, FastMixConfig, GradScope, GradStats,
@@ -45,7 +45,7 @@ pub struct Config {
     #[serde(default)]
     pub target: TargetConfig,
     #[serde(default)]
-    pub demix: DemixConfig,
+    pub(crate) demix: DemixConfig,
     /// Not part of the hash: ranks differ in it, and a run may resume on another world size.
     #[serde(default)]
     pub distributed: DistributedConfig,
@@ -100,14 +100,14 @@ impl Config {
     }
 
     /// The resolved config as TOML, as written to `out_dir/config.toml`.
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         toml::to_string(self).expect("a Config always serialises to TOML")
     }
 
     /// Hash of everything that determines the run's numbers: the whole config except
     /// `run.out_dir` (a run directory may be moved and resumed) and `[distributed]` (each rank
     /// has its own rank; a run may resume with another world size).
-    pub fn hash(&self) -> String {
+    pub(crate) fn hash(&self) -> String {
         let mut hashed = self.clone();
         hashed.run.out_dir = PathBuf::new();
         hashed.distributed = DistributedConfig::default();
@@ -126,18 +126,13 @@ impl Config {
         self.target.resolve(&self.data.sources)
     }
 
-    /// The weight floor ε of online mixers (default 0.2/K).
-    pub fn min_weight(&self) -> f64 {
-        self.mixer.min_weight(self.data.sources.len())
-    }
-
     /// Parses `mixer.init`.
-    pub fn mixture_init(&self) -> Result<MixtureInit> {
+    pub(crate) fn mixture_init(&self) -> Result<MixtureInit> {
         self.mixer.mixture_init()
     }
 
     /// Range and consistency checks, section by section; each error names its key.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         self.data.validate()?;
         self.model.validate()?;
         self.train.validate()?;
@@ -189,7 +184,7 @@ path = "y"
         assert_eq!(c.train.steps, 300);
         assert_eq!(c.data.sources[0].val_fraction, 0.05);
         assert_eq!(c.mixture_init().unwrap(), MixtureInit::Uniform);
-        assert!((c.min_weight() - 0.1).abs() < 1e-12);
+        assert!((c.mixer.min_weight(c.data.sources.len()) - 0.1).abs() < 1e-12);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 /// Applies one `key=value` override to the parsed TOML table. The value is read as TOML
 /// (`3e-4`, `true`, `"x"`, `{ a = 1 }`); anything that does not parse is taken as a string,
 /// so `--set run.out_dir=runs/x` works unquoted.
-pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+pub(crate) fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     let (key, raw) = item.split_once('=').ok_or_else(|| Error::ConfigParse {
         file: "--set".into(),
         message: format!("expected key=value (got {item:?})"),

@@ -13,7 +13,7 @@ pub struct DataConfig {
     /// "bytes" (byte-level, vocab 256 + end-of-document) or "bpe:PATH" (a tokenizer.json, e.g.
     /// from `mixtrain prepare --train-bpe`). Default "bytes".
     #[serde(default = "default_tokenizer")]
-    pub tokenizer: String,
+    pub(crate) tokenizer: String,
     /// Tokens per training sequence. Default 128.
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
@@ -55,11 +55,11 @@ fn default_val_fraction() -> f64 {
 }
 
 impl DataConfig {
-    pub fn source_names(&self) -> Vec<String> {
+    pub(crate) fn source_names(&self) -> Vec<String> {
         self.sources.iter().map(|s| s.name.clone()).collect()
     }
 
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         at_least_one("data.seq_len", self.seq_len)?;
         if self.sources.is_empty() {
             return Err(Error::value(

@@ -12,4 +12,4 @@ pub use sampler::{validation_windows, ApplyMode, Batch, Sampler, SamplerState};
 pub use shard::{write_shard, Shard, SHARD_HEADER_BYTES};
 pub(crate) use source::is_validation;
 pub use source::{load_sources, load_target_sets, read_documents, resolve_files, Source};
-pub use tokenizer::{train_bpe, Tokenizer};
+pub(crate) use tokenizer::{train_bpe, Tokenizer};

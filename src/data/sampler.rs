@@ -25,40 +25,40 @@ pub enum ApplyMode {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    pub epoch: u64,
-    pub position: u64,
+pub(crate) struct Cursor {
+    pub(crate) epoch: u64,
+    pub(crate) position: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamplerState {
-    pub rng: Rng,
-    pub cursors: Vec<Cursor>,
+    pub(crate) rng: Rng,
+    pub(crate) cursors: Vec<Cursor>,
     /// Draws the random windows of mixer probes (fresh validation batches, per-source
     /// gradient samples); separate so probing never shifts the training stream.
-    pub probe_rng: Rng,
+    pub(crate) probe_rng: Rng,
 }
 
 /// Sequences of one micro-batch: `tokens` is [n, seq_len + 1] row-major (inputs are the first
 /// seq_len, targets the last seq_len), `sources[i]` is the source of row i.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    pub tokens: Vec<i32>,
-    pub sources: Vec<usize>,
-    pub seq_len: usize,
+    pub(crate) tokens: Vec<i32>,
+    pub(crate) sources: Vec<usize>,
+    pub(crate) seq_len: usize,
 }
 
 impl Batch {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sources.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sources.is_empty()
     }
 
     /// Rows `rows` of the batch, as a batch.
-    pub fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
+    pub(crate) fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
         let width = self.seq_len + 1;
         Batch {
             tokens: self.tokens[rows.start * width..rows.end * width].to_vec(),
@@ -78,7 +78,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(seed: u64, seq_len: usize, sources: &[Source]) -> Sampler {
+    pub(crate) fn new(seed: u64, seq_len: usize, sources: &[Source]) -> Sampler {
         let windows_per_source = sources
             .iter()
             .map(|s| ((s.train.len() - 1) / seq_len) as u64)
@@ -102,12 +102,12 @@ impl Sampler {
         }
     }
 
-    pub fn state(&self) -> &SamplerState {
+    pub(crate) fn state(&self) -> &SamplerState {
         &self.state
     }
 
     /// Restores a checkpointed state; false if it does not fit these sources.
-    pub fn restore(&mut self, state: SamplerState) -> bool {
+    pub(crate) fn restore(&mut self, state: SamplerState) -> bool {
         let fits = state.cursors.len() == self.windows_per_source.len()
             && state
                 .cursors
@@ -124,7 +124,12 @@ impl Sampler {
     /// `sample`: each drawn with probability `weights[k]`. `reweight`: as balanced as possible
     /// (n / K each, the remainder to distinct random sources); the loss carries the weights.
     /// `hybrid`: a systematic draw, n_k within 1 of n · weights[k].
-    pub fn draw_sources(&mut self, weights: &[f64], apply: ApplyMode, n: usize) -> Vec<usize> {
+    pub(crate) fn draw_sources(
+        &mut self,
+        weights: &[f64],
+        apply: ApplyMode,
+        n: usize,
+    ) -> Vec<usize> {
         let k = weights.len();
         let rng = &mut self.state.rng;
         let mut sources = match apply {
@@ -159,14 +164,9 @@ impl Sampler {
         sources
     }
 
-    /// The next training window of each listed source, as one batch.
-    pub fn fill(&mut self, sources: &[usize], data: &[Source]) -> Batch {
-        self.fill_share(sources, data, 0..sources.len())
-    }
-
     /// Like `fill`, but the batch holds only the sequences at `share` (a rank's part of the
     /// micro-batch); the cursors move past all of `sources`, as on every other rank.
-    pub fn fill_share(
+    pub(crate) fn fill_share(
         &mut self,
         sources: &[usize],
         data: &[Source],
@@ -189,16 +189,9 @@ impl Sampler {
         }
     }
 
-    /// `n` windows at random offsets of the listed token streams (validation splits, target
-    /// sets, or training streams), taken in turn: fresh batches for mixer probes.
-    /// `sources[i]` of the batch is the index into `streams` of row i.
-    pub fn probe_batch(&mut self, streams: &[&Shard], n: usize) -> Batch {
-        self.probe_batch_share(streams, n, 0..n)
-    }
-
     /// Like `probe_batch`, but the batch holds only the rows at `share` (a rank's part); the
     /// random offsets of all `n` rows are drawn, as on every other rank.
-    pub fn probe_batch_share(
+    pub(crate) fn probe_batch_share(
         &mut self,
         streams: &[&Shard],
         n: usize,
@@ -209,7 +202,7 @@ impl Sampler {
 
     /// Like `probe_batch_share`, but the same windows every call for the same `stream_id`
     /// (drawn from the run's seed, not from the sampler's state): a fixed pool of sequences.
-    pub fn fixed_batch_share(
+    pub(crate) fn fixed_batch_share(
         &self,
         streams: &[&Shard],
         n: usize,

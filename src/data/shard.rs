@@ -3,7 +3,7 @@
 //! every token is inside the vocabulary, so a truncated or corrupt shard is an error, not a panic.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use memmap2::Mmap;
 
@@ -15,7 +15,6 @@ pub const SHARD_HEADER_BYTES: usize = 32;
 
 /// A read-only, memory-mapped token shard.
 pub struct Shard {
-    path: PathBuf,
     map: Option<Mmap>,
     token_bytes: usize,
     len: usize,
@@ -68,7 +67,6 @@ impl Shard {
             )));
         }
         let shard = Shard {
-            path: path.to_path_buf(),
             map: (len > 0).then_some(map),
             token_bytes,
             len,
@@ -90,11 +88,7 @@ impl Shard {
         self.len == 0
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn token(&self, i: usize) -> u32 {
+    pub(crate) fn token(&self, i: usize) -> u32 {
         let map = self
             .map
             .as_ref()
@@ -107,7 +101,7 @@ impl Shard {
     }
 
     /// Appends tokens [start, start + len) to `out` as i32 (the dtype of token tensors).
-    pub fn extend_window(&self, start: usize, len: usize, out: &mut Vec<i32>) {
+    pub(crate) fn extend_window(&self, start: usize, len: usize, out: &mut Vec<i32>) {
         out.extend((start..start + len).map(|i| self.token(i) as i32));
     }
 }

@@ -16,11 +16,11 @@ use crate::target::TargetConfig;
 /// One source, tokenised: the train and validation token streams (documents joined by the
 /// end-of-document token).
 pub struct Source {
-    pub name: String,
-    pub train: Shard,
-    pub val: Shard,
+    pub(crate) name: String,
+    pub(crate) train: Shard,
+    pub(crate) val: Shard,
     /// The directory holding `train.bin`, `val.bin`, `meta.json`.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 /// Written beside the shards; checked when shards are used as a prepared source.

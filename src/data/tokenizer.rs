@@ -25,7 +25,7 @@ const EOD_NAMES: [&str; 3] = ["<|endoftext|>", "</s>", "<eos>"];
 
 impl Tokenizer {
     /// Builds the tokenizer named by `data.tokenizer`.
-    pub fn from_spec(spec: &str) -> Result<Tokenizer> {
+    pub(crate) fn from_spec(spec: &str) -> Result<Tokenizer> {
         if spec == "bytes" {
             return Ok(Tokenizer::Bytes);
         }
@@ -58,14 +58,14 @@ impl Tokenizer {
         })
     }
 
-    pub fn vocab_size(&self) -> usize {
+    pub(crate) fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Bytes => 257,
             Tokenizer::File { vocab_size, .. } => *vocab_size,
         }
     }
 
-    pub fn eod(&self) -> u32 {
+    pub(crate) fn eod(&self) -> u32 {
         match self {
             Tokenizer::Bytes => 256,
             Tokenizer::File { eod, .. } => *eod,
@@ -73,7 +73,7 @@ impl Tokenizer {
     }
 
     /// Identifies the tokenizer in cache keys and shard metadata.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         match self {
             Tokenizer::Bytes => "bytes".into(),
             Tokenizer::File { id, .. } => id.clone(),
@@ -81,7 +81,7 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`, without the end-of-document token.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match self {
             Tokenizer::Bytes => Ok(text.bytes().map(u32::from).collect()),
             Tokenizer::File { inner, id, .. } => inner
@@ -97,7 +97,7 @@ impl Tokenizer {
 
 /// Trains a byte-level BPE with `vocab_size` tokens (including `<|endoftext|>`) on `texts` and
 /// writes it as a tokenizer.json to `out`.
-pub fn train_bpe<'a>(
+pub(crate) fn train_bpe<'a>(
     texts: impl Iterator<Item = &'a str> + Send,
     vocab_size: usize,
     out: &Path,

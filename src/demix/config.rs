@@ -8,34 +8,34 @@ use crate::validate::{at_least_one, at_most, positive};
 /// `[demix]`: the seed mixture from merged per-source component models (`mixtrain demix`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DemixConfig {
+pub(crate) struct DemixConfig {
     /// Steps of a shared base model on the initial mixture (0: components start from the
     /// freshly initialised model). Default 100.
-    pub base_steps: usize,
+    pub(crate) base_steps: usize,
     /// Steps of each per-source component, from the base. Default 100.
-    pub component_steps: usize,
+    pub(crate) component_steps: usize,
     /// Share of the initial mixture kept in each component's data:
     /// w = (1 − f) one-hot(k) + f p_init. Default 0.1.
-    pub general_fraction: f64,
+    pub(crate) general_fraction: f64,
     /// Exponent τ of the candidates' prior, p ∝ tokens^τ. Default 0.5.
-    pub prior_temperature: f64,
+    pub(crate) prior_temperature: f64,
     /// Candidates keep w_k <= max_ratio · prior_k. Default 4.0.
-    pub max_ratio: f64,
+    pub(crate) max_ratio: f64,
     /// Dirichlet concentrations c of the candidates, w ~ Dir(c · K · prior), used in turn.
     /// Default [1.0, 4.0, 16.0].
-    pub concentrations: Vec<f64>,
+    pub(crate) concentrations: Vec<f64>,
     /// Merged proxies scored in the first round; round r scores first_round / 2^r. Default 32.
-    pub first_round: usize,
+    pub(crate) first_round: usize,
     /// Scoring rounds. Default 3.
-    pub rounds: usize,
+    pub(crate) rounds: usize,
     /// Candidates the regressor ranks in each later round and for the final mixture.
     /// Default 5000.
-    pub pool: usize,
+    pub(crate) pool: usize,
     /// The seed mixture is the mean of the `top_k` best predicted pool candidates. Default 16.
-    pub top_k: usize,
+    pub(crate) top_k: usize,
     /// Steps of each real model `mixtrain demix --validate M` trains (from the base) to check
     /// the proxies. 0: `component_steps`. Default 0.
-    pub validate_steps: usize,
+    pub(crate) validate_steps: usize,
 }
 
 impl Default for DemixConfig {
@@ -57,7 +57,7 @@ impl Default for DemixConfig {
 }
 
 impl DemixConfig {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         at_least_one("demix.component_steps", self.component_steps)?;
         if !(0.0..1.0).contains(&self.general_fraction) {
             return Err(Error::value(

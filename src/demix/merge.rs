@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::params::{NamedTensor, ParamPath};
 
 /// The parameters of K component models of one architecture, by name, flattened on `device`.
-pub struct Components<B: Backend> {
+pub(crate) struct Components<B: Backend> {
     /// name → one [numel] tensor per component.
     params: BTreeMap<String, Vec<Tensor<B, 1>>>,
     count: usize,
@@ -19,7 +19,7 @@ pub struct Components<B: Backend> {
 
 impl<B: Backend> Components<B> {
     /// `components[k]` holds component k's parameters (as `collect_params` returns them).
-    pub fn new(components: &[Vec<NamedTensor>], device: &B::Device) -> Result<Self> {
+    pub(crate) fn new(components: &[Vec<NamedTensor>], device: &B::Device) -> Result<Self> {
         let mut params: BTreeMap<String, Vec<Tensor<B, 1>>> = BTreeMap::new();
         for (k, component) in components.iter().enumerate() {
             if component.len() != components[0].len() {
@@ -48,17 +48,9 @@ impl<B: Backend> Components<B> {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// `model` with every parameter replaced by Σ_k weights[k] θ_k (components with weight 0
     /// skipped, so a one-hot weight reproduces its component exactly).
-    pub fn merge_into<M: Module<B>>(&self, model: M, weights: &[f64]) -> Result<M> {
+    pub(crate) fn merge_into<M: Module<B>>(&self, model: M, weights: &[f64]) -> Result<M> {
         assert_eq!(weights.len(), self.count, "one weight per component");
         let mut mapper = Merge {
             components: self,

@@ -13,9 +13,9 @@ mod merge;
 mod search;
 mod validate;
 
-pub use config::DemixConfig;
-pub use merge::Components;
-pub use search::{cross_validated, spearman, CandidateSampler};
+pub(crate) use config::DemixConfig;
+pub(crate) use merge::Components;
+pub(crate) use search::{cross_validated, spearman, CandidateSampler};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,7 +35,7 @@ use crate::rng::Rng;
 use crate::tensor_file::{read_safetensors, write_safetensors};
 use crate::train::Session;
 
-pub const DEMIX_DIR: &str = "demix";
+pub(crate) const DEMIX_DIR: &str = "demix";
 
 /// Random stream of the candidate draws.
 const RNG_STREAM: u64 = 0xDE31;
@@ -65,7 +65,7 @@ pub fn demix(config: Config, options: DemixOptions) -> Result<DemixSummary> {
 
 /// For `mixer.init = "demix"`: runs the search into out_dir/demix unless its mixture.json
 /// exists. Generic over the backend so `mixtrain run` calls it on its own.
-pub fn ensure_seed<B: TrainBackend>(config: &Config, device: &B::Device) -> Result<()> {
+pub(crate) fn ensure_seed<B: TrainBackend>(config: &Config, device: &B::Device) -> Result<()> {
     if matches!(config.mixture_init()?, MixtureInit::Demix(None))
         && !config
             .run

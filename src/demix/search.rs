@@ -10,16 +10,16 @@ use crate::rng::Rng;
 /// keeping only those with every w_k <= max_ratio · prior_k and not yet in `seen` (mixtures
 /// compared at three decimals). Returns at most `n` (fewer when the constraints reject too
 /// many draws).
-pub struct CandidateSampler {
-    pub prior: Vec<f64>,
-    pub concentrations: Vec<f64>,
-    pub max_ratio: f64,
-    pub seen: HashSet<Vec<i64>>,
+pub(crate) struct CandidateSampler {
+    pub(crate) prior: Vec<f64>,
+    pub(crate) concentrations: Vec<f64>,
+    pub(crate) max_ratio: f64,
+    pub(crate) seen: HashSet<Vec<i64>>,
     draws: usize,
 }
 
 impl CandidateSampler {
-    pub fn new(prior: Vec<f64>, concentrations: Vec<f64>, max_ratio: f64) -> Self {
+    pub(crate) fn new(prior: Vec<f64>, concentrations: Vec<f64>, max_ratio: f64) -> Self {
         CandidateSampler {
             prior,
             concentrations,
@@ -34,11 +34,11 @@ impl CandidateSampler {
     }
 
     /// Marks `w` as taken (so later draws skip it).
-    pub fn mark(&mut self, w: &[f64]) {
+    pub(crate) fn mark(&mut self, w: &[f64]) {
         self.seen.insert(Self::key(w));
     }
 
-    pub fn draw(&mut self, rng: &mut Rng, n: usize) -> Vec<Vec<f64>> {
+    pub(crate) fn draw(&mut self, rng: &mut Rng, n: usize) -> Vec<Vec<f64>> {
         let k = self.prior.len() as f64;
         let mut out = Vec::with_capacity(n);
         let mut local = HashSet::new();
@@ -66,12 +66,12 @@ impl CandidateSampler {
 }
 
 /// The regressor of the search (the same trees as TiKMiX-M's).
-pub fn fit(x: &[Vec<f64>], y: &[f64]) -> Gbt {
+pub(crate) fn fit(x: &[Vec<f64>], y: &[f64]) -> Gbt {
     Gbt::fit(x, y, GbtParams::default())
 }
 
 /// Indices of the `n` lowest `scores` (ties: the lower index).
-pub fn lowest(scores: &[f64], n: usize) -> Vec<usize> {
+pub(crate) fn lowest(scores: &[f64], n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
     order.truncate(n);
@@ -80,7 +80,7 @@ pub fn lowest(scores: &[f64], n: usize) -> Vec<usize> {
 
 /// Out-of-fold predictions: row i is predicted by a regressor fitted without the rows j with
 /// j % folds == i % folds.
-pub fn cross_validated(x: &[Vec<f64>], y: &[f64], folds: usize) -> Vec<f64> {
+pub(crate) fn cross_validated(x: &[Vec<f64>], y: &[f64], folds: usize) -> Vec<f64> {
     let folds = folds.min(x.len()).max(1);
     let mut out = vec![f64::NAN; x.len()];
     for fold in 0..folds {
@@ -121,7 +121,7 @@ fn ranks(values: &[f64]) -> Vec<f64> {
 
 /// Spearman's rank correlation (Pearson correlation of the average ranks); NaN when either
 /// side is constant or there are fewer than 2 pairs.
-pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn spearman(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     let n = a.len() as f64;
     if a.len() < 2 {

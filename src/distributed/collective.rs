@@ -28,22 +28,22 @@ const FOLLOWER_GRACE: Duration = Duration::from_secs(5);
 
 /// Time and bytes spent in collective calls, for benches and the closing log line.
 #[derive(Debug, Clone, Default)]
-pub struct CollectiveStats {
-    pub calls: u64,
-    pub seconds: f64,
+pub(crate) struct CollectiveStats {
+    pub(crate) calls: u64,
+    pub(crate) seconds: f64,
     /// Payload bytes this rank sent.
-    pub bytes_sent: u64,
+    pub(crate) bytes_sent: u64,
 }
 
 /// What a rank contributes to an all-reduce, and what it gets back (element-wise sums over
 /// ranks): `f32s` for gradients, `f64s` for statistics that need the precision.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Payload {
-    pub f32s: Vec<f32>,
-    pub f64s: Vec<f64>,
+pub(crate) struct Payload {
+    pub(crate) f32s: Vec<f32>,
+    pub(crate) f64s: Vec<f64>,
 }
 
-pub struct Collective {
+pub(crate) struct Collective {
     rank: usize,
     world: usize,
     /// Rank 0: the link to rank r at index r - 1. Other ranks: the link to rank 0.
@@ -52,7 +52,7 @@ pub struct Collective {
     /// Set by `finish`; dropped unfinished (an error or a panic unwound this rank), the
     /// collective tells the other ranks that this one stopped.
     finished: bool,
-    pub stats: CollectiveStats,
+    pub(crate) stats: CollectiveStats,
 }
 
 impl Drop for Collective {
@@ -71,7 +71,7 @@ impl Collective {
     /// Connects the ranks: rank 0 listens on `distributed.address` and waits for every other
     /// rank; the others connect (retrying until `join_timeout_s`). Each rank presents its rank,
     /// the world size and `config_hash`, which must match rank 0's.
-    pub fn join(config: &DistributedConfig, config_hash: &str) -> Result<Collective> {
+    pub(crate) fn join(config: &DistributedConfig, config_hash: &str) -> Result<Collective> {
         let deadline = Instant::now() + config.join_timeout();
         let links = if config.rank == 0 {
             accept_ranks(config, config_hash, deadline)?
@@ -88,17 +88,22 @@ impl Collective {
         })
     }
 
-    pub fn rank(&self) -> usize {
+    pub(crate) fn rank(&self) -> usize {
         self.rank
     }
 
-    pub fn world_size(&self) -> usize {
+    pub(crate) fn world_size(&self) -> usize {
         self.world
     }
 
     /// Element-wise sums of every rank's `payload` (the same lengths on every rank), summed in
     /// rank order. `step` and `check` (e.g. a hash of the mixture) must agree across ranks.
-    pub fn all_reduce(&mut self, step: u64, check: u64, payload: Payload) -> Result<Payload> {
+    pub(crate) fn all_reduce(
+        &mut self,
+        step: u64,
+        check: u64,
+        payload: Payload,
+    ) -> Result<Payload> {
         let started = Instant::now();
         let timeout = self.timeout;
         let result = self.all_reduce_within(step, check, payload, timeout);
@@ -109,20 +114,20 @@ impl Collective {
 
     /// Waits until every rank reached this point, up to `timeout`; `step` and `check` must
     /// agree across ranks as in `all_reduce`.
-    pub fn barrier(&mut self, step: u64, check: u64, timeout: Duration) -> Result<()> {
+    pub(crate) fn barrier(&mut self, step: u64, check: u64, timeout: Duration) -> Result<()> {
         // Not timed in `stats`: a barrier's wait is another rank's setup, not communication.
         self.all_reduce_within(step, check, Payload::default(), timeout)
             .map(|_| ())
     }
 
     /// This rank is done with the collective (its run completed).
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.finished = true;
     }
 
     /// Tells the other ranks that this one stops with `message` (best effort: the links may
     /// already be gone).
-    pub fn abort(&mut self, message: &str) {
+    pub(crate) fn abort(&mut self, message: &str) {
         self.finished = true;
         let text = format!("rank {} stopped: {message}", self.rank);
         for link in &mut self.links {

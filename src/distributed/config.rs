@@ -14,17 +14,17 @@ use crate::validate::{at_least_one, positive};
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedConfig {
     /// Processes (ranks) training together; 1 trains alone. Default 1.
-    pub world_size: usize,
+    pub(crate) world_size: usize,
     /// This process's rank, 0..world_size; rank 0 writes the run directory. Default 0.
     pub rank: usize,
     /// host:port where rank 0 listens and the other ranks connect. Default "127.0.0.1:29500".
-    pub address: String,
+    pub(crate) address: String,
     /// Seconds a rank waits for the others at a step's all-reduce before it stops with an
     /// error naming the rank it waited for (a dead rank is reported at once). Default 120.
-    pub timeout_s: f64,
+    pub(crate) timeout_s: f64,
     /// Seconds the ranks wait to find each other at the start, and for rank 0 to prepare the
     /// data, seed mixture and run directory before they follow. Default 1800.
-    pub join_timeout_s: f64,
+    pub(crate) join_timeout_s: f64,
 }
 
 impl Default for DistributedConfig {
@@ -40,7 +40,7 @@ impl Default for DistributedConfig {
 }
 
 impl DistributedConfig {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         at_least_one("distributed.world_size", self.world_size)?;
         if self.rank >= self.world_size {
             return Err(Error::value(
@@ -73,15 +73,15 @@ impl DistributedConfig {
         Ok(())
     }
 
-    pub fn is_distributed(&self) -> bool {
+    pub(crate) fn is_distributed(&self) -> bool {
         self.world_size > 1
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_s)
     }
 
-    pub fn join_timeout(&self) -> Duration {
+    pub(crate) fn join_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.join_timeout_s)
     }
 }

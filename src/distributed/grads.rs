@@ -47,7 +47,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Unflatten<'_> {
 }
 
 /// Every parameter's gradient, in module order, as one vector (one host copy per parameter).
-pub fn flatten_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+pub(crate) fn flatten_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     model: &M,
     grads: &GradientsParams,
 ) -> Vec<f32> {
@@ -60,7 +60,7 @@ pub fn flatten_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
 }
 
 /// The inverse of `flatten_grads`: `values` laid out as it lays them out.
-pub fn unflatten_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+pub(crate) fn unflatten_grads<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     model: &M,
     values: &[f32],
 ) -> GradientsParams {

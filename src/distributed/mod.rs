@@ -11,20 +11,20 @@ mod grads;
 pub mod launch;
 mod wire;
 
-pub use collective::{Collective, CollectiveStats, Payload};
+pub(crate) use collective::{Collective, Payload};
 pub use config::DistributedConfig;
-pub use grads::{flatten_grads, unflatten_grads};
+pub(crate) use grads::{flatten_grads, unflatten_grads};
 
 use std::ops::Range;
 
 /// The sequences of a micro-batch of `len` that `rank` of `world` trains on: contiguous,
 /// sizes differing by at most one, covering `0..len` once over the ranks.
-pub fn share(len: usize, rank: usize, world: usize) -> Range<usize> {
+pub(crate) fn share(len: usize, rank: usize, world: usize) -> Range<usize> {
     (len * rank / world)..(len * (rank + 1) / world)
 }
 
 /// A hash of the step and the mixture in force, compared across ranks at every all-reduce.
-pub fn mixture_check(weights: &[f64]) -> u64 {
+pub(crate) fn mixture_check(weights: &[f64]) -> u64 {
     // FNV-1a over the weights' bits: exact equality is what is checked.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for w in weights {

@@ -9,13 +9,13 @@ use std::time::Instant;
 use super::Payload;
 
 const MAGIC: u32 = 0x4D58_5452; // "MXTR"
-pub const HELLO: u32 = 1;
-pub const WELCOME: u32 = 2;
-pub const REDUCE: u32 = 3;
-pub const RESULT: u32 = 4;
-pub const ABORT: u32 = 5;
+pub(crate) const HELLO: u32 = 1;
+pub(crate) const WELCOME: u32 = 2;
+pub(crate) const REDUCE: u32 = 3;
+pub(crate) const RESULT: u32 = 4;
+pub(crate) const ABORT: u32 = 5;
 
-pub fn write_frame(stream: &mut TcpStream, kind: u32, body: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_frame(stream: &mut TcpStream, kind: u32, body: &[u8]) -> std::io::Result<()> {
     let mut header = [0u8; 16];
     header[..4].copy_from_slice(&MAGIC.to_le_bytes());
     header[4..8].copy_from_slice(&kind.to_le_bytes());
@@ -26,7 +26,10 @@ pub fn write_frame(stream: &mut TcpStream, kind: u32, body: &[u8]) -> std::io::R
 }
 
 /// Reads one frame, giving up at `deadline`.
-pub fn read_frame(stream: &mut TcpStream, deadline: Instant) -> std::io::Result<(u32, Vec<u8>)> {
+pub(crate) fn read_frame(
+    stream: &mut TcpStream,
+    deadline: Instant,
+) -> std::io::Result<(u32, Vec<u8>)> {
     let mut header = [0u8; 16];
     read_exact_until(stream, &mut header, deadline)?;
     let magic = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
@@ -64,7 +67,7 @@ fn read_exact_until(
     Ok(())
 }
 
-pub fn encode_reduce(step: u64, check: u64, payload: &Payload) -> Vec<u8> {
+pub(crate) fn encode_reduce(step: u64, check: u64, payload: &Payload) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + payload.f32s.len() * 4 + payload.f64s.len() * 8);
     out.extend_from_slice(&step.to_le_bytes());
     out.extend_from_slice(&check.to_le_bytes());
@@ -79,7 +82,7 @@ pub fn encode_reduce(step: u64, check: u64, payload: &Payload) -> Vec<u8> {
     out
 }
 
-pub fn decode_reduce(body: &[u8]) -> Option<(u64, u64, Payload)> {
+pub(crate) fn decode_reduce(body: &[u8]) -> Option<(u64, u64, Payload)> {
     let word = |i: usize| -> Option<u64> {
         Some(u64::from_le_bytes(
             body.get(i * 8..i * 8 + 8)?.try_into().ok()?,
@@ -103,7 +106,7 @@ pub fn decode_reduce(body: &[u8]) -> Option<(u64, u64, Payload)> {
     Some((step, check, Payload { f32s, f64s }))
 }
 
-pub fn decode_hello(body: &[u8]) -> Option<(u64, u64, String)> {
+pub(crate) fn decode_hello(body: &[u8]) -> Option<(u64, u64, String)> {
     let rank = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
     let world = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
     let hash = String::from_utf8(body.get(16..)?.to_vec()).ok()?;

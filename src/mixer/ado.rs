@@ -30,16 +30,16 @@ use crate::validate::{non_negative, unit_open};
 pub struct AdoConfig {
     /// γ₁ of the credit h_k ← γ₁ h_k + (1 − γ₁) p_k (how much each source was trained on
     /// lately). Default 0.9.
-    pub credit_smoothing: f64,
+    pub(crate) credit_smoothing: f64,
     /// Exponent s of the credit in ρ_k ∝ μ_k h_k^s r_k. Default 0.5.
-    pub credit_power: f64,
+    pub(crate) credit_power: f64,
     /// γ₂ of the mixture π̄ ← γ₂ π̄ + (1 − γ₂) ρ. Default 0.9.
-    pub smoothing: f64,
+    pub(crate) smoothing: f64,
     /// Loss points a source needs before its power law is fitted (no update before every
     /// source has them). Default 4.
-    pub min_points: usize,
+    pub(crate) min_points: usize,
     /// Newest loss points kept per source for the fit. Default 64.
-    pub history: usize,
+    pub(crate) history: usize,
 }
 
 impl Default for AdoConfig {
@@ -55,7 +55,7 @@ impl Default for AdoConfig {
 }
 
 impl AdoConfig {
-    pub fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         unit_open("mixer.ado.credit_smoothing", self.credit_smoothing)?;
         unit_open("mixer.ado.smoothing", self.smoothing)?;
         non_negative("mixer.ado.credit_power", self.credit_power)?;
@@ -99,19 +99,19 @@ pub struct Ado {
 
 /// A fitted L(n) = ε + β n^(−α).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PowerLaw {
-    pub eps: f64,
-    pub beta: f64,
-    pub alpha: f64,
+pub(crate) struct PowerLaw {
+    pub(crate) eps: f64,
+    pub(crate) beta: f64,
+    pub(crate) alpha: f64,
 }
 
 impl PowerLaw {
-    pub fn at(&self, n: f64) -> f64 {
+    pub(crate) fn at(&self, n: f64) -> f64 {
         self.eps + self.beta * n.powf(-self.alpha)
     }
 
     /// −dL/dn at n.
-    pub fn rate(&self, n: f64) -> f64 {
+    pub(crate) fn rate(&self, n: f64) -> f64 {
         self.alpha * (self.at(n) - self.eps) / n
     }
 }
@@ -120,7 +120,7 @@ impl PowerLaw {
 /// [0, min L) (ε_j = min L · j / 32), a straight line through (ln n, ln(L − ε)) gives
 /// α = −slope (at least 0) and β = e^intercept; the ε with the smallest Σ (L − L̂(n))² wins
 /// (the first on ties). None with fewer than two distinct n.
-pub fn fit_power_law(points: &[(f64, f64)]) -> Option<PowerLaw> {
+pub(crate) fn fit_power_law(points: &[(f64, f64)]) -> Option<PowerLaw> {
     let count = points.len() as f64;
     let x: Vec<f64> = points.iter().map(|(n, _)| n.ln()).collect();
     let x_mean = x.iter().sum::<f64>() / count;
@@ -158,7 +158,7 @@ pub fn fit_power_law(points: &[(f64, f64)]) -> Option<PowerLaw> {
 
 impl Ado {
     /// Starts from `init`, which is also the prior μ.
-    pub fn new(config: AdoConfig, init: &[f64], floor: f64) -> Self {
+    pub(crate) fn new(config: AdoConfig, init: &[f64], floor: f64) -> Self {
         let k = init.len();
         Ado {
             config,
@@ -251,7 +251,6 @@ mod tests {
 
     fn stats(losses: &[f64], tokens: &[u64]) -> SourceStats {
         SourceStats {
-            step: 0,
             lr: 1e-3,
             train_loss: losses.iter().map(|&l| Some(l)).collect(),
             grad_dot_val: None,

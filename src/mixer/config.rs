@@ -52,10 +52,10 @@ pub enum ProbeSteps {
 /// section (`[mixer.fastmix]`, `[mixer.tikmix]`), read into this by each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probing {
-    pub grad_stats: GradStats,
-    pub probe_steps: ProbeSteps,
+    pub(crate) grad_stats: GradStats,
+    pub(crate) probe_steps: ProbeSteps,
     /// Mixer updates one validation gradient g_val serves (≥ 1).
-    pub gval_every: usize,
+    pub(crate) gval_every: usize,
 }
 
 /// The keys that moved from `[mixer]` into the probing mixers' own sections (2026-12-06).
@@ -104,12 +104,12 @@ pub struct MixerConfig {
     pub warmup_steps: usize,
     /// Trust region: an update moves the applied mixture by at most this much in total
     /// variation (½ Σ |Δp_k|) toward the mixer's proposal. Unset: no bound. Default unset.
-    pub max_change: Option<f64>,
+    pub(crate) max_change: Option<f64>,
     /// Weight floor ε for online mixers, p ← (1−Kε)p + ε; must satisfy Kε < 1. Default 0.2/K.
     /// The static mixer uses its weights exactly as given.
     pub min_weight: Option<f64>,
     /// Exponent τ of `init = "temperature"` (p ∝ tokens^τ). Default 0.5.
-    pub temperature: f64,
+    pub(crate) temperature: f64,
     /// Initial mixture: "uniform", "proportional", "temperature", "file:PATH/mixture.json",
     /// or a table of weights by source name (`{ code = 2, prose = 1 }`, normalised).
     /// Default "uniform".
@@ -117,10 +117,10 @@ pub struct MixerConfig {
     pub fastmix: FastMixConfig,
     pub tikmix: TikMixConfig,
     #[serde(rename = "tikmix-m")]
-    pub tikmix_m: TikMixMConfig,
-    pub odm: OdmConfig,
+    pub(crate) tikmix_m: TikMixMConfig,
+    pub(crate) odm: OdmConfig,
     pub doremi: DoremiConfig,
-    pub ado: AdoConfig,
+    pub(crate) ado: AdoConfig,
 }
 
 /// The registration point of the mixers: adding one touches its own file (the `Mixer` impl
@@ -129,7 +129,7 @@ pub struct MixerConfig {
 impl MixerConfig {
     /// Builds the mixer named by `kind`, starting from `init` (one weight per source); `seed`
     /// feeds the mixers that draw candidates.
-    pub fn build(&self, init: &[f64], seed: u64) -> Result<Box<dyn Mixer>> {
+    pub(crate) fn build(&self, init: &[f64], seed: u64) -> Result<Box<dyn Mixer>> {
         let floor = self.min_weight(init.len());
         let init = init.to_vec();
         let built: Box<dyn Mixer> = match self.kind {
@@ -151,13 +151,13 @@ impl MixerConfig {
 
     /// True when the mixer updates after `step` optimizer steps of a `total`-step run: every
     /// `every` steps from `warmup_steps` on, never at step 0 or at the end.
-    pub fn updates_at(&self, step: usize, total: usize) -> bool {
+    pub(crate) fn updates_at(&self, step: usize, total: usize) -> bool {
         step > 0 && step < total && step >= self.warmup_steps && step.is_multiple_of(self.every)
     }
 
     /// The probing settings of the active mixer when it takes ⟨g_val, g_k⟩ from training
     /// steps (`[mixer.fastmix]`, `[mixer.tikmix]`); None for the others.
-    pub fn probing(&self) -> Option<Probing> {
+    pub(crate) fn probing(&self) -> Option<Probing> {
         match self.kind {
             MixerKind::Fastmix => Some(self.fastmix.probing()),
             MixerKind::Tikmix => Some(self.tikmix.probing()),
@@ -169,7 +169,7 @@ impl MixerConfig {
     /// with `step` optimizer steps done): the update's own step for `probe_steps = "last"`,
     /// any step of an update's window (the `every` steps ending with the update) for
     /// `"window"`; never for a mixer without probing settings.
-    pub fn probes_at(&self, step: usize, total: usize) -> bool {
+    pub(crate) fn probes_at(&self, step: usize, total: usize) -> bool {
         match self.probing().map(|p| p.probe_steps) {
             None => false,
             Some(ProbeSteps::Last) => self.updates_at(step, total),
@@ -203,12 +203,12 @@ impl Default for MixerConfig {
 
 impl MixerConfig {
     /// The weight floor ε of online mixers over `k` sources (default 0.2/K).
-    pub fn min_weight(&self, k: usize) -> f64 {
+    pub(crate) fn min_weight(&self, k: usize) -> f64 {
         self.min_weight.unwrap_or(0.2 / k as f64)
     }
 
     /// Parses `init`.
-    pub fn mixture_init(&self) -> Result<MixtureInit> {
+    pub(crate) fn mixture_init(&self) -> Result<MixtureInit> {
         match &self.init {
             InitSpec::Named(name) => match name.as_str() {
                 "uniform" => Ok(MixtureInit::Uniform),
@@ -244,7 +244,7 @@ impl MixerConfig {
     }
 
     /// Checks `[mixer]` and every mixer's section, for a run over `sources` (names).
-    pub fn validate(&self, sources: &[String]) -> Result<()> {
+    pub(crate) fn validate(&self, sources: &[String]) -> Result<()> {
         at_least_one("mixer.every", self.every)?;
         if let Some(delta) = self.max_change {
             unit_closed_above("mixer.max_change", delta)?;

@@ -15,13 +15,13 @@ pub struct DoremiConfig {
     /// The reference model: a run directory (its newest checkpoint) or a checkpoint directory
     /// of a run with the same model, tokenizer and sources. Empty: train one first for
     /// `reference_steps` steps on the initial mixture. Default "".
-    pub reference: String,
+    pub(crate) reference: String,
     /// Steps of reference training when `reference` is empty. Default 100.
-    pub reference_steps: usize,
+    pub(crate) reference_steps: usize,
     /// Step size η of log α ← log α + η λ. Default 1.0.
-    pub eta: f64,
+    pub(crate) eta: f64,
     /// Smoothing c: α ← (1 − c) α + c / K. Default 1e-3.
-    pub smoothing: f64,
+    pub(crate) smoothing: f64,
     /// Random training sequences of each source behind λ_k at each update (with
     /// `excess_from = "samples"` or `"pool"`). Default 16.
     pub samples_per_source: usize,
@@ -56,7 +56,7 @@ impl Default for DoremiConfig {
 }
 
 impl DoremiConfig {
-    pub fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         if self.reference.is_empty() {
             at_least_one("mixer.doremi.reference_steps", self.reference_steps)?;
         }
@@ -77,7 +77,7 @@ pub struct DoReMi {
 }
 
 impl DoReMi {
-    pub fn new(config: DoremiConfig, init: &[f64]) -> Self {
+    pub(crate) fn new(config: DoremiConfig, init: &[f64]) -> Self {
         DoReMi {
             config,
             state: State {
@@ -146,7 +146,6 @@ mod tests {
     fn one_update_matches_hand_computation() {
         let mut mixer = DoReMi::new(DoremiConfig::default(), &[0.5, 0.3, 0.2]);
         let stats = SourceStats {
-            step: 10,
             lr: 1e-3,
             train_loss: vec![None; 3],
             grad_dot_val: None,
@@ -168,7 +167,6 @@ mod tests {
         let mut mixer = DoReMi::new(DoremiConfig::default(), &[0.25; 4]);
         for _ in 0..500 {
             let stats = SourceStats {
-                step: 10,
                 lr: 1e-3,
                 train_loss: vec![None; 4],
                 grad_dot_val: None,

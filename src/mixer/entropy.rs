@@ -19,20 +19,12 @@ pub enum EntropyKind {
 }
 
 impl EntropyKind {
-    pub fn parse(name: &str) -> Option<EntropyKind> {
+    pub(crate) fn parse(name: &str) -> Option<EntropyKind> {
         match name {
             "shannon" => Some(EntropyKind::Shannon),
             "joint" => Some(EntropyKind::Joint),
             "conditional" => Some(EntropyKind::Conditional),
             _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            EntropyKind::Shannon => "shannon",
-            EntropyKind::Joint => "joint",
-            EntropyKind::Conditional => "conditional",
         }
     }
 }
@@ -55,7 +47,7 @@ fn entropy_of_counts(counts: impl Iterator<Item = u64>) -> f64 {
 
 /// The `kind` entropy of `tokens` (each < `vocab_size`), in nats. Streams too short for a
 /// pair have joint and conditional entropy 0.
-pub fn token_entropy(
+pub(crate) fn token_entropy(
     tokens: impl Iterator<Item = u32>,
     vocab_size: usize,
     kind: EntropyKind,

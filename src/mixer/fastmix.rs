@@ -17,13 +17,13 @@ pub struct FastMixConfig {
     /// Adam learning rate of the mixture logits. Default 0.1.
     pub lr: f64,
     /// Parameters of ⟨g_val, g_k⟩: "all" or "head". Default "all".
-    pub scope: GradScope,
+    pub(crate) scope: GradScope,
     /// Use ⟨P g_val, g_k⟩ with AdamW's diagonal preconditioner P. Default true.
-    pub precondition: bool,
+    pub(crate) precondition: bool,
     /// EMA factor of s_k across updates (0 = none). Default 0.5.
-    pub ema: f64,
+    pub(crate) ema: f64,
     /// Fresh validation batches behind g_val at each update. Default 2.
-    pub val_batches: usize,
+    pub(crate) val_batches: usize,
     /// Per-update standardisation of s before the EMA: "std" (s̃_k = (s_k − mean s) / std s
     /// over the sources measured) or "none". Default "std": the magnitude of ⟨P g_val, g_k⟩
     /// swings by 50x between updates (P and the gradient norms change fast early on), and one
@@ -72,7 +72,7 @@ impl Default for FastMixConfig {
 
 impl FastMixConfig {
     /// The probing settings of this section.
-    pub fn probing(&self) -> Probing {
+    pub(crate) fn probing(&self) -> Probing {
         Probing {
             grad_stats: self.grad_stats,
             probe_steps: self.probe_steps,
@@ -80,7 +80,7 @@ impl FastMixConfig {
         }
     }
 
-    pub fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         positive("mixer.fastmix.lr", self.lr)?;
         unit_open("mixer.fastmix.ema", self.ema)?;
         at_least_one("mixer.fastmix.gval_every", self.gval_every)?;
@@ -111,7 +111,7 @@ pub struct FastMix {
 
 impl FastMix {
     /// Starts from `init` (on the simplex): z = ln p.
-    pub fn new(config: FastMixConfig, init: &[f64], floor: f64) -> Self {
+    pub(crate) fn new(config: FastMixConfig, init: &[f64], floor: f64) -> Self {
         let k = init.len();
         let logits: Vec<f64> = init.iter().map(|p| p.max(1e-12).ln()).collect();
         let weights = apply_floor(&softmax(&logits), floor);
@@ -209,7 +209,6 @@ mod tests {
 
     fn stats(s: Vec<Option<f64>>, lr: f64) -> SourceStats {
         SourceStats {
-            step: 10,
             lr,
             train_loss: vec![None; s.len()],
             grad_dot_val: Some(s),

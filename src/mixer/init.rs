@@ -74,7 +74,7 @@ pub fn softmax(logits: &[f64]) -> Vec<f64> {
 }
 
 /// base ← (1 − β) base + β target; returns the floored weights (TiKMiX's blend).
-pub fn blend_and_floor(base: &mut [f64], target: &[f64], beta: f64, floor: f64) -> Vec<f64> {
+pub(crate) fn blend_and_floor(base: &mut [f64], target: &[f64], beta: f64, floor: f64) -> Vec<f64> {
     for (b, t) in base.iter_mut().zip(target) {
         *b = (1.0 - beta) * *b + beta * t;
     }

@@ -20,14 +20,14 @@ pub use config::{
     MOVED_TO_MIXER_SECTIONS,
 };
 pub use doremi::{DoReMi, DoremiConfig, ExcessFrom};
-pub use entropy::{token_entropy, EntropyKind};
+pub(crate) use entropy::{token_entropy, EntropyKind};
 pub use fastmix::{FastMix, FastMixConfig, SignalNorm};
 pub use init::{apply_floor, demix_mixture_file, normalise, resolve_init, softmax};
 pub use odm::{Odm, OdmConfig};
-pub use static_mixer::StaticMixer;
+pub(crate) use static_mixer::StaticMixer;
 pub use tikmix::{InfluenceFrom, InfluenceNorm, TikMix, TikMixConfig};
 pub use tikmix_m::{TikMixM, TikMixMConfig};
-pub use trust_region::{bounded_step, TrustRegion};
+pub(crate) use trust_region::TrustRegion;
 
 use crate::data::Source;
 use crate::error::Result;
@@ -44,53 +44,53 @@ pub enum GradScope {
 
 /// How to measure ⟨g_val, g_k⟩ in a probed training step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeSpec {
-    pub scope: GradScope,
+pub(crate) struct ProbeSpec {
+    pub(crate) scope: GradScope,
     /// Use ⟨P g_val, g_k⟩ with AdamW's diagonal preconditioner P.
-    pub precondition: bool,
+    pub(crate) precondition: bool,
     /// Fresh validation batches (of train.batch_size sequences) behind g_val.
-    pub val_batches: usize,
+    pub(crate) val_batches: usize,
 }
 
 /// How to measure group influence I_k = ⟨g_val, G_k⟩ with extra passes at an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InfluenceSpec {
+pub(crate) struct InfluenceSpec {
     /// Sequences of each source behind G_k.
-    pub samples_per_source: usize,
-    pub val_batches: usize,
+    pub(crate) samples_per_source: usize,
+    pub(crate) val_batches: usize,
 }
 
 /// How to measure each candidate mixture's one-step group influence (TiKMiX-M).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct VirtualStepSpec {
+pub(crate) struct VirtualStepSpec {
     /// Sequences of each source behind G_k.
-    pub samples_per_source: usize,
+    pub(crate) samples_per_source: usize,
     /// Fresh validation batches (of train.batch_size sequences) ΔL_val is measured on.
-    pub val_batches: usize,
+    pub(crate) val_batches: usize,
     /// The virtual step is θ − scale · lr · P ⊙ Σ_k w_k G_k.
-    pub scale: f64,
+    pub(crate) scale: f64,
     /// P = the preconditioner AdamW would apply next (else 1).
-    pub precondition: bool,
+    pub(crate) precondition: bool,
 }
 
 /// What a mixer needs the trainer to measure before each update.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct StatsRequest {
+pub(crate) struct StatsRequest {
     /// s_k = ⟨g_val, g_k⟩ from the training step just before the update, g_k the gradient of
     /// source k's mean loss in that step (domain-homogeneous micro-batches, no extra backward).
-    pub grad_probe: Option<ProbeSpec>,
+    pub(crate) grad_probe: Option<ProbeSpec>,
     /// I_k = ⟨g_val, G_k⟩ with G_k from extra per-source passes.
-    pub group_influence: Option<InfluenceSpec>,
+    pub(crate) group_influence: Option<InfluenceSpec>,
     /// λ_k = mean over source-k tokens of max(ℓ_θ − ℓ_ref, 0) (needs a reference model).
-    pub excess_loss: Option<ExcessSpec>,
+    pub(crate) excess_loss: Option<ExcessSpec>,
     /// ΔL_val(w) = L_val(θ − η Σ_k w_k G_k) − L_val(θ) for every mixture w the mixer's
     /// `candidates` returns (forward passes only, after one backward per source for G_k).
-    pub virtual_step: Option<VirtualStepSpec>,
+    pub(crate) virtual_step: Option<VirtualStepSpec>,
 }
 
 /// Where DoReMi's excess losses are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExcessSpec {
+pub(crate) enum ExcessSpec {
     /// On this many fresh random training sequences of each source at the update (a forward
     /// of both models on each).
     Samples(usize),
@@ -105,32 +105,30 @@ pub enum ExcessSpec {
 /// Statistics handed to `Mixer::update`. Entries the mixer did not request are None.
 /// Mean training losses since the last update are always there (they cost nothing).
 #[derive(Debug, Clone)]
-pub struct SourceStats {
-    /// Optimizer steps completed.
-    pub step: usize,
+pub(crate) struct SourceStats {
     /// The learning rate of the last step.
-    pub lr: f64,
+    pub(crate) lr: f64,
     /// Mean training loss per source since the last update; None where a source had no sequence.
-    pub train_loss: Vec<Option<f64>>,
+    pub(crate) train_loss: Vec<Option<f64>>,
     /// s_k; None for a source absent from the probed step.
-    pub grad_dot_val: Option<Vec<Option<f64>>>,
-    pub influence: Option<Vec<f64>>,
-    pub excess_loss: Option<Vec<f64>>,
+    pub(crate) grad_dot_val: Option<Vec<Option<f64>>>,
+    pub(crate) influence: Option<Vec<f64>>,
+    pub(crate) excess_loss: Option<Vec<f64>>,
     /// ΔL_val of each candidate, in the order `candidates` returned them.
-    pub candidate_delta: Option<Vec<f64>>,
+    pub(crate) candidate_delta: Option<Vec<f64>>,
     /// Training tokens drawn from each source since the start of the run.
-    pub tokens_seen: Vec<u64>,
+    pub(crate) tokens_seen: Vec<u64>,
 }
 
 /// New weights from an update, and the raw per-source signal behind them (logged).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MixerUpdate {
-    pub weights: Vec<f64>,
+    pub(crate) weights: Vec<f64>,
     /// (signal name, value per source), e.g. ("s", ⟨g_val, g_k⟩).
-    pub signal: Option<(&'static str, Vec<f64>)>,
+    pub(crate) signal: Option<(&'static str, Vec<f64>)>,
 }
 
-pub trait Mixer: Send {
+pub(crate) trait Mixer: Send {
     /// Current weights, on the simplex.
     fn weights(&self) -> &[f64];
     fn needs(&self) -> StatsRequest;
@@ -167,17 +165,17 @@ fn restore_state<S: serde::de::DeserializeOwned>(
 
 /// The mixture a run starts from, and what it was computed from (written to mixture.json).
 #[derive(Debug, Clone, PartialEq)]
-pub struct InitialMixture {
-    pub weights: Vec<f64>,
+pub(crate) struct InitialMixture {
+    pub(crate) weights: Vec<f64>,
     /// `mixer.init` as written ("table" for a table of weights).
-    pub method: String,
+    pub(crate) method: String,
     /// Nats per source, for `init = "entropy:..."`.
-    pub entropy: Option<Vec<f64>>,
+    pub(crate) entropy: Option<Vec<f64>>,
 }
 
 /// The initial mixture of `mixer.init` over the loaded `sources` (entropy seeds read each
 /// training shard once); `out_dir` is the run's, where `init = "demix"` finds its seed.
-pub fn initial_mixture(
+pub(crate) fn initial_mixture(
     mixer: &MixerConfig,
     out_dir: &std::path::Path,
     sources: &[Source],

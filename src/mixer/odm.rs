@@ -14,7 +14,7 @@ use crate::validate::unit_open;
 #[serde(deny_unknown_fields, default)]
 pub struct OdmConfig {
     /// Reward smoothing a: R ← a R + (1 − a) L̄_k / p_k. Default 0.9.
-    pub alpha: f64,
+    pub(crate) alpha: f64,
 }
 
 impl Default for OdmConfig {
@@ -24,7 +24,7 @@ impl Default for OdmConfig {
 }
 
 impl OdmConfig {
-    pub fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         unit_open("mixer.odm.alpha", self.alpha)
     }
 }
@@ -50,7 +50,7 @@ fn exploration(k: usize, t: u32) -> f64 {
 }
 
 impl Odm {
-    pub fn new(config: OdmConfig, init: &[f64]) -> Self {
+    pub(crate) fn new(config: OdmConfig, init: &[f64]) -> Self {
         Odm {
             config,
             state: State {
@@ -124,7 +124,6 @@ mod tests {
         mixer.state.rewards = vec![1.0, 0.0, 0.0, 0.0];
         mixer.state.updates = 9;
         let stats = SourceStats {
-            step: 100,
             lr: 1e-3,
             train_loss: vec![Some(2.0), Some(1.0), Some(1.0), Some(1.0)],
             grad_dot_val: None,
@@ -146,7 +145,6 @@ mod tests {
         // ε_t = 1/K until sqrt(ln K / (K t)) < 1/K: the weights stay uniform.
         let mut mixer = Odm::new(OdmConfig::default(), &[0.5, 0.5]);
         let stats = SourceStats {
-            step: 10,
             lr: 1e-3,
             train_loss: vec![Some(3.0), Some(1.0)],
             grad_dot_val: None,

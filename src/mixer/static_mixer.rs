@@ -2,12 +2,12 @@
 
 use super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
 
-pub struct StaticMixer {
+pub(crate) struct StaticMixer {
     weights: Vec<f64>,
 }
 
 impl StaticMixer {
-    pub fn new(weights: Vec<f64>) -> Self {
+    pub(crate) fn new(weights: Vec<f64>) -> Self {
         StaticMixer { weights }
     }
 }

@@ -47,9 +47,9 @@ pub struct TikMixConfig {
     /// step alone (2 sequences of each source on the synthetic test) was too noisy.
     pub influence: InfluenceFrom,
     /// Sequences of each source behind G_k with `influence = "extra-passes"`. Default 32.
-    pub samples_per_source: usize,
+    pub(crate) samples_per_source: usize,
     /// Entropy temperature τ: p_new = softmax(Ĩ / τ). Default 1.0.
-    pub tau: f64,
+    pub(crate) tau: f64,
     /// Blend β: p ← (1 − β) p + β p_new. Default 0.1: p averages the softmax of about the
     /// last ten updates' signals. At 0.5 (the default before 2026-11-25) p followed each
     /// update's validation noise and tikmix lost to uniform on the quickstart's `all`
@@ -57,17 +57,17 @@ pub struct TikMixConfig {
     /// (README, "Target-directed mixing").
     pub blend: f64,
     /// Normalisation of I: "std" or "max". Default "std".
-    pub normalise: InfluenceNorm,
+    pub(crate) normalise: InfluenceNorm,
     /// Fresh validation batches behind g_val at each update. Default 2.
-    pub val_batches: usize,
+    pub(crate) val_batches: usize,
     /// How a probed step measures ⟨g_val, g_k⟩ (`influence = "probe"`): "per-source" or
     /// "single-pass", as fastmix's. Default "per-source".
-    pub grad_stats: GradStats,
+    pub(crate) grad_stats: GradStats,
     /// Which steps measure I_k (`influence = "probe"`): "last" or "window". Default "window":
     /// I_k from about `every` times more sequences (docs/results/mixer_overhead.md).
     pub probe_steps: ProbeSteps,
     /// Mixer updates one validation gradient g_val serves (`influence = "probe"`). Default 5.
-    pub gval_every: usize,
+    pub(crate) gval_every: usize,
 }
 
 impl Default for TikMixConfig {
@@ -88,7 +88,7 @@ impl Default for TikMixConfig {
 
 impl TikMixConfig {
     /// The probing settings of this section.
-    pub fn probing(&self) -> Probing {
+    pub(crate) fn probing(&self) -> Probing {
         Probing {
             grad_stats: self.grad_stats,
             probe_steps: self.probe_steps,
@@ -96,7 +96,7 @@ impl TikMixConfig {
         }
     }
 
-    pub fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         at_least_one("mixer.tikmix.samples_per_source", self.samples_per_source)?;
         positive("mixer.tikmix.tau", self.tau)?;
         unit_closed_above("mixer.tikmix.blend", self.blend)?;
@@ -119,7 +119,7 @@ pub struct TikMix {
 }
 
 impl TikMix {
-    pub fn new(config: TikMixConfig, init: &[f64], floor: f64) -> Self {
+    pub(crate) fn new(config: TikMixConfig, init: &[f64], floor: f64) -> Self {
         TikMix {
             config,
             floor,
@@ -217,7 +217,6 @@ mod tests {
 
     fn stats(influence: Vec<f64>) -> SourceStats {
         SourceStats {
-            step: 10,
             lr: 1e-3,
             train_loss: vec![None; influence.len()],
             grad_dot_val: None,

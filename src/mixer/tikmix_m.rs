@@ -20,31 +20,31 @@ use crate::validate::{at_least_one, at_most, positive, unit_closed_above};
 #[serde(deny_unknown_fields, default)]
 pub struct TikMixMConfig {
     /// Sequences of each source behind G_k. Default 16.
-    pub samples_per_source: usize,
+    pub(crate) samples_per_source: usize,
     /// Fresh validation batches on which each candidate's ΔL_val is measured. Default 1.
-    pub val_batches: usize,
+    pub(crate) val_batches: usize,
     /// Dirichlet candidates measured per update, besides the K one-source mixtures. Default 12.
-    pub candidates: usize,
+    pub(crate) candidates: usize,
     /// Dirichlet concentration c around the current mixture p: w ~ Dir(c · p). Default 20.
-    pub concentration: f64,
+    pub(crate) concentration: f64,
     /// The virtual step is θ − scale · lr · P ⊙ g, g = Σ_k w_k G_k, lr = the schedule's current
     /// rate, P = 1 or (`precondition`) the diagonal preconditioner AdamW would apply next with
     /// g as the gradient, 1 / (sqrt(v̂') + eps), v' = β2 v + (1 − β2) g². Default 10: on the
     /// quickstart ΔL_val is then 1e-3..1e-1, past the purely linear regime (where TiKMiX-M
     /// would only rank ⟨g_val, G_k⟩) without overshooting.
-    pub step_scale: f64,
+    pub(crate) step_scale: f64,
     /// Precondition the virtual step like AdamW. Default false: every coordinate then moves by
     /// about scale · lr, which made ΔL_val positive (several nats) on the quickstart even at
     /// scale 1; with it, use a small `step_scale` (~0.05).
-    pub precondition: bool,
+    pub(crate) precondition: bool,
     /// Updates whose measurements the regressor is fitted on (the newest). Default 8.
-    pub history: usize,
+    pub(crate) history: usize,
     /// Candidates drawn from Dir(c · p) and scored by the regressor. Default 1000.
-    pub pool: usize,
+    pub(crate) pool: usize,
     /// The new mixture is the mean of the `top_k` best predicted candidates. Default 8.
-    pub top_k: usize,
+    pub(crate) top_k: usize,
     /// Blend β: p ← (1 − β) p + β p_new. Default 0.5.
-    pub blend: f64,
+    pub(crate) blend: f64,
 }
 
 impl Default for TikMixMConfig {
@@ -65,7 +65,7 @@ impl Default for TikMixMConfig {
 }
 
 impl TikMixMConfig {
-    pub fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
         at_least_one("mixer.tikmix-m.samples_per_source", self.samples_per_source)?;
         at_least_one("mixer.tikmix-m.val_batches", self.val_batches)?;
         at_least_one("mixer.tikmix-m.candidates", self.candidates)?;
@@ -109,7 +109,7 @@ pub struct TikMixM {
 const RNG_STREAM: u64 = 0x7111_3111;
 
 impl TikMixM {
-    pub fn new(config: TikMixMConfig, init: &[f64], floor: f64, seed: u64) -> Self {
+    pub(crate) fn new(config: TikMixMConfig, init: &[f64], floor: f64, seed: u64) -> Self {
         TikMixM {
             config,
             floor,
@@ -241,7 +241,6 @@ mod tests {
 
     fn stats(deltas: Vec<f64>) -> SourceStats {
         SourceStats {
-            step: 10,
             lr: 1e-3,
             train_loss: vec![None; 3],
             grad_dot_val: None,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
 
-pub struct TrustRegion {
+pub(crate) struct TrustRegion {
     inner: Box<dyn Mixer>,
     max_change: f64,
     applied: Vec<f64>,
@@ -24,7 +24,7 @@ struct State {
 }
 
 impl TrustRegion {
-    pub fn new(inner: Box<dyn Mixer>, max_change: f64) -> Self {
+    pub(crate) fn new(inner: Box<dyn Mixer>, max_change: f64) -> Self {
         let applied = inner.weights().to_vec();
         TrustRegion {
             inner,
@@ -35,7 +35,7 @@ impl TrustRegion {
 }
 
 /// p moved toward q by at most `max_change` in total variation.
-pub fn bounded_step(p: &[f64], q: &[f64], max_change: f64) -> Vec<f64> {
+pub(crate) fn bounded_step(p: &[f64], q: &[f64], max_change: f64) -> Vec<f64> {
     let tv = 0.5 * p.iter().zip(q).map(|(a, b)| (b - a).abs()).sum::<f64>();
     let t = if tv > max_change {
         max_change / tv

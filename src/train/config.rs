@@ -54,40 +54,40 @@ pub struct TrainConfig {
     /// Peak learning rate of AdamW. Default 3e-3.
     pub lr: f64,
     /// Final learning rate as a fraction of `lr` (cosine decay). Default 0.1.
-    pub min_lr_ratio: f64,
+    pub(crate) min_lr_ratio: f64,
     /// Steps of linear warmup from 0 to `lr`. Default 30.
-    pub warmup_steps: usize,
+    pub(crate) warmup_steps: usize,
     /// Decoupled weight decay, applied to matrices and embeddings only. Default 0.1.
-    pub weight_decay: f64,
+    pub(crate) weight_decay: f64,
     /// AdamW beta1. Default 0.9.
-    pub beta1: f64,
+    pub(crate) beta1: f64,
     /// AdamW beta2. Default 0.95.
-    pub beta2: f64,
+    pub(crate) beta2: f64,
     /// AdamW epsilon. Default 1e-8.
-    pub adam_eps: f64,
+    pub(crate) adam_eps: f64,
     /// Clip the global gradient norm to this value; 0 turns clipping off. Default 1.0.
-    pub grad_clip: f64,
+    pub(crate) grad_clip: f64,
     /// Evaluate per-source validation loss every this many steps (and at step 0 and the end).
     /// Default 50.
     pub eval_every: usize,
     /// Validation batches (of `batch_size` sequences) per source in each evaluation; the same
     /// fixed sequences every time. Default 4.
-    pub eval_batches: usize,
+    pub(crate) eval_batches: usize,
     /// Write a checkpoint every this many steps (and at the end); 0 writes only the final one.
     /// Default 100.
     pub checkpoint_every: usize,
     /// Complete checkpoints kept; older ones are deleted once a newer one is complete. Default 2.
-    pub keep_checkpoints: usize,
+    pub(crate) keep_checkpoints: usize,
     /// Write a training line to metrics.jsonl every this many steps. Default 10.
-    pub log_every: usize,
+    pub(crate) log_every: usize,
     /// What a step with a non-finite loss or gradient does: "stop" (default: the step is not
     /// applied, a checkpoint of the last good state is written, the run exits with an error
     /// naming the step and sources) or "skip" (the step's batch is dropped unapplied, logged,
     /// and training goes on).
-    pub on_nonfinite: NonFinitePolicy,
+    pub(crate) on_nonfinite: NonFinitePolicy,
     /// With `on_nonfinite = "skip"`: the run stops once more steps than this were skipped.
     /// Default 10.
-    pub max_skipped_steps: u32,
+    pub(crate) max_skipped_steps: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +124,7 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         at_least_one("train.steps", self.steps)?;
         at_least_one("train.batch_size", self.batch_size)?;
         at_least_one("train.grad_accum", self.grad_accum)?;

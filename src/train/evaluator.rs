@@ -14,19 +14,19 @@ use crate::target::Target;
 /// Mean token losses on the fixed validation windows: per training source (its validation
 /// split) and per target set.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Evaluation {
-    pub sources: Vec<f64>,
-    pub sets: Vec<f64>,
+pub(crate) struct Evaluation {
+    pub(crate) sources: Vec<f64>,
+    pub(crate) sets: Vec<f64>,
 }
 
 impl Evaluation {
     /// The target loss: the mean over the target's members.
-    pub fn target(&self, target: &Target) -> f64 {
+    pub(crate) fn target(&self, target: &Target) -> f64 {
         target.mean(&self.sources, &self.sets)
     }
 
     /// The mean over training sources.
-    pub fn mean(&self) -> f64 {
+    pub(crate) fn mean(&self) -> f64 {
         self.sources.iter().sum::<f64>() / self.sources.len() as f64
     }
 }
@@ -34,7 +34,7 @@ impl Evaluation {
 /// The start offsets of each source's and each target set's validation windows: up to
 /// `train.eval_batches × train.batch_size` windows spread evenly over each validation split,
 /// the same every time.
-pub struct Evaluator {
+pub(crate) struct Evaluator {
     seq_len: usize,
     batch_size: usize,
     /// `train.cpu_pass_size`.
@@ -44,7 +44,7 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    pub fn new(config: &Config, sources: &[Source], target_sets: &[Source]) -> Self {
+    pub(crate) fn new(config: &Config, sources: &[Source], target_sets: &[Source]) -> Self {
         let seq_len = config.data.seq_len;
         let count = config.train.eval_batches * config.train.batch_size;
         let windows = |data: &[Source]| -> Vec<Vec<usize>> {
@@ -63,7 +63,7 @@ impl Evaluator {
 
     /// `model`'s losses on the windows of `sources` and `target_sets` (the ones it was built
     /// for, in the same order).
-    pub fn evaluate<B: StatKernels>(
+    pub(crate) fn evaluate<B: StatKernels>(
         &self,
         model: &Gpt<B>,
         sources: &[Source],
@@ -71,13 +71,13 @@ impl Evaluator {
         device: &B::Device,
     ) -> Evaluation {
         let totals = self.token_loss_totals(model, sources, target_sets, device, (0, 1));
-        self.from_totals(&totals)
+        self.evaluation_of_totals(&totals)
     }
 
     /// Σ token losses over the windows of each source, then each target set, of the rows
     /// `rank` of `world` computes in every batch of windows (`distributed::share`); the sums
-    /// over ranks go to `from_totals`.
-    pub fn token_loss_totals<B: StatKernels>(
+    /// over ranks go to `evaluation_of_totals`.
+    pub(crate) fn token_loss_totals<B: StatKernels>(
         &self,
         model: &Gpt<B>,
         sources: &[Source],
@@ -137,7 +137,7 @@ impl Evaluator {
     }
 
     /// Mean token losses from `token_loss_totals` (summed over ranks).
-    pub fn from_totals(&self, totals: &[f64]) -> Evaluation {
+    pub(crate) fn evaluation_of_totals(&self, totals: &[f64]) -> Evaluation {
         let seq = self.seq_len as f64;
         let mean = |total: &f64, starts: &Vec<usize>| total / (starts.len() as f64 * seq);
         let k = self.source_windows.len();
@@ -157,7 +157,7 @@ impl Evaluator {
 }
 
 /// [n, seq_len + 1] tokens → inputs [n, seq_len] and targets [n · seq_len].
-pub fn batch_tensors<B: Backend>(
+pub(crate) fn batch_tensors<B: Backend>(
     batch: &Batch,
     device: &B::Device,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {

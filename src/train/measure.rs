@@ -20,7 +20,7 @@ use crate::target::Target;
 /// DoReMi's fixed pool (`mixer.doremi.excess_from = "pool"`): per source, this rank's rows of
 /// the same training sequences at every update, with the reference model's token losses on
 /// them (the reference never changes, so they are computed once).
-pub struct ExcessPool<B: Backend> {
+pub(crate) struct ExcessPool<B: Backend> {
     /// This rank's rows of every source's pool, source by source; None where it holds none.
     batch: Option<PoolBatch<B>>,
     /// Tokens of each source's whole pool (over all ranks).
@@ -145,7 +145,11 @@ impl<B: TrainBackend> Session<B> {
 
     /// ⟨g_val, G_k⟩ for every source (TiKMiX); distributed, Σ over ranks of ⟨g_val, G_k's
     /// share⟩ (the inner product is linear in G_k).
-    pub fn group_influence(&mut self, g_val: &GradientsParams, samples: usize) -> Result<Vec<f64>> {
+    pub(crate) fn group_influence(
+        &mut self,
+        g_val: &GradientsParams,
+        samples: usize,
+    ) -> Result<Vec<f64>> {
         let mine = self.group_influences(&[g_val], samples).remove(0);
         self.sum_values_over_ranks(mine)
     }
@@ -176,7 +180,7 @@ impl<B: TrainBackend> Session<B> {
     /// (TiKMiX-M): one backward per source for G_k, then forward passes only, every candidate
     /// on the same fresh validation batches of the target. Distributed, the G_k are summed
     /// over ranks and each rank evaluates its rows of the validation batches.
-    pub fn virtual_step_deltas(
+    pub(crate) fn virtual_step_deltas(
         &mut self,
         spec: VirtualStepSpec,
         lr: f64,
@@ -234,7 +238,7 @@ impl<B: TrainBackend> Session<B> {
     /// λ_k = mean over tokens of max(ℓ_θ − ℓ_ref, 0) on `samples` random training sequences of
     /// each source (forward passes of both models, no backward). Distributed, each rank takes
     /// its rows of every batch and the sums are added over ranks.
-    pub fn excess_losses(&mut self, samples: usize) -> Result<Vec<f64>> {
+    pub(crate) fn excess_losses(&mut self, samples: usize) -> Result<Vec<f64>> {
         let reference = self.mixing.reference.as_ref().ok_or_else(|| {
             Error::Training("the doremi mixer needs a reference model, and none is loaded".into())
         })?;

@@ -20,7 +20,7 @@ mod step;
 mod trainer;
 
 pub use config::{NonFinitePolicy, RunConfig, TrainConfig};
-pub use evaluator::{batch_tensors, Evaluation, Evaluator};
+pub(crate) use evaluator::Evaluator;
 pub use probe::GradProbe;
 pub use run::{run, Resumed, RunOptions, RunSummary};
 pub use session::{Session, StepReport};

@@ -25,16 +25,16 @@ pub struct GradProbe {
 
 /// The probe of an update's window (`probe_steps` of the mixer's section): its g_val, and per source the sum
 /// of ⟨g_val, g_k⟩ over the window's probed steps that drew the source and their number.
-pub struct ProbeWindow {
-    pub probe: GradProbe,
-    pub sums: Vec<(f64, u32)>,
+pub(crate) struct ProbeWindow {
+    pub(crate) probe: GradProbe,
+    pub(crate) sums: Vec<(f64, u32)>,
     /// Earlier updates this g_val already served (`gval_every` of the mixer's section).
-    pub served: u32,
+    pub(crate) served: u32,
 }
 
 impl ProbeWindow {
     /// A window over `sources` sources around a g_val that served `served` updates before.
-    pub fn new(probe: GradProbe, sources: usize, served: u32) -> Self {
+    pub(crate) fn new(probe: GradProbe, sources: usize, served: u32) -> Self {
         ProbeWindow {
             probe,
             sums: vec![(0.0, 0); sources],
@@ -43,7 +43,7 @@ impl ProbeWindow {
     }
 
     /// Adds one probed step's ⟨g_val, g_k⟩ (None for a source the step did not draw).
-    pub fn add(&mut self, dots: &[Option<f64>]) {
+    pub(crate) fn add(&mut self, dots: &[Option<f64>]) {
         for (sum, dot) in self.sums.iter_mut().zip(dots) {
             if let Some(dot) = dot {
                 sum.0 += dot;
@@ -53,7 +53,7 @@ impl ProbeWindow {
     }
 
     /// Per source, the mean of ⟨g_val, g_k⟩ over the steps that drew it (None if none did).
-    pub fn means(&self) -> Vec<Option<f64>> {
+    pub(crate) fn means(&self) -> Vec<Option<f64>> {
         self.sums
             .iter()
             .map(|&(sum, n)| (n > 0).then(|| sum / n as f64))
@@ -111,7 +111,7 @@ impl GradProbe {
     /// (g_val itself without preconditioning), shaped like each parameter. P changes only
     /// between optimizer steps, so a step builds this once for all its micro-batches (and
     /// single-pass statistics read it as their G).
-    pub fn step_target<AB, M>(
+    pub(crate) fn step_target<AB, M>(
         &self,
         model: &M,
         head: &str,
@@ -138,13 +138,13 @@ impl GradProbe {
 /// `grad_dot` reads its first operand from. Unlike `GradientsParams` (whose tensors sit behind
 /// `dyn Any`) it can be shared between threads, so the passes of a step dot their own
 /// gradients with it where they run (`passes::backward_passes`).
-pub struct FlatGrads<B: Backend> {
+pub(crate) struct FlatGrads<B: Backend> {
     by_id: HashMap<ParamId, Tensor<B, 1>>,
 }
 
 impl<B: Backend> FlatGrads<B> {
     /// The tensors of `grads` for the parameters of `model`, flattened.
-    pub fn of<AB, M>(model: &M, grads: &GradientsParams) -> Self
+    pub(crate) fn of<AB, M>(model: &M, grads: &GradientsParams) -> Self
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
@@ -201,7 +201,7 @@ where
 
 /// ⟨a, b⟩ over the parameters of `model` that both hold (a scope, or P ⊙ g_val, is built into
 /// `a` by `GradProbe::step_target`). One host sync.
-pub fn grad_dot<AB: AutodiffBackend<InnerBackend: StatKernels>, M: AutodiffModule<AB>>(
+pub(crate) fn grad_dot<AB: AutodiffBackend<InnerBackend: StatKernels>, M: AutodiffModule<AB>>(
     model: &M,
     a: &FlatGrads<AB::InnerBackend>,
     b: &GradientsParams,
@@ -263,7 +263,7 @@ impl<B: Backend> ModuleMapper<B> for VirtualStep<'_, B> {
 /// θ − lr · P ⊙ g with g = Σ_k w_k G_k: the parameters after a virtual step on mixture
 /// `weights` of the per-source gradients. P = 1, or, when `optim` is given, the diagonal
 /// preconditioner AdamW would use next with g as its gradient (`next_preconditioner`).
-pub fn virtual_step<B: Backend, M: Module<B>>(
+pub(crate) fn virtual_step<B: Backend, M: Module<B>>(
     model: M,
     gradients: &[GradientsParams],
     weights: &[f64],

@@ -43,7 +43,7 @@ impl<B: TrainBackend> Session<B> {
 
     /// The evaluation on the fixed validation windows, each rank computing its rows of every
     /// batch of windows and the loss totals summed over ranks; alone, `evaluate`.
-    pub fn evaluate_over_ranks(&mut self) -> Result<Evaluation> {
+    pub(crate) fn evaluate_over_ranks(&mut self) -> Result<Evaluation> {
         if self.reducer.is_alone() {
             return Ok(self.evaluate());
         }
@@ -56,7 +56,7 @@ impl<B: TrainBackend> Session<B> {
             self.rank_and_world(),
         );
         let totals = self.sum_values_over_ranks(totals)?;
-        Ok(self.evaluator.from_totals(&totals))
+        Ok(self.evaluator.evaluation_of_totals(&totals))
     }
 
     /// Σ over ranks of a gradient computed on this rank's rows.

@@ -14,7 +14,7 @@ use crate::mixer::MixerKind;
 use crate::params::{collect_params, load_params};
 use crate::tensor_file::{read_safetensors, write_safetensors};
 
-pub const REFERENCE_FILE: &str = "reference.safetensors";
+pub(crate) const REFERENCE_FILE: &str = "reference.safetensors";
 
 /// The model weights file of a run directory's newest checkpoint, or of a checkpoint directory.
 fn weights_of(path: &Path) -> Result<PathBuf> {
@@ -38,7 +38,7 @@ fn weights_of(path: &Path) -> Result<PathBuf> {
 /// Loads or trains the reference model into `session.mixing.reference`. A resumed run loads the one
 /// it saved; a new run loads `mixer.doremi.reference` or trains one and saves it in `out_dir`
 /// (replacing any leftover of an earlier, failed start).
-pub fn ensure_reference<B: TrainBackend>(
+pub(crate) fn ensure_reference<B: TrainBackend>(
     session: &mut Session<B>,
     out_dir: &Path,
     resume: bool,

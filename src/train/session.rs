@@ -36,15 +36,15 @@ pub struct Session<B: TrainBackend> {
 #[derive(Debug, Clone)]
 pub struct StepReport {
     /// The optimised (mixture-weighted) loss.
-    pub loss: f64,
+    pub(crate) loss: f64,
     /// Mean sequence loss per source in this step; None for a source with no sequence.
-    pub loss_by_source: Vec<Option<f64>>,
+    pub(crate) loss_by_source: Vec<Option<f64>>,
     /// Global gradient norm before clipping.
-    pub grad_norm: f64,
+    pub(crate) grad_norm: f64,
     pub lr: f64,
     pub tokens: usize,
     /// Why the step was skipped unapplied (`train.on_nonfinite = "skip"`); None when applied.
-    pub skipped: Option<String>,
+    pub(crate) skipped: Option<String>,
     /// ⟨g_val, g_k⟩ per source measured by a probed step (None for a source with no sequence
     /// in it); the next mixer update takes it.
     pub grad_dot: Option<Vec<Option<f64>>>,
@@ -94,7 +94,7 @@ impl<B: TrainBackend> Session<B> {
         self.mixing.excess_pool = None;
     }
 
-    pub fn source_names(&self) -> Vec<String> {
+    pub(crate) fn source_names(&self) -> Vec<String> {
         self.batches
             .sources
             .iter()
@@ -111,7 +111,7 @@ impl<B: TrainBackend> Session<B> {
     }
 
     /// Name of the LM head's weight (the embedding when tied).
-    pub fn head_name(&self) -> &'static str {
+    pub(crate) fn head_name(&self) -> &'static str {
         if self.trainer.model.lm_head.is_some() {
             "lm_head.weight"
         } else {
@@ -119,13 +119,13 @@ impl<B: TrainBackend> Session<B> {
         }
     }
 
-    pub fn evaluate(&self) -> Evaluation {
+    pub(crate) fn evaluate(&self) -> Evaluation {
         self.evaluate_model(&self.trainer.model.valid())
     }
 
     /// Mean token loss of `model` (same architecture) on each source's and target set's fixed
     /// validation windows.
-    pub fn evaluate_model(&self, model: &Gpt<B::InnerBackend>) -> Evaluation {
+    pub(crate) fn evaluate_model(&self, model: &Gpt<B::InnerBackend>) -> Evaluation {
         self.evaluator.evaluate(
             model,
             &self.batches.sources,
@@ -178,7 +178,6 @@ impl<B: TrainBackend> Session<B> {
             None => None,
         };
         let stats = SourceStats {
-            step: self.trainer.progress.step,
             lr,
             train_loss: self
                 .trainer

@@ -20,11 +20,11 @@ use mixtrain_kernels::StatKernels;
 use crate::model::{TapInput, Trace};
 
 /// What a single-pass step measures against.
-pub struct SinglePass<'a, B: Backend> {
+pub(crate) struct SinglePass<'a, B: Backend> {
     /// The step's G: P ⊙ g_val over the probe's scope (`GradProbe::step_target`); parameters
     /// it does not hold are out of scope.
-    pub target: &'a GradientsParams,
-    pub backend: PhantomData<B>,
+    pub(crate) target: &'a GradientsParams,
+    pub(crate) backend: PhantomData<B>,
 }
 
 impl<B: StatKernels> SinglePass<'_, B> {
@@ -35,7 +35,7 @@ impl<B: StatKernels> SinglePass<'_, B> {
 
     /// Σ over the trace's taps of Σ_{t: seg_t = k} ⟨G-side_t, δ_t⟩ → [k]. Takes the probes'
     /// gradients out of `grads` (call before turning `grads` into parameter gradients).
-    pub fn source_dots<AB>(
+    pub(crate) fn source_dots<AB>(
         &self,
         trace: Trace<AB>,
         grads: &mut <AB as AutodiffBackend>::Gradients,

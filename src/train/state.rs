@@ -11,7 +11,6 @@ use super::Session;
 use crate::backend::TrainBackend;
 use crate::checkpoint::{self, Snapshot, TrainState, FORMAT};
 use crate::error::{Error, Result};
-use crate::params::load_params;
 
 /// The state of part `name` in a checkpoint's state.json (at `state_path`, for errors).
 pub(super) fn part<T: DeserializeOwned>(
@@ -30,7 +29,7 @@ pub(super) fn part<T: DeserializeOwned>(
 impl<B: TrainBackend> Session<B> {
     /// Everything needed to continue this session exactly; `log_lengths` are the lengths of
     /// metrics.jsonl and ratios.csv at this moment.
-    pub fn snapshot(&self, log_lengths: (u64, u64)) -> Snapshot {
+    pub(crate) fn snapshot(&self, log_lengths: (u64, u64)) -> Snapshot {
         let (model, optimizer, trainer) = self.trainer.state();
         let (mixing, mixing_tensors) = self.mixing.state(&self.trainer.model);
         let parts = [
@@ -58,7 +57,7 @@ impl<B: TrainBackend> Session<B> {
     }
 
     /// Writes a checkpoint of this session into `checkpoints_dir`, keeping the newest `keep`.
-    pub fn save_checkpoint(
+    pub(crate) fn save_checkpoint(
         &self,
         checkpoints_dir: &Path,
         log_lengths: (u64, u64),
@@ -67,15 +66,8 @@ impl<B: TrainBackend> Session<B> {
         checkpoint::save(&self.snapshot(log_lengths), checkpoints_dir, keep)
     }
 
-    /// Loads only the model weights of the checkpoint in `dir` (for evaluation).
-    pub fn load_checkpoint_model(&mut self, dir: &Path) -> Result<()> {
-        let (path, tensors) = checkpoint::read_model(dir)?;
-        self.trainer.model = load_params(self.trainer.model.clone(), &tensors, &path)?;
-        Ok(())
-    }
-
     /// Restores every part from the checkpoint in `dir`; its config must hash the same.
-    pub fn restore_checkpoint(&mut self, dir: &Path) -> Result<TrainState> {
+    pub(crate) fn restore_checkpoint(&mut self, dir: &Path) -> Result<TrainState> {
         let restored = checkpoint::read(dir, &self.config.hash())?;
         let state_path = checkpoint::state_path(dir);
         let k = self.batches.sources.len();

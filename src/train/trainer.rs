@@ -96,26 +96,26 @@ impl<B: TrainBackend> Trainer<B> {
 /// What a session has done so far: the counters a checkpoint carries beside the model,
 /// optimizer, sampler and mixer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Optimizer steps completed (skipped steps included: the schedule moves on).
-    pub step: usize,
+    pub(crate) step: usize,
     /// Training tokens consumed (inputs, all micro-batches).
-    pub tokens: u64,
+    pub(crate) tokens: u64,
     /// Σ over steps of the weights in force at each step, for the time-averaged mixture.
-    pub weight_sums: Vec<f64>,
+    pub(crate) weight_sums: Vec<f64>,
     /// Per source: (Σ sequence losses, sequences) since the last mixer update.
-    pub loss_since_update: Vec<(f64, u64)>,
+    pub(crate) loss_since_update: Vec<(f64, u64)>,
     /// Per source: training tokens drawn so far (inputs). Target sets never appear here.
     /// (Empty in checkpoints older than it: zeros.)
     #[serde(default)]
-    pub tokens_by_source: Vec<u64>,
+    pub(crate) tokens_by_source: Vec<u64>,
     /// Steps skipped for a non-finite loss or gradient (`train.on_nonfinite = "skip"`).
     #[serde(default)]
-    pub skipped_steps: u32,
+    pub(crate) skipped_steps: u32,
 }
 
 impl Progress {
-    pub fn new(sources: usize) -> Self {
+    pub(crate) fn new(sources: usize) -> Self {
         Progress {
             step: 0,
             tokens: 0,
@@ -128,7 +128,7 @@ impl Progress {
 
     /// An applied step of `tokens` inputs: `sequences[k]` sequences of `seq_len` from source
     /// k, the mixture `weights` in force, and per source (Σ sequence losses, sequences).
-    pub fn record_step(
+    pub(crate) fn record_step(
         &mut self,
         tokens: u64,
         seq_len: usize,
@@ -150,7 +150,7 @@ impl Progress {
 
     /// A step dropped unapplied: the schedule and the time-averaged mixture move on, no tokens
     /// are counted.
-    pub fn record_skipped(&mut self, weights: &[f64]) {
+    pub(crate) fn record_skipped(&mut self, weights: &[f64]) {
         self.skipped_steps += 1;
         self.step += 1;
         self.add_weights(weights);
