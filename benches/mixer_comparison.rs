@@ -395,6 +395,7 @@ fn cases(scenario: &str, base: &Config) -> Vec<Case> {
                             c.target.sets = vec![TargetSetConfig {
                                 name: source.name,
                                 path: source.path,
+                                text_field: source.text_field,
                             }];
                             c.target.sources = None;
                         }),
@@ -555,6 +556,7 @@ fn add_nine_sources(base: &mut Config) {
             name: name.to_string(),
             path,
             val_fraction: base.data.sources[0].val_fraction,
+            text_field: "text".into(),
         });
     }
 }

@@ -127,7 +127,8 @@ impl BackendTask for EvalTask {
     fn run<B: TrainBackend>(self, device: B::Device, _backend: &'static str) -> Result<EvalReport> {
         // Only the data, the validation windows and the model: no optimizer, no mixer.
         let config = &self.config;
-        let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
+        let tokenizer =
+            Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
         let sources = load_sources(&config.data, &tokenizer)?;
         let target_sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
         let evaluator = Evaluator::new(config, &sources, &target_sets);

@@ -13,7 +13,7 @@ use crate::error::Result;
 /// shards are.
 /// The printed directory can be used as a source `path` (prepared shards).
 pub fn prepare_sources(config: &Config) -> Result<Vec<String>> {
-    let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
+    let tokenizer = Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
     let sources = load_sources(&config.data, &tokenizer)?;
     let sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
     let mut lines: Vec<String> = sources
@@ -46,7 +46,7 @@ pub fn train_tokenizer(config: &Config, vocab: usize, out: &Path) -> Result<()> 
     for (i, source) in config.data.sources.iter().enumerate() {
         for file in resolve_files(&format!("data.sources[{i}]"), source)? {
             texts.extend(
-                read_documents(&file)?
+                read_documents(&file, &source.text_field)?
                     .into_iter()
                     .filter(|doc| !is_validation(doc, source.val_fraction)),
             );

@@ -40,8 +40,12 @@ pub struct TargetSetConfig {
     /// Name in logs (`val_loss_by_target_set`) and in `target.sources`: letters, digits, '_'
     /// and '-', distinct from every source name.
     pub name: String,
-    /// A `.txt` or `.jsonl` file, a directory of them, or a glob (as a source's `path`).
+    /// A file, a directory of files, or a glob (as a source's `path`: any format a source
+    /// reads).
     pub path: String,
+    /// The JSON field or Parquet column holding the text. Default "text".
+    #[serde(default = "crate::data::default_text_field")]
+    pub text_field: String,
 }
 
 impl TargetSetConfig {
@@ -52,6 +56,7 @@ impl TargetSetConfig {
             name: self.name.clone(),
             path: self.path.clone(),
             val_fraction: 1.0,
+            text_field: self.text_field.clone(),
         }
     }
 }
@@ -200,6 +205,7 @@ mod tests {
                 name: n.to_string(),
                 path: format!("data/{n}.jsonl"),
                 val_fraction: 0.05,
+                text_field: "text".into(),
             })
             .collect()
     }
@@ -208,6 +214,7 @@ mod tests {
         TargetSetConfig {
             name: name.into(),
             path: path.into(),
+            text_field: "text".into(),
         }
     }
 

@@ -14,6 +14,11 @@ pub struct DataConfig {
     /// from `mixtrain prepare --train-bpe`). Default "bytes".
     #[serde(default = "default_tokenizer")]
     pub(crate) tokenizer: String,
+    /// The end-of-document token of a `bpe:` tokenizer, by name (e.g. "<|eot_id|>"). Unset:
+    /// the first of `<|endoftext|>`, `<|end_of_text|>` (Llama-3), `</s>`, `<eos>` it has, else
+    /// a new id one past its vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token: Option<String>,
     /// Tokens per training sequence. Default 128.
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
@@ -21,8 +26,30 @@ pub struct DataConfig {
     /// Default ".mixtrain-cache".
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
-    /// The data sources; at least one. Each is `{ name, path, val_fraction }`.
+    /// What tokenising does with a record it cannot read (a line that is not JSON, lacks the
+    /// text field or is not UTF-8; a null Parquet cell): "error" (stop, naming file and line
+    /// or row) or "skip" (count it, report the count per source). Default "error".
+    #[serde(default)]
+    pub on_bad_record: BadRecordPolicy,
+    /// With `on_bad_record = "skip"`: the largest fraction of a source's records that may be
+    /// bad before tokenising stops anyway (a corrupt or misconfigured source). Default 0.01.
+    #[serde(default = "default_max_bad_fraction")]
+    pub max_bad_fraction: f64,
+    /// The data sources; at least one. Each is `{ name, path, val_fraction, text_field }`.
     pub sources: Vec<SourceConfig>,
+}
+
+/// `data.on_bad_record`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRecordPolicy {
+    #[default]
+    Error,
+    Skip,
+}
+
+fn default_max_bad_fraction() -> f64 {
+    0.01
 }
 
 fn default_tokenizer() -> String {
@@ -40,14 +67,24 @@ fn default_cache_dir() -> PathBuf {
 pub struct SourceConfig {
     /// Name used in logs, ratios.csv and mixture.json: letters, digits, '_' and '-'.
     pub name: String,
-    /// A `.txt` file (one document), a `.jsonl` file (one document per line, in its "text"
-    /// field), a directory of them (searched recursively), a glob, or a directory of prepared
-    /// shards (`train.bin`, `val.bin`, `meta.json`, as `mixtrain prepare` writes).
+    /// A text file (`.txt`, `.md`, `.text`: one document), a JSON-lines file (`.jsonl`,
+    /// `.json`: one document per line, in its `text_field`), either compressed (`.gz`,
+    /// `.zst`), a Parquet file (one document per row of column `text_field`), a directory of
+    /// them (searched recursively), a glob, or a directory of prepared shards (`train.bin`,
+    /// `val.bin`, `meta.json`, as `mixtrain prepare` writes).
     pub path: String,
     /// Fraction of documents held out for validation, chosen by a hash of each document's
     /// text (deterministic, independent of file order). Default 0.05.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// The JSON field or Parquet column holding a document's text (e.g. "content" for The
+    /// Stack). Default "text".
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+}
+
+pub(crate) fn default_text_field() -> String {
+    "text".into()
 }
 
 fn default_val_fraction() -> f64 {
@@ -61,6 +98,12 @@ impl DataConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         at_least_one("data.seq_len", self.seq_len)?;
+        if !(0.0..1.0).contains(&self.max_bad_fraction) {
+            return Err(Error::value(
+                "data.max_bad_fraction",
+                format!("must be in [0, 1) (got {})", self.max_bad_fraction),
+            ));
+        }
         if self.sources.is_empty() {
             return Err(Error::value(
                 "data.sources",
@@ -79,6 +122,12 @@ impl DataConfig {
             }
             if source.path.is_empty() {
                 return Err(Error::value(format!("{key}.path"), "must not be empty"));
+            }
+            if source.text_field.is_empty() {
+                return Err(Error::value(
+                    format!("{key}.text_field"),
+                    "must not be empty",
+                ));
             }
             if !(source.val_fraction > 0.0 && source.val_fraction < 1.0) {
                 return Err(Error::value(

@@ -2,14 +2,18 @@
 //! sampler that turns mixture weights into batches tagged with source ids.
 
 mod config;
+mod parquet;
+mod readers;
 mod sampler;
 mod shard;
 mod source;
 mod tokenizer;
 
-pub use config::{DataConfig, SourceConfig};
+pub(crate) use config::default_text_field;
+pub use config::{BadRecordPolicy, DataConfig, SourceConfig};
+pub use readers::{read_documents, resolve_files};
 pub use sampler::{validation_windows, ApplyMode, Batch, Sampler, SamplerState};
 pub use shard::{write_shard, Shard, SHARD_HEADER_BYTES};
 pub(crate) use source::is_validation;
-pub use source::{load_sources, load_target_sets, read_documents, resolve_files, Source};
+pub use source::{load_sources, load_target_sets, Source};
 pub(crate) use tokenizer::{train_bpe, Tokenizer};

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::config::{DataConfig, SourceConfig};
+use super::config::{BadRecordPolicy, DataConfig, SourceConfig};
+use super::readers::{for_each_record, resolve_files};
 use super::shard::{write_shard, Shard};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
@@ -32,6 +33,9 @@ struct ShardMeta {
     val_documents: usize,
     train_tokens: usize,
     val_tokens: usize,
+    /// Records skipped as unreadable (absent before `data.on_bad_record`: 0).
+    #[serde(default)]
+    bad_records: usize,
 }
 
 /// Loads (tokenising and caching where needed) every source of `data`.
@@ -91,11 +95,12 @@ fn load_source(
         path.to_path_buf()
     } else {
         let files = resolve_files(key, source)?;
-        let key = cache_key(&files, source.val_fraction, tokenizer)?;
+        let key = cache_key(&files, source, tokenizer)?;
         let dir = data.cache_dir.join(format!("{}-{key}", source.name));
         if !dir.join("meta.json").is_file() {
             tracing::info!(source = %source.name, files = files.len(), "tokenising");
-            build_shards(&files, source, tokenizer, &dir)?;
+            let tokenised = tokenise(&files, source, data, tokenizer)?;
+            write_cache_entry(&tokenised, tokenizer, &dir)?;
         }
         dir
     };
@@ -157,118 +162,22 @@ fn open_prepared(
     })
 }
 
-/// The text files of a source: a file, a directory (recursively, `.txt` and `.jsonl`), or a
-/// glob; sorted, so the order never depends on the filesystem.
-pub fn resolve_files(entry: &str, source: &SourceConfig) -> Result<Vec<PathBuf>> {
-    let key = format!("{entry}.path");
-    let path = Path::new(&source.path);
-    let mut files = Vec::new();
-    if source.path.contains(['*', '?', '[']) {
-        let entries = glob::glob(&source.path)
-            .map_err(|e| Error::value(&key, format!("bad glob {:?}: {e}", source.path)))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| {
-                let path = e.path().to_path_buf();
-                Error::io(path, e.into())
-            })?;
-            if entry.is_file() {
-                files.push(entry);
-            }
-        }
-    } else if path.is_file() {
-        files.push(path.to_path_buf());
-    } else if path.is_dir() {
-        walk(path, &mut files)?;
-    } else {
-        return Err(Error::data(
-            path,
-            format!(
-                "{key}: no such file or directory (source {:?})",
-                source.name
-            ),
-        ));
-    }
-    files.retain(|f| is_text_file(f));
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::data(
-            path,
-            format!(
-                "{key}: no .txt or .jsonl files found (source {:?})",
-                source.name
-            ),
-        ));
-    }
-    Ok(files)
-}
-
-fn is_text_file(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("txt" | "jsonl" | "text" | "md")
-    )
-}
-
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).at(dir)? {
-        let entry = entry.at(dir)?;
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, files)?;
-        } else if path.is_file() {
-            files.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn cache_key(files: &[PathBuf], val_fraction: f64, tokenizer: &Tokenizer) -> Result<String> {
+fn cache_key(files: &[PathBuf], source: &SourceConfig, tokenizer: &Tokenizer) -> Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(b"mixtrain-cache-v1\0");
     hasher.update(tokenizer.id().as_bytes());
-    hasher.update(val_fraction.to_le_bytes());
+    hasher.update(source.val_fraction.to_le_bytes());
+    if source.text_field != super::config::default_text_field() {
+        // Only when set: caches made before the key existed stay valid.
+        hasher.update(b"text_field\0");
+        hasher.update(source.text_field.as_bytes());
+    }
     for file in files {
         let bytes = std::fs::read(file).at(file)?;
         hasher.update(file.to_string_lossy().as_bytes());
         hasher.update(Sha256::digest(&bytes));
     }
     Ok(hex(&hasher.finalize()[..8]))
-}
-
-/// The documents of one file: a `.jsonl` file gives one per line (its "text" field), any other
-/// file is one document. Errors name the file and line.
-pub fn read_documents(file: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidData {
-            Error::data(file, "not valid UTF-8 text")
-        } else {
-            Error::io(file, e)
-        }
-    })?;
-    if file.extension().and_then(|e| e.to_str()) != Some("jsonl") {
-        return Ok(vec![text]);
-    }
-    let mut docs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::data(file, format!("line {}: invalid JSON: {e}", i + 1)))?;
-        match value.get("text") {
-            Some(serde_json::Value::String(s)) => docs.push(s.clone()),
-            _ => {
-                return Err(Error::data(
-                    file,
-                    format!(
-                        "line {}: expected an object with a string field \"text\"",
-                        i + 1
-                    ),
-                ))
-            }
-        }
-    }
-    Ok(docs)
 }
 
 /// True when a document goes to validation: the first 8 bytes of its text's SHA-256, read as a
@@ -282,32 +191,100 @@ pub(crate) fn is_validation(doc: &str, val_fraction: f64) -> bool {
     (x as f64 / 2f64.powi(64)) < val_fraction
 }
 
-fn build_shards(
+/// A source's documents as token streams (each document followed by the end-of-document
+/// token), split into train and validation.
+struct Tokenised {
+    train: Vec<u32>,
+    val: Vec<u32>,
+    train_docs: usize,
+    val_docs: usize,
+    /// Records skipped as unreadable (`data.on_bad_record = "skip"`).
+    bad_records: usize,
+}
+
+/// Reads and tokenises every document of `files`; bad records stop it or are counted, as
+/// `data.on_bad_record` says.
+fn tokenise(
     files: &[PathBuf],
     source: &SourceConfig,
+    data: &DataConfig,
     tokenizer: &Tokenizer,
-    dir: &Path,
-) -> Result<()> {
+) -> Result<Tokenised> {
     let eod = tokenizer.eod();
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    let (mut train_docs, mut val_docs) = (0usize, 0usize);
+    let mut out = Tokenised {
+        train: Vec::new(),
+        val: Vec::new(),
+        train_docs: 0,
+        val_docs: 0,
+        bad_records: 0,
+    };
+    let mut first_bad: Option<String> = None;
     for file in files {
-        for doc in read_documents(file)? {
+        for_each_record(file, &source.text_field, |record| {
+            let doc = match record.document {
+                Ok(doc) => doc,
+                Err(what) if data.on_bad_record == BadRecordPolicy::Skip => {
+                    out.bad_records += 1;
+                    first_bad.get_or_insert_with(|| {
+                        format!("{}, {}: {what}", file.display(), record.at)
+                    });
+                    return Ok(());
+                }
+                Err(what) => return Err(Error::data(file, format!("{}: {what}", record.at))),
+            };
             if doc.trim().is_empty() {
-                continue;
+                return Ok(());
             }
             let tokens = tokenizer.encode(&doc)?;
-            let (out, count) = if is_validation(&doc, source.val_fraction) {
-                (&mut val, &mut val_docs)
+            let (stream, count) = if is_validation(&doc, source.val_fraction) {
+                (&mut out.val, &mut out.val_docs)
             } else {
-                (&mut train, &mut train_docs)
+                (&mut out.train, &mut out.train_docs)
             };
-            out.extend_from_slice(&tokens);
-            out.push(eod);
+            stream.extend_from_slice(&tokens);
+            stream.push(eod);
             *count += 1;
-        }
+            Ok(())
+        })?;
     }
-    if train_docs + val_docs == 0 {
+    check_tokenised(&out, source, data, first_bad)?;
+    Ok(out)
+}
+
+/// Refuses an empty source, and one with more bad records than `data.max_bad_fraction`;
+/// reports the bad records it skipped.
+fn check_tokenised(
+    out: &Tokenised,
+    source: &SourceConfig,
+    data: &DataConfig,
+    first_bad: Option<String>,
+) -> Result<()> {
+    let good = out.train_docs + out.val_docs;
+    if let Some(first) = first_bad {
+        let fraction = out.bad_records as f64 / (good + out.bad_records) as f64;
+        if fraction > data.max_bad_fraction {
+            return Err(Error::data(
+                &source.path,
+                format!(
+                    "{} {:?}: {} of {} records are bad ({:.2}%, more than data.max_bad_fraction \
+                     = {}); the first: {first}",
+                    describe(source).0,
+                    source.name,
+                    out.bad_records,
+                    good + out.bad_records,
+                    100.0 * fraction,
+                    data.max_bad_fraction
+                ),
+            ));
+        }
+        tracing::warn!(
+            source = %source.name,
+            skipped = out.bad_records,
+            first = %first,
+            "bad records skipped (data.on_bad_record = \"skip\")"
+        );
+    }
+    if good == 0 {
         return Err(Error::data(
             &source.path,
             format!(
@@ -317,6 +294,11 @@ fn build_shards(
             ),
         ));
     }
+    Ok(())
+}
+
+/// Writes a source's shards and meta.json as the cache entry `dir`.
+fn write_cache_entry(tokenised: &Tokenised, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     // Write into a temporary directory and rename, so a half-built cache entry is never used.
     let parent = dir
         .parent()
@@ -332,15 +314,16 @@ fn build_shards(
     }
     std::fs::create_dir_all(&tmp).at(&tmp)?;
     let vocab = tokenizer.vocab_size();
-    write_shard(&tmp.join("train.bin"), &train, vocab)?;
-    write_shard(&tmp.join("val.bin"), &val, vocab)?;
+    write_shard(&tmp.join("train.bin"), &tokenised.train, vocab)?;
+    write_shard(&tmp.join("val.bin"), &tokenised.val, vocab)?;
     let meta = ShardMeta {
         tokenizer: tokenizer.id(),
         vocab_size: vocab,
-        train_documents: train_docs,
-        val_documents: val_docs,
-        train_tokens: train.len(),
-        val_tokens: val.len(),
+        train_documents: tokenised.train_docs,
+        val_documents: tokenised.val_docs,
+        train_tokens: tokenised.train.len(),
+        val_tokens: tokenised.val.len(),
+        bad_records: tokenised.bad_records,
     };
     let meta_path = tmp.join("meta.json");
     std::fs::write(

@@ -21,12 +21,23 @@ pub enum Tokenizer {
     },
 }
 
-const EOD_NAMES: [&str; 3] = ["<|endoftext|>", "</s>", "<eos>"];
+/// End-of-document tokens looked for, in order, when `data.eos_token` is unset: GPT-2/NeoX,
+/// Llama-3, Llama-2/Mistral, Gemma.
+const EOD_NAMES: [&str; 4] = ["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>"];
 
 impl Tokenizer {
-    /// Builds the tokenizer named by `data.tokenizer`.
-    pub(crate) fn from_spec(spec: &str) -> Result<Tokenizer> {
+    /// Builds the tokenizer named by `data.tokenizer`, its end-of-document token
+    /// `data.eos_token` when given.
+    pub(crate) fn from_spec(spec: &str, eos_token: Option<&str>) -> Result<Tokenizer> {
         if spec == "bytes" {
+            if let Some(name) = eos_token {
+                return Err(Error::value(
+                    "data.eos_token",
+                    format!(
+                        "{name:?}: the bytes tokenizer has its own end-of-document token (256)"
+                    ),
+                ));
+            }
             return Ok(Tokenizer::Bytes);
         }
         let Some(path) = spec.strip_prefix("bpe:") else {
@@ -44,12 +55,25 @@ impl Tokenizer {
             message: format!("not a valid tokenizer.json: {e}"),
         })?;
         let base_vocab = inner.get_vocab_size(true);
-        let eod = EOD_NAMES
-            .iter()
-            .find_map(|name| inner.token_to_id(name))
-            .unwrap_or(base_vocab as u32);
+        let eod = match eos_token {
+            Some(name) => inner.token_to_id(name).ok_or_else(|| {
+                Error::value(
+                    "data.eos_token",
+                    format!("{name:?} is not a token of {}", path.display()),
+                )
+            })?,
+            None => EOD_NAMES
+                .iter()
+                .find_map(|name| inner.token_to_id(name))
+                .unwrap_or(base_vocab as u32),
+        };
         let vocab_size = base_vocab.max(eod as usize + 1);
-        let id = format!("bpe:{}", hex(&Sha256::digest(&bytes)[..8]));
+        let mut id = format!("bpe:{}", hex(&Sha256::digest(&bytes)[..8]));
+        if Some(eod) != inner.token_to_id(EOD_NAMES[0]) && eod != base_vocab as u32 {
+            // Another end-of-document token tokenises differently: cached shards must differ.
+            // (Ids made before this existed stay as they were.)
+            id.push_str(&format!(":eod{eod}"));
+        }
         Ok(Tokenizer::File {
             inner: Box::new(inner),
             eod,
@@ -171,10 +195,51 @@ mod tests {
         let text = "the quick brown fox jumps over the lazy dog. ".repeat(200);
         let texts = vec![text.as_str(); 4];
         train_bpe(texts.into_iter(), 300, &out).unwrap();
-        let tok = Tokenizer::from_spec(&format!("bpe:{}", out.display())).unwrap();
+        let tok = Tokenizer::from_spec(&format!("bpe:{}", out.display()), None).unwrap();
         let ids = tok.encode("the quick brown fox").unwrap();
         assert!(ids.len() < "the quick brown fox".len(), "{ids:?}");
         assert!(tok.vocab_size() <= 300);
         assert!((tok.eod() as usize) < tok.vocab_size());
+    }
+
+    /// A Llama-3-style vocabulary: `<|end_of_text|>` ends documents unless `data.eos_token`
+    /// names another token; a name it lacks is an error naming the key.
+    #[test]
+    fn llama3_end_of_text_is_found_and_eos_token_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        let special = |id: u32, content: &str| {
+            serde_json::json!({"id": id, "content": content, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        };
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [special(4, "<|end_of_text|>"), special(5, "<|eot_id|>")],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "unk_token": "[UNK]", "vocab": {
+                "[UNK]": 0, "the": 1, "quick": 2, "fox": 3, "<|end_of_text|>": 4, "<|eot_id|>": 5}}
+        });
+        std::fs::write(&path, json.to_string()).unwrap();
+        let spec = format!("bpe:{}", path.display());
+        let found = Tokenizer::from_spec(&spec, None).unwrap();
+        assert_eq!(found.eod(), 4);
+        assert_eq!(found.encode("the quick fox").unwrap(), vec![1, 2, 3]);
+        let chosen = Tokenizer::from_spec(&spec, Some("<|eot_id|>")).unwrap();
+        assert_eq!(chosen.eod(), 5);
+        assert_ne!(found.id(), chosen.id(), "shards of either are cached apart");
+        let err = Tokenizer::from_spec(&spec, Some("<eos>"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("data.eos_token") && err.contains("<eos>"),
+            "{err}"
+        );
+        let err = Tokenizer::from_spec("bytes", Some("<eos>"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("data.eos_token"), "{err}");
     }
 }

@@ -28,7 +28,8 @@ struct BatchesState {
 impl Batches {
     /// Loads the tokenizer, the sources and the target sets (tokenising them on first use).
     pub(crate) fn load(config: &Config) -> Result<Self> {
-        let tokenizer = Tokenizer::from_spec(&config.data.tokenizer)?;
+        let tokenizer =
+            Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
         let sources = load_sources(&config.data, &tokenizer)?;
         let target_sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
         Ok(Batches {

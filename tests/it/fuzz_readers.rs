@@ -243,7 +243,7 @@ fn jsonl_documents_never_panic_and_errors_name_the_file() {
     let path = dir.path().join("docs.jsonl");
     let valid = b"{\"text\": \"first document\"}\n{\"text\": \"second \\u00e9\", \"id\": 2}\n\n{\"text\": \"third\"}\n";
     let (_, err) = fuzz("jsonl", &mut rng, 1500, valid, &path, "docs.jsonl", |p| {
-        read_documents(p)
+        read_documents(p, "text")
     });
     assert!(err > 500);
 }

@@ -12,6 +12,7 @@ mod determinism;
 mod distributed;
 mod export;
 mod faults;
+mod formats;
 mod fuzz_readers;
 mod quickstart;
 mod resume;
