@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::validate::{at_least_one, check_name};
+use crate::validate::{at_least_one, check_name, positive};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +35,11 @@ pub struct DataConfig {
     /// bad before tokenising stops anyway (a corrupt or misconfigured source). Default 0.01.
     #[serde(default = "default_max_bad_fraction")]
     pub max_bad_fraction: f64,
+    /// Passes over a source's training windows after which the run warns (once per source)
+    /// that the source is being repeated. Default 4 (about where repeated data stops being
+    /// nearly as good as fresh, Muennighoff et al. 2023).
+    #[serde(default = "default_max_epochs")]
+    pub max_epochs: f64,
     /// The data sources; at least one. Each is `{ name, path, val_fraction, text_field }`.
     pub sources: Vec<SourceConfig>,
 }
@@ -46,6 +51,10 @@ pub enum BadRecordPolicy {
     #[default]
     Error,
     Skip,
+}
+
+fn default_max_epochs() -> f64 {
+    4.0
 }
 
 fn default_max_bad_fraction() -> f64 {
@@ -98,6 +107,7 @@ impl DataConfig {
 
     pub(crate) fn validate(&self) -> Result<()> {
         at_least_one("data.seq_len", self.seq_len)?;
+        positive("data.max_epochs", self.max_epochs)?;
         if !(0.0..1.0).contains(&self.max_bad_fraction) {
             return Err(Error::value(
                 "data.max_bad_fraction",

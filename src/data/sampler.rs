@@ -106,6 +106,17 @@ impl Sampler {
         &self.state
     }
 
+    /// Per source, the passes over its training windows so far (1.5: one whole pass and half
+    /// of the next).
+    pub(crate) fn epochs(&self) -> Vec<f64> {
+        self.state
+            .cursors
+            .iter()
+            .zip(&self.windows_per_source)
+            .map(|(cursor, &n)| cursor.epoch as f64 + cursor.position as f64 / n.max(1) as f64)
+            .collect()
+    }
+
     /// Restores a checkpointed state; false if it does not fit these sources.
     pub(crate) fn restore(&mut self, state: SamplerState) -> bool {
         let fits = state.cursors.len() == self.windows_per_source.len()

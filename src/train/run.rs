@@ -108,6 +108,8 @@ struct LoopState {
     last_lr: f64,
     /// DoReMi's excess losses from the step just before an update (`excess_from = "step"`).
     step_excess: Option<Vec<Option<f64>>>,
+    /// Per source: whether the warning that it repeats past `data.max_epochs` was given.
+    warned_repeats: Vec<bool>,
 }
 
 fn train_loop<B: TrainBackend>(
@@ -131,6 +133,7 @@ fn train_loop<B: TrainBackend>(
         pending_train: None,
         last_lr: 0.0,
         step_excess: None,
+        warned_repeats: vec![false; run.names.len()],
     };
     loop {
         let step = run.session.trainer.progress.step;
@@ -144,6 +147,22 @@ fn train_loop<B: TrainBackend>(
         training_step(&mut run, &mut state)?;
     }
     finish(run, state, options.resume)
+}
+
+/// Warns once per source that has gone through its training data more than `max_epochs`
+/// times (repeated data is worth less with every pass).
+fn warn_repeats(epochs: &[f64], names: &[String], max_epochs: f64, state: &mut LoopState) {
+    for ((epochs, name), warned) in epochs.iter().zip(names).zip(&mut state.warned_repeats) {
+        if *epochs > max_epochs && !*warned {
+            *warned = true;
+            tracing::warn!(
+                source = %name,
+                epochs = format!("{epochs:.2}"),
+                "source repeated more than data.max_epochs = {max_epochs} times: add data, \
+                 lower its weight, or raise data.max_epochs to silence this"
+            );
+        }
+    }
 }
 
 /// Joins the ranks, builds the session (after the DeMix seed it may start from and with the
@@ -283,6 +302,9 @@ fn periodic_work<B: TrainBackend>(
         add_train_fields(&mut record, &report, &run.names);
         let tokens = session.trainer.progress.tokens_by_source.iter().copied();
         record.insert("tokens_by_source".into(), by_name(&run.names, tokens));
+        let epochs = session.batches.sampler.epochs();
+        warn_repeats(&epochs, &run.names, run.config.data.max_epochs, state);
+        record.insert("epochs_by_source".into(), by_name(&run.names, epochs));
     }
     if step.is_multiple_of(train.eval_every) || step == total {
         let val = session.evaluate_over_ranks()?;

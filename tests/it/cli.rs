@@ -362,3 +362,47 @@ fn entropy_seed_starts_from_weights_proportional_to_token_entropy() {
         "{entropy:?}"
     );
 }
+
+/// `epochs_by_source` counts passes over each source's training windows: epochs × windows ×
+/// seq_len is exactly the tokens drawn from it; past `data.max_epochs` the run warns once.
+#[test]
+fn epochs_by_source_counts_passes_and_warns_past_max_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let out = run_ok(
+        mixtrain()
+            .arg("run")
+            .arg(&config)
+            .args(["--set", "data.max_epochs=0.003"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr
+            .matches("source repeated more than data.max_epochs")
+            .count(),
+        3,
+        "one warning per source: {stderr}"
+    );
+    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .rfind(|v| v.get("epochs_by_source").is_some())
+        .expect("a line with epochs_by_source");
+    for entry in std::fs::read_dir(dir.path().join("cache")).unwrap() {
+        let entry = entry.unwrap().path();
+        let name = entry.file_name().unwrap().to_str().unwrap();
+        let source = name.split('-').next().unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.join("meta.json")).unwrap())
+                .unwrap();
+        let windows = (meta["train_tokens"].as_u64().unwrap() - 1) / 32;
+        let epochs = last["epochs_by_source"][source].as_f64().unwrap();
+        let tokens = last["tokens_by_source"][source].as_f64().unwrap();
+        assert!(epochs > 0.003, "{source}: {epochs}");
+        assert!(
+            (epochs * windows as f64 * 32.0 - tokens).abs() < 1e-6 * tokens,
+            "{source}: {epochs} epochs of {windows} windows vs {tokens} tokens"
+        );
+    }
+}
