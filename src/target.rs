@@ -136,6 +136,12 @@ impl TargetConfig {
             if set.path.is_empty() {
                 return Err(Error::value(format!("{key}.path"), "must not be empty"));
             }
+            if set.text_field.is_empty() {
+                return Err(Error::value(
+                    format!("{key}.text_field"),
+                    "must not be empty",
+                ));
+            }
             if let Some(source) = sources.iter().find(|s| same_path(&s.path, &set.path)) {
                 return Err(Error::value(
                     format!("{key}.path"),

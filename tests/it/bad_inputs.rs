@@ -82,6 +82,16 @@ fn config_errors_name_their_key() {
         ),
         (&["mixer.fastmix.gval_every=0"], "mixer.fastmix.gval_every"),
         (
+            &["data.sources.0.text_field=\"\""],
+            "data.sources[0].text_field: must not be empty",
+        ),
+        (&["data.on_bad_record=ignore"], "data.on_bad_record"),
+        (
+            &["data.max_bad_fraction=1.5"],
+            "data.max_bad_fraction: must be in [0, 1)",
+        ),
+        (&["data.max_epochs=0"], "data.max_epochs"),
+        (
             &["mixer.tikmix.probe_steps=all"],
             "mixer.tikmix.probe_steps",
         ),

@@ -20,13 +20,13 @@ pub fn mixtrain() -> Command {
 pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("tests/configs/tiny.toml")).expect("tiny.toml");
     let mut config: toml::Table = toml::from_str(&text).expect("tiny.toml parses");
-    let table = |config: &mut toml::Table, key: &str| -> toml::Table {
+    let table = |config: &toml::Table, key: &str| -> toml::Table {
         config[key].as_table().expect("a table").clone()
     };
-    let mut run = table(&mut config, "run");
+    let mut run = table(&config, "run");
     run.insert("out_dir".into(), path_value(&dir.join("run")));
     config.insert("run".into(), run.into());
-    let mut data = table(&mut config, "data");
+    let mut data = table(&config, "data");
     data.insert("cache_dir".into(), path_value(&dir.join("cache")));
     for source in data["sources"].as_array_mut().expect("sources").iter_mut() {
         let source = source.as_table_mut().expect("a source table");
