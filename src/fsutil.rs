@@ -32,7 +32,7 @@ fn temporary_name(path: &Path) -> PathBuf {
 
 /// Replaces `path` with `bytes` atomically: temporary file, fsync, rename, fsync of the
 /// directory. On error the temporary file is removed and `path` is untouched.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_name(path);
     let written = write_synced(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path).at(path));
     if written.is_err() {

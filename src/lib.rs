@@ -14,6 +14,7 @@ pub mod fault;
 pub mod fsutil;
 pub mod gbt;
 pub mod mixer;
+pub mod mixture_export;
 pub mod mixture_file;
 pub mod model;
 pub mod optim;
@@ -26,6 +27,7 @@ pub mod rundir;
 pub mod target;
 pub mod tensor_file;
 pub mod train;
+pub mod trajectory;
 pub mod validate;
 
 pub use error::{Error, Result};

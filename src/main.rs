@@ -84,10 +84,36 @@ enum Command {
         #[arg(long, value_name = "M", default_value_t = 0)]
         validate: usize,
     },
-    /// Write ratios.svg and val_loss.svg into a run directory.
+    /// Write ratios.svg and val_loss.svg into a run directory; given several runs, draw them
+    /// side by side (target loss against steps and tokens, each run's weights) into --out.
     Plot {
-        /// The run directory.
+        /// The run directory, or several to compare.
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+        /// Where a comparison of several runs goes (default: the current directory).
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Print a run's mixture for another trainer (or for a mixtrain config): its final
+    /// weights, their average over training, or its trajectory as a schedule.
+    Mixture {
+        /// The run directory (or its ratios.csv).
         run_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "json")]
+        format: mixtrain::mixture_export::MixtureFormat,
+        /// Which mixture of the run.
+        #[arg(long = "use", value_enum, default_value = "final")]
+        what: mixtrain::mixture_export::MixtureUse,
+        /// With --use schedule: the length of the run the schedule is for, in steps (the
+        /// stages keep their fraction of training).
+        #[arg(long, value_name = "N")]
+        steps: Option<usize>,
+        /// With --use schedule: round each stage's step to a multiple of M.
+        #[arg(long, value_name = "M", default_value_t = 1)]
+        round_steps: usize,
+        /// Write to this file instead of printing.
+        #[arg(long, short = 'o', value_name = "PATH")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -156,9 +182,40 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Launch { .. } => Ok(()), // handled by `execute`
-        Command::Plot { run_dir } => {
-            for written in mixtrain::plot::plot_run(&run_dir)? {
-                println!("wrote {}", written.display());
+        Command::Plot { run_dirs, out } => {
+            let written = match run_dirs.as_slice() {
+                [run_dir] if out.is_none() => mixtrain::plot::plot_run(run_dir)?,
+                _ => {
+                    let out = out.unwrap_or_else(|| PathBuf::from("."));
+                    mixtrain::plot::plot_runs(&run_dirs, &out)?
+                }
+            };
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Mixture {
+            run_dir,
+            format,
+            what,
+            steps,
+            round_steps,
+            out,
+        } => {
+            let options = mixtrain::mixture_export::MixtureExport {
+                format,
+                what,
+                steps,
+                round_steps,
+            };
+            let text = mixtrain::mixture_export::export_mixture(&run_dir, &options)?;
+            match out {
+                None => print!("{text}"),
+                Some(path) => {
+                    mixtrain::fsutil::write_atomic(&path, text.as_bytes())?;
+                    println!("wrote {}", path.display());
+                }
             }
             Ok(())
         }

@@ -20,10 +20,11 @@ pub use crate::backend::BackendKind;
 pub use crate::data::{DataConfig, SourceConfig};
 pub(crate) use crate::demix::DemixConfig;
 pub use crate::distributed::DistributedConfig;
+pub use crate::mixer::Interpolate;
 pub use crate::mixer::{
     AdoConfig, ApplyMode, DoremiConfig, ExcessFrom, FastMixConfig, GradScope, GradStats,
     InfluenceFrom, InfluenceNorm, InitSpec, MixerConfig, MixerKind, MixtureInit, OdmConfig,
-    ProbeSteps, SignalNorm, TikMixConfig, TikMixMConfig,
+    ProbeSteps, ScheduleConfig, SignalNorm, StageConfig, TikMixConfig, TikMixMConfig,
 };
 pub use crate::model::{MlpKind, ModelConfig};
 pub use crate::target::{Target, TargetConfig, TargetSetConfig};

@@ -251,6 +251,7 @@ mod tests {
 
     fn stats(losses: &[f64], tokens: &[u64]) -> SourceStats {
         SourceStats {
+            step: 0,
             lr: 1e-3,
             train_loss: losses.iter().map(|&l| Some(l)).collect(),
             grad_dot_val: None,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::TikMixMConfig;
 use super::{Ado, DoReMi, FastMix, Mixer, Odm, StaticMixer, TikMix, TikMixM, TrustRegion};
 use super::{AdoConfig, DoremiConfig, EntropyKind, FastMixConfig, OdmConfig, TikMixConfig};
+use super::{ScheduleConfig, ScheduleMixer};
 pub use crate::data::ApplyMode;
 use crate::error::{Error, Result};
 use crate::validate::{at_least_one, unit_closed_above};
@@ -23,6 +24,7 @@ pub enum MixerKind {
     Odm,
     Doremi,
     Ado,
+    Schedule,
 }
 
 /// How a probed training step gets ⟨g_val, g_k⟩ for every source.
@@ -91,8 +93,8 @@ pub enum MixtureInit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MixerConfig {
-    /// The mixer: "static", "fastmix", "tikmix", "tikmix-m", "odm", "doremi" or "ado".
-    /// Default "static".
+    /// The mixer: "static", "fastmix", "tikmix", "tikmix-m", "odm", "doremi", "ado" or
+    /// "schedule" (`[mixer.schedule]`). Default "static".
     pub kind: MixerKind,
     /// "sample", "reweight" or "hybrid" (see ApplyMode). Default "hybrid" (README, "Mixer
     /// comparison": the compute follows the mixture).
@@ -121,15 +123,23 @@ pub struct MixerConfig {
     pub(crate) odm: OdmConfig,
     pub doremi: DoremiConfig,
     pub(crate) ado: AdoConfig,
+    /// `kind = "schedule"`: stages, or another run's trajectory (`from`).
+    pub schedule: ScheduleConfig,
 }
 
 /// The registration point of the mixers: adding one touches its own file (the `Mixer` impl
 /// and its `[mixer.NAME]` config with `validate`) and this file: a `MixerKind` variant, the
 /// config field with its default and `validate` call, and one arm of `build`.
 impl MixerConfig {
-    /// Builds the mixer named by `kind`, starting from `init` (one weight per source); `seed`
-    /// feeds the mixers that draw candidates.
-    pub(crate) fn build(&self, init: &[f64], seed: u64) -> Result<Box<dyn Mixer>> {
+    /// Builds the mixer named by `kind`, starting from `init` (one weight per source, named
+    /// `names`) for a run of `total_steps`; `seed` feeds the mixers that draw candidates.
+    pub(crate) fn build(
+        &self,
+        init: &[f64],
+        seed: u64,
+        names: &[String],
+        total_steps: usize,
+    ) -> Result<Box<dyn Mixer>> {
         let floor = self.min_weight(init.len());
         let init = init.to_vec();
         let built: Box<dyn Mixer> = match self.kind {
@@ -140,19 +150,27 @@ impl MixerConfig {
             MixerKind::Odm => Box::new(Odm::new(self.odm.clone(), &init)),
             MixerKind::Doremi => Box::new(DoReMi::new(self.doremi.clone(), &init)),
             MixerKind::Ado => Box::new(Ado::new(self.ado.clone(), &init, floor)),
-        };
-        Ok(match self.max_change {
-            Some(delta) if self.kind != MixerKind::Static => {
-                Box::new(TrustRegion::new(built, delta))
+            MixerKind::Schedule => {
+                let schedule = self.schedule.resolve(names, total_steps)?;
+                Box::new(ScheduleMixer::new(schedule, self.every))
             }
+        };
+        let fixed = matches!(self.kind, MixerKind::Static | MixerKind::Schedule);
+        Ok(match self.max_change {
+            Some(delta) if !fixed => Box::new(TrustRegion::new(built, delta)),
             _ => built,
         })
     }
 
     /// True when the mixer updates after `step` optimizer steps of a `total`-step run: every
-    /// `every` steps from `warmup_steps` on, never at step 0 or at the end.
+    /// `every` steps from `warmup_steps` on, never at step 0 or at the end. The schedule is
+    /// asked after every step (it changes only where its points say).
     pub(crate) fn updates_at(&self, step: usize, total: usize) -> bool {
-        step > 0 && step < total && step >= self.warmup_steps && step.is_multiple_of(self.every)
+        let inside = step > 0 && step < total;
+        if self.kind == MixerKind::Schedule {
+            return inside;
+        }
+        inside && step >= self.warmup_steps && step.is_multiple_of(self.every)
     }
 
     /// The probing settings of the active mixer when it takes ⟨g_val, g_k⟩ from training
@@ -197,6 +215,7 @@ impl Default for MixerConfig {
             odm: OdmConfig::default(),
             doremi: DoremiConfig::default(),
             ado: AdoConfig::default(),
+            schedule: ScheduleConfig::default(),
         }
     }
 }
@@ -291,6 +310,9 @@ impl MixerConfig {
         self.tikmix_m.validate()?;
         self.odm.validate()?;
         self.ado.validate()?;
+        if self.kind == MixerKind::Schedule {
+            self.schedule.validate(sources)?;
+        }
         self.doremi.validate()
     }
 }

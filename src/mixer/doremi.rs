@@ -146,6 +146,7 @@ mod tests {
     fn one_update_matches_hand_computation() {
         let mut mixer = DoReMi::new(DoremiConfig::default(), &[0.5, 0.3, 0.2]);
         let stats = SourceStats {
+            step: 0,
             lr: 1e-3,
             train_loss: vec![None; 3],
             grad_dot_val: None,
@@ -167,6 +168,7 @@ mod tests {
         let mut mixer = DoReMi::new(DoremiConfig::default(), &[0.25; 4]);
         for _ in 0..500 {
             let stats = SourceStats {
+                step: 0,
                 lr: 1e-3,
                 train_loss: vec![None; 4],
                 grad_dot_val: None,

@@ -209,6 +209,7 @@ mod tests {
 
     fn stats(s: Vec<Option<f64>>, lr: f64) -> SourceStats {
         SourceStats {
+            step: 0,
             lr,
             train_loss: vec![None; s.len()],
             grad_dot_val: Some(s),

@@ -9,6 +9,7 @@ mod entropy;
 mod fastmix;
 mod init;
 mod odm;
+mod schedule;
 mod static_mixer;
 mod tikmix;
 mod tikmix_m;
@@ -24,6 +25,8 @@ pub(crate) use entropy::{token_entropy, EntropyKind};
 pub use fastmix::{FastMix, FastMixConfig, SignalNorm};
 pub use init::{apply_floor, demix_mixture_file, normalise, resolve_init, softmax};
 pub use odm::{Odm, OdmConfig};
+pub(crate) use schedule::ScheduleMixer;
+pub use schedule::{Interpolate, ScheduleConfig, StageConfig};
 pub(crate) use static_mixer::StaticMixer;
 pub use tikmix::{InfluenceFrom, InfluenceNorm, TikMix, TikMixConfig};
 pub use tikmix_m::{TikMixM, TikMixMConfig};
@@ -106,6 +109,8 @@ pub(crate) enum ExcessSpec {
 /// Mean training losses since the last update are always there (they cost nothing).
 #[derive(Debug, Clone)]
 pub(crate) struct SourceStats {
+    /// Optimizer steps done (the update comes after this step).
+    pub(crate) step: usize,
     /// The learning rate of the last step.
     pub(crate) lr: f64,
     /// Mean training loss per source since the last update; None where a source had no sequence.
@@ -174,13 +179,23 @@ pub(crate) struct InitialMixture {
 }
 
 /// The initial mixture of `mixer.init` over the loaded `sources` (entropy seeds read each
-/// training shard once); `out_dir` is the run's, where `init = "demix"` finds its seed.
+/// training shard once), or the schedule's start; `out_dir` is the run's, where `init =
+/// "demix"` finds its seed; the run has `total_steps` steps.
 pub(crate) fn initial_mixture(
     mixer: &MixerConfig,
     out_dir: &std::path::Path,
     sources: &[Source],
     vocab_size: usize,
+    total_steps: usize,
 ) -> Result<InitialMixture> {
+    let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+    if mixer.kind == MixerKind::Schedule {
+        return Ok(InitialMixture {
+            weights: mixer.schedule.resolve(&names, total_steps)?.weights_at(0),
+            method: "schedule".into(),
+            entropy: None,
+        });
+    }
     let init = match mixer.mixture_init()? {
         MixtureInit::Demix(None) => MixtureInit::Demix(Some(out_dir.join("demix"))),
         other => other,
@@ -201,7 +216,6 @@ pub(crate) fn initial_mixture(
         ),
         _ => None,
     };
-    let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     let weights = resolve_init(&init, &names, &train_tokens, entropy.as_deref())?;
     let method = match &mixer.init {
         InitSpec::Named(name) => name.clone(),

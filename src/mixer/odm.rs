@@ -124,6 +124,7 @@ mod tests {
         mixer.state.rewards = vec![1.0, 0.0, 0.0, 0.0];
         mixer.state.updates = 9;
         let stats = SourceStats {
+            step: 0,
             lr: 1e-3,
             train_loss: vec![Some(2.0), Some(1.0), Some(1.0), Some(1.0)],
             grad_dot_val: None,
@@ -145,6 +146,7 @@ mod tests {
         // ε_t = 1/K until sqrt(ln K / (K t)) < 1/K: the weights stay uniform.
         let mut mixer = Odm::new(OdmConfig::default(), &[0.5, 0.5]);
         let stats = SourceStats {
+            step: 0,
             lr: 1e-3,
             train_loss: vec![Some(3.0), Some(1.0)],
             grad_dot_val: None,

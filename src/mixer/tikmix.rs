@@ -217,6 +217,7 @@ mod tests {
 
     fn stats(influence: Vec<f64>) -> SourceStats {
         SourceStats {
+            step: 0,
             lr: 1e-3,
             train_loss: vec![None; influence.len()],
             grad_dot_val: None,

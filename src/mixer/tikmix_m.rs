@@ -241,6 +241,7 @@ mod tests {
 
     fn stats(deltas: Vec<f64>) -> SourceStats {
         SourceStats {
+            step: 0,
             lr: 1e-3,
             train_loss: vec![None; 3],
             grad_dot_val: None,

@@ -74,10 +74,12 @@ struct MixingState {
 impl<B: TrainBackend> MixingDriver<B> {
     /// The mixer of `[mixer]` from its initial mixture over `sources`.
     pub(crate) fn new(config: &Config, sources: &[Source], vocab_size: usize) -> Result<Self> {
-        let initial =
-            mixer::initial_mixture(&config.mixer, &config.run.out_dir, sources, vocab_size)?;
+        let (mixer_config, steps) = (&config.mixer, config.train.steps);
+        let out_dir = &config.run.out_dir;
+        let initial = mixer::initial_mixture(mixer_config, out_dir, sources, vocab_size, steps)?;
+        let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
         Ok(MixingDriver {
-            mixer: config.mixer.build(&initial.weights, config.run.seed)?,
+            mixer: mixer_config.build(&initial.weights, config.run.seed, &names, steps)?,
             initial,
             target: config.target(),
             reference: None,

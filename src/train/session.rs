@@ -178,6 +178,7 @@ impl<B: TrainBackend> Session<B> {
             None => None,
         };
         let stats = SourceStats {
+            step: self.trainer.progress.step,
             lr,
             train_loss: self
                 .trainer

@@ -9,81 +9,36 @@ use plotters::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::rundir::{METRICS_FILE, RATIOS_FILE};
+use crate::trajectory::read_ratios;
+
+mod compare;
+pub use compare::plot_runs;
 
 /// One line per source: (name, points).
-type Series = Vec<(String, Vec<(f64, f64)>)>;
-/// (step, weight per source) rows of ratios.csv.
-type RatioRows = Vec<(f64, Vec<f64>)>;
+pub(crate) type Series = Vec<(String, Vec<(f64, f64)>)>;
 
 /// Writes both plots; returns their paths.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let (names, rows) = read_ratios(&run_dir.join(RATIOS_FILE))?;
+    let rows: Vec<(f64, Vec<f64>)> = rows.into_iter().map(|(s, w)| (s as f64, w)).collect();
     let (last_step, val) = read_val_losses(&run_dir.join(METRICS_FILE), &names)?;
     let end = last_step.max(rows.last().map_or(0.0, |r| r.0));
 
-    // Weights hold from one row to the next: draw steps.
-    let ratios: Series = names
-        .iter()
-        .enumerate()
-        .map(|(k, name)| {
-            let mut points = Vec::new();
-            for (i, (step, weights)) in rows.iter().enumerate() {
-                let next = rows.get(i + 1).map_or(end, |r| r.0);
-                points.push((*step, weights[k]));
-                points.push((next, weights[k]));
-            }
-            (name.clone(), points)
-        })
-        .collect();
+    let ratios = weight_steps(&names, &rows, end);
     let ratios_path = run_dir.join("ratios.svg");
+    let range = weight_range(&ratios);
     draw(
         &ratios_path,
         "Mixture weights",
         "weight",
         &ratios,
-        Some((0.0, 1.0)),
+        Some(range),
     )?;
     let val_path = run_dir.join("val_loss.svg");
-    draw(
-        &val_path,
-        "Validation loss per source",
-        "loss (nats/token)",
-        &val,
-        None,
-    )?;
+    let val = after_step_zero(val);
+    let title = "Validation loss per source (after step 0)";
+    draw(&val_path, title, "loss (nats/token)", &val, None)?;
     Ok(vec![ratios_path, val_path])
-}
-
-fn read_ratios(path: &Path) -> Result<(Vec<String>, RatioRows)> {
-    let text = std::fs::read_to_string(path).at(path)?;
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .filter(|h| h.starts_with("step,"))
-        .ok_or_else(|| Error::data(path, "line 1: expected a header starting with \"step,\""))?;
-    let names: Vec<String> = header.split(',').skip(1).map(str::to_string).collect();
-    let mut rows = Vec::new();
-    for (i, line) in lines.enumerate() {
-        let values: std::result::Result<Vec<f64>, _> =
-            line.split(',').map(str::parse::<f64>).collect();
-        match values {
-            Ok(v) if v.len() == names.len() + 1 => rows.push((v[0], v[1..].to_vec())),
-            _ => {
-                return Err(Error::data(
-                    path,
-                    format!(
-                        "line {}: expected a step and {} numbers",
-                        i + 2,
-                        names.len()
-                    ),
-                ))
-            }
-        }
-    }
-    if rows.is_empty() {
-        return Err(Error::data(path, "has no rows yet"));
-    }
-    Ok((names, rows))
 }
 
 /// The last logged step and each source's (step, validation loss) points.
@@ -135,6 +90,57 @@ fn read_val_losses(path: &Path, names: &[String]) -> Result<(f64, Series)> {
     Ok((last_step, series))
 }
 
+/// Weights hold from one row to the next, the last until `end`: one step line per source.
+pub(crate) fn weight_steps(names: &[String], rows: &[(f64, Vec<f64>)], end: f64) -> Series {
+    names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let mut points = Vec::new();
+            for (i, (step, weights)) in rows.iter().enumerate() {
+                let next = rows.get(i + 1).map_or(end, |r| r.0);
+                points.push((*step, weights[k]));
+                points.push((next, weights[k]));
+            }
+            (name.clone(), points)
+        })
+        .collect()
+}
+
+/// The weights' own range, padded, within [0, 1]: quickstart weights between 0.13 and 0.29
+/// fill the chart instead of a fifth of it.
+pub(crate) fn weight_range(series: &Series) -> (f64, f64) {
+    let values = series.iter().flat_map(|(_, p)| p.iter().map(|&(_, y)| y));
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+        (lo.min(y), hi.max(y))
+    });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(0.01);
+    ((lo - pad).max(0.0), (hi + pad).min(1.0))
+}
+
+/// Loss points after step 0, where a series has any: the untrained model's loss (5.5 nats on
+/// the quickstart) would squeeze every later difference into a few pixels.
+pub(crate) fn after_step_zero(series: Series) -> Series {
+    series
+        .into_iter()
+        .map(|(name, points)| {
+            let later: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.0 > 0.0).collect();
+            (name, if later.is_empty() { points } else { later })
+        })
+        .collect()
+}
+
+/// What a chart shows: its title, axis labels and the y range (None: the data's, padded).
+pub(crate) struct Chart<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) x_label: &'a str,
+    pub(crate) y_label: &'a str,
+    pub(crate) y_range: Option<(f64, f64)>,
+}
+
 fn draw(
     path: &Path,
     title: &str,
@@ -143,6 +149,24 @@ fn draw(
     y_range: Option<(f64, f64)>,
 ) -> Result<()> {
     let fail = |e: String| Error::data(path, format!("could not draw: {e}"));
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let chart = Chart {
+        title,
+        x_label: "step",
+        y_label,
+        y_range,
+    };
+    draw_on(&root, &chart, series).map_err(fail)?;
+    root.present().map_err(|e| fail(e.to_string()))
+}
+
+/// Draws `series` as lines on `area`, x from 0 to the largest x.
+pub(crate) fn draw_on(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    chart: &Chart,
+    series: &Series,
+) -> std::result::Result<(), String> {
     let points = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in points {
@@ -150,7 +174,7 @@ fn draw(
         y_min = y_min.min(y);
         y_max = y_max.max(y);
     }
-    let (y_min, y_max) = match y_range {
+    let (y_min, y_max) = match chart.y_range {
         Some(range) => range,
         None if y_min.is_finite() => {
             let pad = ((y_max - y_min) * 0.05).max(1e-3);
@@ -158,43 +182,39 @@ fn draw(
         }
         None => (0.0, 1.0),
     };
-    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+    let mut built = ChartBuilder::on(area)
+        .caption(chart.title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..x_max, y_min..y_max)
-        .map_err(|e| fail(e.to_string()))?;
-    chart
+        .map_err(|e| e.to_string())?;
+    built
         .configure_mesh()
-        .x_desc("step")
-        .y_desc(y_label)
+        .x_desc(chart.x_label)
+        .y_desc(chart.y_label)
         .draw()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     for (i, (name, points)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        chart
+        built
             .draw_series(LineSeries::new(
                 points.iter().copied(),
                 color.stroke_width(2),
             ))
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| e.to_string())?
             .label(name.as_str())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
     }
-    chart
+    built
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()
-        .map_err(|e| fail(e.to_string()))?;
-    root.present().map_err(|e| fail(e.to_string()))?;
-    Ok(())
+        .map_err(|e| e.to_string())
 }
 
 /// A scatter plot of (x, y) points with the diagonal y = x (for predicted vs measured).
