@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 use crate::rundir::{CONFIG_FILE, RATIOS_FILE};
 
+/// (step, weights) rows of a ratios.csv.
+pub(crate) type Rows = Vec<(usize, Vec<f64>)>;
+
 /// Weights on the simplex: each ≥ 0, summing to 1 within this.
 pub(crate) const SIMPLEX_TOLERANCE: f64 = 1e-4;
 
@@ -24,6 +27,9 @@ pub struct Trajectory {
 impl Trajectory {
     /// Reads a run directory, or a ratios.csv inside one.
     pub fn read(path: &Path) -> Result<Trajectory> {
+        if !path.exists() {
+            return Err(Error::data(path, "no such run directory or ratios.csv"));
+        }
         let (run_dir, csv) = locate(path);
         let (names, rows) = read_ratios(&csv)?;
         let total_steps = read_total_steps(&run_dir.join(CONFIG_FILE))?;
@@ -99,7 +105,7 @@ fn read_total_steps(config: &Path) -> Result<usize> {
 
 /// The header's source names and the (step, weights) rows of a ratios.csv; every row on the
 /// simplex, steps increasing from 0.
-pub(crate) fn read_ratios(path: &Path) -> Result<(Vec<String>, Vec<(usize, Vec<f64>)>)> {
+pub(crate) fn read_ratios(path: &Path) -> Result<(Vec<String>, Rows)> {
     let text = std::fs::read_to_string(path).at(path)?;
     let mut lines = text.lines();
     let header = lines
@@ -107,7 +113,7 @@ pub(crate) fn read_ratios(path: &Path) -> Result<(Vec<String>, Vec<(usize, Vec<f
         .filter(|h| h.starts_with("step,"))
         .ok_or_else(|| Error::data(path, "line 1: expected a header starting with \"step,\""))?;
     let names: Vec<String> = header.split(',').skip(1).map(str::to_string).collect();
-    let mut rows: Vec<(usize, Vec<f64>)> = Vec::new();
+    let mut rows: Rows = Vec::new();
     for (i, line) in lines.enumerate() {
         let at = |message: String| Error::data(path, format!("line {}: {message}", i + 2));
         let (step, weights) = parse_row(line, names.len()).map_err(at)?;

@@ -99,6 +99,7 @@ fn draw_losses(path: &Path, runs: &[RunCurves]) -> Result<()> {
             x_label: if by_tokens { "training tokens" } else { "step" },
             y_label: "target loss (nats/token)",
             y_range: None,
+            markers: true,
         };
         draw_on(panel, &chart, &after_step_zero(series)).map_err(fail)?;
     }
@@ -119,6 +120,7 @@ fn draw_weights(path: &Path, runs: &[RunCurves]) -> Result<()> {
             x_label: "step",
             y_label: "weight",
             y_range,
+            markers: false,
         };
         draw_on(panel, &chart, &run.weights).map_err(fail)?;
     }

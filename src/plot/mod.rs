@@ -26,18 +26,23 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
 
     let ratios = weight_steps(&names, &rows, end);
     let ratios_path = run_dir.join("ratios.svg");
-    let range = weight_range(&ratios);
-    draw(
-        &ratios_path,
-        "Mixture weights",
-        "weight",
-        &ratios,
-        Some(range),
-    )?;
+    let weights_chart = Chart {
+        title: "Mixture weights",
+        x_label: "step",
+        y_label: "weight",
+        y_range: Some(weight_range(&ratios)),
+        markers: false,
+    };
+    draw(&ratios_path, &weights_chart, &ratios)?;
     let val_path = run_dir.join("val_loss.svg");
-    let val = after_step_zero(val);
-    let title = "Validation loss per source (after step 0)";
-    draw(&val_path, title, "loss (nats/token)", &val, None)?;
+    let loss_chart = Chart {
+        title: "Validation loss per source (after step 0)",
+        x_label: "step",
+        y_label: "loss (nats/token)",
+        y_range: None,
+        markers: true,
+    };
+    draw(&val_path, &loss_chart, &after_step_zero(val))?;
     Ok(vec![ratios_path, val_path])
 }
 
@@ -139,25 +144,15 @@ pub(crate) struct Chart<'a> {
     pub(crate) x_label: &'a str,
     pub(crate) y_label: &'a str,
     pub(crate) y_range: Option<(f64, f64)>,
+    /// A dot at every point (measurements, not a held value).
+    pub(crate) markers: bool,
 }
 
-fn draw(
-    path: &Path,
-    title: &str,
-    y_label: &str,
-    series: &Series,
-    y_range: Option<(f64, f64)>,
-) -> Result<()> {
+fn draw(path: &Path, chart: &Chart, series: &Series) -> Result<()> {
     let fail = |e: String| Error::data(path, format!("could not draw: {e}"));
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-    let chart = Chart {
-        title,
-        x_label: "step",
-        y_label,
-        y_range,
-    };
-    draw_on(&root, &chart, series).map_err(fail)?;
+    draw_on(&root, chart, series).map_err(fail)?;
     root.present().map_err(|e| fail(e.to_string()))
 }
 
@@ -207,6 +202,10 @@ pub(crate) fn draw_on(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
+        if chart.markers {
+            let dots = points.iter().map(|&p| Circle::new(p, 3, color.filled()));
+            built.draw_series(dots).map_err(|e| e.to_string())?;
+        }
     }
     built
         .configure_series_labels()

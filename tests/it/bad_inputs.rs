@@ -377,3 +377,58 @@ fn run_directory_and_checkpoint_errors_keep_existing_files() {
     );
     expect_error(mixtrain().arg("plot").arg(empty.path()), "ratios.csv");
 }
+
+/// A schedule off the simplex, a damaged ratios.csv, another run's sources, and an export
+/// a format cannot hold: each named by key, file and line.
+#[test]
+fn schedule_and_mixture_errors_name_file_line_or_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "[mixer]\nkind = \"schedule\"\n");
+    let stages =
+        "mixer.schedule.stages=[{at = 0.0, weights = {prose = 0.5, code = 0.25, legal = 0.25}}, \
+                  {at = 0.5, weights = {prose = 0.5, code = 0.5, legal = 0.25}}]";
+    expect_error(
+        &mut run_with(&config, &[stages]),
+        "mixer.schedule.stages[1].weights: weights must sum to 1 (got 1.25)",
+    );
+    let proxy = dir.path().join("proxy");
+    std::fs::create_dir_all(&proxy).unwrap();
+    std::fs::write(proxy.join("config.toml"), "[train]\nsteps = 10\n").unwrap();
+    std::fs::write(
+        proxy.join("ratios.csv"),
+        "step,prose,code,legal\n0,0.3,0.3,0.4\n5,0.5,x,0.5\n",
+    )
+    .unwrap();
+    let from = format!("mixer.schedule.from={}", proxy.display());
+    let stderr = expect_error(
+        &mut run_with(&config, &[&from]),
+        "line 3: expected a step and 3 weights",
+    );
+    assert!(stderr.contains("proxy/ratios.csv"), "{stderr}");
+    std::fs::write(proxy.join("ratios.csv"), "step,prose,code\n0,0.5,0.5\n").unwrap();
+    expect_error(
+        &mut run_with(&config, &[&from]),
+        "its sources (prose, code) are not this run's (prose, code, legal)",
+    );
+    expect_error(
+        &mut run_with(&config, &[]),
+        "mixer.schedule: the schedule mixer needs `from",
+    );
+    let mut export = mixtrain();
+    export.args([
+        "mixture",
+        proxy.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--use",
+        "schedule",
+    ]);
+    expect_error(&mut export, "--format hf has no mixture schedule");
+    let mut missing = mixtrain();
+    missing.args(["mixture", dir.path().join("nowhere").to_str().unwrap()]);
+    expect_error(&mut missing, "nowhere: no such run directory or ratios.csv");
+    assert!(
+        !dir.path().join("run").exists(),
+        "no run directory made for a refused config"
+    );
+}

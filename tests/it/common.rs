@@ -119,7 +119,7 @@ pub fn assert_restarted(out: &Output) {
 }
 
 /// The Python packages the golden and export checks import, pinned.
-const PYTHON_PACKAGES: [&str; 2] = ["numpy==2.4.6", "safetensors==0.8.0"];
+const PYTHON_PACKAGES: [&str; 3] = ["numpy==2.4.6", "safetensors==0.8.0", "pyyaml==6.0.3"];
 
 /// A python3 that can import [`PYTHON_PACKAGES`]: a venv under target/ made on first use
 /// (`python3 -m venv`, then `pip install` of the pinned versions; a stamp file records a

@@ -19,3 +19,4 @@ mod resume;
 mod single_pass;
 mod synthetic;
 mod target_sets;
+mod transfer;

@@ -153,6 +153,23 @@ fn kill_9_then_resume_is_bit_identical_fastmix_probe_window() {
     );
 }
 
+/// The schedule mixer, linear between stages given by fraction and by step: its weights at a
+/// resumed step come from the schedule, its checkpoint holds the current ones.
+#[test]
+fn kill_9_then_resume_is_bit_identical_schedule() {
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=schedule",
+            "mixer.schedule.interpolate=linear",
+            "mixer.every=3",
+            "mixer.schedule.stages=[{at = 0.0, weights = {prose = 0.6, code = 0.2, legal = 0.2}}, \
+             {at = 0.4, weights = {prose = 0.1, code = 0.1, legal = 0.8}}, \
+             {step = 50, weights = {prose = 0.2, code = 0.7, legal = 0.1}}]",
+        ],
+    );
+}
+
 /// Runs the tiny config with `sets` in a new temporary directory, which it returns.
 fn run_tiny(sets: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

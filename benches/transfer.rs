@@ -1,0 +1,397 @@
+//! Does a mixture found on a small proxy hold for a larger model trained longer?
+//!
+//! For each seed: the online mixer (MIXER, default fastmix, at its defaults) runs on the
+//! proxy (the quickstart model, PROXY_STEPS = 150 steps), giving three mixtures: its final
+//! weights, their average over training, and its trajectory replayed as a schedule
+//! (`mixer.kind = "schedule"`, mapped by fraction of training). Each candidate then trains
+//! statically on the proxy and on the large model (d_model 256, 6 layers, d_ff 1024: 6.7×
+//! the proxy's parameters, LARGE_STEPS = 2 × PROXY_STEPS), beside the baselines uniform,
+//! proportional and temperature (τ = 0.5) and, as `online`, the mixer run directly on each
+//! model. Prints per model: final target loss (mean ± sd), its difference to uniform and to
+//! the best baseline paired by seed, the first evaluated step reaching uniform's final target
+//! loss, the epochs the target source and the most repeated source went through, wall time;
+//! then the Spearman correlation between the proxy's and the large model's ordering of the
+//! candidates.
+//!
+//!     cargo bench --bench transfer -- --out                      # one-source man, 3 seeds
+//!     SEEDS=1 CANDIDATES=uniform,final cargo bench --bench transfer
+//!     SCENARIO=all MIXER=tikmix cargo bench --bench transfer
+//!
+//! SCENARIO: `one-source` (TARGET, default `man`: the target is one training source) or
+//! `all` (the mean over the five). CANDIDATES: a subset of
+//! uniform,final,average,schedule,online,proportional,temperature (the default, in the
+//! order they run: every seed's proxy runs first, then the large runs candidate by
+//! candidate, so an interrupted bench has whole rows). Runs are cached under
+//! target/transfer/ (a finished run is reused; an unfinished one resumes from its last
+//! checkpoint, every 50 steps).
+
+#[macro_use]
+mod report;
+
+use std::path::{Path, PathBuf};
+
+use mixtrain::config::{Config, InitSpec, MixerConfig, MixerKind};
+use mixtrain::train::{run, RunOptions};
+use mixtrain::trajectory::Trajectory;
+
+const ALL_CANDIDATES: &str = "uniform,final,average,schedule,online,proportional,temperature";
+const BASELINES: [&str; 3] = ["uniform", "proportional", "temperature"];
+
+struct Setup {
+    base: Config,
+    mixer: MixerKind,
+    target: Vec<String>,
+    root: PathBuf,
+    proxy_steps: usize,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Model {
+    Proxy,
+    Large,
+}
+
+impl Model {
+    fn name(self) -> &'static str {
+        match self {
+            Model::Proxy => "proxy",
+            Model::Large => "large",
+        }
+    }
+}
+
+/// What one finished run measured.
+struct Outcome {
+    /// (step, target loss) at each evaluation.
+    evals: Vec<(u64, f64)>,
+    epochs_target: f64,
+    epochs_max: f64,
+    wall_s: f64,
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.into())
+}
+
+fn setup() -> mixtrain::Result<Setup> {
+    let mut base = Config::load(Path::new("configs/quickstart.toml"), &[])?;
+    base.mixer = MixerConfig::default();
+    base.train.eval_every = 25;
+    base.train.checkpoint_every = 50;
+    let names = base.source_names();
+    let target = match env_or("SCENARIO", "one-source").as_str() {
+        "one-source" => vec![env_or("TARGET", "man")],
+        "all" => names.clone(),
+        other => panic!("SCENARIO={other}: expected one-source or all"),
+    };
+    assert!(
+        target.iter().all(|t| names.contains(t)),
+        "TARGET must be a quickstart source"
+    );
+    if target.len() < names.len() {
+        base.target.sources = Some(target.clone());
+    }
+    let mixer: MixerKind = serde_json::from_value(env_or("MIXER", "fastmix").into())
+        .expect("MIXER: a mixer name (fastmix, tikmix, ...)");
+    let proxy_steps: usize = env_or("PROXY_STEPS", "150").parse().expect("PROXY_STEPS");
+    let scenario = match target.as_slice() {
+        [one] if names.len() > 1 => format!("one-source-{one}"),
+        _ => "all".into(),
+    };
+    let root = PathBuf::from("target/transfer").join(scenario);
+    Ok(Setup {
+        base,
+        mixer,
+        target,
+        root,
+        proxy_steps,
+    })
+}
+
+/// The config of `candidate` on `model` for `seed`; the proxy's online run must be done for
+/// the candidates derived from it.
+fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config {
+    let mut c = setup.base.clone();
+    c.run.seed = seed;
+    c.train.steps = setup.proxy_steps;
+    if model == Model::Large {
+        c.model.d_model = 256;
+        c.model.n_layers = 6;
+        c.model.d_ff = 1024;
+        let large_steps = env_or("LARGE_STEPS", &(2 * setup.proxy_steps).to_string());
+        c.train.steps = large_steps.parse().expect("LARGE_STEPS");
+    }
+    let proxy_run = run_dir(setup, "online", Model::Proxy, seed);
+    let mixer_name = format!("{:?}", setup.mixer).to_lowercase();
+    let from_proxy = |use_final: bool| {
+        let t = Trajectory::read(&proxy_run).expect("the proxy's online run finished");
+        let w = if use_final {
+            t.final_weights().to_vec()
+        } else {
+            t.average()
+        };
+        InitSpec::Explicit(t.names.iter().cloned().zip(w).collect())
+    };
+    match candidate {
+        "uniform" | "proportional" | "temperature" => {
+            c.mixer.init = InitSpec::Named(candidate.into())
+        }
+        "final" => c.mixer.init = from_proxy(true),
+        "average" => c.mixer.init = from_proxy(false),
+        "schedule" => {
+            c.mixer.kind = MixerKind::Schedule;
+            c.mixer.schedule.from = Some(proxy_run);
+        }
+        "online" => c.mixer.kind = setup.mixer,
+        other => panic!("unknown candidate {other} ({ALL_CANDIDATES}); mixer {mixer_name}"),
+    }
+    c.run.out_dir = run_dir(setup, candidate, model, seed);
+    c
+}
+
+fn run_dir(setup: &Setup, candidate: &str, model: Model, seed: u64) -> PathBuf {
+    let mixer = format!("{:?}", setup.mixer).to_lowercase();
+    let name = match candidate {
+        "uniform" | "proportional" | "temperature" => candidate.to_string(),
+        _ => format!("{mixer}-{candidate}"),
+    };
+    setup
+        .root
+        .join(model.name())
+        .join(format!("{name}-seed{seed}"))
+}
+
+/// Runs (or reuses, or resumes) one run and reads what it measured.
+fn ensure(config: Config, target: &[String]) -> mixtrain::Result<Outcome> {
+    let dir = config.run.out_dir.clone();
+    if !dir.join("mixture.json").is_file() {
+        let resume = dir.join("checkpoints").is_dir();
+        eprintln!("running {} (resume: {resume})", dir.display());
+        run(
+            config,
+            RunOptions {
+                resume,
+                progress: false,
+            },
+        )?;
+    }
+    Ok(outcome(&dir, target))
+}
+
+fn outcome(dir: &Path, target: &[String]) -> Outcome {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let evals = records
+        .iter()
+        .filter_map(|r| Some((r["step"].as_u64()?, r.get("target_val_loss")?.as_f64()?)))
+        .collect();
+    let epochs = records
+        .iter()
+        .rev()
+        .find_map(|r| r.get("epochs_by_source")?.as_object().cloned())
+        .unwrap_or_default();
+    let epoch = |name: &String| epochs.get(name).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let wall_s = records
+        .iter()
+        .rev()
+        .find_map(|r| r["wall"]["elapsed_s"].as_f64())
+        .unwrap_or(0.0);
+    Outcome {
+        evals,
+        epochs_target: target.iter().map(epoch).fold(0.0, f64::max),
+        epochs_max: epochs
+            .values()
+            .filter_map(|v| v.as_f64())
+            .fold(0.0, f64::max),
+        wall_s,
+    }
+}
+
+fn main() -> mixtrain::Result<()> {
+    let setup = setup()?;
+    let seeds: Vec<u64> = env_or("SEEDS", "1,2,3")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let candidates: Vec<String> = env_or("CANDIDATES", ALL_CANDIDATES)
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert_eq!(
+        candidates.first().map(String::as_str),
+        Some("uniform"),
+        "CANDIDATES start with uniform"
+    );
+    // The proxy's online runs first: the candidates derived from them need them.
+    let run_all = |candidate: &str, model: Model| {
+        seeds
+            .iter()
+            .map(|&seed| ensure(configure(&setup, candidate, model, seed), &setup.target))
+            .collect::<mixtrain::Result<Vec<_>>>()
+    };
+    run_all("online", Model::Proxy)?;
+    let mut proxy = Vec::new();
+    for candidate in &candidates {
+        proxy.push((candidate.clone(), run_all(candidate, Model::Proxy)?));
+    }
+    let mut large = Vec::new();
+    for candidate in &candidates {
+        large.push((candidate.clone(), run_all(candidate, Model::Large)?));
+    }
+    let proxy_config = configure(&setup, "uniform", Model::Proxy, seeds[0]);
+    let large_config = configure(&setup, "uniform", Model::Large, seeds[0]);
+    say!(
+        "\n## {} · mixer {:?} · seeds {seeds:?}\n",
+        setup.root.file_name().unwrap().to_string_lossy(),
+        setup.mixer
+    );
+    say!(
+        "proxy: {} steps, d_model {}, {} layers; large: {} steps, d_model {}, {} layers, d_ff {}",
+        proxy_config.train.steps,
+        proxy_config.model.d_model,
+        proxy_config.model.n_layers,
+        large_config.train.steps,
+        large_config.model.d_model,
+        large_config.model.n_layers,
+        large_config.model.d_ff
+    );
+    print_table(Model::Proxy, &proxy, proxy_config.train.steps);
+    print_table(Model::Large, &large, large_config.train.steps);
+    print_rank_agreement(&proxy, &large, seeds.len());
+    report::finish(
+        "transfer",
+        "transfer",
+        &[
+            "SCENARIO",
+            "TARGET",
+            "MIXER",
+            "SEEDS",
+            "CANDIDATES",
+            "PROXY_STEPS",
+            "LARGE_STEPS",
+        ],
+    );
+    Ok(())
+}
+
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+fn finals(runs: &[Outcome]) -> Vec<f64> {
+    runs.iter()
+        .map(|r| r.evals.last().expect("evaluations").1)
+        .collect()
+}
+
+fn print_table(model: Model, rows: &[(String, Vec<Outcome>)], steps: usize) {
+    let uniform = finals(&rows[0].1);
+    let best = rows
+        .iter()
+        .filter(|(n, _)| BASELINES.contains(&n.as_str()))
+        .min_by(|a, b| {
+            mean_sd(&finals(&a.1))
+                .0
+                .total_cmp(&mean_sd(&finals(&b.1)).0)
+        })
+        .expect("uniform runs");
+    let best_finals = finals(&best.1);
+    say!(
+        "\n### {} ({steps} steps; best baseline: {})\n",
+        model.name(),
+        best.0
+    );
+    say!(
+        "| candidate | final target loss | Δ vs uniform | Δ vs best baseline | step reaching uniform's \
+         final (per seed) | fraction (max) | epochs: target source / most repeated | wall s per run |"
+    );
+    say!("|---|---|---|---|---|---|---|---|");
+    for (name, runs) in rows {
+        let f = finals(runs);
+        let (mean, sd) = mean_sd(&f);
+        let paired = |o: &[f64]| mean_sd(&f.iter().zip(o).map(|(a, b)| a - b).collect::<Vec<_>>());
+        let ((du, du_sd), (db, db_sd)) = (paired(&uniform), paired(&best_finals));
+        let reach: Vec<Option<u64>> = runs
+            .iter()
+            .zip(&uniform)
+            .map(|(r, u)| r.evals.iter().find(|e| e.1 <= *u).map(|e| e.0))
+            .collect();
+        let text: Vec<String> = reach
+            .iter()
+            .map(|r| r.map_or("never".into(), |s| s.to_string()))
+            .collect();
+        let fraction = match reach.iter().copied().collect::<Option<Vec<u64>>>() {
+            Some(steps_reached) => {
+                format!(
+                    "{:.2}",
+                    *steps_reached.iter().max().unwrap() as f64 / steps as f64
+                )
+            }
+            None => "-".into(),
+        };
+        let epochs_t = mean_sd(&runs.iter().map(|r| r.epochs_target).collect::<Vec<_>>()).0;
+        let epochs_m = mean_sd(&runs.iter().map(|r| r.epochs_max).collect::<Vec<_>>()).0;
+        let wall = mean_sd(&runs.iter().map(|r| r.wall_s).collect::<Vec<_>>()).0;
+        say!(
+            "| {name} | {mean:.4} ± {sd:.4} | {du:+.4} ± {du_sd:.4} | {db:+.4} ± {db_sd:.4} | {} | {fraction} | {epochs_t:.2} / {epochs_m:.2} | {wall:.0} |",
+            text.join(", ")
+        );
+    }
+}
+
+/// Spearman's ρ between the proxy's and the large model's ordering of the candidates run on
+/// both: on the seed means, and per seed (mean ± sd).
+fn print_rank_agreement(
+    proxy: &[(String, Vec<Outcome>)],
+    large: &[(String, Vec<Outcome>)],
+    seeds: usize,
+) {
+    let both: Vec<(&Vec<Outcome>, &Vec<Outcome>)> = large
+        .iter()
+        .filter_map(|(n, l)| proxy.iter().find(|(p, _)| p == n).map(|(_, p)| (p, l)))
+        .collect();
+    if both.len() < 3 {
+        say!("\n(rank agreement needs 3 or more candidates on both models)");
+        return;
+    }
+    let proxy_means: Vec<f64> = both.iter().map(|b| mean_sd(&finals(b.0)).0).collect();
+    let large_means: Vec<f64> = both.iter().map(|b| mean_sd(&finals(b.1)).0).collect();
+    let rho = spearman(&proxy_means, &large_means);
+    let per_seed: Vec<f64> = (0..seeds)
+        .map(|s| {
+            let p: Vec<f64> = both.iter().map(|b| finals(b.0)[s]).collect();
+            let l: Vec<f64> = both.iter().map(|b| finals(b.1)[s]).collect();
+            spearman(&p, &l)
+        })
+        .collect();
+    let (m, sd) = mean_sd(&per_seed);
+    say!(
+        "\nSpearman ρ, proxy vs large ordering of {} candidates: {rho:.3} on seed means; {m:.3} ± {sd:.3} per seed",
+        both.len()
+    );
+}
+
+fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut ranks = vec![0.0; values.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        ranks[i] = rank as f64;
+    }
+    ranks
+}
+
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let (ma, mb) = (mean_sd(&ra).0, mean_sd(&rb).0);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}

@@ -1,0 +1,267 @@
+//! Mixtures that travel: `mixtrain mixture` in every format parsed back by what reads it
+//! (YAML by PyYAML, Python by Python, TOML by mixtrain's own config loader), and the schedule
+//! mixer replaying a run's trajectory by fraction of training.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use mixtrain::config::{Config, InitSpec, MixerKind};
+use mixtrain::trajectory::Trajectory;
+
+use crate::common::{mixtrain, python, run_ok, tiny_config};
+
+type Weights = BTreeMap<String, f64>;
+
+/// ratios.csv rows as [step, weights...].
+fn ratio_rows(path: &Path) -> Vec<Vec<f64>> {
+    let text = std::fs::read_to_string(path).expect("read ratios.csv");
+    let rows = text.lines().skip(1);
+    rows.map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect()
+}
+
+/// A 40-step fastmix run updating every 5 steps: a trajectory of 8 rows.
+fn proxy_run(dir: &Path) -> std::path::PathBuf {
+    let config = tiny_config(dir, "[mixer]\nkind = \"fastmix\"\nevery = 5\n");
+    run_ok(mixtrain().arg("run").arg(&config));
+    dir.join("run")
+}
+
+fn export(run: &Path, args: &[&str]) -> String {
+    let out = run_ok(mixtrain().arg("mixture").arg(run).args(args));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// Python's reading of `text`: `code` turns `text` (a str) into `result`, printed as JSON.
+fn python_reads(text: &str, code: &str) -> serde_json::Value {
+    let script = format!(
+        "import json, sys, yaml\ntext = sys.stdin.read()\n{code}\nprint(json.dumps(result))"
+    );
+    let mut child = Command::new(python())
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python could not read:\n{text}");
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn assert_weights(got: &Weights, names: &[String], want: &[f64], what: &str) {
+    assert_eq!(got.len(), names.len(), "{what}: {got:?}");
+    for (name, w) in names.iter().zip(want) {
+        assert_eq!(got[name], *w, "{what}: {name}");
+    }
+}
+
+fn weights_of(value: &serde_json::Value) -> Weights {
+    serde_json::from_value(value.clone()).expect("a map of weights")
+}
+
+fn zip_weights(names: &serde_json::Value, weights: &serde_json::Value) -> Weights {
+    let names: Vec<String> = serde_json::from_value(names.clone()).unwrap();
+    let weights: Vec<f64> = serde_json::from_value(weights.clone()).unwrap();
+    names.into_iter().zip(weights).collect()
+}
+
+/// Every format's static mixture parses back to the run's final and average weights,
+/// bit for bit.
+#[test]
+fn static_exports_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = proxy_run(dir.path());
+    let trajectory = Trajectory::read(&run).unwrap();
+    let names = &trajectory.names;
+    for (what, want) in [
+        ("final", trajectory.final_weights().to_vec()),
+        ("average", trajectory.average()),
+    ] {
+        let read = |format: &str| export(&run, &["--format", format, "--use", what]);
+        let json: serde_json::Value = serde_json::from_str(&read("json")).unwrap();
+        assert_weights(&weights_of(&json["weights"]), names, &want, "json");
+        let levanter = python_reads(
+            &read("levanter"),
+            "result = yaml.safe_load(text)['train_weights']",
+        );
+        assert_weights(&weights_of(&levanter), names, &want, "levanter");
+        let olmo = python_reads(
+            &read("olmo"),
+            "result = {s['source_name']: s['target_ratio'] for s in yaml.safe_load(text)['sources']}",
+        );
+        assert_weights(&weights_of(&olmo), names, &want, "olmo");
+        let nanotron = python_reads(
+            &read("nanotron"),
+            "result = yaml.safe_load(text)['data_stages'][0]['data']['dataset']",
+        );
+        let nanotron = zip_weights(&nanotron["dataset_folder"], &nanotron["dataset_weights"]);
+        assert_weights(&nanotron, names, &want, "nanotron");
+        let hf = python_reads(
+            &read("hf"),
+            "scope = {}\nexec(text, scope)\nresult = [scope['names'], scope['probabilities']]",
+        );
+        assert_weights(&zip_weights(&hf[0], &hf[1]), names, &want, "hf");
+        let megatron = read("megatron");
+        let line = megatron
+            .lines()
+            .find(|l| l.starts_with("--data-path"))
+            .unwrap();
+        let fields: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let blend: Weights = fields
+            .chunks(2)
+            .map(|p| (p[1].to_string(), p[0].parse().unwrap()))
+            .collect();
+        assert_weights(&blend, names, &want, "megatron");
+        // The TOML fragment is a valid mixtrain config once merged into one.
+        let toml_dir = tempfile::tempdir().unwrap();
+        let config = Config::load(&tiny_config(toml_dir.path(), &read("toml")), &[]).unwrap();
+        assert_eq!(config.mixer.kind, MixerKind::Static);
+        let InitSpec::Explicit(init) = &config.mixer.init else {
+            panic!("a table of weights")
+        };
+        assert_weights(init, names, &want, "toml");
+    }
+}
+
+/// A schedule's stages keep the run's rows, placed by fraction on --steps and rounded.
+#[test]
+fn schedule_exports_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = proxy_run(dir.path());
+    let trajectory = Trajectory::read(&run).unwrap();
+    let names = &trajectory.names;
+    assert_eq!(trajectory.rows.len(), 8, "one row at 0 and one per update");
+    let read = |format: &str| {
+        export(
+            &run,
+            &[
+                "--format",
+                format,
+                "--use",
+                "schedule",
+                "--steps",
+                "400",
+                "--round-steps",
+                "20",
+            ],
+        )
+    };
+    // Rows every 5 of 40 steps → every 50 of 400.
+    let want_steps: Vec<u64> = (0..8).map(|i| i * 50).collect();
+    let levanter = python_reads(
+        &read("levanter"),
+        "result = yaml.safe_load(text)['train_weights']",
+    );
+    let stages = levanter.as_array().unwrap();
+    assert_eq!(stages.len(), 8);
+    let rounded: Vec<u64> = want_steps.iter().map(|s| (s + 10) / 20 * 20).collect();
+    for ((stage, row), step) in stages.iter().zip(&trajectory.rows).zip(&rounded) {
+        assert_eq!(stage[0].as_u64(), Some(*step));
+        assert_weights(&weights_of(&stage[1]), names, &row.1, "levanter stage");
+    }
+    let nanotron = python_reads(
+        &read("nanotron"),
+        "result = [s['start_training_step'] for s in yaml.safe_load(text)['data_stages']]",
+    );
+    let starts: Vec<u64> = rounded.iter().map(|s| s + 1).collect();
+    assert_eq!(nanotron, serde_json::json!(starts));
+    let megatron = read("megatron");
+    let transitions: Vec<String> = rounded[1..].iter().map(|s| s.to_string()).collect();
+    assert!(
+        megatron.contains(&format!(
+            "--phase-transition-iterations {}",
+            transitions.join(",")
+        )),
+        "{megatron}"
+    );
+    assert_eq!(
+        megatron
+            .lines()
+            .filter(|l| l.starts_with("--data-path"))
+            .count(),
+        8
+    );
+    // Without --steps, JSON and TOML keep fractions; the TOML is a schedule mixtrain loads.
+    let json: serde_json::Value =
+        serde_json::from_str(&export(&run, &["--use", "schedule"])).unwrap();
+    assert_eq!(json["stages"][1]["at"].as_f64(), Some(5.0 / 40.0));
+    let toml = export(&run, &["--format", "toml", "--use", "schedule"]);
+    let toml_dir = tempfile::tempdir().unwrap();
+    let config = Config::load(&tiny_config(toml_dir.path(), &toml), &[]).unwrap();
+    assert_eq!(config.mixer.kind, MixerKind::Schedule);
+    assert_eq!(config.mixer.schedule.stages.len(), 8);
+    assert_weights(
+        &config.mixer.schedule.stages[7].weights,
+        names,
+        trajectory.final_weights(),
+        "toml stage",
+    );
+}
+
+/// A run twice as long replays the trajectory at twice the steps, with the same weights;
+/// linear interpolation changes every `every` steps between rows.
+#[test]
+fn schedule_replays_a_run_by_fraction_of_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = proxy_run(dir.path());
+    let replay = tempfile::tempdir().unwrap();
+    let from = format!("mixer.schedule.from={}", run.display());
+    let config = tiny_config(replay.path(), "");
+    run_ok(mixtrain().arg("run").arg(&config).args([
+        "--set",
+        "mixer.kind=schedule",
+        "--set",
+        &from,
+        "--set",
+        "train.steps=80",
+    ]));
+    let proxy_rows = ratio_rows(&run.join("ratios.csv"));
+    let replay_rows = ratio_rows(&replay.path().join("run/ratios.csv"));
+    assert_eq!(replay_rows.len(), proxy_rows.len());
+    for (p, r) in proxy_rows.iter().zip(&replay_rows) {
+        assert_eq!(r[0], 2.0 * p[0], "step doubled");
+        assert_eq!(&r[1..], &p[1..], "same weights");
+    }
+    let linear = tempfile::tempdir().unwrap();
+    let config = tiny_config(linear.path(), "");
+    let sets = [
+        "mixer.kind=schedule",
+        &from,
+        "train.steps=80",
+        "mixer.schedule.interpolate=linear",
+        "mixer.every=4",
+    ];
+    let mut cmd = mixtrain();
+    cmd.arg("run").arg(&config);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    run_ok(&mut cmd);
+    let rows = ratio_rows(&linear.path().join("run/ratios.csv"));
+    let steps: Vec<f64> = rows.iter().map(|r| r[0]).collect();
+    // Every 4 steps and at every point (multiples of 10) up to the last point, 70: after it
+    // the weights hold, so no row.
+    let want: Vec<f64> = (0..=70)
+        .filter(|s| s % 4 == 0 || s % 10 == 0)
+        .map(|s| s as f64)
+        .collect();
+    assert_eq!(steps, want);
+    let mid = rows.iter().find(|r| r[0] == 12.0).unwrap();
+    let (a, b) = (&proxy_rows[1], &proxy_rows[2]); // steps 5 and 10 → 10 and 20
+    for k in 1..a.len() {
+        let expected = a[k] + 0.2 * (b[k] - a[k]);
+        assert!(
+            (mid[k] - expected).abs() < 1e-9,
+            "linear at step 12: {} vs {expected}",
+            mid[k]
+        );
+    }
+}
