@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
     ApplyMode, Config, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, ProbeSteps,
-    SignalNorm, SourceConfig, TargetSetConfig,
+    SignalNorm, TargetSetConfig,
 };
 use mixtrain::train::{run, RunOptions};
 
@@ -467,7 +467,7 @@ fn main() -> mixtrain::Result<()> {
     let root = match std::env::var("CORPUS").as_deref() {
         Ok("quickstart") | Err(_) => PathBuf::from("target/comparison"),
         Ok("nine") => {
-            add_nine_sources(&mut base);
+            report::add_nine_sources(&mut base);
             PathBuf::from("target/comparison-nine")
         }
         Ok(other) => panic!("CORPUS={other}: expected quickstart or nine"),
@@ -539,26 +539,6 @@ fn main() -> mixtrain::Result<()> {
         ],
     );
     Ok(())
-}
-
-/// The four sources `CORPUS=nine` adds (see data/nine/SOURCES.md).
-const NINE_DIR: &str = "target/corpora/nine";
-const NINE_EXTRA: &[&str] = &["rust", "go", "kdocs", "licenses"];
-
-fn add_nine_sources(base: &mut Config) {
-    for name in NINE_EXTRA {
-        let path = format!("{NINE_DIR}/{name}.jsonl");
-        assert!(
-            Path::new(&path).is_file(),
-            "{path} is missing: build it with `python3 data/nine/build.py` (needs apt-get and pip)"
-        );
-        base.data.sources.push(SourceConfig {
-            name: name.to_string(),
-            path,
-            val_fraction: base.data.sources[0].val_fraction,
-            text_field: "text".into(),
-        });
-    }
 }
 
 fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], steps: usize) {

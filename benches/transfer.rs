@@ -17,8 +17,11 @@
 //!     SEEDS=1 CANDIDATES=uniform,final cargo bench --bench transfer
 //!     SCENARIO=all MIXER=tikmix cargo bench --bench transfer
 //!
-//! SCENARIO: `one-source` (TARGET, default `man`: the target is one training source) or
-//! `all` (the mean over the five). CANDIDATES: a subset of
+//! SCENARIO: `one-source` (TARGET, default `man`: the target is one training source),
+//! `held-out` (TARGET is removed from training and becomes a validation-only target set) or
+//! `all` (the mean over every source). `CORPUS=nine` adds Rust, Go, kernel docs and licence
+//! texts to the quickstart's five (`python3 data/nine/build.py` builds them once), so a
+//! held-out target has a neighbour of its own domain among the other eight. CANDIDATES: a subset of
 //! uniform,final,average,schedule,online,proportional,temperature (the default, in the
 //! order they run: every seed's proxy runs first, then the large runs candidate by
 //! candidate, so an interrupted bench has whole rows). Runs are cached under
@@ -30,7 +33,7 @@ mod report;
 
 use std::path::{Path, PathBuf};
 
-use mixtrain::config::{Config, InitSpec, MixerConfig, MixerKind};
+use mixtrain::config::{Config, InitSpec, MixerConfig, MixerKind, TargetSetConfig};
 use mixtrain::train::{run, RunOptions};
 use mixtrain::trajectory::Trajectory;
 
@@ -78,27 +81,37 @@ fn setup() -> mixtrain::Result<Setup> {
     base.mixer = MixerConfig::default();
     base.train.eval_every = 25;
     base.train.checkpoint_every = 50;
+    let corpus = env_or("CORPUS", "quickstart");
+    match corpus.as_str() {
+        "quickstart" => {}
+        "nine" => report::add_nine_sources(&mut base),
+        other => panic!("CORPUS={other}: expected quickstart or nine"),
+    }
     let names = base.source_names();
-    let target = match env_or("SCENARIO", "one-source").as_str() {
-        "one-source" => vec![env_or("TARGET", "man")],
+    let scenario = env_or("SCENARIO", "one-source");
+    let target = match scenario.as_str() {
+        "one-source" | "held-out" => vec![env_or("TARGET", "man")],
         "all" => names.clone(),
-        other => panic!("SCENARIO={other}: expected one-source or all"),
+        other => panic!("SCENARIO={other}: expected one-source, held-out or all"),
     };
-    assert!(
-        target.iter().all(|t| names.contains(t)),
-        "TARGET must be a quickstart source"
-    );
-    if target.len() < names.len() {
+    let known = target.iter().all(|t| names.contains(t));
+    assert!(known, "TARGET must be a source of the corpus");
+    if scenario == "held-out" {
+        hold_out(&mut base, &target[0]);
+    } else if target.len() < names.len() {
         base.target.sources = Some(target.clone());
     }
     let mixer: MixerKind = serde_json::from_value(env_or("MIXER", "fastmix").into())
         .expect("MIXER: a mixer name (fastmix, tikmix, ...)");
     let proxy_steps: usize = env_or("PROXY_STEPS", "150").parse().expect("PROXY_STEPS");
-    let scenario = match target.as_slice() {
-        [one] if names.len() > 1 => format!("one-source-{one}"),
-        _ => "all".into(),
+    let case = match scenario.as_str() {
+        "all" => "all".to_string(),
+        _ => format!("{scenario}-{}", target[0]),
     };
-    let root = PathBuf::from("target/transfer").join(scenario);
+    let root = match corpus.as_str() {
+        "quickstart" => PathBuf::from("target/transfer").join(case),
+        _ => PathBuf::from("target/transfer").join(corpus).join(case),
+    };
     Ok(Setup {
         base,
         mixer,
@@ -106,6 +119,23 @@ fn setup() -> mixtrain::Result<Setup> {
         root,
         proxy_steps,
     })
+}
+
+/// Moves source `name` out of training into a validation-only target set.
+fn hold_out(base: &mut Config, name: &str) {
+    let at = base
+        .data
+        .sources
+        .iter()
+        .position(|s| s.name == name)
+        .expect("checked");
+    let source = base.data.sources.remove(at);
+    base.target.sets = vec![TargetSetConfig {
+        name: source.name,
+        path: source.path,
+        text_field: source.text_field,
+    }];
+    base.target.sources = None;
 }
 
 /// The config of `candidate` on `model` for `seed`; the proxy's online run must be done for

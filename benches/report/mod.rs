@@ -26,6 +26,26 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The four sources `CORPUS=nine` adds to the quickstart's five (Rust and Go code, Linux
+/// kernel docs, ScanCode licence texts; see data/nine/SOURCES.md), built once by
+/// `python3 data/nine/build.py` into target/corpora/nine/.
+#[allow(dead_code)] // The benches that compare mixtures use it.
+pub fn add_nine_sources(base: &mut mixtrain::config::Config) {
+    for name in ["rust", "go", "kdocs", "licenses"] {
+        let path = format!("target/corpora/nine/{name}.jsonl");
+        assert!(
+            std::path::Path::new(&path).is_file(),
+            "{path} is missing: build it with `python3 data/nine/build.py` (needs apt-get and pip)"
+        );
+        base.data.sources.push(mixtrain::config::SourceConfig {
+            name: name.to_string(),
+            path,
+            val_fraction: base.data.sources[0].val_fraction,
+            text_field: "text".into(),
+        });
+    }
+}
+
 pub fn keep(line: String) {
     LINES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
 }
@@ -34,10 +54,15 @@ pub fn keep(line: String) {
 /// are the environment variables the bench reads (those set go into the command line). Exits
 /// with status 1 when it cannot.
 pub fn finish(name: &str, topic: &str, knobs: &[&str]) {
+    finish_case(name, "", topic, knobs);
+}
+
+/// `finish` for one case of a bench that writes a region per case (`case` names it).
+pub fn finish_case(name: &str, case: &str, topic: &str, knobs: &[&str]) {
     let Some(path) = out_path(topic) else {
         return;
     };
-    let (begin, end) = markers(name);
+    let (begin, end) = markers([name, case].join(" ").trim_end());
     let lines = std::mem::take(&mut *LINES.lock().unwrap_or_else(|e| e.into_inner()));
     let mut region = vec![
         begin.clone(),
