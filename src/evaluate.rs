@@ -130,7 +130,7 @@ impl BackendTask for EvalTask {
         let tokenizer =
             Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
         let sources = load_sources(&config.data, &tokenizer)?;
-        let target_sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
+        let target_sets = load_target_sets(&config.target, &config.data, &tokenizer, false)?;
         let evaluator = Evaluator::new(config, &sources, &target_sets);
         let (path, tensors) = checkpoint::read_model(&self.checkpoint_dir)?;
         let model = config

@@ -65,6 +65,10 @@ enum Command {
         /// Where --train-bpe writes tokenizer.json (default: data.cache_dir/bpe-VOCAB.json).
         #[arg(long, value_name = "PATH", requires = "train_bpe")]
         tokenizer_out: Option<PathBuf>,
+        /// Hash every input file again (not trusting the cache's manifest of sizes and times)
+        /// and check every token of every shard.
+        #[arg(long, conflicts_with = "train_bpe")]
+        verify: bool,
     },
     /// Per-source validation loss of a run's newest checkpoint, or of a given checkpoint.
     Eval {
@@ -171,7 +175,8 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             config,
             train_bpe,
             tokenizer_out,
-        } => prepare(config, train_bpe, tokenizer_out),
+            verify,
+        } => prepare(config, train_bpe, tokenizer_out, verify),
         Command::Eval { path, json } => {
             let report = mixtrain::evaluate::evaluate_path(&path)?;
             if json {
@@ -296,10 +301,11 @@ fn prepare(
     config: ConfigArgs,
     train_bpe: Option<usize>,
     tokenizer_out: Option<PathBuf>,
+    verify: bool,
 ) -> anyhow::Result<()> {
     let cfg = Config::load(&config.config, &config.set)?;
     let Some(vocab) = train_bpe else {
-        for line in mixtrain::prepare::prepare_sources(&cfg)? {
+        for line in mixtrain::prepare::prepare_sources(&cfg, verify)? {
             println!("{line}");
         }
         return Ok(());

@@ -4,18 +4,18 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::data::{
-    is_validation, load_sources, load_target_sets, read_documents, resolve_files, train_bpe,
-    Tokenizer,
+    is_validation, load_sources_checked, load_target_sets, read_documents, resolve_files,
+    train_bpe, Tokenizer,
 };
 use crate::error::Result;
 
 /// Tokenises every source and target set into the cache; one line each saying where its
-/// shards are.
-/// The printed directory can be used as a source `path` (prepared shards).
-pub fn prepare_sources(config: &Config) -> Result<Vec<String>> {
+/// shards are. The printed directory can be used as a source `path` (prepared shards). With
+/// `verify`, every input file is hashed again and every shard token checked.
+pub fn prepare_sources(config: &Config, verify: bool) -> Result<Vec<String>> {
     let tokenizer = Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
-    let sources = load_sources(&config.data, &tokenizer)?;
-    let sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
+    let sources = load_sources_checked(&config.data, &tokenizer, verify)?;
+    let sets = load_target_sets(&config.target, &config.data, &tokenizer, verify)?;
     let mut lines: Vec<String> = sources
         .iter()
         .map(|s| {

@@ -2,11 +2,13 @@
 //! sampler that turns mixture weights into batches tagged with source ids.
 
 mod config;
+mod manifest;
 mod parquet;
 mod readers;
 mod sampler;
 mod shard;
 mod source;
+mod tokenise;
 mod tokenizer;
 
 pub(crate) use config::default_text_field;
@@ -15,5 +17,5 @@ pub use readers::{read_documents, resolve_files};
 pub use sampler::{validation_windows, ApplyMode, Batch, Sampler, SamplerState};
 pub use shard::{write_shard, Shard, SHARD_HEADER_BYTES};
 pub(crate) use source::is_validation;
-pub use source::{load_sources, load_target_sets, Source};
+pub use source::{load_sources, load_sources_checked, load_target_sets, Source};
 pub(crate) use tokenizer::{train_bpe, Tokenizer};

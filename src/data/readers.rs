@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::config::SourceConfig;
 use crate::error::{Error, IoContext, Result};
@@ -170,6 +171,17 @@ pub(crate) struct Record {
 pub(crate) fn for_each_record(
     path: &Path,
     field: &str,
+    each: impl FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    for_each_record_counted(path, field, &AtomicU64::new(0), each)
+}
+
+/// `for_each_record`, adding the bytes read from the file (before decompression) to `read`
+/// as it goes (Parquet: the whole file once read).
+pub(crate) fn for_each_record_counted(
+    path: &Path,
+    field: &str,
+    read: &AtomicU64,
     mut each: impl FnMut(Record) -> Result<()>,
 ) -> Result<()> {
     let Some((format, compression)) = kind_of(path) else {
@@ -179,9 +191,12 @@ pub(crate) fn for_each_record(
         ));
     };
     if format == Format::Parquet {
-        return super::parquet::for_each_row(path, field, each);
+        super::parquet::for_each_row(path, field, each)?;
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        read.fetch_add(size, Ordering::Relaxed);
+        return Ok(());
     }
-    let reader = open_decompressed(path, compression)?;
+    let reader = open_decompressed(path, compression, read)?;
     match format {
         Format::Text => each(read_whole(path, reader)?),
         Format::JsonLines => for_each_line(path, reader, field, each),
@@ -189,8 +204,29 @@ pub(crate) fn for_each_record(
     }
 }
 
-fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn BufRead>> {
-    let file = File::open(path).at(path)?;
+/// A reader that adds the bytes it reads to a counter (the progress of a prepare).
+struct Counting<'a, R> {
+    inner: R,
+    read: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn open_decompressed<'a>(
+    path: &Path,
+    compression: Compression,
+    read: &'a AtomicU64,
+) -> Result<Box<dyn BufRead + 'a>> {
+    let file = Counting {
+        inner: File::open(path).at(path)?,
+        read,
+    };
     Ok(match compression {
         Compression::None => Box::new(BufReader::new(file)),
         Compression::Gzip => Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file))),
@@ -201,7 +237,7 @@ fn open_decompressed(path: &Path, compression: Compression) -> Result<Box<dyn Bu
 }
 
 /// A plain-text file as one record (not UTF-8: a bad record).
-fn read_whole(path: &Path, mut reader: Box<dyn BufRead>) -> Result<Record> {
+fn read_whole(path: &Path, mut reader: Box<dyn BufRead + '_>) -> Result<Record> {
     let mut bytes = Vec::new();
     reader
         .read_to_end(&mut bytes)
@@ -214,7 +250,7 @@ fn read_whole(path: &Path, mut reader: Box<dyn BufRead>) -> Result<Record> {
 
 fn for_each_line(
     path: &Path,
-    mut reader: Box<dyn BufRead>,
+    mut reader: Box<dyn BufRead + '_>,
     field: &str,
     mut each: impl FnMut(Record) -> Result<()>,
 ) -> Result<()> {

@@ -1,9 +1,12 @@
 //! Token shards: a 32-byte header (magic, version, token width, vocab size, count), then the
-//! tokens little-endian. Read with mmap; every open checks the header, the file size, and that
-//! every token is inside the vocabulary, so a truncated or corrupt shard is an error, not a panic.
+//! tokens little-endian. Read with mmap; an open checks the header and the file size, and that
+//! every token is inside the vocabulary unless the file is exactly as its writer left it (same
+//! length and modification time as recorded), so a truncated or corrupt shard is an error, not
+//! a panic, and a warm start does not scan every token. Written by `ShardWriter` in chunks.
 
 use std::fs::File;
-use std::path::Path;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
@@ -20,8 +23,40 @@ pub struct Shard {
     len: usize,
 }
 
+/// A file's length and modification time (ns since the epoch): what `ShardWriter` records and
+/// `Shard::open_stamped` compares, to skip the token scan of an unchanged shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FileStamp {
+    pub(crate) len: u64,
+    pub(crate) modified_ns: u128,
+}
+
+impl FileStamp {
+    pub(crate) fn of(path: &Path) -> Result<FileStamp> {
+        let meta = std::fs::metadata(path).at(path)?;
+        let modified = meta.modified().at(path)?;
+        let modified_ns = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(FileStamp {
+            len: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
 impl Shard {
+    /// Opens and checks a shard, every token included.
     pub fn open(path: &Path, vocab_size: usize) -> Result<Shard> {
+        Self::open_stamped(path, vocab_size, None)
+    }
+
+    /// Opens a shard; the token scan is skipped when the file still has `stamp` (as written).
+    pub(crate) fn open_stamped(
+        path: &Path,
+        vocab_size: usize,
+        stamp: Option<FileStamp>,
+    ) -> Result<Shard> {
         let bad = |message: String| Error::Shard {
             path: path.to_path_buf(),
             message,
@@ -71,6 +106,10 @@ impl Shard {
             token_bytes,
             len,
         };
+        let unchanged = stamp.is_some() && stamp == FileStamp::of(path).ok();
+        if unchanged {
+            return Ok(shard);
+        }
         if let Some(pos) = (0..len).find(|&i| shard.token(i) as usize >= vocab_size) {
             return Err(bad(format!(
                 "corrupt: token {} at position {pos} is outside the vocabulary of {vocab_size}",
@@ -108,22 +147,76 @@ impl Shard {
 
 /// Writes `tokens` as a shard at `path` (atomically: a reader never sees half a shard).
 pub fn write_shard(path: &Path, tokens: &[u32], vocab_size: usize) -> Result<()> {
-    let token_bytes: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
-    let mut bytes = Vec::with_capacity(SHARD_HEADER_BYTES + tokens.len() * token_bytes as usize);
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&token_bytes.to_le_bytes());
-    bytes.extend_from_slice(&(vocab_size as u32).to_le_bytes());
-    bytes.extend_from_slice(&0u32.to_le_bytes());
-    bytes.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
-    for &t in tokens {
-        if token_bytes == 2 {
-            bytes.extend_from_slice(&(t as u16).to_le_bytes());
-        } else {
-            bytes.extend_from_slice(&t.to_le_bytes());
-        }
+    let mut writer = ShardWriter::create(path, vocab_size)?;
+    writer.push(tokens)?;
+    writer.finish().map(|_| ())
+}
+
+/// Writes a shard chunk by chunk into `PATH.partial`, then fills in the count and renames it:
+/// memory stays at one chunk whatever the shard's size.
+pub(crate) struct ShardWriter {
+    out: BufWriter<File>,
+    partial: PathBuf,
+    path: PathBuf,
+    token_bytes: u32,
+    count: u64,
+}
+
+impl ShardWriter {
+    pub(crate) fn create(path: &Path, vocab_size: usize) -> Result<ShardWriter> {
+        let token_bytes: u32 = if vocab_size <= 1 << 16 { 2 } else { 4 };
+        let partial = path.with_extension("bin.partial");
+        let file = File::create(&partial).at(&partial)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut header = Vec::with_capacity(SHARD_HEADER_BYTES);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&token_bytes.to_le_bytes());
+        header.extend_from_slice(&(vocab_size as u32).to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&0u64.to_le_bytes()); // the count, filled in by `finish`
+        out.write_all(&header).at(&partial)?;
+        Ok(ShardWriter {
+            out,
+            partial,
+            path: path.to_path_buf(),
+            token_bytes,
+            count: 0,
+        })
     }
-    crate::fsutil::write_atomic(path, &bytes)
+
+    pub(crate) fn push(&mut self, tokens: &[u32]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(tokens.len() * self.token_bytes as usize);
+        for &t in tokens {
+            if self.token_bytes == 2 {
+                bytes.extend_from_slice(&(t as u16).to_le_bytes());
+            } else {
+                bytes.extend_from_slice(&t.to_le_bytes());
+            }
+        }
+        self.out.write_all(&bytes).at(&self.partial)?;
+        self.count += tokens.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Fills in the count, syncs and renames; returns the finished file's stamp.
+    pub(crate) fn finish(self) -> Result<FileStamp> {
+        let partial = self.partial;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&partial, e.into_error()))?;
+        file.seek(SeekFrom::Start(24)).at(&partial)?;
+        file.write_all(&self.count.to_le_bytes()).at(&partial)?;
+        file.sync_all().at(&partial)?;
+        drop(file);
+        std::fs::rename(&partial, &self.path).at(&self.path)?;
+        FileStamp::of(&self.path)
+    }
 }
 
 #[cfg(test)]

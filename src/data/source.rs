@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::config::{BadRecordPolicy, DataConfig, SourceConfig};
-use super::readers::{for_each_record, resolve_files};
-use super::shard::{write_shard, Shard};
+use super::config::{DataConfig, SourceConfig};
+use super::manifest::cache_key;
+use super::readers::resolve_files;
+use super::shard::{FileStamp, Shard};
+use super::tokenise::{tokenise_into, Tokenised};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::hex;
 use crate::target::TargetConfig;
 
 /// One source, tokenised: the train and validation token streams (documents joined by the
@@ -36,14 +37,37 @@ struct ShardMeta {
     /// Records skipped as unreadable (absent before `data.on_bad_record`: 0).
     #[serde(default)]
     bad_records: usize,
+    /// The shards as written: while they are unchanged, an open skips the token scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    train_stamp: Option<FileStamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    val_stamp: Option<FileStamp>,
 }
 
 /// Loads (tokenising and caching where needed) every source of `data`.
 pub fn load_sources(data: &DataConfig, tokenizer: &Tokenizer) -> Result<Vec<Source>> {
+    load_sources_checked(data, tokenizer, false)
+}
+
+/// `load_sources`; with `verify`, every input file is hashed again (not taken from the
+/// manifest) and every shard token is checked.
+pub fn load_sources_checked(
+    data: &DataConfig,
+    tokenizer: &Tokenizer,
+    verify: bool,
+) -> Result<Vec<Source>> {
     data.sources
         .iter()
         .enumerate()
-        .map(|(i, source)| load_source(&format!("data.sources[{i}]"), source, data, tokenizer))
+        .map(|(i, source)| {
+            load_source(
+                &format!("data.sources[{i}]"),
+                source,
+                data,
+                tokenizer,
+                verify,
+            )
+        })
         .collect()
 }
 
@@ -53,6 +77,7 @@ pub fn load_target_sets(
     target: &TargetConfig,
     data: &DataConfig,
     tokenizer: &Tokenizer,
+    verify: bool,
 ) -> Result<Vec<Source>> {
     target
         .sets
@@ -64,6 +89,7 @@ pub fn load_target_sets(
                 &set.as_source(),
                 data,
                 tokenizer,
+                verify,
             )
         })
         .collect()
@@ -89,22 +115,22 @@ fn load_source(
     source: &SourceConfig,
     data: &DataConfig,
     tokenizer: &Tokenizer,
+    verify: bool,
 ) -> Result<Source> {
     let path = Path::new(&source.path);
     let dir = if path.join("train.bin").is_file() && !is_target_set(source) {
         path.to_path_buf()
     } else {
         let files = resolve_files(key, source)?;
-        let key = cache_key(&files, source, tokenizer)?;
+        let key = cache_key(&files, source, tokenizer, &data.cache_dir, verify)?;
         let dir = data.cache_dir.join(format!("{}-{key}", source.name));
         if !dir.join("meta.json").is_file() {
             tracing::info!(source = %source.name, files = files.len(), "tokenising");
-            let tokenised = tokenise(&files, source, data, tokenizer)?;
-            write_cache_entry(&tokenised, tokenizer, &dir)?;
+            build_cache_entry(&files, source, data, tokenizer, &dir)?;
         }
         dir
     };
-    open_prepared(source, &dir, tokenizer, data.seq_len)
+    open_prepared(source, &dir, tokenizer, data.seq_len, verify)
 }
 
 fn open_prepared(
@@ -112,6 +138,7 @@ fn open_prepared(
     dir: &Path,
     tokenizer: &Tokenizer,
     seq_len: usize,
+    verify: bool,
 ) -> Result<Source> {
     let meta_path = dir.join("meta.json");
     let meta_text = std::fs::read_to_string(&meta_path).at(&meta_path)?;
@@ -128,8 +155,9 @@ fn open_prepared(
         ));
     }
     let vocab = tokenizer.vocab_size();
-    let train = Shard::open(&dir.join("train.bin"), vocab)?;
-    let val = Shard::open(&dir.join("val.bin"), vocab)?;
+    let stamp = |s: Option<FileStamp>| if verify { None } else { s };
+    let train = Shard::open_stamped(&dir.join("train.bin"), vocab, stamp(meta.train_stamp))?;
+    let val = Shard::open_stamped(&dir.join("val.bin"), vocab, stamp(meta.val_stamp))?;
     let need = seq_len + 1;
     let (kind, remedy) = describe(source);
     if train.len() < need && !is_target_set(source) {
@@ -162,24 +190,6 @@ fn open_prepared(
     })
 }
 
-fn cache_key(files: &[PathBuf], source: &SourceConfig, tokenizer: &Tokenizer) -> Result<String> {
-    let mut hasher = Sha256::new();
-    hasher.update(b"mixtrain-cache-v1\0");
-    hasher.update(tokenizer.id().as_bytes());
-    hasher.update(source.val_fraction.to_le_bytes());
-    if source.text_field != super::config::default_text_field() {
-        // Only when set: caches made before the key existed stay valid.
-        hasher.update(b"text_field\0");
-        hasher.update(source.text_field.as_bytes());
-    }
-    for file in files {
-        let bytes = std::fs::read(file).at(file)?;
-        hasher.update(file.to_string_lossy().as_bytes());
-        hasher.update(Sha256::digest(&bytes));
-    }
-    Ok(hex(&hasher.finalize()[..8]))
-}
-
 /// True when a document goes to validation: the first 8 bytes of its text's SHA-256, read as a
 /// fraction of 2^64, fall below `val_fraction`.
 pub(crate) fn is_validation(doc: &str, val_fraction: f64) -> bool {
@@ -191,69 +201,9 @@ pub(crate) fn is_validation(doc: &str, val_fraction: f64) -> bool {
     (x as f64 / 2f64.powi(64)) < val_fraction
 }
 
-/// A source's documents as token streams (each document followed by the end-of-document
-/// token), split into train and validation.
-struct Tokenised {
-    train: Vec<u32>,
-    val: Vec<u32>,
-    train_docs: usize,
-    val_docs: usize,
-    /// Records skipped as unreadable (`data.on_bad_record = "skip"`).
-    bad_records: usize,
-}
-
-/// Reads and tokenises every document of `files`; bad records stop it or are counted, as
-/// `data.on_bad_record` says.
-fn tokenise(
-    files: &[PathBuf],
-    source: &SourceConfig,
-    data: &DataConfig,
-    tokenizer: &Tokenizer,
-) -> Result<Tokenised> {
-    let eod = tokenizer.eod();
-    let mut out = Tokenised {
-        train: Vec::new(),
-        val: Vec::new(),
-        train_docs: 0,
-        val_docs: 0,
-        bad_records: 0,
-    };
-    let mut first_bad: Option<String> = None;
-    for file in files {
-        for_each_record(file, &source.text_field, |record| {
-            let doc = match record.document {
-                Ok(doc) => doc,
-                Err(what) if data.on_bad_record == BadRecordPolicy::Skip => {
-                    out.bad_records += 1;
-                    first_bad.get_or_insert_with(|| {
-                        format!("{}, {}: {what}", file.display(), record.at)
-                    });
-                    return Ok(());
-                }
-                Err(what) => return Err(Error::data(file, format!("{}: {what}", record.at))),
-            };
-            if doc.trim().is_empty() {
-                return Ok(());
-            }
-            let tokens = tokenizer.encode(&doc)?;
-            let (stream, count) = if is_validation(&doc, source.val_fraction) {
-                (&mut out.val, &mut out.val_docs)
-            } else {
-                (&mut out.train, &mut out.train_docs)
-            };
-            stream.extend_from_slice(&tokens);
-            stream.push(eod);
-            *count += 1;
-            Ok(())
-        })?;
-    }
-    check_tokenised(&out, source, data, first_bad)?;
-    Ok(out)
-}
-
 /// Refuses an empty source, and one with more bad records than `data.max_bad_fraction`;
 /// reports the bad records it skipped.
-fn check_tokenised(
+pub(crate) fn check_tokenised(
     out: &Tokenised,
     source: &SourceConfig,
     data: &DataConfig,
@@ -297,9 +247,15 @@ fn check_tokenised(
     Ok(())
 }
 
-/// Writes a source's shards and meta.json as the cache entry `dir`.
-fn write_cache_entry(tokenised: &Tokenised, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
-    // Write into a temporary directory and rename, so a half-built cache entry is never used.
+/// Tokenises a source into the cache entry `dir`: into a temporary directory first, renamed
+/// when complete, so a half-built entry is never used.
+fn build_cache_entry(
+    files: &[PathBuf],
+    source: &SourceConfig,
+    data: &DataConfig,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> Result<()> {
     let parent = dir
         .parent()
         .expect("cache entries live inside data.cache_dir");
@@ -313,17 +269,23 @@ fn write_cache_entry(tokenised: &Tokenised, tokenizer: &Tokenizer, dir: &Path) -
         std::fs::remove_dir_all(&tmp).at(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).at(&tmp)?;
-    let vocab = tokenizer.vocab_size();
-    write_shard(&tmp.join("train.bin"), &tokenised.train, vocab)?;
-    write_shard(&tmp.join("val.bin"), &tokenised.val, vocab)?;
+    let tokenised = match tokenise_into(files, source, data, tokenizer, &tmp) {
+        Ok(tokenised) => tokenised,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
     let meta = ShardMeta {
         tokenizer: tokenizer.id(),
-        vocab_size: vocab,
+        vocab_size: tokenizer.vocab_size(),
         train_documents: tokenised.train_docs,
         val_documents: tokenised.val_docs,
-        train_tokens: tokenised.train.len(),
-        val_tokens: tokenised.val.len(),
+        train_tokens: tokenised.train_tokens as usize,
+        val_tokens: tokenised.val_tokens as usize,
         bad_records: tokenised.bad_records,
+        train_stamp: tokenised.train_stamp,
+        val_stamp: tokenised.val_stamp,
     };
     let meta_path = tmp.join("meta.json");
     std::fs::write(

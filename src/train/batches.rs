@@ -31,7 +31,7 @@ impl Batches {
         let tokenizer =
             Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
         let sources = load_sources(&config.data, &tokenizer)?;
-        let target_sets = load_target_sets(&config.target, &config.data, &tokenizer)?;
+        let target_sets = load_target_sets(&config.target, &config.data, &tokenizer, false)?;
         Ok(Batches {
             sampler: Sampler::new(config.run.seed, config.data.seq_len, &sources),
             sources,

@@ -391,6 +391,9 @@ fn epochs_by_source_counts_passes_and_warns_past_max_epochs() {
         .expect("a line with epochs_by_source");
     for entry in std::fs::read_dir(dir.path().join("cache")).unwrap() {
         let entry = entry.unwrap().path();
+        if !entry.is_dir() {
+            continue; // manifest.json
+        }
         let name = entry.file_name().unwrap().to_str().unwrap();
         let source = name.split('-').next().unwrap();
         let meta: serde_json::Value =

@@ -94,7 +94,7 @@ fn prepare(
         ));
     }
     let config = Config::from_toml_str(&text, "formats.toml", &[])?;
-    let lines = prepare_sources(&config)?;
+    let lines = prepare_sources(&config, false)?;
     Ok(lines
         .iter()
         .map(|l| PathBuf::from(l.rsplit_once(" in ").unwrap().1))

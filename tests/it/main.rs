@@ -14,6 +14,7 @@ mod export;
 mod faults;
 mod formats;
 mod fuzz_readers;
+mod prepare;
 mod quickstart;
 mod resume;
 mod single_pass;

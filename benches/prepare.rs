@@ -1,0 +1,184 @@
+//! `mixtrain prepare` at scale: peak memory and throughput of tokenising one large source,
+//! with bytes and with a trained BPE, at two corpus sizes (memory must not grow with the
+//! size), BPE on 1 and 2 threads (the shards must be the same bytes), and the warm start that
+//! follows (the manifest instead of re-hashing the corpus; no token scan of unchanged shards).
+//!
+//!     cargo bench --bench prepare -- --out
+//!     SIZES_MB=50,200 cargo bench --bench prepare
+//!
+//! The corpus is generated into target/prepare-bench/ from the quickstart's documents (each
+//! copy numbered, so documents differ), as a single .jsonl file per size. Each prepare runs
+//! the release binary in its own process; its peak RSS comes from wait4.
+
+#[macro_use]
+mod report;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const ROOT: &str = "target/prepare-bench";
+
+fn mixtrain() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mixtrain"))
+}
+
+/// A single .jsonl of about `mb` MB made of numbered copies of the quickstart's documents.
+fn corpus(mb: usize) -> PathBuf {
+    let path = Path::new(ROOT).join(format!("corpus-{mb}mb.jsonl"));
+    if path.is_file() {
+        return path;
+    }
+    let mut docs = Vec::new();
+    for name in ["prose", "code", "docs", "legal", "man"] {
+        let file = format!("data/quickstart/{name}.jsonl");
+        docs.extend(mixtrain::data::read_documents(Path::new(&file), "text").expect("quickstart"));
+    }
+    std::fs::create_dir_all(ROOT).expect("bench dir");
+    let tmp = path.with_extension("partial");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("corpus file"));
+    let (mut written, mut copy) = (0usize, 0usize);
+    while written < mb << 20 {
+        for doc in &docs {
+            let line = serde_json::json!({ "text": format!("[{copy}] {doc}") }).to_string();
+            writeln!(out, "{line}").expect("write corpus");
+            written += line.len() + 1;
+        }
+        copy += 1;
+    }
+    out.flush().expect("flush corpus");
+    drop(out);
+    std::fs::rename(&tmp, &path).expect("rename corpus");
+    path
+}
+
+/// A config with one source, `corpus`, tokenised by `tokenizer` into `cache`.
+fn config(corpus: &Path, tokenizer: &str, cache: &Path) -> PathBuf {
+    let path = cache.with_extension("toml");
+    let text = format!(
+        "[run]\nout_dir = \"{ROOT}/run\"\n[data]\ntokenizer = \"{tokenizer}\"\ncache_dir = \"{}\"\n\
+         [[data.sources]]\nname = \"big\"\npath = \"{}\"\n",
+        cache.display(),
+        corpus.display()
+    );
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// Runs `mixtrain ARGS` with `threads` rayon threads; (seconds, peak RSS in MB).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its peak RSS
+fn measure(args: &[&str], threads: usize) -> (f64, f64) {
+    let started = Instant::now();
+    let child = Command::new(mixtrain())
+        .args(args)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn mixtrain");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, reaping it (std's Child is not waited on afterwards).
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(
+        pid > 0 && status == 0,
+        "mixtrain {args:?} failed (status {status})"
+    );
+    (
+        started.elapsed().as_secs_f64(),
+        usage.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+/// Tokenises `corpus` from a cold cache; returns (seconds, peak MB, the shard's digest).
+fn cold(corpus: &Path, tokenizer: &str, label: &str, threads: usize) -> (f64, f64, String) {
+    let cache = Path::new(ROOT).join(format!("cache-{label}-t{threads}"));
+    let _ = std::fs::remove_dir_all(&cache);
+    let config = config(corpus, tokenizer, &cache);
+    let (seconds, peak) = measure(&["prepare", config.to_str().unwrap()], threads);
+    let shard = std::fs::read_dir(&cache)
+        .expect("cache")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("train.bin"))
+        .find(|p| p.is_file())
+        .expect("a train shard");
+    let bytes = std::fs::read(&shard).expect("shard");
+    let digest = format!("{:x}", md5_like(&bytes));
+    (seconds, peak, digest)
+}
+
+/// A cheap content fingerprint (FNV-1a) to compare shards across thread counts.
+fn md5_like(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn bpe() -> String {
+    let out = Path::new(ROOT).join("bpe-8000.json");
+    if !out.is_file() {
+        let status = Command::new(mixtrain())
+            .args([
+                "prepare",
+                "configs/quickstart.toml",
+                "--train-bpe",
+                "8000",
+                "--tokenizer-out",
+            ])
+            .arg(&out)
+            .env("RUST_LOG", "warn")
+            .status()
+            .expect("train BPE");
+        assert!(status.success(), "--train-bpe failed");
+    }
+    format!("bpe:{}", out.display())
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("SIZES_MB")
+        .unwrap_or_else(|_| "100,400".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("SIZES_MB: numbers"))
+        .collect();
+    let bpe = bpe();
+    say!("| tokenizer | corpus MB | threads | seconds | MB/s | peak RSS MB | shard fingerprint |");
+    say!("|---|---|---|---|---|---|---|");
+    let mut bpe_rates = Vec::new();
+    for &mb in &sizes {
+        let corpus = corpus(mb);
+        let real_mb = std::fs::metadata(&corpus).expect("corpus").len() as f64 / 1e6;
+        for (name, tokenizer, threads) in [
+            ("bytes", "bytes", 2),
+            ("bpe-8k", bpe.as_str(), 2),
+            ("bpe-8k", bpe.as_str(), 1),
+        ] {
+            if threads == 1 && mb != sizes[0] {
+                continue; // one thread only on the smallest corpus: the speedup and the bytes
+            }
+            let label = format!("{name}-{mb}");
+            let (seconds, peak, digest) = cold(&corpus, tokenizer, &label, threads);
+            say!("| {name} | {real_mb:.0} | {threads} | {seconds:.1} | {:.1} | {peak:.0} | {digest} |", real_mb / seconds);
+            if name != "bytes" && mb == sizes[0] {
+                bpe_rates.push((threads, real_mb / seconds, digest));
+            }
+        }
+    }
+    if let [(2, two, d2), (1, one, d1)] = bpe_rates.as_slice() {
+        say!(
+            "\nBPE on 2 threads: {:.2}× one thread; shards identical: {}",
+            two / one,
+            d1 == d2
+        );
+    }
+    // The warm start: the largest corpus, already tokenised, prepared again.
+    let largest = *sizes.iter().max().expect("a size");
+    let cache = Path::new(ROOT).join(format!("cache-bytes-{largest}-t2"));
+    let config = config(&corpus(largest), "bytes", &cache);
+    let (warm, warm_peak) = measure(&["prepare", config.to_str().unwrap()], 2);
+    let (verify, _) = measure(&["prepare", config.to_str().unwrap(), "--verify"], 2);
+    say!(
+        "\nwarm start of the {largest} MB corpus (bytes): {warm:.2} s, peak {warm_peak:.0} MB; with --verify (re-hash, token scan): {verify:.2} s"
+    );
+    report::finish("prepare", "data", &["SIZES_MB"]);
+}

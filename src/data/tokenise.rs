@@ -1,0 +1,198 @@
+//! Tokenising a source into its shards in bounded memory, on every core: documents are read
+//! in file order into batches of about `BATCH_BYTES`, each batch is encoded in parallel (the
+//! results kept in document order, so the shards are the same bytes whatever the thread
+//! count) and appended to the train and validation shard writers. Progress goes to stderr.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use super::config::{BadRecordPolicy, DataConfig, SourceConfig};
+use super::readers::for_each_record_counted;
+use super::shard::{FileStamp, ShardWriter};
+use super::source::is_validation;
+use super::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+
+/// Text bytes read before a batch is encoded: bounds the memory of a prepare (the batch and
+/// its tokens) whatever the source's size.
+const BATCH_BYTES: usize = 8 << 20;
+
+/// What tokenising a source produced.
+#[derive(Debug, Default)]
+pub(crate) struct Tokenised {
+    pub(crate) train_docs: usize,
+    pub(crate) val_docs: usize,
+    pub(crate) train_tokens: u64,
+    pub(crate) val_tokens: u64,
+    /// Records skipped as unreadable (`data.on_bad_record = "skip"`).
+    pub(crate) bad_records: usize,
+    pub(crate) train_stamp: Option<FileStamp>,
+    pub(crate) val_stamp: Option<FileStamp>,
+}
+
+struct Writers {
+    train: ShardWriter,
+    val: ShardWriter,
+}
+
+/// Reads and tokenises every document of `files` into `dir`/train.bin and `dir`/val.bin;
+/// bad records stop it or are counted, as `data.on_bad_record` says.
+pub(crate) fn tokenise_into(
+    files: &[PathBuf],
+    source: &SourceConfig,
+    data: &DataConfig,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> Result<Tokenised> {
+    let vocab = tokenizer.vocab_size();
+    let mut writers = Writers {
+        train: ShardWriter::create(&dir.join("train.bin"), vocab)?,
+        val: ShardWriter::create(&dir.join("val.bin"), vocab)?,
+    };
+    let mut out = Tokenised::default();
+    let mut progress = Progress::new(&source.name, files);
+    // Bytes of the input files read so far (compressed bytes for compressed files).
+    let read = AtomicU64::new(0);
+    let mut batch: Vec<String> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut first_bad: Option<String> = None;
+    for file in files {
+        for_each_record_counted(file, &source.text_field, &read, |record| {
+            let doc = match record.document {
+                Ok(doc) => doc,
+                Err(what) if data.on_bad_record == BadRecordPolicy::Skip => {
+                    out.bad_records += 1;
+                    first_bad.get_or_insert_with(|| {
+                        format!("{}, {}: {what}", file.display(), record.at)
+                    });
+                    return Ok(());
+                }
+                Err(what) => return Err(Error::data(file, format!("{}: {what}", record.at))),
+            };
+            if doc.trim().is_empty() {
+                return Ok(());
+            }
+            batch_bytes += doc.len();
+            batch.push(doc);
+            if batch_bytes >= BATCH_BYTES {
+                encode_batch(&mut batch, source, tokenizer, &mut writers, &mut out)?;
+                batch_bytes = 0;
+                progress.show(
+                    read.load(Ordering::Relaxed),
+                    out.train_docs + out.val_docs,
+                    false,
+                );
+            }
+            Ok(())
+        })?;
+    }
+    encode_batch(&mut batch, source, tokenizer, &mut writers, &mut out)?;
+    super::source::check_tokenised(&out, source, data, first_bad)?;
+    out.train_tokens = writers.train.len();
+    out.val_tokens = writers.val.len();
+    out.train_stamp = Some(writers.train.finish()?);
+    out.val_stamp = Some(writers.val.finish()?);
+    progress.show(
+        read.load(Ordering::Relaxed),
+        out.train_docs + out.val_docs,
+        true,
+    );
+    Ok(out)
+}
+
+/// Encodes `batch` in parallel and appends each document, in order, with its end-of-document
+/// token to its split's shard.
+fn encode_batch(
+    batch: &mut Vec<String>,
+    source: &SourceConfig,
+    tokenizer: &Tokenizer,
+    writers: &mut Writers,
+    out: &mut Tokenised,
+) -> Result<()> {
+    let encoded: Vec<Result<(bool, Vec<u32>)>> = batch
+        .par_iter()
+        .map(|doc| {
+            Ok((
+                is_validation(doc, source.val_fraction),
+                tokenizer.encode(doc)?,
+            ))
+        })
+        .collect();
+    batch.clear();
+    let eod = tokenizer.eod();
+    for result in encoded {
+        let (validation, mut tokens) = result?;
+        tokens.push(eod);
+        if validation {
+            writers.val.push(&tokens)?;
+            out.val_docs += 1;
+        } else {
+            writers.train.push(&tokens)?;
+            out.train_docs += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A progress line per source: bytes read of the files' total, documents per second, MB/s and
+/// the time left; redrawn in place on a terminal, a log line every 10 s otherwise.
+struct Progress {
+    name: String,
+    total: u64,
+    started: Instant,
+    shown: Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(name: &str, files: &[PathBuf]) -> Progress {
+        let total = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        let now = Instant::now();
+        Progress {
+            name: name.to_string(),
+            total,
+            started: now,
+            shown: now,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&mut self, read: u64, docs: usize, done: bool) {
+        let every = Duration::from_secs(if self.terminal { 1 } else { 10 });
+        if !done && self.shown.elapsed() < every {
+            return;
+        }
+        self.shown = Instant::now();
+        let read = read.min(self.total);
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        let rate = read as f64 / seconds;
+        let fraction = read as f64 / self.total.max(1) as f64;
+        let eta = (self.total - read) as f64 / rate.max(1.0);
+        let filled = (fraction * 30.0).round() as usize;
+        let line =
+            format!(
+            "tokenising {}: [{}{}] {:.0}% of {:.1} MB, {docs} documents ({:.0}/s), {:.1} MB/s, {}",
+            self.name,
+            "=".repeat(filled),
+            " ".repeat(30 - filled),
+            100.0 * fraction,
+            self.total as f64 / 1e6,
+            docs as f64 / seconds,
+            rate / 1e6,
+            if done { format!("done in {seconds:.1} s") } else { format!("ETA {eta:.0} s") },
+        );
+        if self.terminal {
+            eprint!("\r{line}{}", if done { "\n" } else { "" });
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `mixtrain prepare` at scale, on a corpus the test writes: shards that do not depend on
+//! the thread count across several encoding batches, a cache keyed by content (moving the
+//! data keeps it, changing a file rebuilds it), and an edited shard caught by the token scan.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::common::{mixtrain, run_ok};
+
+/// About `mb` MB of numbered JSON lines (several 8 MB encoding batches for mb > 16).
+fn write_corpus(path: &Path, mb: usize) -> usize {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let (mut bytes, mut docs) = (0, 0);
+    while bytes < mb << 20 {
+        let text = format!(
+            "document {docs}: {}",
+            "the quick brown fox jumps. ".repeat(docs % 50 + 1)
+        );
+        let line = serde_json::json!({ "text": text }).to_string();
+        writeln!(out, "{line}").unwrap();
+        bytes += line.len() + 1;
+        docs += 1;
+    }
+    docs
+}
+
+fn config(dir: &Path, corpus: &Path, cache: &str) -> PathBuf {
+    let path = dir.join(format!("{cache}.toml"));
+    let text = format!(
+        "[run]\nout_dir = \"{}\"\n[data]\ncache_dir = \"{}\"\n[[data.sources]]\nname = \"big\"\npath = \"{}\"\n",
+        dir.join("run").display(),
+        dir.join(cache).display(),
+        corpus.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The cache entry directory `prepare` printed.
+fn prepare(config: &Path, threads: usize, extra: &[&str]) -> PathBuf {
+    let mut cmd = mixtrain();
+    cmd.arg("prepare")
+        .arg(config)
+        .args(extra)
+        .env("RAYON_NUM_THREADS", threads.to_string());
+    let out = run_ok(&mut cmd);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("big:"))
+        .expect("a line for the source");
+    PathBuf::from(line.rsplit(" in ").next().unwrap())
+}
+
+fn prepare_err(config: &Path) -> String {
+    let out = mixtrain().arg("prepare").arg(config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn streaming_prepare_is_the_same_on_any_thread_count_and_caches_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.jsonl");
+    let docs = write_corpus(&corpus, 20);
+    let one = prepare(&config(dir.path(), &corpus, "cache1"), 1, &[]);
+    let two = prepare(&config(dir.path(), &corpus, "cache2"), 2, &[]);
+    for shard in ["train.bin", "val.bin"] {
+        let (a, b) = (
+            std::fs::read(one.join(shard)).unwrap(),
+            std::fs::read(two.join(shard)).unwrap(),
+        );
+        assert!(a == b, "{shard} differs between 1 and 2 threads");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(two.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["train_documents"].as_u64().unwrap() + meta["val_documents"].as_u64().unwrap(),
+        docs as u64
+    );
+    let text_bytes = std::fs::read_to_string(&corpus)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .len()
+                + 1
+        })
+        .sum::<usize>() as u64;
+    assert_eq!(
+        meta["train_tokens"].as_u64().unwrap() + meta["val_tokens"].as_u64().unwrap(),
+        text_bytes,
+        "bytes + one end-of-document token each"
+    );
+
+    // Moved: the same cache entry, no re-tokenising.
+    let moved = dir.path().join("moved.jsonl");
+    std::fs::rename(&corpus, &moved).unwrap();
+    let config2 = config(dir.path(), &moved, "cache2");
+    assert_eq!(prepare(&config2, 2, &[]), two);
+    // Changed: a new entry.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&moved)
+        .unwrap()
+        .write_all(b"{\"text\": \"one more\"}\n")
+        .unwrap();
+    let changed = prepare(&config2, 2, &[]);
+    assert_ne!(changed, two);
+    assert_eq!(prepare(&config2, 2, &["--verify"]), changed);
+
+    // A shard edited after it was written (same length) is scanned and refused.
+    let train = changed.join("train.bin");
+    let mut bytes = std::fs::read(&train).unwrap();
+    bytes[32] = 0xff;
+    bytes[33] = 0xff;
+    std::fs::write(&train, &bytes).unwrap();
+    let stderr = prepare_err(&config2);
+    assert!(
+        stderr.contains("outside the vocabulary") && stderr.contains("train.bin"),
+        "{stderr}"
+    );
+}
