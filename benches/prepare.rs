@@ -66,29 +66,32 @@ fn config(corpus: &Path, tokenizer: &str, cache: &Path) -> PathBuf {
     path
 }
 
-/// Runs `mixtrain ARGS` with `threads` rayon threads; (seconds, peak RSS in MB).
-#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its peak RSS
+/// Runs `mixtrain ARGS` with `threads` rayon threads; (seconds, peak RSS in MB). The peak is
+/// the child's own VmHWM, polled from /proc every 10 ms (wait4's ru_maxrss would include the
+/// bench process's own high-water mark, which a child inherits at fork).
 fn measure(args: &[&str], threads: usize) -> (f64, f64) {
     let started = Instant::now();
-    let child = Command::new(mixtrain())
+    let mut child = Command::new(mixtrain())
         .args(args)
         .env("RAYON_NUM_THREADS", threads.to_string())
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("spawn mixtrain");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, reaping it (std's Child is not waited on afterwards).
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(
-        pid > 0 && status == 0,
-        "mixtrain {args:?} failed (status {status})"
-    );
-    (
-        started.elapsed().as_secs_f64(),
-        usage.ru_maxrss as f64 / 1024.0,
-    )
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            let hwm = text.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+            let kb = hwm.and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            peak_kb = peak_kb.max(kb.unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().expect("wait for mixtrain") {
+            assert!(status.success(), "mixtrain {args:?} failed: {status}");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (started.elapsed().as_secs_f64(), peak_kb as f64 / 1024.0)
 }
 
 /// Tokenises `corpus` from a cold cache; returns (seconds, peak MB, the shard's digest).
@@ -177,8 +180,12 @@ fn main() {
     let config = config(&corpus(largest), "bytes", &cache);
     let (warm, warm_peak) = measure(&["prepare", config.to_str().unwrap()], 2);
     let (verify, _) = measure(&["prepare", config.to_str().unwrap(), "--verify"], 2);
+    let peak = match warm_peak {
+        0.0 => "exited before the first 10 ms sample".to_string(),
+        mb => format!("peak {mb:.0} MB"),
+    };
     say!(
-        "\nwarm start of the {largest} MB corpus (bytes): {warm:.2} s, peak {warm_peak:.0} MB; with --verify (re-hash, token scan): {verify:.2} s"
+        "\nwarm start of the {largest} MB corpus (bytes): {warm:.2} s ({peak}); with --verify (re-hash, token scan): {verify:.2} s"
     );
     report::finish("prepare", "data", &["SIZES_MB"]);
 }

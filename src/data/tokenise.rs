@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 
 /// Text bytes read before a batch is encoded: bounds the memory of a prepare (the batch and
 /// its tokens) whatever the source's size.
-const BATCH_BYTES: usize = 8 << 20;
+const BATCH_BYTES: usize = 2 << 20;
 
 /// What tokenising a source produced.
 #[derive(Debug, Default)]

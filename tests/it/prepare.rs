@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::common::{mixtrain, run_ok};
 
-/// About `mb` MB of numbered JSON lines (several 8 MB encoding batches for mb > 16).
+/// About `mb` MB of numbered JSON lines (several 2 MB encoding batches).
 fn write_corpus(path: &Path, mb: usize) -> usize {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let (mut bytes, mut docs) = (0, 0);
