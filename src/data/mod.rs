@@ -3,6 +3,7 @@
 
 mod config;
 mod manifest;
+mod order;
 mod parquet;
 mod readers;
 mod sampler;

@@ -5,6 +5,7 @@
 //! The whole state is the RNG and, per source, (epoch, position); the visiting order is
 //! recomputed from (seed, source, epoch), so a checkpoint restores the exact batch stream.
 
+use super::order::{Order, TABLE_MAX_WINDOWS};
 use super::shard::Shard;
 use super::source::Source;
 use crate::rng::Rng;
@@ -74,7 +75,9 @@ pub struct Sampler {
     windows_per_source: Vec<u64>,
     state: SamplerState,
     /// Per source: (epoch, window order) of the current epoch; derived, not state.
-    orders: Vec<Option<(u64, Vec<u32>)>>,
+    orders: Vec<Option<(u64, Order)>>,
+    /// Sources with more windows than this visit them in a keyed order (no table).
+    table_max_windows: u64,
 }
 
 impl Sampler {
@@ -98,7 +101,8 @@ impl Sampler {
                     sources.len()
                 ],
             },
-            orders: vec![None; sources.len()],
+            orders: (0..sources.len()).map(|_| None).collect(),
+            table_max_windows: TABLE_MAX_WINDOWS,
         }
     }
 
@@ -230,13 +234,11 @@ impl Sampler {
         let epoch = cursor.epoch;
         let stale = !matches!(&self.orders[k], Some((e, _)) if *e == epoch);
         if stale {
-            let mut order: Vec<u32> = (0..n as u32).collect();
-            let mut rng = Rng::new(self.seed, 1 + (k as u64) * 0x1_0000_0000 + epoch);
-            rng.shuffle(&mut order);
-            self.orders[k] = Some((epoch, order));
+            let rng = Rng::new(self.seed, 1 + (k as u64) * 0x1_0000_0000 + epoch);
+            self.orders[k] = Some((epoch, Order::new(n, rng, self.table_max_windows)));
         }
         let (_, order) = self.orders[k].as_ref().expect("order computed above");
-        let index = order[cursor.position as usize];
+        let index = order.at(cursor.position);
         cursor.position += 1;
         if cursor.position == n {
             cursor.epoch += 1;
@@ -306,7 +308,8 @@ mod tests {
                     k
                 ],
             },
-            orders: vec![None; k],
+            orders: (0..k).map(|_| None).collect(),
+            table_max_windows: TABLE_MAX_WINDOWS,
         }
     }
 
@@ -386,5 +389,27 @@ mod tests {
             assert_eq!(a.next_window(0), b.next_window(0));
             assert_eq!(a.next_window(1), b.next_window(1));
         }
+    }
+
+    /// Above the table size the keyed order: every window once per epoch, another order the
+    /// next epoch, and the same order again after a restore.
+    #[test]
+    fn keyed_order_visits_every_window_once_and_resumes() {
+        let mut s = sampler_with(vec![1000]);
+        s.table_max_windows = 10;
+        let first: Vec<u32> = (0..1000).map(|_| s.next_window(0)).collect();
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..1000).collect::<Vec<u32>>());
+        let saved = s.state().clone();
+        let second: Vec<u32> = (0..1000).map(|_| s.next_window(0)).collect();
+        assert_ne!(first, second);
+        let mut b = sampler_with(vec![1000]);
+        b.table_max_windows = 10;
+        assert!(b.restore(saved));
+        assert_eq!(
+            (0..1000).map(|_| b.next_window(0)).collect::<Vec<u32>>(),
+            second
+        );
     }
 }
