@@ -48,7 +48,10 @@ pub fn train_tokenizer(config: &Config, vocab: usize, out: &Path) -> Result<()> 
             texts.extend(
                 read_documents(&file, &source.text_field)?
                     .into_iter()
-                    .filter(|doc| !is_validation(doc, source.val_fraction)),
+                    // With val_path, every document of `path` is training.
+                    .filter(|doc| {
+                        source.val_path.is_some() || !is_validation(doc, source.val_fraction)
+                    }),
             );
         }
     }

@@ -56,6 +56,7 @@ impl TargetSetConfig {
             name: self.name.clone(),
             path: self.path.clone(),
             val_fraction: 1.0,
+            val_path: None,
             text_field: self.text_field.clone(),
         }
     }
@@ -211,6 +212,7 @@ mod tests {
                 name: n.to_string(),
                 path: format!("data/{n}.jsonl"),
                 val_fraction: 0.05,
+                val_path: None,
                 text_field: "text".into(),
             })
             .collect()

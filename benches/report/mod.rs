@@ -41,6 +41,7 @@ pub fn add_nine_sources(base: &mut mixtrain::config::Config) {
             name: name.to_string(),
             path,
             val_fraction: base.data.sources[0].val_fraction,
+            val_path: None,
             text_field: "text".into(),
         });
     }

@@ -86,6 +86,11 @@ pub struct SourceConfig {
     /// text (deterministic, independent of file order). Default 0.05.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// Validation documents of their own (a file, directory or glob, read like `path`): every
+    /// document there is validation, every document of `path` training, and `val_fraction`
+    /// is not used. Unset: split `path` by `val_fraction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_path: Option<String>,
     /// The JSON field or Parquet column holding a document's text (e.g. "content" for The
     /// Stack). Default "text".
     #[serde(default = "default_text_field")]

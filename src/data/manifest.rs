@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::SourceConfig;
 use super::shard::FileStamp;
+use super::tokenise::SourceFiles;
 use super::tokenizer::Tokenizer;
 use crate::error::{IoContext, Result};
 use crate::fsutil::hex;
@@ -34,13 +35,13 @@ struct Manifest {
 /// The key of `source`'s cache entry: its files' contents (in order), the tokenizer, the
 /// validation fraction and the text field. With `verify`, every file is re-hashed.
 pub(crate) fn cache_key(
-    files: &[PathBuf],
+    files: &SourceFiles,
     source: &SourceConfig,
     tokenizer: &Tokenizer,
     cache_dir: &Path,
     verify: bool,
 ) -> Result<String> {
-    let digests = file_digests(files, cache_dir, verify)?;
+    let digests = file_digests(&files.train, cache_dir, verify)?;
     let mut hasher = Sha256::new();
     hasher.update(b"mixtrain-cache-v2\0");
     hasher.update(tokenizer.id().as_bytes());
@@ -51,6 +52,12 @@ pub(crate) fn cache_key(
     }
     for digest in digests {
         hasher.update(digest.as_bytes());
+    }
+    if let Some(val) = &files.val {
+        hasher.update(b"val_path\0");
+        for digest in file_digests(val, cache_dir, verify)? {
+            hasher.update(digest.as_bytes());
+        }
     }
     Ok(hex(&hasher.finalize()[..8]))
 }

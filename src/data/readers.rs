@@ -58,12 +58,28 @@ pub(crate) fn kind_of(path: &Path) -> Option<(Format, Compression)> {
 /// sorted, so the order never depends on the filesystem. Files no reader takes are named in a
 /// warning; a source left with none is an error.
 pub fn resolve_files(entry: &str, source: &SourceConfig) -> Result<Vec<PathBuf>> {
-    let key = format!("{entry}.path");
-    let path = Path::new(&source.path);
+    resolve_at(&format!("{entry}.path"), &source.path, &source.name)
+}
+
+/// The files of a source's `val_path`, when it has one.
+pub(crate) fn resolve_val_files(
+    entry: &str,
+    source: &SourceConfig,
+) -> Result<Option<Vec<PathBuf>>> {
+    let Some(val_path) = &source.val_path else {
+        return Ok(None);
+    };
+    resolve_at(&format!("{entry}.val_path"), val_path, &source.name).map(Some)
+}
+
+/// The readable files at `spec` (a file, a directory searched recursively, or a glob) of
+/// source `name`, sorted; `key` names the config key in errors.
+fn resolve_at(key: &str, spec: &str, name: &str) -> Result<Vec<PathBuf>> {
+    let path = Path::new(spec);
     let mut files = Vec::new();
-    if source.path.contains(['*', '?', '[']) {
-        let entries = glob::glob(&source.path)
-            .map_err(|e| Error::value(&key, format!("bad glob {:?}: {e}", source.path)))?;
+    if spec.contains(['*', '?', '[']) {
+        let entries =
+            glob::glob(spec).map_err(|e| Error::value(key, format!("bad glob {spec:?}: {e}")))?;
         for entry in entries {
             let entry = entry.map_err(|e| {
                 let path = e.path().to_path_buf();
@@ -86,22 +102,16 @@ pub fn resolve_files(entry: &str, source: &SourceConfig) -> Result<Vec<PathBuf>>
     } else {
         return Err(Error::data(
             path,
-            format!(
-                "{key}: no such file or directory (source {:?})",
-                source.name
-            ),
+            format!("{key}: no such file or directory (source {:?})", name),
         ));
     }
     files.sort();
     let (files, skipped): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| kind_of(f).is_some());
-    warn_skipped(&source.name, &skipped);
+    warn_skipped(name, &skipped);
     if files.is_empty() {
         return Err(Error::data(
             path,
-            format!(
-                "{key}: no {READABLE} files found (source {:?})",
-                source.name
-            ),
+            format!("{key}: no {READABLE} files found (source {:?})", name),
         ));
     }
     Ok(files)

@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 
 use super::config::{DataConfig, SourceConfig};
 use super::manifest::cache_key;
-use super::readers::resolve_files;
+use super::readers::{resolve_files, resolve_val_files};
 use super::shard::{FileStamp, Shard};
-use super::tokenise::{tokenise_into, Tokenised};
+use super::tokenise::{tokenise_into, SourceFiles, Tokenised};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
 use crate::target::TargetConfig;
@@ -104,6 +104,8 @@ fn is_target_set(source: &SourceConfig) -> bool {
 fn describe(source: &SourceConfig) -> (&'static str, &'static str) {
     if is_target_set(source) {
         ("target set", "add documents")
+    } else if source.val_path.is_some() {
+        ("source", "add documents to its val_path")
     } else {
         ("source", "raise its val_fraction or add documents")
     }
@@ -121,11 +123,14 @@ fn load_source(
     let dir = if path.join("train.bin").is_file() && !is_target_set(source) {
         path.to_path_buf()
     } else {
-        let files = resolve_files(key, source)?;
+        let files = SourceFiles {
+            train: resolve_files(key, source)?,
+            val: resolve_val_files(key, source)?,
+        };
         let key = cache_key(&files, source, tokenizer, &data.cache_dir, verify)?;
         let dir = data.cache_dir.join(format!("{}-{key}", source.name));
         if !dir.join("meta.json").is_file() {
-            tracing::info!(source = %source.name, files = files.len(), "tokenising");
+            tracing::info!(source = %source.name, files = files.train.len(), "tokenising");
             build_cache_entry(&files, source, data, tokenizer, &dir)?;
         }
         dir
@@ -250,7 +255,7 @@ pub(crate) fn check_tokenised(
 /// Tokenises a source into the cache entry `dir`: into a temporary directory first, renamed
 /// when complete, so a half-built entry is never used.
 fn build_cache_entry(
-    files: &[PathBuf],
+    files: &SourceFiles,
     source: &SourceConfig,
     data: &DataConfig,
     tokenizer: &Tokenizer,

@@ -34,6 +34,23 @@ pub(crate) struct Tokenised {
     pub(crate) val_stamp: Option<FileStamp>,
 }
 
+/// A source's input files: `train` split by `val_fraction`, or, with `val` (`val_path`),
+/// all training while `val` is all validation.
+pub(crate) struct SourceFiles {
+    pub(crate) train: Vec<PathBuf>,
+    pub(crate) val: Option<Vec<PathBuf>>,
+}
+
+impl SourceFiles {
+    /// Each file with the split it goes to (None: by each document's hash).
+    fn with_splits(&self) -> Vec<(&PathBuf, Option<bool>)> {
+        let forced = self.val.is_some().then_some(false);
+        let train = self.train.iter().map(|f| (f, forced));
+        let val = self.val.iter().flatten().map(|f| (f, Some(true)));
+        train.chain(val).collect()
+    }
+}
+
 struct Writers {
     train: ShardWriter,
     val: ShardWriter,
@@ -42,7 +59,7 @@ struct Writers {
 /// Reads and tokenises every document of `files` into `dir`/train.bin and `dir`/val.bin;
 /// bad records stop it or are counted, as `data.on_bad_record` says.
 pub(crate) fn tokenise_into(
-    files: &[PathBuf],
+    files: &SourceFiles,
     source: &SourceConfig,
     data: &DataConfig,
     tokenizer: &Tokenizer,
@@ -54,13 +71,16 @@ pub(crate) fn tokenise_into(
         val: ShardWriter::create(&dir.join("val.bin"), vocab)?,
     };
     let mut out = Tokenised::default();
-    let mut progress = Progress::new(&source.name, files);
+    let files = files.with_splits();
+    let paths: Vec<PathBuf> = files.iter().map(|(f, _)| f.to_path_buf()).collect();
+    let mut progress = Progress::new(&source.name, &paths);
     // Bytes of the input files read so far (compressed bytes for compressed files).
     let read = AtomicU64::new(0);
-    let mut batch: Vec<String> = Vec::new();
+    // Documents with their split where a file forces it.
+    let mut batch: Vec<(String, Option<bool>)> = Vec::new();
     let mut batch_bytes = 0;
     let mut first_bad: Option<String> = None;
-    for file in files {
+    for (file, split) in files {
         for_each_record_counted(file, &source.text_field, &read, |record| {
             let doc = match record.document {
                 Ok(doc) => doc,
@@ -77,7 +97,7 @@ pub(crate) fn tokenise_into(
                 return Ok(());
             }
             batch_bytes += doc.len();
-            batch.push(doc);
+            batch.push((doc, split));
             if batch_bytes >= BATCH_BYTES {
                 encode_batch(&mut batch, source, tokenizer, &mut writers, &mut out)?;
                 batch_bytes = 0;
@@ -107,7 +127,7 @@ pub(crate) fn tokenise_into(
 /// Encodes `batch` in parallel and appends each document, in order, with its end-of-document
 /// token to its split's shard.
 fn encode_batch(
-    batch: &mut Vec<String>,
+    batch: &mut Vec<(String, Option<bool>)>,
     source: &SourceConfig,
     tokenizer: &Tokenizer,
     writers: &mut Writers,
@@ -115,11 +135,9 @@ fn encode_batch(
 ) -> Result<()> {
     let encoded: Vec<Result<(bool, Vec<u32>)>> = batch
         .par_iter()
-        .map(|doc| {
-            Ok((
-                is_validation(doc, source.val_fraction),
-                tokenizer.encode(doc)?,
-            ))
+        .map(|(doc, split)| {
+            let validation = split.unwrap_or_else(|| is_validation(doc, source.val_fraction));
+            Ok((validation, tokenizer.encode(doc)?))
         })
         .collect();
     batch.clear();

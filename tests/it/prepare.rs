@@ -123,3 +123,31 @@ fn streaming_prepare_is_the_same_on_any_thread_count_and_caches_by_content() {
         "{stderr}"
     );
 }
+
+/// `val_path`: its documents are the validation split, all of `path` is training.
+#[test]
+fn val_path_gives_the_validation_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    let val = dir.path().join("val.jsonl");
+    let train_docs = write_corpus(&train, 1);
+    let held_out: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"text\": \"held out {i}: {}\"}}\n",
+                "a validation sentence. ".repeat(5)
+            )
+        })
+        .collect();
+    std::fs::write(&val, held_out).unwrap();
+    let val_docs = 20;
+    let config = config(dir.path(), &train, "cache");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_val = format!("{text}val_path = \"{}\"\n", val.display());
+    std::fs::write(&config, with_val).unwrap();
+    let entry = prepare(&config, 2, &[]);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(entry.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["train_documents"].as_u64(), Some(train_docs as u64));
+    assert_eq!(meta["val_documents"].as_u64(), Some(val_docs as u64));
+}
