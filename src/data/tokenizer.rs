@@ -1,4 +1,5 @@
-//! Tokenizers: byte-level (vocab 256 + end-of-document) or any `tokenizer.json`.
+//! Tokenizers: byte-level (vocab 256 + end-of-document), any `tokenizer.json`, or OpenAI's
+//! tiktoken encodings by name (bundled in the `tiktoken-rs` crate: nothing is downloaded).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,66 @@ pub enum Tokenizer {
         /// "bpe:" + hash of the file's bytes: what the shard cache is keyed by.
         id: String,
     },
+    /// A tiktoken encoding; special tokens in the text are encoded as ordinary text.
+    Tiktoken {
+        inner: Box<tiktoken_rs::CoreBPE>,
+        eod: u32,
+        vocab_size: usize,
+        /// "tiktoken:NAME".
+        id: String,
+    },
+}
+
+/// The tiktoken encodings: name, constructor, `<|endoftext|>`, vocabulary size (one past the
+/// largest id, special tokens included).
+type TiktokenEncoding = (
+    &'static str,
+    fn() -> anyhow::Result<tiktoken_rs::CoreBPE>,
+    u32,
+    usize,
+);
+const TIKTOKEN_ENCODINGS: [TiktokenEncoding; 4] = [
+    ("r50k_base", tiktoken_rs::r50k_base, 50256, 50257),
+    ("p50k_base", tiktoken_rs::p50k_base, 50256, 50281),
+    ("cl100k_base", tiktoken_rs::cl100k_base, 100257, 100277),
+    ("o200k_base", tiktoken_rs::o200k_base, 199999, 200019),
+];
+
+fn tiktoken(spec: &str, name: &str, eos_token: Option<&str>) -> Result<Tokenizer> {
+    let names: Vec<&str> = TIKTOKEN_ENCODINGS.iter().map(|e| e.0).collect();
+    let Some(&(_, build, endoftext, vocab_size)) = TIKTOKEN_ENCODINGS.iter().find(|e| e.0 == name)
+    else {
+        let message = format!(
+            "unknown tiktoken encoding {name:?}; expected one of {}",
+            names.join(", ")
+        );
+        return Err(Error::value("data.tokenizer", message));
+    };
+    let fail = |message: String| Error::Tokenizer {
+        spec: spec.to_string(),
+        message,
+    };
+    let inner = build().map_err(|e| fail(e.to_string()))?;
+    let eod = match eos_token {
+        None => endoftext,
+        Some(token) => match inner.encode_with_special_tokens(token).as_slice() {
+            [id] if inner.special_tokens().contains(token) => *id,
+            _ => {
+                let message = format!("{token:?} is not a special token of {name}");
+                return Err(Error::value("data.eos_token", message));
+            }
+        },
+    };
+    let mut id = format!("tiktoken:{name}");
+    if eod != endoftext {
+        id.push_str(&format!(":eod{eod}"));
+    }
+    Ok(Tokenizer::Tiktoken {
+        inner: Box::new(inner),
+        eod,
+        vocab_size,
+        id,
+    })
 }
 
 /// End-of-document tokens looked for, in order, when `data.eos_token` is unset: GPT-2/NeoX,
@@ -40,11 +101,15 @@ impl Tokenizer {
             }
             return Ok(Tokenizer::Bytes);
         }
+        if let Some(name) = spec.strip_prefix("tiktoken:") {
+            return tiktoken(spec, name, eos_token);
+        }
         let Some(path) = spec.strip_prefix("bpe:") else {
             return Err(Error::value(
                 "data.tokenizer",
                 format!(
-                    "unknown tokenizer {spec:?}; expected \"bytes\" or \"bpe:PATH/tokenizer.json\""
+                    "unknown tokenizer {spec:?}; expected \"bytes\", \"bpe:PATH/tokenizer.json\" \
+                     or \"tiktoken:NAME\" (cl100k_base, o200k_base, p50k_base, r50k_base)"
                 ),
             ));
         };
@@ -85,14 +150,16 @@ impl Tokenizer {
     pub(crate) fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Bytes => 257,
-            Tokenizer::File { vocab_size, .. } => *vocab_size,
+            Tokenizer::File { vocab_size, .. } | Tokenizer::Tiktoken { vocab_size, .. } => {
+                *vocab_size
+            }
         }
     }
 
     pub(crate) fn eod(&self) -> u32 {
         match self {
             Tokenizer::Bytes => 256,
-            Tokenizer::File { eod, .. } => *eod,
+            Tokenizer::File { eod, .. } | Tokenizer::Tiktoken { eod, .. } => *eod,
         }
     }
 
@@ -100,7 +167,7 @@ impl Tokenizer {
     pub(crate) fn id(&self) -> String {
         match self {
             Tokenizer::Bytes => "bytes".into(),
-            Tokenizer::File { id, .. } => id.clone(),
+            Tokenizer::File { id, .. } | Tokenizer::Tiktoken { id, .. } => id.clone(),
         }
     }
 
@@ -115,6 +182,7 @@ impl Tokenizer {
                     spec: id.clone(),
                     message: e.to_string(),
                 }),
+            Tokenizer::Tiktoken { inner, .. } => Ok(inner.encode_ordinary(text)),
         }
     }
 }
@@ -179,6 +247,34 @@ pub(crate) fn train_bpe<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// cl100k_base as OpenAI's tiktoken encodes it; `<|endoftext|>` in text is ordinary text.
+    #[test]
+    fn tiktoken_encodings_by_name() {
+        let t = Tokenizer::from_spec("tiktoken:cl100k_base", None).unwrap();
+        assert_eq!(t.encode("hello world").unwrap(), vec![15339, 1917]);
+        assert_eq!(
+            (t.eod(), t.vocab_size(), t.id()),
+            (100257, 100277, "tiktoken:cl100k_base".into())
+        );
+        assert!(!t.encode("<|endoftext|>").unwrap().contains(&100257));
+        let o = Tokenizer::from_spec("tiktoken:o200k_base", Some("<|endofprompt|>")).unwrap();
+        assert_eq!(o.eod(), 200018);
+        assert_eq!(o.id(), "tiktoken:o200k_base:eod200018");
+        let error = Tokenizer::from_spec("tiktoken:gpt5", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("data.tokenizer") && error.contains("cl100k_base"),
+            "{error}"
+        );
+        let error = Tokenizer::from_spec("tiktoken:r50k_base", Some("</s>"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("data.eos_token"), "{error}");
+    }
 
     #[test]
     fn bytes_round_numbers() {

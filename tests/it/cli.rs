@@ -180,6 +180,35 @@ fn trained_bpe_tokenizer_runs() {
     assert_eq!(model["tok_emb.weight"].shape, vec![512, 32]);
 }
 
+/// A tiktoken encoding by name trains a model whose embedding has its vocabulary, and its
+/// shards are 4 bytes a token (the vocabulary is over 2^16).
+#[test]
+fn tiktoken_encoding_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "[data]\ntokenizer = \"tiktoken:cl100k_base\"\n");
+    run_ok(
+        mixtrain()
+            .arg("run")
+            .arg(&config)
+            .args(["--set", "train.steps=2"]),
+    );
+    let model =
+        mixtrain::export::read_safetensors(&dir.path().join("run/model.safetensors")).unwrap();
+    assert_eq!(model["tok_emb.weight"].shape, vec![100277, 32]);
+    let shard = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("train.bin").is_file())
+        .unwrap()
+        .join("train.bin");
+    let header = std::fs::read(&shard).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(header[12..16].try_into().unwrap()),
+        4,
+        "token width"
+    );
+}
+
 #[test]
 fn every_example_config_is_valid() {
     let dir = crate::common::repo().join("configs");
