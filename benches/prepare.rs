@@ -1,7 +1,8 @@
 //! `mixtrain prepare` at scale: peak memory and throughput of tokenising one large source,
 //! with bytes and with a trained BPE, at two corpus sizes (memory must not grow with the
-//! size), BPE on 1 and 2 threads (the shards must be the same bytes), and the warm start that
-//! follows (the manifest instead of re-hashing the corpus; no token scan of unchanged shards).
+//! size), BPE on 1 and 2 threads (the shards must be the same bytes), training a BPE on each
+//! corpus (streamed), and the warm start that follows (the manifest instead of re-hashing the
+//! corpus; no token scan of unchanged shards).
 //!
 //!     cargo bench --bench prepare -- --out
 //!     SIZES_MB=50,200 cargo bench --bench prepare
@@ -173,6 +174,22 @@ fn main() {
             two / one,
             d1 == d2
         );
+    }
+    // Training a BPE streams the documents: its memory is the trainer's word counts.
+    say!("\n| --train-bpe 8000 on | seconds | peak RSS MB |\n|---|---|---|");
+    for &mb in &sizes {
+        let cache = Path::new(ROOT).join(format!("cache-bytes-{mb}-t2"));
+        let config = config(&corpus(mb), "bytes", &cache);
+        let out = Path::new(ROOT).join(format!("bpe-{mb}.json"));
+        let args = [
+            "prepare",
+            config.to_str().unwrap(),
+            "--train-bpe",
+            "8000",
+            "--tokenizer-out",
+        ];
+        let (seconds, peak) = measure(&[&args[..], &[out.to_str().unwrap()]].concat(), 2);
+        say!("| {mb} MB corpus | {seconds:.1} | {peak:.0} |");
     }
     // The warm start: the largest corpus, already tokenised, prepared again.
     let largest = *sizes.iter().max().expect("a size");

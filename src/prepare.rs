@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::data::{
-    is_validation, load_sources_checked, load_target_sets, read_documents, resolve_files,
+    for_each_document, is_validation, load_sources_checked, load_target_sets, resolve_files,
     train_bpe, Tokenizer,
 };
 use crate::error::Result;
@@ -40,21 +40,45 @@ pub fn prepare_sources(config: &Config, verify: bool) -> Result<Vec<String>> {
 }
 
 /// Trains a byte-level BPE of `vocab` tokens on every source's training documents (validation
-/// documents are left out, so validation loss stays honest) and writes it to `out`.
+/// documents are left out, so validation loss stays honest) and writes it to `out`. The
+/// documents stream from a reader thread through a bounded queue: memory holds the trainer's
+/// word counts, not the corpus.
 pub fn train_tokenizer(config: &Config, vocab: usize, out: &Path) -> Result<()> {
-    let mut texts = Vec::new();
-    for (i, source) in config.data.sources.iter().enumerate() {
-        for file in resolve_files(&format!("data.sources[{i}]"), source)? {
-            texts.extend(
-                read_documents(&file, &source.text_field)?
-                    .into_iter()
-                    // With val_path, every document of `path` is training.
-                    .filter(|doc| {
-                        source.val_path.is_some() || !is_validation(doc, source.val_fraction)
-                    }),
-            );
+    let (send, receive) = std::sync::mpsc::sync_channel::<String>(1024);
+    let sources = config.data.sources.clone();
+    let reader = std::thread::spawn(move || -> Result<usize> {
+        let mut documents = 0;
+        for (i, source) in sources.iter().enumerate() {
+            for file in resolve_files(&format!("data.sources[{i}]"), source)? {
+                for_each_training_document(&file, source, |doc| {
+                    documents += 1;
+                    // A closed queue means the trainer failed: it reports why.
+                    send.send(doc).is_ok()
+                })?;
+            }
         }
-    }
-    tracing::info!(documents = texts.len(), vocab, "training BPE");
-    train_bpe(texts.iter().map(String::as_str), vocab, out)
+        Ok(documents)
+    });
+    tracing::info!(vocab, "training BPE (streaming the training documents)");
+    let trained = train_bpe(receive.into_iter(), vocab, out);
+    let documents = reader.join().expect("the document reader does not panic")?;
+    trained?;
+    tracing::info!(documents, vocab, "trained BPE");
+    Ok(())
+}
+
+/// Calls `each` with every training document of `file` (of `source`) until it returns false;
+/// with `val_path`, every document of `path` is training.
+fn for_each_training_document(
+    file: &Path,
+    source: &crate::data::SourceConfig,
+    mut each: impl FnMut(String) -> bool,
+) -> Result<()> {
+    let mut open = true;
+    for_each_document(file, &source.text_field, |doc| {
+        let training = source.val_path.is_some() || !is_validation(&doc, source.val_fraction);
+        if open && training {
+            open = each(doc);
+        }
+    })
 }

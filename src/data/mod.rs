@@ -14,6 +14,7 @@ mod tokenizer;
 
 pub(crate) use config::default_text_field;
 pub use config::{BadRecordPolicy, DataConfig, SourceConfig};
+pub(crate) use readers::for_each_document;
 pub use readers::{read_documents, resolve_files};
 pub use sampler::{validation_windows, ApplyMode, Batch, Sampler, SamplerState};
 pub use shard::{write_shard, Shard, SHARD_HEADER_BYTES};

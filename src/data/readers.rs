@@ -158,14 +158,23 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 /// bad record is an error naming the file and its line or row.
 pub fn read_documents(file: &Path, field: &str) -> Result<Vec<String>> {
     let mut docs = Vec::new();
+    for_each_document(file, field, |doc| docs.push(doc))?;
+    Ok(docs)
+}
+
+/// Calls `each` with every document of `file` in order; a bad record is an error naming it.
+pub(crate) fn for_each_document(
+    file: &Path,
+    field: &str,
+    mut each: impl FnMut(String),
+) -> Result<()> {
     for_each_record(file, field, |record| match record.document {
         Ok(doc) => {
-            docs.push(doc);
+            each(doc);
             Ok(())
         }
         Err(what) => Err(Error::data(file, format!("{}: {what}", record.at))),
-    })?;
-    Ok(docs)
+    })
 }
 
 /// One record of a file: its document, or what is wrong with it; `at` locates it ("line 12",

@@ -189,8 +189,8 @@ impl Tokenizer {
 
 /// Trains a byte-level BPE with `vocab_size` tokens (including `<|endoftext|>`) on `texts` and
 /// writes it as a tokenizer.json to `out`.
-pub(crate) fn train_bpe<'a>(
-    texts: impl Iterator<Item = &'a str> + Send,
+pub(crate) fn train_bpe<S: AsRef<str> + Send>(
+    texts: impl Iterator<Item = S> + Send,
     vocab_size: usize,
     out: &Path,
 ) -> Result<()> {
