@@ -197,9 +197,10 @@ fn main() {
     let config = config(&corpus(largest), "bytes", &cache);
     let (warm, warm_peak) = measure(&["prepare", config.to_str().unwrap()], 2);
     let (verify, _) = measure(&["prepare", config.to_str().unwrap(), "--verify"], 2);
-    let peak = match warm_peak {
-        0.0 => "exited before the first 10 ms sample".to_string(),
-        mb => format!("peak {mb:.0} MB"),
+    let peak = if warm_peak < 1.0 {
+        "too short for a 10 ms sample of its memory".to_string()
+    } else {
+        format!("peak {warm_peak:.0} MB")
     };
     say!(
         "\nwarm start of the {largest} MB corpus (bytes): {warm:.2} s ({peak}); with --verify (re-hash, token scan): {verify:.2} s"
