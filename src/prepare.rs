@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::data::{
-    for_each_document, is_validation, load_sources_checked, load_target_sets, resolve_files,
-    train_bpe, Tokenizer,
+    for_each_document, is_validation, load_sources_checked, load_target_sets, overlaps,
+    resolve_files, span_tokens, train_bpe, Overlap, Source, Tokenizer,
 };
 use crate::error::Result;
 
@@ -36,7 +36,55 @@ pub fn prepare_sources(config: &Config, verify: bool) -> Result<Vec<String>> {
             s.dir.display()
         )
     }));
+    lines.extend(contamination_report(&sources, &sets, &tokenizer));
     Ok(lines)
+}
+
+/// Held-out tokens above which the overlap check is skipped (its table takes ~16 bytes a
+/// token).
+const CONTAMINATION_MAX_HELD_OUT_TOKENS: usize = 100_000_000;
+
+/// Held-out documents that share a span with the training data: one line per validation
+/// split and target set, a warning for any above 1%.
+fn contamination_report(sources: &[Source], sets: &[Source], tokenizer: &Tokenizer) -> Vec<String> {
+    let mut held_out: Vec<(String, &crate::data::Shard)> = sources
+        .iter()
+        .map(|s| (format!("{} validation", s.name), &s.val))
+        .collect();
+    held_out.extend(
+        sets.iter()
+            .map(|s| (format!("{} target set", s.name), &s.val)),
+    );
+    let held_tokens: usize = held_out.iter().map(|(_, s)| s.len()).sum();
+    let n = span_tokens(tokenizer.vocab_size());
+    if held_tokens > CONTAMINATION_MAX_HELD_OUT_TOKENS {
+        return vec![format!(
+            "contamination: not checked ({held_tokens} held-out tokens, more than {CONTAMINATION_MAX_HELD_OUT_TOKENS})"
+        )];
+    }
+    let training: Vec<&crate::data::Shard> = sources.iter().map(|s| &s.train).collect();
+    let found = overlaps(&held_out, &training, tokenizer.eod(), n);
+    let mut lines = vec![format!(
+        "contamination (documents sharing a span of {n} tokens with the training data):"
+    )];
+    for Overlap {
+        name,
+        documents,
+        contaminated,
+    } in found
+    {
+        let share = contaminated as f64 / documents.max(1) as f64;
+        lines.push(format!(
+            "  {name}: {contaminated} of {documents} documents ({:.1}%)",
+            100.0 * share
+        ));
+        // Validation splits of sources share boilerplate with their own training half (licence
+        // headers, imports); a target set stands for text never trained on: warn for those.
+        if share > 0.01 && name.ends_with("target set") {
+            tracing::warn!(split = %name, contaminated, documents, "held-out documents overlap the training data");
+        }
+    }
+    lines
 }
 
 /// Trains a byte-level BPE of `vocab` tokens on every source's training documents (validation

@@ -2,6 +2,7 @@
 //! sampler that turns mixture weights into batches tagged with source ids.
 
 mod config;
+mod contamination;
 mod manifest;
 mod order;
 mod parquet;
@@ -14,6 +15,7 @@ mod tokenizer;
 
 pub(crate) use config::default_text_field;
 pub use config::{BadRecordPolicy, DataConfig, SourceConfig};
+pub(crate) use contamination::{overlaps, span_tokens, Overlap};
 pub(crate) use readers::for_each_document;
 pub use readers::{read_documents, resolve_files};
 pub use sampler::{validation_windows, ApplyMode, Batch, Sampler, SamplerState};

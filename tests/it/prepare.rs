@@ -151,3 +151,63 @@ fn val_path_gives_the_validation_split() {
     assert_eq!(meta["train_documents"].as_u64(), Some(train_docs as u64));
     assert_eq!(meta["val_documents"].as_u64(), Some(val_docs as u64));
 }
+
+/// A target set with two documents copied from the training data: prepare reports 2 of 5
+/// and warns; the unrelated ones are clean.
+#[test]
+fn prepare_reports_target_documents_found_in_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    write_corpus(&train, 1);
+    let copied: Vec<String> = std::fs::read_to_string(&train)
+        .unwrap()
+        .lines()
+        .skip(100)
+        .step_by(37)
+        .filter(|l| l.len() > 600)
+        .take(2)
+        .map(String::from)
+        .collect();
+    assert_eq!(copied.len(), 2);
+    let fresh = (0..3).map(|i| {
+        let text = format!(
+            "unrelated {i}: {}",
+            "zebras quietly assemble furniture at noon. ".repeat(4)
+        );
+        serde_json::json!({ "text": text }).to_string()
+    });
+    let set = dir.path().join("set.jsonl");
+    std::fs::write(
+        &set,
+        copied
+            .into_iter()
+            .chain(fresh)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let config = config(dir.path(), &train, "cache");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_set = format!(
+        "{text}[[target.sets]]\nname = \"held\"\npath = \"{}\"\n",
+        set.display()
+    );
+    std::fs::write(&config, with_set).unwrap();
+    let out = run_ok(
+        mixtrain()
+            .arg("prepare")
+            .arg(&config)
+            .env("RUST_LOG", "warn"),
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("held target set: 2 of 5 documents (40.0%)"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("held-out documents overlap the training data"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,134 @@
+//! Overlap between held-out text and training data, as GPT-3's decontamination measured it:
+//! a held-out document is contaminated when it shares a span of n tokens with any training
+//! stream (n = 13 for subword tokenizers, as GPT-3's 13-grams of words; 64 for bytes, about
+//! 13 words of English). Spans never cross a document boundary. Held-out spans are kept as
+//! 64-bit rolling hashes (16 bytes each in the table), then every training token is one
+//! lookup.
+
+use std::collections::HashMap;
+
+use super::shard::Shard;
+
+/// Span length in tokens for a tokenizer with `vocab_size` tokens.
+pub(crate) fn span_tokens(vocab_size: usize) -> usize {
+    if vocab_size <= 257 {
+        64
+    } else {
+        13
+    }
+}
+
+/// A held-out split and how much of it the training data contains.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Overlap {
+    pub(crate) name: String,
+    pub(crate) documents: usize,
+    pub(crate) contaminated: usize,
+}
+
+const BASE: u64 = 0x100000001b3;
+
+/// Calls `each(doc, hash)` for every span of `n` tokens inside a document of `stream`
+/// (documents end with `eod`).
+fn for_each_span(stream: &Shard, eod: u32, n: usize, mut each: impl FnMut(usize, u64)) {
+    let top = BASE.wrapping_pow(n as u32 - 1);
+    let (mut doc, mut len, mut hash) = (0usize, 0usize, 0u64);
+    for i in 0..stream.len() {
+        let token = stream.token(i);
+        if token == eod {
+            (doc, len, hash) = (doc + 1, 0, 0);
+            continue;
+        }
+        if len == n {
+            let oldest = stream.token(i - n) as u64 + 1;
+            hash = hash.wrapping_sub(oldest.wrapping_mul(top));
+        } else {
+            len += 1;
+        }
+        hash = hash.wrapping_mul(BASE).wrapping_add(token as u64 + 1);
+        if len == n {
+            each(doc, hash);
+        }
+    }
+}
+
+/// For each held-out `(name, stream)`, the documents sharing a span of `n` tokens with any of
+/// `training`.
+pub(crate) fn overlaps(
+    held_out: &[(String, &Shard)],
+    training: &[&Shard],
+    eod: u32,
+    n: usize,
+) -> Vec<Overlap> {
+    // Span hash → (held-out split, document) of its first occurrence.
+    let mut spans: HashMap<u64, (u32, u32)> = HashMap::new();
+    let mut documents = vec![0usize; held_out.len()];
+    for (split, (_, stream)) in held_out.iter().enumerate() {
+        documents[split] = (0..stream.len())
+            .filter(|&i| stream.token(i) == eod)
+            .count();
+        for_each_span(stream, eod, n, |doc, hash| {
+            spans.entry(hash).or_insert((split as u32, doc as u32));
+        });
+    }
+    let mut hit: Vec<Vec<bool>> = documents.iter().map(|&d| vec![false; d + 1]).collect();
+    for stream in training {
+        for_each_span(stream, eod, n, |_, hash| {
+            if let Some(&(split, doc)) = spans.get(&hash) {
+                hit[split as usize][doc as usize] = true;
+            }
+        });
+    }
+    held_out
+        .iter()
+        .zip(hit)
+        .zip(documents)
+        .map(|(((name, _), hit), documents)| Overlap {
+            name: name.clone(),
+            documents,
+            contaminated: hit.iter().take(documents).filter(|h| **h).count(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::write_shard;
+
+    fn shard(dir: &std::path::Path, name: &str, tokens: &[u32]) -> Shard {
+        let path = dir.join(name);
+        write_shard(&path, tokens, 100).unwrap();
+        Shard::open(&path, 100).unwrap()
+    }
+
+    /// Document 1 of the held-out split shares 4 tokens with training; a span across a
+    /// document boundary does not count.
+    #[test]
+    fn shared_spans_mark_their_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let eod = 99;
+        let held = shard(
+            dir.path(),
+            "val.bin",
+            &[1, 2, 3, 4, 99, 5, 6, 7, 8, 9, 99, 10, 11, 99],
+        );
+        let train = shard(
+            dir.path(),
+            "train.bin",
+            &[20, 6, 7, 8, 9, 21, 99, 3, 4, 99, 10, 11, 22, 99],
+        );
+        let found = overlaps(&[("val".into(), &held)], &[&train], eod, 4);
+        assert_eq!(
+            found[0],
+            Overlap {
+                name: "val".into(),
+                documents: 3,
+                contaminated: 1
+            }
+        );
+        // Two tokens of document 2 are in training, but fewer than the span.
+        let found = overlaps(&[("val".into(), &held)], &[&train], eod, 2);
+        assert_eq!(found[0].contaminated, 3);
+    }
+}
