@@ -32,34 +32,62 @@ struct Manifest {
     files: BTreeMap<String, Entry>,
 }
 
-/// The key of `source`'s cache entry: its files' contents (in order), the tokenizer, the
-/// validation fraction and the text field. With `verify`, every file is re-hashed.
-pub(crate) fn cache_key(
+/// One input file's part of a source's shards, and where it is cached.
+pub(crate) struct PlannedPart {
+    pub(crate) file: PathBuf,
+    /// The split every document of the file goes to (None: by each document's hash).
+    pub(crate) split: Option<bool>,
+    /// Names the part's directory in `data.cache_dir/parts/`.
+    pub(crate) key: String,
+}
+
+/// A source's cache entry: its key and its parts in file order.
+pub(crate) struct SourcePlan {
+    pub(crate) key: String,
+    pub(crate) parts: Vec<PlannedPart>,
+}
+
+/// The cache plan of `source`: each file's part keyed by its content (SHA-256), the
+/// tokenizer, its split rule and the text field; the entry keyed by its parts. With `verify`,
+/// every file is re-hashed.
+pub(crate) fn plan(
     files: &SourceFiles,
     source: &SourceConfig,
     tokenizer: &Tokenizer,
     cache_dir: &Path,
     verify: bool,
-) -> Result<String> {
-    let digests = file_digests(&files.train, cache_dir, verify)?;
-    let mut hasher = Sha256::new();
-    hasher.update(b"mixtrain-cache-v2\0");
-    hasher.update(tokenizer.id().as_bytes());
-    hasher.update(source.val_fraction.to_le_bytes());
-    if source.text_field != super::config::default_text_field() {
-        hasher.update(b"text_field\0");
-        hasher.update(source.text_field.as_bytes());
-    }
-    for digest in digests {
-        hasher.update(digest.as_bytes());
-    }
-    if let Some(val) = &files.val {
-        hasher.update(b"val_path\0");
-        for digest in file_digests(val, cache_dir, verify)? {
-            hasher.update(digest.as_bytes());
+) -> Result<SourcePlan> {
+    let with_splits = files.with_splits();
+    let paths: Vec<PathBuf> = with_splits.iter().map(|(f, _)| f.to_path_buf()).collect();
+    let digests = file_digests(&paths, cache_dir, verify)?;
+    let mut entry = Sha256::new();
+    entry.update(b"mixtrain-cache-v3\0");
+    let mut parts = Vec::with_capacity(paths.len());
+    for ((file, split), digest) in with_splits.into_iter().zip(digests) {
+        let mut part = Sha256::new();
+        part.update(b"mixtrain-part-v1\0");
+        part.update(tokenizer.id().as_bytes());
+        match split {
+            None => part.update(source.val_fraction.to_le_bytes()),
+            Some(true) => part.update(b"\0validation"),
+            Some(false) => part.update(b"\0training"),
         }
+        part.update(b"\0");
+        part.update(source.text_field.as_bytes());
+        part.update(b"\0");
+        part.update(digest.as_bytes());
+        let key = hex(&part.finalize()[..12]);
+        entry.update(key.as_bytes());
+        parts.push(PlannedPart {
+            file: file.to_path_buf(),
+            split,
+            key,
+        });
     }
-    Ok(hex(&hasher.finalize()[..8]))
+    Ok(SourcePlan {
+        key: hex(&entry.finalize()[..8]),
+        parts,
+    })
 }
 
 /// Each file's SHA-256 (hex), from the manifest where its stamp is unchanged.

@@ -1,6 +1,7 @@
 //! Data: tokenizers, token shards on disk, sources (tokenised once and cached), and the
 //! sampler that turns mixture weights into batches tagged with source ids.
 
+mod cache;
 mod config;
 mod contamination;
 mod manifest;

@@ -16,11 +16,34 @@ const MAGIC: &[u8; 8] = b"MIXTSHRD";
 const VERSION: u32 = 1;
 pub const SHARD_HEADER_BYTES: usize = 32;
 
-/// A read-only, memory-mapped token shard.
+/// A read-only token stream: one memory-mapped shard file, or several read as one
+/// (`Shard::concat`: a source tokenised file by file).
 pub struct Shard {
+    parts: Vec<Part>,
+    /// Where each part starts in the stream.
+    starts: Vec<usize>,
+    len: usize,
+}
+
+/// One shard file.
+struct Part {
     map: Option<Mmap>,
     token_bytes: usize,
     len: usize,
+}
+
+impl Part {
+    fn token(&self, i: usize) -> u32 {
+        let map = self
+            .map
+            .as_ref()
+            .expect("token() is only called on a non-empty part");
+        let at = SHARD_HEADER_BYTES + i * self.token_bytes;
+        match self.token_bytes {
+            2 => u16::from_le_bytes([map[at], map[at + 1]]) as u32,
+            _ => u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes")),
+        }
+    }
 }
 
 /// A file's length and modification time (ns since the epoch): what `ShardWriter` records and
@@ -101,11 +124,11 @@ impl Shard {
                 "truncated or corrupt: header says {len} tokens ({expected} bytes), file has {file_len} bytes"
             )));
         }
-        let shard = Shard {
+        let shard = Shard::from_parts(vec![Part {
             map: (len > 0).then_some(map),
             token_bytes,
             len,
-        };
+        }]);
         let unchanged = stamp.is_some() && stamp == FileStamp::of(path).ok();
         if unchanged {
             return Ok(shard);
@@ -127,21 +150,45 @@ impl Shard {
         self.len == 0
     }
 
-    pub(crate) fn token(&self, i: usize) -> u32 {
-        let map = self
-            .map
-            .as_ref()
-            .expect("token() is only called on a non-empty shard");
-        let at = SHARD_HEADER_BYTES + i * self.token_bytes;
-        match self.token_bytes {
-            2 => u16::from_le_bytes([map[at], map[at + 1]]) as u32,
-            _ => u32::from_le_bytes(map[at..at + 4].try_into().expect("4 bytes")),
+    /// The shards one after another, as one stream.
+    pub(crate) fn concat(shards: Vec<Shard>) -> Shard {
+        Shard::from_parts(shards.into_iter().flat_map(|s| s.parts).collect())
+    }
+
+    fn from_parts(parts: Vec<Part>) -> Shard {
+        let parts: Vec<Part> = parts.into_iter().filter(|p| p.len > 0).collect();
+        let mut starts = Vec::with_capacity(parts.len());
+        let mut len = 0;
+        for part in &parts {
+            starts.push(len);
+            len += part.len;
         }
+        Shard { parts, starts, len }
+    }
+
+    /// (part, index in it) of stream position `i`.
+    fn locate(&self, i: usize) -> (usize, usize) {
+        if self.parts.len() == 1 {
+            return (0, i);
+        }
+        let part = self.starts.partition_point(|&s| s <= i) - 1;
+        (part, i - self.starts[part])
+    }
+
+    pub(crate) fn token(&self, i: usize) -> u32 {
+        let (part, j) = self.locate(i);
+        self.parts[part].token(j)
     }
 
     /// Appends tokens [start, start + len) to `out` as i32 (the dtype of token tensors).
     pub(crate) fn extend_window(&self, start: usize, len: usize, out: &mut Vec<i32>) {
-        out.extend((start..start + len).map(|i| self.token(i) as i32));
+        let (mut at, end) = (start, start + len);
+        while at < end {
+            let (part, j) = self.locate(at);
+            let take = (end - at).min(self.parts[part].len - j);
+            out.extend((j..j + take).map(|k| self.parts[part].token(k) as i32));
+            at += take;
+        }
     }
 }
 
@@ -252,5 +299,27 @@ mod tests {
         // Bad magic.
         std::fs::write(&path, vec![0u8; 64]).unwrap();
         assert!(Shard::open(&path, 257).is_err());
+    }
+
+    /// Shards read as one stream: positions and windows across the boundaries, empty parts
+    /// skipped.
+    #[test]
+    fn concatenated_shards_read_as_one_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let pieces: [&[u32]; 4] = [&[0, 1, 2], &[], &[3], &[4, 5, 6, 7]];
+        let shards = pieces.iter().enumerate().map(|(i, tokens)| {
+            let path = dir.path().join(format!("{i}.bin"));
+            write_shard(&path, tokens, 257).unwrap();
+            Shard::open(&path, 257).unwrap()
+        });
+        let stream = Shard::concat(shards.collect());
+        assert_eq!(stream.len(), 8);
+        assert_eq!(
+            (0..8).map(|i| stream.token(i)).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<u32>>()
+        );
+        let mut window = Vec::new();
+        stream.extend_window(1, 6, &mut window);
+        assert_eq!(window, vec![1, 2, 3, 4, 5, 6]);
     }
 }

@@ -1,16 +1,18 @@
 //! Sources: named collections of documents, split into train and validation by a hash of each
-//! document's text, tokenised once and cached as shards keyed by content hash and tokenizer.
+//! document's text (or by `val_path`), tokenised once and cached as shards keyed by content
+//! hash and tokenizer (`cache.rs`).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::config::{DataConfig, SourceConfig};
-use super::manifest::cache_key;
+use super::cache::{build_parts, open_parts, Totals};
+use super::config::{BadRecordPolicy, DataConfig, SourceConfig};
+use super::manifest::plan;
 use super::readers::{resolve_files, resolve_val_files};
 use super::shard::{FileStamp, Shard};
-use super::tokenise::{tokenise_into, SourceFiles, Tokenised};
+use super::tokenise::SourceFiles;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
 use crate::target::TargetConfig;
@@ -21,7 +23,7 @@ pub struct Source {
     pub(crate) name: String,
     pub(crate) train: Shard,
     pub(crate) val: Shard,
-    /// The directory holding `train.bin`, `val.bin`, `meta.json`.
+    /// The directory holding `meta.json` (and the shards, or the list of its parts).
     pub(crate) dir: PathBuf,
 }
 
@@ -37,7 +39,12 @@ struct ShardMeta {
     /// Records skipped as unreadable (absent before `data.on_bad_record`: 0).
     #[serde(default)]
     bad_records: usize,
-    /// The shards as written: while they are unchanged, an open skips the token scan.
+    /// The parts (one per input file, relative to this directory), read in order as one
+    /// stream; empty when `train.bin` and `val.bin` sit beside this file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<String>,
+    /// Shards beside this file as written: while they are unchanged, an open skips the token
+    /// scan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     train_stamp: Option<FileStamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,18 +127,21 @@ fn load_source(
     verify: bool,
 ) -> Result<Source> {
     let path = Path::new(&source.path);
-    let dir = if path.join("train.bin").is_file() && !is_target_set(source) {
+    let prepared = path.join("train.bin").is_file() || path.join("meta.json").is_file();
+    let dir = if prepared && !is_target_set(source) {
         path.to_path_buf()
     } else {
         let files = SourceFiles {
             train: resolve_files(key, source)?,
             val: resolve_val_files(key, source)?,
         };
-        let key = cache_key(&files, source, tokenizer, &data.cache_dir, verify)?;
-        let dir = data.cache_dir.join(format!("{}-{key}", source.name));
+        let plan = plan(&files, source, tokenizer, &data.cache_dir, verify)?;
+        let dir = data.cache_dir.join(format!("{}-{}", source.name, plan.key));
         if !dir.join("meta.json").is_file() {
-            tracing::info!(source = %source.name, files = files.train.len(), "tokenising");
-            build_cache_entry(&files, source, data, tokenizer, &dir)?;
+            tracing::info!(source = %source.name, files = plan.parts.len(), "tokenising");
+            let (parts, totals) = build_parts(&plan, source, data, tokenizer)?;
+            check_tokenised(&totals, source, data)?;
+            write_entry(&dir, parts, &totals, tokenizer)?;
         }
         dir
     };
@@ -160,9 +170,14 @@ fn open_prepared(
         ));
     }
     let vocab = tokenizer.vocab_size();
-    let stamp = |s: Option<FileStamp>| if verify { None } else { s };
-    let train = Shard::open_stamped(&dir.join("train.bin"), vocab, stamp(meta.train_stamp))?;
-    let val = Shard::open_stamped(&dir.join("val.bin"), vocab, stamp(meta.val_stamp))?;
+    let (train, val) = if meta.parts.is_empty() {
+        let stamp = |s: Option<FileStamp>| if verify { None } else { s };
+        let train = Shard::open_stamped(&dir.join("train.bin"), vocab, stamp(meta.train_stamp))?;
+        let val = Shard::open_stamped(&dir.join("val.bin"), vocab, stamp(meta.val_stamp))?;
+        (train, val)
+    } else {
+        open_parts(dir, &meta.parts, vocab, verify)?
+    };
     let need = seq_len + 1;
     let (kind, remedy) = describe(source);
     if train.len() < need && !is_target_set(source) {
@@ -208,14 +223,13 @@ pub(crate) fn is_validation(doc: &str, val_fraction: f64) -> bool {
 
 /// Refuses an empty source, and one with more bad records than `data.max_bad_fraction`;
 /// reports the bad records it skipped.
-pub(crate) fn check_tokenised(
-    out: &Tokenised,
-    source: &SourceConfig,
-    data: &DataConfig,
-    first_bad: Option<String>,
-) -> Result<()> {
+fn check_tokenised(out: &Totals, source: &SourceConfig, data: &DataConfig) -> Result<()> {
     let good = out.train_docs + out.val_docs;
-    if let Some(first) = first_bad {
+    if let (BadRecordPolicy::Error, Some(first)) = (data.on_bad_record, &out.first_bad) {
+        // A part tokenised earlier with "skip" holds skipped records.
+        return Err(Error::data(&source.path, format!("bad record: {first}")));
+    }
+    if let Some(first) = &out.first_bad {
         let fraction = out.bad_records as f64 / (good + out.bad_records) as f64;
         if fraction > data.max_bad_fraction {
             return Err(Error::data(
@@ -252,62 +266,26 @@ pub(crate) fn check_tokenised(
     Ok(())
 }
 
-/// Tokenises a source into the cache entry `dir`: into a temporary directory first, renamed
-/// when complete, so a half-built entry is never used.
-fn build_cache_entry(
-    files: &SourceFiles,
-    source: &SourceConfig,
-    data: &DataConfig,
-    tokenizer: &Tokenizer,
+/// Writes a source's entry `dir`/meta.json: its parts and totals.
+fn write_entry(
     dir: &Path,
+    parts: Vec<String>,
+    totals: &Totals,
+    tokenizer: &Tokenizer,
 ) -> Result<()> {
-    let parent = dir
-        .parent()
-        .expect("cache entries live inside data.cache_dir");
-    std::fs::create_dir_all(parent).at(parent)?;
-    let tmp = parent.join(format!(
-        ".tmp-{}-{}",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("source"),
-        std::process::id()
-    ));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).at(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp).at(&tmp)?;
-    let tokenised = match tokenise_into(files, source, data, tokenizer, &tmp) {
-        Ok(tokenised) => tokenised,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
     let meta = ShardMeta {
         tokenizer: tokenizer.id(),
         vocab_size: tokenizer.vocab_size(),
-        train_documents: tokenised.train_docs,
-        val_documents: tokenised.val_docs,
-        train_tokens: tokenised.train_tokens as usize,
-        val_tokens: tokenised.val_tokens as usize,
-        bad_records: tokenised.bad_records,
-        train_stamp: tokenised.train_stamp,
-        val_stamp: tokenised.val_stamp,
+        train_documents: totals.train_docs,
+        val_documents: totals.val_docs,
+        train_tokens: totals.train_tokens,
+        val_tokens: totals.val_tokens,
+        bad_records: totals.bad_records,
+        parts,
+        train_stamp: None,
+        val_stamp: None,
     };
-    let meta_path = tmp.join("meta.json");
-    std::fs::write(
-        &meta_path,
-        serde_json::to_string_pretty(&meta).expect("ShardMeta serialises"),
-    )
-    .at(&meta_path)?;
-    if dir.exists() && !dir.join("meta.json").is_file() {
-        // A stale entry without meta.json (an interrupted older build): replace it.
-        std::fs::remove_dir_all(dir).at(dir)?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, dir) {
-        // Another process built the same entry meanwhile: theirs is identical, use it.
-        std::fs::remove_dir_all(&tmp).at(&tmp)?;
-        if !dir.join("meta.json").is_file() {
-            return Err(Error::io(dir, e));
-        }
-    }
-    Ok(())
+    std::fs::create_dir_all(dir).at(dir)?;
+    let text = serde_json::to_string_pretty(&meta).expect("ShardMeta serialises");
+    crate::fsutil::write_atomic(&dir.join("meta.json"), text.as_bytes())
 }

@@ -1,7 +1,8 @@
-//! Tokenising a source into its shards in bounded memory, on every core: documents are read
-//! in file order into batches of about `BATCH_BYTES`, each batch is encoded in parallel (the
-//! results kept in document order, so the shards are the same bytes whatever the thread
-//! count) and appended to the train and validation shard writers. Progress goes to stderr.
+//! Tokenising one input file into a part of its source's shards, in bounded memory, on every
+//! core: documents are read in file order into batches of about `BATCH_BYTES`, each batch is
+//! encoded in parallel (the results kept in document order, so the shards are the same bytes
+//! whatever the thread count) and appended to the part's train and validation shard writers.
+//! Progress (per source, across its files) goes to stderr.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -21,15 +22,16 @@ use crate::error::{Error, Result};
 /// its tokens) whatever the source's size.
 const BATCH_BYTES: usize = 2 << 20;
 
-/// What tokenising a source produced.
-#[derive(Debug, Default)]
-pub(crate) struct Tokenised {
+/// One input file tokenised: a part of its source's shards (`part.json` beside them).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PartMeta {
     pub(crate) train_docs: usize,
     pub(crate) val_docs: usize,
     pub(crate) train_tokens: u64,
     pub(crate) val_tokens: u64,
-    /// Records skipped as unreadable (`data.on_bad_record = "skip"`).
+    /// Records skipped as unreadable (`data.on_bad_record = "skip"`), and the first of them.
     pub(crate) bad_records: usize,
+    pub(crate) first_bad: Option<String>,
     pub(crate) train_stamp: Option<FileStamp>,
     pub(crate) val_stamp: Option<FileStamp>,
 }
@@ -43,7 +45,7 @@ pub(crate) struct SourceFiles {
 
 impl SourceFiles {
     /// Each file with the split it goes to (None: by each document's hash).
-    fn with_splits(&self) -> Vec<(&PathBuf, Option<bool>)> {
+    pub(crate) fn with_splits(&self) -> Vec<(&PathBuf, Option<bool>)> {
         let forced = self.val.is_some().then_some(false);
         let train = self.train.iter().map(|f| (f, forced));
         let val = self.val.iter().flatten().map(|f| (f, Some(true)));
@@ -56,86 +58,77 @@ struct Writers {
     val: ShardWriter,
 }
 
-/// Reads and tokenises every document of `files` into `dir`/train.bin and `dir`/val.bin;
-/// bad records stop it or are counted, as `data.on_bad_record` says.
-pub(crate) fn tokenise_into(
-    files: &SourceFiles,
+/// Reads and tokenises every document of `file` into `dir`/train.bin and `dir`/val.bin (the
+/// split forced by `split`, else by each document's hash); bad records stop it or are
+/// counted, as `data.on_bad_record` says.
+pub(crate) fn tokenise_file(
+    file: &Path,
+    split: Option<bool>,
     source: &SourceConfig,
     data: &DataConfig,
     tokenizer: &Tokenizer,
     dir: &Path,
-) -> Result<Tokenised> {
+    progress: &mut Progress,
+) -> Result<PartMeta> {
     let vocab = tokenizer.vocab_size();
     let mut writers = Writers {
         train: ShardWriter::create(&dir.join("train.bin"), vocab)?,
         val: ShardWriter::create(&dir.join("val.bin"), vocab)?,
     };
-    let mut out = Tokenised::default();
-    let files = files.with_splits();
-    let paths: Vec<PathBuf> = files.iter().map(|(f, _)| f.to_path_buf()).collect();
-    let mut progress = Progress::new(&source.name, &paths);
-    // Bytes of the input files read so far (compressed bytes for compressed files).
+    let mut out = PartMeta::default();
+    // Bytes of the file read so far (compressed bytes for a compressed file).
     let read = AtomicU64::new(0);
-    // Documents with their split where a file forces it.
-    let mut batch: Vec<(String, Option<bool>)> = Vec::new();
+    let mut batch: Vec<String> = Vec::new();
     let mut batch_bytes = 0;
-    let mut first_bad: Option<String> = None;
-    for (file, split) in files {
-        for_each_record_counted(file, &source.text_field, &read, |record| {
-            let doc = match record.document {
-                Ok(doc) => doc,
-                Err(what) if data.on_bad_record == BadRecordPolicy::Skip => {
-                    out.bad_records += 1;
-                    first_bad.get_or_insert_with(|| {
-                        format!("{}, {}: {what}", file.display(), record.at)
-                    });
-                    return Ok(());
-                }
-                Err(what) => return Err(Error::data(file, format!("{}: {what}", record.at))),
-            };
-            if doc.trim().is_empty() {
+    for_each_record_counted(file, &source.text_field, &read, |record| {
+        let doc = match record.document {
+            Ok(doc) => doc,
+            Err(what) if data.on_bad_record == BadRecordPolicy::Skip => {
+                out.bad_records += 1;
+                out.first_bad
+                    .get_or_insert_with(|| format!("{}, {}: {what}", file.display(), record.at));
                 return Ok(());
             }
-            batch_bytes += doc.len();
-            batch.push((doc, split));
-            if batch_bytes >= BATCH_BYTES {
-                encode_batch(&mut batch, source, tokenizer, &mut writers, &mut out)?;
-                batch_bytes = 0;
-                progress.show(
-                    read.load(Ordering::Relaxed),
-                    out.train_docs + out.val_docs,
-                    false,
-                );
-            }
-            Ok(())
-        })?;
-    }
-    encode_batch(&mut batch, source, tokenizer, &mut writers, &mut out)?;
-    super::source::check_tokenised(&out, source, data, first_bad)?;
+            Err(what) => return Err(Error::data(file, format!("{}: {what}", record.at))),
+        };
+        if doc.trim().is_empty() {
+            return Ok(());
+        }
+        batch_bytes += doc.len();
+        batch.push(doc);
+        if batch_bytes >= BATCH_BYTES {
+            encode_batch(&mut batch, split, source, tokenizer, &mut writers, &mut out)?;
+            batch_bytes = 0;
+            progress.show(
+                read.load(Ordering::Relaxed),
+                out.train_docs + out.val_docs,
+                false,
+            );
+        }
+        Ok(())
+    })?;
+    encode_batch(&mut batch, split, source, tokenizer, &mut writers, &mut out)?;
     out.train_tokens = writers.train.len();
     out.val_tokens = writers.val.len();
     out.train_stamp = Some(writers.train.finish()?);
     out.val_stamp = Some(writers.val.finish()?);
-    progress.show(
-        read.load(Ordering::Relaxed),
-        out.train_docs + out.val_docs,
-        true,
-    );
+    progress.file_done(read.load(Ordering::Relaxed), out.train_docs + out.val_docs);
     Ok(out)
 }
 
 /// Encodes `batch` in parallel and appends each document, in order, with its end-of-document
 /// token to its split's shard.
 fn encode_batch(
-    batch: &mut Vec<(String, Option<bool>)>,
+    batch: &mut Vec<String>,
+    split: Option<bool>,
     source: &SourceConfig,
     tokenizer: &Tokenizer,
     writers: &mut Writers,
-    out: &mut Tokenised,
+    out: &mut PartMeta,
 ) -> Result<()> {
     let encoded: Vec<Result<(bool, Vec<u32>)>> = batch
         .par_iter()
-        .map(|(doc, split)| {
+        .map(|doc| {
             let validation = split.unwrap_or_else(|| is_validation(doc, source.val_fraction));
             Ok((validation, tokenizer.encode(doc)?))
         })
@@ -156,18 +149,21 @@ fn encode_batch(
     Ok(())
 }
 
-/// A progress line per source: bytes read of the files' total, documents per second, MB/s and
-/// the time left; redrawn in place on a terminal, a log line every 10 s otherwise.
-struct Progress {
+/// A progress line per source: bytes read of its files' total, documents per second, MB/s
+/// and the time left; redrawn in place on a terminal, a log line every 10 s otherwise.
+pub(crate) struct Progress {
     name: String,
     total: u64,
+    /// Bytes and documents of the files finished (or reused) so far.
+    done_bytes: u64,
+    done_docs: usize,
     started: Instant,
     shown: Instant,
     terminal: bool,
 }
 
 impl Progress {
-    fn new(name: &str, files: &[PathBuf]) -> Progress {
+    pub(crate) fn new(name: &str, files: &[&PathBuf]) -> Progress {
         let total = files
             .iter()
             .filter_map(|f| std::fs::metadata(f).ok())
@@ -177,19 +173,34 @@ impl Progress {
         Progress {
             name: name.to_string(),
             total,
+            done_bytes: 0,
+            done_docs: 0,
             started: now,
             shown: now,
             terminal: std::io::stderr().is_terminal(),
         }
     }
 
-    fn show(&mut self, read: u64, docs: usize, done: bool) {
+    /// A file taken from the cache: its bytes count as read, not as throughput.
+    pub(crate) fn skip(&mut self, file: &Path) {
+        let size = std::fs::metadata(file).map_or(0, |m| m.len());
+        self.total = self.total.saturating_sub(size);
+    }
+
+    fn file_done(&mut self, bytes: u64, docs: usize) {
+        self.done_bytes += bytes;
+        self.done_docs += docs;
+    }
+
+    /// Shows the line (at most every second on a terminal, every 10 s in a log, and `done`).
+    pub(crate) fn show(&mut self, file_bytes: u64, file_docs: usize, done: bool) {
         let every = Duration::from_secs(if self.terminal { 1 } else { 10 });
         if !done && self.shown.elapsed() < every {
             return;
         }
         self.shown = Instant::now();
-        let read = read.min(self.total);
+        let read = (self.done_bytes + file_bytes).min(self.total);
+        let docs = self.done_docs + file_docs;
         let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
         let rate = read as f64 / seconds;
         let fraction = read as f64 / self.total.max(1) as f64;

@@ -253,15 +253,27 @@ fn corrupt_shard_is_reported() {
         .and_then(|l| l.rsplit(" in ").next())
         .expect("prepare prints where the shards are")
         .to_string();
-    let copy = dir.path().join("prepared");
-    std::fs::create_dir_all(&copy).unwrap();
-    for f in ["train.bin", "val.bin", "meta.json"] {
-        std::fs::copy(Path::new(&prepared).join(f), copy.join(f)).unwrap();
+    // The entry and its part, copied with their layout (the entry lists "../parts/KEY").
+    let copy = dir.path().join("copy");
+    let entry = copy.join("prose");
+    std::fs::create_dir_all(&entry).unwrap();
+    std::fs::copy(
+        Path::new(&prepared).join("meta.json"),
+        entry.join("meta.json"),
+    )
+    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(entry.join("meta.json")).unwrap()).unwrap();
+    let part = meta["parts"][0].as_str().unwrap();
+    let (from, to) = (Path::new(&prepared).join(part), entry.join(part));
+    std::fs::create_dir_all(&to).unwrap();
+    for f in ["train.bin", "val.bin", "part.json"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
     }
-    let set = format!("data.sources.0.path={}", copy.display());
+    let set = format!("data.sources.0.path={}", entry.display());
     // Intact copy works as a source (a short run).
     run_ok(&mut run_with(&config, &[&set, "train.steps=2"]));
-    let train = copy.join("train.bin");
+    let train = to.join("train.bin");
     let bytes = std::fs::read(&train).unwrap();
     std::fs::write(&train, &bytes[..bytes.len() - 7]).unwrap();
     let set_out = format!("run.out_dir={}", dir.path().join("run2").display());

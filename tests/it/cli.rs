@@ -195,12 +195,7 @@ fn tiktoken_encoding_runs() {
     let model =
         mixtrain::export::read_safetensors(&dir.path().join("run/model.safetensors")).unwrap();
     assert_eq!(model["tok_emb.weight"].shape, vec![100277, 32]);
-    let shard = std::fs::read_dir(dir.path().join("cache"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("train.bin").is_file())
-        .unwrap()
-        .join("train.bin");
+    let shard = crate::common::part_shards(&dir.path().join("cache"), "train.bin")[0].clone();
     let header = std::fs::read(&shard).unwrap();
     assert_eq!(
         u32::from_le_bytes(header[12..16].try_into().unwrap()),
@@ -420,8 +415,8 @@ fn epochs_by_source_counts_passes_and_warns_past_max_epochs() {
         .expect("a line with epochs_by_source");
     for entry in std::fs::read_dir(dir.path().join("cache")).unwrap() {
         let entry = entry.unwrap().path();
-        if !entry.is_dir() {
-            continue; // manifest.json
+        if !entry.join("meta.json").is_file() {
+            continue; // manifest.json, parts/
         }
         let name = entry.file_name().unwrap().to_str().unwrap();
         let source = name.split('-').next().unwrap();

@@ -168,3 +168,34 @@ fn make_python_venv() -> PathBuf {
     std::fs::write(&stamp, wanted).expect("write the venv's stamp");
     python
 }
+
+/// The train and validation tokens (header-less shard bytes) of a prepared source entry, read
+/// across its parts (`meta.json` lists them) or from shards beside its meta.json.
+pub fn entry_tokens(entry: &Path) -> (Vec<u8>, Vec<u8>) {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(entry.join("meta.json")).unwrap()).unwrap();
+    let dirs: Vec<PathBuf> = match meta["parts"].as_array() {
+        Some(parts) => parts
+            .iter()
+            .map(|p| entry.join(p.as_str().unwrap()))
+            .collect(),
+        None => vec![entry.to_path_buf()],
+    };
+    let read = |name: &str| -> Vec<u8> {
+        dirs.iter()
+            .flat_map(|d| {
+                std::fs::read(d.join(name)).unwrap()[mixtrain::data::SHARD_HEADER_BYTES..].to_vec()
+            })
+            .collect()
+    };
+    (read("train.bin"), read("val.bin"))
+}
+
+/// The shard files (`train.bin`, `val.bin`) of every part in a cache directory.
+pub fn part_shards(cache: &Path, name: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(cache.join("parts"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join(name))
+        .filter(|p| p.is_file())
+        .collect()
+}

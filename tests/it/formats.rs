@@ -97,15 +97,12 @@ fn prepare(
     let lines = prepare_sources(&config, false)?;
     Ok(lines
         .iter()
-        .map(|l| PathBuf::from(l.rsplit_once(" in ").unwrap().1))
+        .filter_map(|l| l.rsplit_once(" in ").map(|(_, dir)| PathBuf::from(dir)))
         .collect())
 }
 
 fn shards(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-    (
-        std::fs::read(dir.join("train.bin")).unwrap(),
-        std::fs::read(dir.join("val.bin")).unwrap(),
-    )
+    crate::common::entry_tokens(dir)
 }
 
 #[test]
