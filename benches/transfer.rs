@@ -291,10 +291,17 @@ fn main() -> mixtrain::Result<()> {
     print_table(Model::Proxy, &proxy, proxy_config.train.steps);
     print_table(Model::Large, &large, large_config.train.steps);
     print_rank_agreement(&proxy, &large, seeds.len());
-    report::finish(
+    // One results region per corpus and scenario.
+    let case = setup
+        .root
+        .strip_prefix("target/transfer")
+        .expect("under target/transfer");
+    report::finish_case(
         "transfer",
+        &case.display().to_string(),
         "transfer",
         &[
+            "CORPUS",
             "SCENARIO",
             "TARGET",
             "MIXER",
