@@ -101,8 +101,9 @@ fn cold(corpus: &Path, tokenizer: &str, label: &str, threads: usize) -> (f64, f6
     let _ = std::fs::remove_dir_all(&cache);
     let config = config(corpus, tokenizer, &cache);
     let (seconds, peak) = measure(&["prepare", config.to_str().unwrap()], threads);
-    let shard = std::fs::read_dir(&cache)
-        .expect("cache")
+    // One input file: one part, under cache/parts/.
+    let shard = std::fs::read_dir(cache.join("parts"))
+        .expect("cache parts")
         .filter_map(|e| e.ok())
         .map(|e| e.path().join("train.bin"))
         .find(|p| p.is_file())
