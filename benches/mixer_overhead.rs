@@ -67,7 +67,7 @@ impl BackendTask for Bench {
             let t = Instant::now();
             let report = session.train_step()?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
-            if report.grad_dot.is_some() {
+            if report.grad_dot.is_some() || report.measured_gradients {
                 probed_ms += ms;
                 probed += 1;
             } else {
@@ -104,7 +104,7 @@ fn main() -> mixtrain::Result<()> {
         .unwrap_or(3);
     // (label, how it differs from the static mixer's config)
     type Variant = (&'static str, fn(&mut Config));
-    let all_variants: [Variant; 20] = [
+    let all_variants: [Variant; 22] = [
         ("static", |_| {}),
         // What a probed step's domain-homogeneous micro-batches cost by themselves: 16
         // sequences as ~5 micro-batches of 3 (gradient accumulation, no probe).
@@ -156,7 +156,18 @@ fn main() -> mixtrain::Result<()> {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::ExtraPasses;
         }),
+        // The default: G_k from every traced step of the update's window.
         ("tikmix-m", |c| c.mixer.kind = MixerKind::TikmixM),
+        // G_k from the update's last step only (other sources by extra passes).
+        ("tikmix-m/probe-last", |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.probe_steps = ProbeSteps::Last;
+        }),
+        // 16 extra sequences of each source at every update (the default before 2026-12-06).
+        ("tikmix-m/extra-passes", |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.gradients = InfluenceFrom::ExtraPasses;
+        }),
         ("odm", |c| c.mixer.kind = MixerKind::Odm),
         ("ado", |c| c.mixer.kind = MixerKind::Ado),
         ("doremi", |c| c.mixer.kind = MixerKind::Doremi),

@@ -3,6 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::IndexingUpdateOp;
 
 /// Cross-entropy of each row: `logits` [n, vocab], `targets` [n] → loss [n] = −log softmax(logits)[target].
 pub fn cross_entropy_per_token<B: Backend>(
@@ -215,6 +216,65 @@ pub fn segment_accumulate<B: Backend>(
                                                           // [k, out, n] @ [1, n, inp]: source k's rows of δ, masked, times a.
     let masked = delta.transpose().unsqueeze::<3>() * one_hot.reshape([k, 1, n]); // [k, out, n]
     masked.matmul(a.reshape([1, n, inp]))
+}
+
+/// `segment_accumulate` as one product per run of equal `seg` (a source's tokens are
+/// contiguous in a step, so a run is at least a sequence): Σ over runs of x[run]ᵀ y[run] into
+/// its source's slot, the same multiply-adds as the layer's weight gradient. `matmul` is the
+/// backend's product. Reads `seg` on the host.
+pub fn segment_accumulate_runs<B: Backend>(
+    x: Tensor<B, 2>,
+    y: Tensor<B, 2>,
+    seg: Tensor<B, 1, Int>,
+    k: usize,
+    matmul: impl Fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    let [n, p] = x.dims();
+    let [_, q] = y.dims();
+    let device = x.device();
+    let seg: Vec<i64> = seg
+        .into_data()
+        .convert::<i64>()
+        .to_vec()
+        .expect("seg as i64");
+    let mut sums: Vec<Option<Tensor<B, 2>>> = vec![None; k];
+    let mut start = 0;
+    while start < n {
+        let s = seg[start];
+        let end = start + seg[start..].iter().take_while(|&&v| v == s).count();
+        let part = matmul(
+            x.clone().slice(start..end).transpose(), // [p, run]
+            y.clone().slice(start..end),             // [run, q]
+        ); // [p, q]
+        let slot = &mut sums[s as usize];
+        *slot = Some(match slot.take() {
+            Some(acc) => acc + part,
+            None => part,
+        });
+        start = end;
+    }
+    let sums = sums
+        .into_iter()
+        .map(|sum| sum.unwrap_or_else(|| Tensor::zeros([p, q], &device)))
+        .collect();
+    Tensor::stack(sums, 0) // [k, p, q]
+}
+
+/// out[k, rows_t] += v_t for every token t with seg_t = k: per-source gradients of an
+/// embedding table of `table_rows` rows, `rows` [n], `v` [n, d] → [k, table_rows, d]. One
+/// scatter-add into a [k · table_rows, d] buffer at index seg_t · table_rows + rows_t.
+pub fn segment_scatter_rows<B: Backend>(
+    rows: Tensor<B, 1, Int>,
+    v: Tensor<B, 2>,
+    seg: Tensor<B, 1, Int>,
+    k: usize,
+    table_rows: usize,
+) -> Tensor<B, 3> {
+    let [_, d] = v.dims();
+    let index = seg * table_rows as i64 + rows; // [n]
+    Tensor::<B, 2>::zeros([k * table_rows, d], &v.device())
+        .select_assign(0, index, v, IndexingUpdateOp::Add)
+        .reshape([k, table_rows, d])
 }
 
 /// (dots [k], gram [k, k]) of a buffer `g` [k, p] and a vector `v` [p]: dots_i = ⟨g_i, v⟩ and

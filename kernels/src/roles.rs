@@ -64,6 +64,31 @@ pub trait SourceStats: Backend {
         reference::segment_gather_row_dot(table, rows, v, seg, w, k)
     }
 
+    /// G[k] = Σ_{t: seg_t = k} x_t ⊗ y_t for x [n, p], y [n, q], seg [n] → [k, p, q]: the
+    /// per-source weight gradients of a linear layer from its input x and output gradient y
+    /// (the step's traced backward). A statistic read after backward, not a differentiable op.
+    /// Default: one product per run of equal `seg` (`reference::segment_accumulate_runs`).
+    fn segment_accumulate(
+        x: Tensor<Self, 2>,
+        y: Tensor<Self, 2>,
+        seg: Tensor<Self, 1, Int>,
+        k: usize,
+    ) -> Tensor<Self, 3> {
+        reference::segment_accumulate_runs(x, y, seg, k, |a, b| a.matmul(b))
+    }
+
+    /// The scatter form for embeddings: out[k, rows_t] += v_t for seg_t = k, rows [n],
+    /// v [n, d] → [k, table_rows, d]. A statistic, not a differentiable op.
+    fn segment_scatter_rows(
+        rows: Tensor<Self, 1, Int>,
+        v: Tensor<Self, 2>,
+        seg: Tensor<Self, 1, Int>,
+        k: usize,
+        table_rows: usize,
+    ) -> Tensor<Self, 3> {
+        reference::segment_scatter_rows(rows, v, seg, k, table_rows)
+    }
+
     /// ⟨a, b⟩ of a, b [n] → [1]: the mixers' gradient probes (one per parameter and
     /// micro-batch). The CPU fuses the product and the sum into one pass over both cores.
     fn dot(a: Tensor<Self, 1>, b: Tensor<Self, 1>) -> Tensor<Self, 1> {

@@ -119,7 +119,7 @@ pub struct MixerConfig {
     pub fastmix: FastMixConfig,
     pub tikmix: TikMixConfig,
     #[serde(rename = "tikmix-m")]
-    pub(crate) tikmix_m: TikMixMConfig,
+    pub tikmix_m: TikMixMConfig,
     pub(crate) odm: OdmConfig,
     pub doremi: DoremiConfig,
     pub(crate) ado: AdoConfig,
@@ -179,6 +179,7 @@ impl MixerConfig {
         match self.kind {
             MixerKind::Fastmix => Some(self.fastmix.probing()),
             MixerKind::Tikmix => Some(self.tikmix.probing()),
+            MixerKind::TikmixM => self.tikmix_m.probing(),
             _ => None,
         }
     }
@@ -352,7 +353,7 @@ mod tests {
         for (kind, steps) in [
             (MixerKind::Fastmix, Some(ProbeSteps::Last)),
             (MixerKind::Tikmix, Some(ProbeSteps::Window)),
-            (MixerKind::TikmixM, None),
+            (MixerKind::TikmixM, Some(ProbeSteps::Window)),
             (MixerKind::Doremi, None),
         ] {
             config.kind = kind;

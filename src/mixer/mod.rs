@@ -66,7 +66,9 @@ pub(crate) struct InfluenceSpec {
 /// How to measure each candidate mixture's one-step group influence (TiKMiX-M).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct VirtualStepSpec {
-    /// Sequences of each source behind G_k.
+    /// G_k from the probed training steps of the update's window (traced), not extra passes.
+    pub(crate) from_probe: bool,
+    /// Sequences of each source behind G_k (extra passes).
     pub(crate) samples_per_source: usize,
     /// Fresh validation batches (of train.batch_size sequences) ΔL_val is measured on.
     pub(crate) val_batches: usize,

@@ -8,7 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::config::{GradStats, ProbeSteps, Probing};
 use super::init::{apply_floor, blend_and_floor};
+use super::InfluenceFrom;
 use super::{restore_state, Mixer, MixerUpdate, SourceStats, StatsRequest, VirtualStepSpec};
 use crate::gbt::{Gbt, GbtParams};
 use crate::rng::Rng;
@@ -19,7 +21,21 @@ use crate::validate::{at_least_one, at_most, positive, unit_closed_above};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TikMixMConfig {
-    /// Sequences of each source behind G_k. Default 16.
+    /// Where G_k comes from: "probe" (the per-source gradients of the probed training steps
+    /// of the update's window, `probe_steps`, accumulated from the step's own traced backward
+    /// by `segment_accumulate`: no extra backward) or "extra-passes" (`samples_per_source`
+    /// more sequences of each source, one extra backward each, at every update). A source no
+    /// probed step drew gets its G_k from extra passes.
+    pub gradients: InfluenceFrom,
+    /// Which steps measure G_k with `gradients = "probe"`: "last" (the update's own step) or
+    /// "window" (every step of the update's window, G_k their mean). Default "window".
+    pub probe_steps: ProbeSteps,
+    /// Host memory the K gradient copies may take, in MiB: K · params · 4 bytes (× 2 with
+    /// `gradients = "probe"`: the window's sums and a probed step's own). A run that would
+    /// need more stops at start naming these keys. Default 4096.
+    pub(crate) gradient_memory_mb: usize,
+    /// Sequences of each source behind G_k with `gradients = "extra-passes"` (and for a
+    /// source no probed step drew). Default 16.
     pub(crate) samples_per_source: usize,
     /// Fresh validation batches on which each candidate's ΔL_val is measured. Default 1.
     pub(crate) val_batches: usize,
@@ -50,6 +66,9 @@ pub struct TikMixMConfig {
 impl Default for TikMixMConfig {
     fn default() -> Self {
         TikMixMConfig {
+            gradients: InfluenceFrom::Probe,
+            probe_steps: ProbeSteps::Window,
+            gradient_memory_mb: 4096,
             samples_per_source: 16,
             val_batches: 1,
             candidates: 12,
@@ -65,7 +84,52 @@ impl Default for TikMixMConfig {
 }
 
 impl TikMixMConfig {
+    /// The probing settings with `gradients = "probe"`: traced (single-pass) steps, no g_val.
+    pub(crate) fn probing(&self) -> Option<Probing> {
+        (self.gradients == InfluenceFrom::Probe).then_some(Probing {
+            grad_stats: GradStats::SinglePass,
+            probe_steps: self.probe_steps,
+            gval_every: 1,
+        })
+    }
+
+    /// Bytes of gradient copies the run holds for `sources` sources of `params` parameters.
+    pub(crate) fn gradient_bytes(&self, sources: usize, params: usize) -> usize {
+        let copies = if self.gradients == InfluenceFrom::Probe {
+            2
+        } else {
+            1
+        };
+        copies * sources * params * std::mem::size_of::<f32>()
+    }
+
+    /// Refuses a run whose gradient copies would not fit `gradient_memory_mb`.
+    pub(crate) fn check_memory(&self, sources: usize, params: usize) -> crate::Result<()> {
+        let need = self.gradient_bytes(sources, params);
+        let mib = |b: usize| b.div_ceil(1 << 20);
+        if need <= self.gradient_memory_mb << 20 {
+            return Ok(());
+        }
+        let copies = need / (sources * params * std::mem::size_of::<f32>());
+        Err(crate::Error::value(
+            "mixer.tikmix-m.gradient_memory_mb",
+            format!(
+                "{sources} sources' gradients of a {params}-parameter model take {} MiB \
+                 ({copies} copies per source with mixer.tikmix-m.gradients = \"{}\"), more than \
+                 the {} MiB allowed; raise it if the memory is there, or use fewer sources, a \
+                 smaller model or mixer.tikmix-m.gradients = \"extra-passes\" (one copy)",
+                mib(need),
+                match self.gradients {
+                    InfluenceFrom::Probe => "probe",
+                    InfluenceFrom::ExtraPasses => "extra-passes",
+                },
+                self.gradient_memory_mb
+            ),
+        ))
+    }
+
     pub(crate) fn validate(&self) -> crate::Result<()> {
+        at_least_one("mixer.tikmix-m.gradient_memory_mb", self.gradient_memory_mb)?;
         at_least_one("mixer.tikmix-m.samples_per_source", self.samples_per_source)?;
         at_least_one("mixer.tikmix-m.val_batches", self.val_batches)?;
         at_least_one("mixer.tikmix-m.candidates", self.candidates)?;
@@ -175,6 +239,7 @@ impl Mixer for TikMixM {
     fn needs(&self) -> StatsRequest {
         StatsRequest {
             virtual_step: Some(VirtualStepSpec {
+                from_probe: self.config.gradients == InfluenceFrom::Probe,
                 samples_per_source: self.config.samples_per_source,
                 val_batches: self.config.val_batches,
                 scale: self.config.step_scale,

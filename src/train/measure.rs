@@ -109,7 +109,7 @@ impl<B: TrainBackend> Session<B> {
     /// G_k: the gradient of source k's mean token loss over `samples` random training windows
     /// (extra forward/backward passes, side by side: `passes`), from this rank's rows only:
     /// the caller sums over ranks what it needs.
-    fn source_gradient_share(&mut self, k: usize, samples: usize) -> GradientsParams {
+    pub(super) fn source_gradient_share(&mut self, k: usize, samples: usize) -> GradientsParams {
         let batch_size = self.config.train.batch_size;
         let mut drawn = Vec::new();
         let mut left = samples;
@@ -176,21 +176,31 @@ impl<B: TrainBackend> Session<B> {
         out
     }
 
+    /// G_k of every source from `samples` extra sequences each (one backward per source),
+    /// summed over ranks.
+    pub(crate) fn extra_pass_source_gradients(
+        &mut self,
+        samples: usize,
+    ) -> Result<Vec<GradientsParams>> {
+        let mut gradients = Vec::with_capacity(self.batches.sources.len());
+        for k in 0..self.batches.sources.len() {
+            let share = self.source_gradient_share(k, samples);
+            gradients.push(self.sum_grads_over_ranks(share)?);
+        }
+        Ok(gradients)
+    }
+
     /// ΔL_val(w) = L_val(θ − scale · lr · P ⊙ Σ_k w_k G_k) − L_val(θ) for each candidate w
-    /// (TiKMiX-M): one backward per source for G_k, then forward passes only, every candidate
-    /// on the same fresh validation batches of the target. Distributed, the G_k are summed
-    /// over ranks and each rank evaluates its rows of the validation batches.
+    /// (TiKMiX-M) from the sources' `gradients` G_k: forward passes only, every candidate on
+    /// the same fresh validation batches of the target. Distributed, each rank evaluates its
+    /// rows of the validation batches.
     pub(crate) fn virtual_step_deltas(
         &mut self,
         spec: VirtualStepSpec,
         lr: f64,
         candidates: &[Vec<f64>],
+        gradients: &[GradientsParams],
     ) -> Result<Vec<f64>> {
-        let mut gradients = Vec::with_capacity(self.batches.sources.len());
-        for k in 0..self.batches.sources.len() {
-            let share = self.source_gradient_share(k, spec.samples_per_source);
-            gradients.push(self.sum_grads_over_ranks(share)?);
-        }
         let streams = target_streams(
             &self.mixing.target,
             &self.batches.sources,
@@ -228,7 +238,7 @@ impl<B: TrainBackend> Session<B> {
         // [L(θ), L(θ_1), …, L(θ_C)], summed over ranks before the differences are taken.
         let mut losses = vec![mean_loss(&model)];
         for w in candidates {
-            let stepped = virtual_step(model.clone(), &gradients, w, spec.scale * lr, optim);
+            let stepped = virtual_step(model.clone(), gradients, w, spec.scale * lr, optim);
             losses.push(mean_loss(&stepped));
         }
         let losses = self.sum_values_over_ranks(losses)?;

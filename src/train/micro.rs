@@ -2,12 +2,15 @@
 //! reads (`PassContext`) and produces (`MicroOut`), the step's sums over its passes
 //! (`StepSums`), and how a step's sequences are weighted and split into micro-batches.
 
+use std::collections::HashMap;
+
+use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use super::evaluator::batch_tensors;
 use super::measure::excess_by_sequence;
-use super::single_pass::SinglePass;
+use super::single_pass::{source_gradients, SinglePass};
 use crate::backend::TrainBackend;
 use crate::mixer::ApplyMode;
 use crate::model::{token_losses, Gpt, Trace};
@@ -20,6 +23,23 @@ pub(super) struct MicroOut<B: TrainBackend> {
     pub(super) probe: MicroProbe<B>,
     /// Per sequence, Σ over its tokens of max(ℓ_θ − ℓ_ref, 0), when the step measures it.
     pub(super) excess: Option<Vec<f32>>,
+    /// Raw per-source gradients from the traced backward (`PassContext::source_grads`).
+    pub(super) source_grads: Option<RawSourceGrads<B::InnerBackend>>,
+}
+
+/// Per parameter, Σ over a pass's tokens of source k of the per-token gradient, for every
+/// k, with the step's loss weights in it: [k, numel] (`single_pass::source_gradients`).
+pub(super) type RawSourceGrads<B> = HashMap<ParamId, Tensor<B, 2>>;
+
+/// Adds `b` into `a`, parameter by parameter.
+pub(super) fn add_source_grads<B: Backend>(a: &mut RawSourceGrads<B>, b: RawSourceGrads<B>) {
+    for (id, g) in b {
+        let sum = match a.remove(&id) {
+            Some(earlier) => earlier + g,
+            None => g,
+        };
+        a.insert(id, sum);
+    }
 }
 
 /// A micro-batch's share of ⟨g_val, g_k⟩.
@@ -44,6 +64,8 @@ pub(super) struct StepSums<B: TrainBackend> {
     /// Single-pass: Σ over passes of the per-source dots, kept on the device and read once
     /// after the last pass. [k]
     pub(super) single_pass_dots: Option<Tensor<B::InnerBackend, 1>>,
+    /// Σ over passes of the raw per-source gradients, when the step measures them.
+    pub(super) source_grads: Option<RawSourceGrads<B::InnerBackend>>,
 }
 
 impl<B: TrainBackend> StepSums<B> {
@@ -54,6 +76,7 @@ impl<B: TrainBackend> StepSums<B> {
             excess: vec![0.0; k],
             dots: vec![(0.0, 0.0); k],
             single_pass_dots: None,
+            source_grads: None,
         }
     }
 
@@ -69,6 +92,12 @@ impl<B: TrainBackend> StepSums<B> {
         if let Some(per_sequence) = &out.excess {
             for (&s, &e) in micro.sources.iter().zip(per_sequence) {
                 self.excess[s] += e as f64;
+            }
+        }
+        if let Some(grads) = out.source_grads {
+            match &mut self.source_grads {
+                Some(total) => add_source_grads(total, grads),
+                None => self.source_grads = Some(grads),
             }
         }
         match out.probe {
@@ -189,6 +218,8 @@ pub(super) struct PassContext<'a, B: TrainBackend> {
     pub(super) weight_total: f64,
     /// Measure DoReMi's excess loss of each sequence (one reference forward).
     pub(super) excess: bool,
+    /// Measure each source's gradient from the traced backward (TiKMiX-M's probed G_k).
+    pub(super) source_grads: bool,
 }
 
 impl<B: TrainBackend> PassContext<'_, B> {
@@ -206,7 +237,7 @@ impl<B: TrainBackend> PassContext<'_, B> {
         let n = batch.len();
         let seq = batch.seq_len;
         let (inputs, targets) = batch_tensors::<B>(batch, self.device);
-        let mut trace = traced.is_some().then(Trace::new);
+        let mut trace = (traced.is_some() || self.source_grads).then(Trace::new);
         let logits = model.forward_traced(inputs, trace.as_mut()); // [n · seq, vocab]
         let token_loss = token_losses(logits, targets); // [n · seq]
         let excess = match (self.excess, self.reference) {
@@ -227,22 +258,24 @@ impl<B: TrainBackend> PassContext<'_, B> {
         let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), self.device);
         let mut raw_grads = (seq_loss.clone() * w).sum().backward();
         let mut probe = MicroProbe::None;
-        if let (Some(target), Some(trace)) = (traced, trace) {
-            let stats = SinglePass {
-                target,
-                backend: std::marker::PhantomData,
-            };
-            // Token t belongs to sequence t / seq. [n · seq]
-            let seg: Vec<i64> = micro
-                .sources
-                .iter()
-                .flat_map(|&s| std::iter::repeat_n(s as i64, seq))
-                .collect();
-            let seg = Tensor::<B::InnerBackend, 1, Int>::from_data(
-                TensorData::new(seg, [n * seq]),
-                self.device,
-            );
-            probe = MicroProbe::SinglePass(stats.source_dots(trace, &mut raw_grads, seg, self.k));
+        let mut source_grads = None;
+        if let Some(trace) = trace {
+            let seg = self.token_sources(micro, seq);
+            match traced {
+                Some(target) => {
+                    let stats = SinglePass {
+                        target,
+                        backend: std::marker::PhantomData,
+                    };
+                    let dots = stats.source_dots(trace, &mut raw_grads, seg, self.k);
+                    probe = MicroProbe::SinglePass(dots);
+                }
+                None => {
+                    let vocab = model.tok_emb.weight.dims()[0];
+                    let grads = source_gradients(trace, &mut raw_grads, seg, self.k, vocab);
+                    source_grads = Some(grads);
+                }
+            }
         }
         let grads = GradientsParams::from_grads(raw_grads, model);
         // Host sync: per-sequence losses for the per-source report.
@@ -257,7 +290,23 @@ impl<B: TrainBackend> PassContext<'_, B> {
             seq_loss,
             probe,
             excess,
+            source_grads,
         }
+    }
+
+    /// Each token's source: token t belongs to sequence t / seq. [n · seq]
+    fn token_sources(
+        &self,
+        micro: &MicroBatch,
+        seq: usize,
+    ) -> Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 1, Int> {
+        let seg: Vec<i64> = micro
+            .sources
+            .iter()
+            .flat_map(|&s| std::iter::repeat_n(s as i64, seq))
+            .collect();
+        let n = seg.len();
+        Tensor::from_data(TensorData::new(seg, [n]), self.device)
     }
 }
 

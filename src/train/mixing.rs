@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::measure::ExcessPool;
 use super::probe::{GradProbe, ProbeWindow};
+use super::source_grads::{flatten_by_source, unflatten_by_source, GradientWindow};
 use crate::backend::TrainBackend;
 use crate::checkpoint::{Restored, G_VAL};
 use crate::config::Config;
@@ -30,20 +31,31 @@ pub(crate) struct MixingDriver<B: TrainBackend> {
     /// DoReMi's fixed pool (`excess_from = "pool"`), built at its first update from the run's
     /// seed and the reference model, so a resumed run rebuilds the same one.
     pub(crate) excess_pool: Option<ExcessPool<B::InnerBackend>>,
-    pub(crate) probe: ProbeState,
+    pub(crate) probe: ProbeState<B::InnerBackend>,
 }
 
 /// The g_val of the mixers that probe training steps (fastmix, tikmix), between steps.
-#[derive(Default)]
-pub(crate) struct ProbeState {
+pub(crate) struct ProbeState<B: burn::prelude::Backend> {
     /// ⟨g_val, g_k⟩ measured so far for the next update, with its g_val (`probe_steps`).
     pub(crate) window: Option<ProbeWindow>,
     /// A g_val kept for the next updates' windows (`gval_every`), with the number of updates
     /// it has served.
     pub(crate) kept: Option<(GradProbe, u32)>,
+    /// TiKMiX-M's G_k measured so far for the next update (`gradients = "probe"`).
+    pub(crate) gradients: Option<GradientWindow<B>>,
 }
 
-impl ProbeState {
+impl<B: burn::prelude::Backend> Default for ProbeState<B> {
+    fn default() -> Self {
+        ProbeState {
+            window: None,
+            kept: None,
+            gradients: None,
+        }
+    }
+}
+
+impl<B: burn::prelude::Backend> ProbeState<B> {
     /// Closes the open window for an update: per source the mean ⟨g_val, g_k⟩ over its steps
     /// (None without a window). Its g_val is kept for the next window until it has served
     /// `gval_every` updates.
@@ -69,6 +81,15 @@ struct MixingState {
     /// Updates already served by the saved g_val (the open window's or the kept one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gval_served: Option<u32>,
+    /// Per source, the probed steps behind the G_k sums of TiKMiX-M's open window (the sums
+    /// are `g_k.K` in mixing.safetensors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gradient_window: Option<Vec<u32>>,
+}
+
+/// The name of source k's G_k sum in mixing.safetensors.
+fn g_k_name(k: usize) -> String {
+    format!("g_k.{k}")
 }
 
 impl<B: TrainBackend> MixingDriver<B> {
@@ -105,13 +126,26 @@ impl<B: TrainBackend> MixingDriver<B> {
                 is_linear_weight: false,
             }
         });
+        let mut tensors: Vec<NamedTensor> = tensors.into_iter().collect();
+        if let Some(window) = &self.probe.gradients {
+            let flat = flatten_by_source(model, &window.sums, window.steps.len());
+            for (k, sum) in flat.into_iter().enumerate() {
+                tensors.push(NamedTensor {
+                    name: g_k_name(k),
+                    shape: vec![sum.len()],
+                    data: sum,
+                    is_linear_weight: false,
+                });
+            }
+        }
         let state = MixingState {
             mixer: self.mixer.state(),
             probe_window: self.probe.window.as_ref().map(|w| w.sums.clone()),
             gval_served: saved.map(|(_, served)| served),
+            gradient_window: self.probe.gradients.as_ref().map(|w| w.steps.clone()),
         };
         let state = serde_json::to_value(state).expect("the mixing state serialises");
-        (state, tensors.into_iter().collect())
+        (state, tensors)
     }
 
     /// Restores the mixer and the probe window or kept g_val of a checkpoint.
@@ -127,6 +161,7 @@ impl<B: TrainBackend> MixingDriver<B> {
             .restore(&state.mixer)
             .map_err(|e| Error::checkpoint(state_path, e))?;
         self.probe = self.restore_probe(&state, restored, model, sources, state_path)?;
+        self.probe.gradients = restore_gradient_window(&state, restored, model)?;
         Ok(())
     }
 
@@ -140,7 +175,7 @@ impl<B: TrainBackend> MixingDriver<B> {
         model: &Gpt<B>,
         sources: usize,
         state_path: &Path,
-    ) -> Result<ProbeState> {
+    ) -> Result<ProbeState<B::InnerBackend>> {
         if state.probe_window.is_none() && state.gval_served.is_none() {
             return Ok(ProbeState::default());
         }
@@ -176,6 +211,7 @@ impl<B: TrainBackend> MixingDriver<B> {
             return Ok(ProbeState {
                 window: None,
                 kept: Some((probe, served)),
+                gradients: None,
             });
         };
         if sums.len() != sources {
@@ -189,6 +225,45 @@ impl<B: TrainBackend> MixingDriver<B> {
         Ok(ProbeState {
             window: Some(window),
             kept: None,
+            gradients: None,
         })
     }
+}
+
+/// TiKMiX-M's open G_k window a checkpoint saved: the steps per source in the state, each
+/// source's sum in the mixing file, flat in module order.
+fn restore_gradient_window<B: TrainBackend>(
+    state: &MixingState,
+    restored: &Restored,
+    model: &Gpt<B>,
+) -> Result<Option<GradientWindow<B::InnerBackend>>> {
+    let Some(steps) = &state.gradient_window else {
+        return Ok(None);
+    };
+    let path = &restored.mixing_path;
+    let mut flat = Vec::with_capacity(steps.len());
+    for k in 0..steps.len() {
+        let name = g_k_name(k);
+        let Some(tensor) = restored.mixing.get(&name) else {
+            return Err(Error::checkpoint(
+                path,
+                format!("{name} is missing, but the state has an open gradient_window"),
+            ));
+        };
+        flat.push(tensor.data.clone());
+    }
+    let device = model.tok_emb.weight.val().device();
+    let Some(sums) = unflatten_by_source(model, &flat, &device) else {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "the G_k sums of gradient_window are not {} values each",
+                model.num_params()
+            ),
+        ));
+    };
+    Ok(Some(GradientWindow {
+        sums,
+        steps: steps.clone(),
+    }))
 }

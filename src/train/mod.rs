@@ -15,6 +15,7 @@ mod report;
 mod run;
 mod session;
 mod single_pass;
+mod source_grads;
 mod state;
 mod step;
 mod trainer;

@@ -51,6 +51,9 @@ pub struct StepReport {
     /// DoReMi's λ_k measured on this step's sequences (`excess_from = "step"`, the step before
     /// an update; None for a source with no sequence in it); the next mixer update takes it.
     pub excess_loss: Option<Vec<Option<f64>>>,
+    /// Whether this step measured TiKMiX-M's G_k (`gradients = "probe"`), now in the update's
+    /// window.
+    pub measured_gradients: bool,
 }
 
 impl<B: TrainBackend> Session<B> {
@@ -61,6 +64,10 @@ impl<B: TrainBackend> Session<B> {
         let mixing = MixingDriver::new(&config, &batches.sources, batches.vocab_size)?;
         let k = batches.sources.len();
         let trainer = Trainer::new(&config, batches.vocab_size, k, &device);
+        if config.mixer.kind == mixer::MixerKind::TikmixM {
+            let params = trainer.model.num_params();
+            config.mixer.tikmix_m.check_memory(k, params)?;
+        }
         let evaluator = Evaluator::new(&config, &batches.sources, &batches.target_sets);
         Ok(Session {
             config,
@@ -172,8 +179,12 @@ impl<B: TrainBackend> Session<B> {
         };
         let candidate_delta = match needs.virtual_step {
             Some(spec) => {
+                let gradients = match spec.from_probe {
+                    true => self.probed_source_gradients(spec.samples_per_source)?,
+                    false => self.extra_pass_source_gradients(spec.samples_per_source)?,
+                };
                 let candidates = self.mixing.mixer.candidates();
-                Some(self.virtual_step_deltas(spec, lr, &candidates)?)
+                Some(self.virtual_step_deltas(spec, lr, &candidates, &gradients)?)
             }
             None => None,
         };

@@ -9,13 +9,14 @@
 //! each a `segment_row_dot` over the step's tokens, accumulated into K scalars. G is the
 //! step's target: P ⊙ G_val with AdamW's diagonal preconditioner, or G_val itself.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use mixtrain_kernels::StatKernels;
+use mixtrain_kernels::{FusedOps, SourceStats, StatKernels};
 
 use crate::model::{TapInput, Trace};
 
@@ -86,4 +87,62 @@ impl<B: StatKernels> SinglePass<'_, B> {
         }
         total
     }
+}
+
+/// Per-source gradients from a traced backward: for every parameter with a tap, the raw
+/// G_k = Σ_{t: seg_t = k} (its per-token gradient) as [k, numel] in the parameter's
+/// row-major layout (the tied embedding's two uses added):
+///   linear W [in, out]:  Σ_{t∈k} a_t ⊗ δ_t          (`segment_accumulate`)
+///   embedding E:         Σ_{t∈k} onehot(x_t) ⊗ δ_t  (`segment_scatter_rows`)
+///   tied head (h Eᵀ):    Σ_{t∈k} δ_t ⊗ h_t          (`segment_accumulate`)
+///   norm gain γ:         Σ_{t∈k} δ_t ⊙ x̂_t          (`segment_accumulate` of a ones column)
+/// "Raw": δ carries the step's loss weights; the caller rescales each source. Takes the
+/// probes' gradients out of `grads`.
+pub(crate) fn source_gradients<AB>(
+    trace: Trace<AB>,
+    grads: &mut <AB as AutodiffBackend>::Gradients,
+    seg: Tensor<AB::InnerBackend, 1, Int>,
+    k: usize,
+    vocab: usize,
+) -> HashMap<ParamId, Tensor<AB::InnerBackend, 2>>
+where
+    AB: AutodiffBackend<InnerBackend: StatKernels>,
+{
+    type Inner<AB> = <AB as AutodiffBackend>::InnerBackend;
+    let mut out: HashMap<ParamId, Tensor<Inner<AB>, 2>> = HashMap::new();
+    for tap in trace.taps {
+        let Some(delta) = tap.probe.grad_remove(grads) else {
+            continue; // a probe the loss does not depend on
+        };
+        let [n, d_out] = delta.dims();
+        let g = match tap.input {
+            TapInput::Linear(a) => {
+                let d_in = a.dims()[1];
+                let g = Inner::<AB>::segment_accumulate(a.inner(), delta, seg.clone(), k);
+                Inner::<AB>::reshape(g, [k, d_in * d_out])
+            }
+            TapInput::Embedding(tokens) => {
+                let rows = tokens.inner();
+                let g = Inner::<AB>::segment_scatter_rows(rows, delta, seg.clone(), k, vocab);
+                Inner::<AB>::reshape(g, [k, vocab * d_out])
+            }
+            TapInput::TiedHead(h) => {
+                let d = h.dims()[1];
+                let g = Inner::<AB>::segment_accumulate(delta, h.inner(), seg.clone(), k);
+                Inner::<AB>::reshape(g, [k, d_out * d])
+            }
+            TapInput::NormGain(x_hat) => {
+                let ones = Tensor::ones([n, 1], &delta.device());
+                let g =
+                    Inner::<AB>::segment_accumulate(ones, delta * x_hat.inner(), seg.clone(), k);
+                Inner::<AB>::reshape(g, [k, d_out])
+            }
+        };
+        let sum = match out.remove(&tap.param) {
+            Some(earlier) => earlier + g,
+            None => g,
+        };
+        out.insert(tap.param, sum);
+    }
+    out
 }

@@ -21,10 +21,10 @@ use crate::model::Gpt;
 use crate::optim::{global_grad_norm, lr_at};
 
 /// What `plan_step` decides before any pass runs.
-struct StepPlan {
+pub(super) struct StepPlan {
     lr: f64,
     /// The mixture the step draws from. [k]
-    weights: Vec<f64>,
+    pub(super) weights: Vec<f64>,
     /// Each sequence's source, sorted by source. [n]
     sources: Vec<usize>,
     /// Sequences of each source. [k]
@@ -32,11 +32,13 @@ struct StepPlan {
     /// Each sequence's loss weight (`sequence_weights`). [n]
     seq_weights: Vec<f64>,
     /// Σ of the step's loss weights.
-    weight_total: f64,
+    pub(super) weight_total: f64,
     /// The micro-batches' rows of `sources`.
     ranges: Vec<std::ops::Range<usize>>,
     /// A probed step measures ⟨g_val, g_k⟩ from its traced backward (`grad_stats`).
     single_pass: bool,
+    /// The step measures each source's gradient from its traced backward (TiKMiX-M).
+    source_grads: bool,
 }
 
 impl<B: TrainBackend> Session<B> {
@@ -83,26 +85,45 @@ impl<B: TrainBackend> Session<B> {
         let opened_here = self.mixing.probe.window.is_none();
         let mut window = self.probe_for_next_step()?;
         let excess = self.excess_for_next_step();
-        let result = self.step_from(window.as_ref().map(|w| &w.probe), excess, sampler_before);
-        match &result {
+        let source_grads = self.source_grads_for_next_step();
+        let probe = window.as_ref().map(|w| &w.probe);
+        let result = self.step_from(probe, excess, source_grads, sampler_before);
+        match result {
             Ok(report) => {
                 if let (Some(window), Some(dots)) = (window.as_mut(), &report.grad_dot) {
                     window.add(dots);
                 }
                 self.mixing.probe.window = window;
+                Ok(report)
             }
             // The sampler is back where it was before this step's g_val was drawn: a window
             // opened by this step goes too, so the replayed step opens it again identically
             // (around the same kept g_val, if it had one).
-            Err(_) => match window {
-                Some(window) if opened_here && window.served > 0 => {
-                    self.mixing.probe.kept = Some((window.probe, window.served));
+            Err(error) => {
+                match window {
+                    Some(window) if opened_here && window.served > 0 => {
+                        self.mixing.probe.kept = Some((window.probe, window.served));
+                    }
+                    Some(window) if !opened_here => self.mixing.probe.window = Some(window),
+                    _ => {}
                 }
-                Some(window) if !opened_here => self.mixing.probe.window = Some(window),
-                _ => {}
-            },
+                Err(error)
+            }
         }
-        result
+    }
+
+    /// Whether the next step measures TiKMiX-M's G_k (`gradients = "probe"`, a step of an
+    /// update's window).
+    fn source_grads_for_next_step(&self) -> bool {
+        self.mixing
+            .mixer
+            .needs()
+            .virtual_step
+            .is_some_and(|spec| spec.from_probe)
+            && self
+                .config
+                .mixer
+                .probes_at(self.trainer.progress.step + 1, self.config.train.steps)
     }
 
     /// Whether the next step measures DoReMi's excess losses for the update right after it.
@@ -119,7 +140,7 @@ impl<B: TrainBackend> Session<B> {
     /// steps right before the mixer's updates; benches call this directly to time a probed step.
     pub fn train_step_probed(&mut self, probe: Option<GradProbe>) -> Result<StepReport> {
         let sampler_before = self.batches.sampler.state().clone();
-        self.step_from(probe.as_ref(), false, sampler_before)
+        self.step_from(probe.as_ref(), false, false, sampler_before)
     }
 
     /// The step itself, as four parts: plan it (`plan_step`), run its passes (`run_passes`),
@@ -128,22 +149,34 @@ impl<B: TrainBackend> Session<B> {
     /// `excess_loss`). `sampler_before` is the sampler as it was before this step (and its
     /// probe), restored if the step turns out non-finite and the run stops: its checkpoint
     /// then replays this very step.
+    /// With `source_grads`, it measures each source's gradient (TiKMiX-M's probed G_k,
+    /// returned in the report's `source_grads`).
     fn step_from(
         &mut self,
         probe: Option<&GradProbe>,
         excess: bool,
+        source_grads: bool,
         sampler_before: crate::data::SamplerState,
     ) -> Result<StepReport> {
-        let plan = self.plan_step(probe.is_some());
+        let plan = self.plan_step(probe.is_some(), source_grads);
         let mut sums = StepSums::new(plan.weights.len());
-        let passes = self.draw_passes(&plan, probe.is_some(), &mut sums);
+        let passes = self.draw_passes(&plan, probe.is_some() || source_grads, &mut sums);
         let grads = self.run_passes(&plan, passes, probe, excess, &mut sums);
         let grads = self.reduce_step(grads, &mut sums, excess)?;
-        self.apply_step(&plan, grads, sums, probe.is_some(), excess, sampler_before)
+        let measured = sums.source_grads.take();
+        let dots = sums.dots.clone();
+        let mut report =
+            self.apply_step(&plan, grads, sums, probe.is_some(), excess, sampler_before)?;
+        if let (Some(raw), None) = (measured, &report.skipped) {
+            self.add_step_source_grads(raw, &dots, plan.weight_total)?;
+            report.measured_gradients = true;
+        }
+        Ok(report)
     }
 
-    /// Draws the step's sources from the mixture and lays out its micro-batches.
-    fn plan_step(&mut self, probed: bool) -> StepPlan {
+    /// Draws the step's sources from the mixture and lays out its micro-batches; `probed`:
+    /// it measures ⟨g_val, g_k⟩, `source_grads`: each source's gradient.
+    pub(super) fn plan_step(&mut self, probed: bool, source_grads: bool) -> StepPlan {
         let train = &self.config.train;
         let apply = self.config.mixer.apply;
         let weights = self.mixing.mixer.weights().to_vec();
@@ -160,6 +193,7 @@ impl<B: TrainBackend> Session<B> {
         // Σ_i w_i ℓ_i / Σ_i w_i.
         let weight_total: f64 = seq_weights.iter().sum();
         // Per-source statistics from the step's own backward need no homogeneous micro-batches.
+        let probed = probed || source_grads;
         let single_pass = probed
             && self.config.mixer.probing().map(|p| p.grad_stats) == Some(GradStats::SinglePass);
         let ranges = micro_batch_ranges(&sources, train.batch_size, probed && !single_pass);
@@ -172,13 +206,14 @@ impl<B: TrainBackend> Session<B> {
             weight_total,
             ranges,
             single_pass,
+            source_grads,
         }
     }
 
     /// Every micro-batch drawn first, in order (the sampler's draws are those of one
     /// micro-batch after another): this rank's rows of each, as passes of at most
     /// `train.cpu_pass_size` rows on the CPU. A probed step's Σ w_i per source goes to `sums`.
-    fn draw_passes(
+    pub(super) fn draw_passes(
         &mut self,
         plan: &StepPlan,
         probed: bool,
@@ -225,7 +260,7 @@ impl<B: TrainBackend> Session<B> {
     /// Forward and backward of every pass (side by side on the CPU: `passes`), their results
     /// added into `sums` in pass order, so the bits do not depend on how many ran at once.
     /// Returns the step's accumulated gradient.
-    fn run_passes(
+    pub(super) fn run_passes(
         &self,
         plan: &StepPlan,
         mut drawn: Vec<MicroBatch>,
@@ -254,6 +289,7 @@ impl<B: TrainBackend> Session<B> {
             k: plan.weights.len(),
             weight_total: plan.weight_total,
             excess,
+            source_grads: plan.source_grads,
         };
         let poison = crate::fault::nonfinite_loss(self.trainer.progress.step + 1);
         let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
@@ -354,6 +390,7 @@ impl<B: TrainBackend> Session<B> {
             skipped: None,
             grad_dot: probed.then(|| sums.grad_dots(plan.weight_total)),
             excess_loss: excess.then(|| sums.excess_per_token(&plan.counts, seq_len)),
+            measured_gradients: false,
         })
     }
 
@@ -382,6 +419,7 @@ impl<B: TrainBackend> Session<B> {
                 skipped: Some(message),
                 grad_dot: None,
                 excess_loss: None,
+                measured_gradients: false,
             });
         }
         self.batches.sampler.restore(sampler_before);

@@ -156,6 +156,37 @@ fn config_errors_name_their_key() {
     assert!(!dir.path().join("run").exists());
 }
 
+/// TiKMiX-M's K gradient copies over `gradient_memory_mb`: refused at start, naming the
+/// keys and the sizes (2.2M parameters × 3 sources × 2 copies × 4 bytes = 50 MiB > 16).
+#[test]
+fn tikmix_m_refuses_gradients_over_its_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let wide = [
+        "mixer.kind=tikmix-m",
+        "model.d_model=256",
+        "model.n_heads=4",
+        "model.d_ff=1024",
+        "mixer.tikmix-m.gradient_memory_mb=16",
+    ];
+    let stderr = expect_error(
+        &mut run_with(&config, &wide),
+        "mixer.tikmix-m.gradient_memory_mb: 3 sources' gradients of a",
+    );
+    assert!(
+        stderr.contains("MiB (2 copies per source with mixer.tikmix-m.gradients = \"probe\")"),
+        "{stderr}"
+    );
+    // Extra passes keep one copy: 25 MiB, under a budget of 32.
+    let mut one_copy = wide.to_vec();
+    one_copy.extend([
+        "mixer.tikmix-m.gradients=extra-passes",
+        "mixer.tikmix-m.gradient_memory_mb=32",
+        "train.steps=2",
+    ]);
+    run_ok(&mut run_with(&config, &one_copy));
+}
+
 #[test]
 fn file_errors_name_their_path() {
     let dir = tempfile::tempdir().unwrap();

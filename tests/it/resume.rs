@@ -332,14 +332,30 @@ fn kill_9_then_resume_is_bit_identical_tikmix_extra_passes() {
     );
 }
 
+/// tikmix-m's default: G_k from every traced step of its windows of 3, checkpoints every 5
+/// (most inside a window: the G_k sums are saved and restored). The regressor is refitted
+/// from the checkpointed history and the candidate RNG.
 #[test]
 fn kill_9_then_resume_is_bit_identical_tikmix_m() {
-    // The regressor is refitted from the checkpointed history and the candidate RNG.
     kill_and_resume(
         "ndarray",
         &[
             "mixer.kind=tikmix-m",
             "mixer.every=3",
+            "mixer.tikmix-m.samples_per_source=4",
+            "mixer.tikmix-m.candidates=4",
+        ],
+    );
+}
+
+#[test]
+fn kill_9_then_resume_is_bit_identical_tikmix_m_extra_passes() {
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=tikmix-m",
+            "mixer.every=3",
+            "mixer.tikmix-m.gradients=extra-passes",
             "mixer.tikmix-m.samples_per_source=4",
             "mixer.tikmix-m.candidates=4",
         ],

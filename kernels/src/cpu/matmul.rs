@@ -97,3 +97,49 @@ fn lead_offset(b: usize, lead: &[usize], strides: &[isize]) -> isize {
     }
     at
 }
+
+/// G[k] = Σ_{t: seg_t = k} x_t ⊗ y_t of x [n, p], y [n, q] (row-major) → [k, p, q] row-major:
+/// one sgemm per run of equal seg (xᵀ of the run read through its strides), accumulated into
+/// its source's block with β = 1, runs in token order. One thread: a step's passes already
+/// run side by side.
+pub(crate) fn host_segment_accumulate(
+    x: &[f32],
+    y: &[f32],
+    seg: &[i64],
+    (p, q, k): (usize, usize, usize),
+) -> Vec<f32> {
+    let n = seg.len();
+    let mut out = vec![0.0f32; k * p * q];
+    let mut start = 0;
+    while start < n {
+        let s = seg[start] as usize;
+        let run = seg[start..]
+            .iter()
+            .take_while(|&&v| v as usize == s)
+            .count();
+        assert!(s < k, "segment {s} of {k}");
+        let block = &mut out[s * p * q..(s + 1) * p * q];
+        // SAFETY: xᵀ[i, t] = x[(start + t) · p + i] and y[start + t, j] for t < run, i < p,
+        // j < q lie inside x and y; the block holds p · q values, row-major.
+        unsafe {
+            matrixmultiply::sgemm(
+                p,
+                run,
+                q,
+                1.0,
+                x[start * p..].as_ptr(),
+                1,
+                p as isize,
+                y[start * q..].as_ptr(),
+                q as isize,
+                1,
+                1.0,
+                block.as_mut_ptr(),
+                q as isize,
+                1,
+            )
+        }
+        start += run;
+    }
+    out
+}

@@ -7,7 +7,7 @@ use burn::tensor::TensorPrimitive;
 use ndarray::{ArrayViewD, Ix2, Ix3, Ix4, IxDyn};
 
 use super::host::{self, AdamWStep};
-use super::matmul::host_matmul;
+use super::matmul::{host_matmul, host_segment_accumulate};
 use crate::{ExecPolicy, FusedOps, KernelImpl, SourceStats};
 
 /// The default CPU backend runs the row-wise ops as fused host loops (`host.rs`): measured
@@ -17,6 +17,23 @@ impl SourceStats for NdArray {
         let device = a.device();
         let value = with_host_f32(a, |a| with_host_f32(b, |b| host::dot(a, b)));
         Tensor::from_data(TensorData::new(vec![value], [1]), &device)
+    }
+
+    /// One sgemm per run of a source's tokens, accumulated in place (`host_segment_accumulate`).
+    fn segment_accumulate(
+        x: Tensor<Self, 2>,
+        y: Tensor<Self, 2>,
+        seg: Tensor<Self, 1, Int>,
+        k: usize,
+    ) -> Tensor<Self, 3> {
+        let ([n, p], [_, q]) = (x.dims(), y.dims());
+        let device = x.device();
+        let seg = host_i64(seg);
+        assert_eq!(seg.len(), n, "one segment per row");
+        let out = with_host_f32(x, |x| {
+            with_host_f32(y, |y| host_segment_accumulate(x, y, &seg, (p, q, k)))
+        });
+        Tensor::from_data(TensorData::new(out, [k, p, q]), &device)
     }
 
     fn preconditioned(

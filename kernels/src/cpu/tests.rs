@@ -269,3 +269,75 @@ fn cpu_backends_run_host_loops_or_references() {
         KernelImpl::Reference
     );
 }
+
+/// Sources as runs (as a step lays them out: sorted, each a few sequences), with one source
+/// empty and one split in two runs: seg for n tokens over k sources.
+fn runs_seg(n: usize, k: usize) -> Vec<i64> {
+    (0..n)
+        .map(|t| match (t * 4 / n, k) {
+            (_, 1) => 0,
+            (0, _) | (3, _) => 0,
+            (q, _) => (q as i64).min(k as i64 - 2) + 1,
+        })
+        .collect()
+}
+
+/// The per-run products (the default, and ndarray's host products) equal the one-hot
+/// reference, on runs and on tokens in any order, with empty sources.
+#[test]
+fn segment_accumulate_by_runs_matches_the_one_hot_reference() {
+    fn check<B: SourceStats>(n: usize, p: usize, q: usize, k: usize, shuffled: bool) {
+        let device = Default::default();
+        B::seed(&device, (n * 31 + k) as u64);
+        let x = Tensor::<B, 2>::random([n, p], Distribution::Normal(0.0, 1.0), &device);
+        let y = Tensor::<B, 2>::random([n, q], Distribution::Normal(0.0, 1.0), &device);
+        let seg: Vec<i64> = if shuffled {
+            (0..n).map(|t| ((t * 7 + 3) % k) as i64).collect()
+        } else {
+            runs_seg(n, k)
+        };
+        let seg = Tensor::<B, 1, Int>::from_data(TensorData::new(seg, [n]), &device);
+        let got = B::segment_accumulate(x.clone(), y.clone(), seg.clone(), k);
+        let want = reference::segment_accumulate(x, y, seg, k);
+        assert_eq!(got.dims(), [k, p, q]);
+        let (got, want): (Vec<f32>, Vec<f32>) = (
+            got.into_data().to_vec().unwrap(),
+            want.into_data().to_vec().unwrap(),
+        );
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "[{i}] {g} vs {w}");
+        }
+    }
+    for (n, p, q, k) in [
+        (1, 1, 1, 1),
+        (40, 5, 3, 3),
+        (512, 17, 9, 5),
+        (256, 64, 33, 2),
+    ] {
+        for shuffled in [false, true] {
+            check::<burn::backend::Flex>(n, p, q, k, shuffled);
+            check::<burn::backend::NdArray>(n, p, q, k, shuffled);
+        }
+    }
+}
+
+/// out[seg_t, rows_t] += v_t by hand: tokens (row 2, source 1), (row 0, source 0),
+/// (row 2, source 1) and (row 1, source 1) of a 3-row table, 2 sources.
+#[test]
+fn segment_scatter_rows_matches_hand_computation() {
+    let device = Default::default();
+    type B = burn::backend::NdArray;
+    let rows = Tensor::<B, 1, Int>::from_ints([2, 0, 2, 1], &device);
+    let v = Tensor::<B, 2>::from_floats([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]], &device);
+    let seg = Tensor::<B, 1, Int>::from_ints([1, 0, 1, 1], &device);
+    let out: Vec<f32> = B::segment_scatter_rows(rows, v, seg, 2, 3)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    #[rustfmt::skip]
+    let want = vec![
+        3.0, 4.0,  0.0, 0.0,  0.0, 0.0, // source 0: row 0
+        0.0, 0.0,  7.0, 8.0,  6.0, 8.0, // source 1: row 1; row 2 twice
+    ];
+    assert_eq!(out, want);
+}

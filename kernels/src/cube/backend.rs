@@ -5,7 +5,8 @@ use burn::tensor::{Int, Tensor};
 use burn_cubecl::{element::BoolElement, CubeRuntime, FloatElement, IntElement};
 
 use super::forward::{
-    cross_entropy_rows, cross_entropy_rows_backward, segment_gather_row_dot, segment_row_dot,
+    cross_entropy_rows, cross_entropy_rows_backward, segment_accumulate, segment_gather_row_dot,
+    segment_row_dot,
 };
 use super::CubeBackend;
 use crate::{ExecPolicy, FusedOps, KernelImpl, SourceStats};
@@ -36,6 +37,15 @@ where
         k: usize,
     ) -> Tensor<Self, 1> {
         segment_gather_row_dot(table, rows, v, seg, w, k)
+    }
+
+    fn segment_accumulate(
+        x: Tensor<Self, 2>,
+        y: Tensor<Self, 2>,
+        seg: Tensor<Self, 1, Int>,
+        k: usize,
+    ) -> Tensor<Self, 3> {
+        segment_accumulate(x, y, seg, k)
     }
 }
 

@@ -8,10 +8,10 @@ use burn_cubecl::{element::BoolElement, CubeRuntime, FloatElement, IntElement};
 use cubecl::{CubeCount, CubeDim};
 
 use super::kernel::{
-    cross_entropy_backward_kernel, cross_entropy_rows_kernel, segment_sum_kernel,
-    weighted_gather_row_dot_kernel,
+    cross_entropy_backward_kernel, cross_entropy_rows_kernel, segment_accumulate_kernel,
+    segment_sum_kernel, weighted_gather_row_dot_kernel,
 };
-use super::{cubes, empty, float, CubeBackend, REDUCE_UNITS, ROW_DOT_UNITS, ROW_UNITS};
+use super::{cubes, empty, float, CubeBackend, REDUCE_UNITS, ROW_DOT_UNITS, ROW_UNITS, TILE};
 
 /// out[k] = Σ_{t: seg_t = k} w_t ⟨U_t, V_t⟩ for u, v [n, d], seg [n], w [n] on a CubeCL
 /// backend. The kernel twin of `reference::segment_row_dot`.
@@ -165,4 +165,47 @@ where
         );
     }
     float(segment_sum_primitive::<R, F, I>(dots, seg, k))
+}
+
+/// G[k] = Σ_{t: seg_t = k} δ_t ⊗ a_t → [k, out, inp] on a CubeCL backend; the twin of
+/// `reference::segment_accumulate`. Every source's cubes walk all n tokens (zeros where
+/// seg_t ≠ k): k times the multiply-adds of the layer's weight gradient. Tiled (TILE × TILE outputs per cube, tokens staged in
+/// shared memory).
+pub fn segment_accumulate<R, F, I, BT>(
+    delta: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    a: Tensor<CubeBackend<R, F, I, BT>, 2>,
+    seg: Tensor<CubeBackend<R, F, I, BT>, 1, Int>,
+    k: usize,
+) -> Tensor<CubeBackend<R, F, I, BT>, 3>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    let [_n, outs] = delta.dims();
+    let [_, inps] = a.dims();
+    let delta = into_contiguous(delta.into_primitive().tensor());
+    let a = into_contiguous(a.into_primitive().tensor());
+    let seg = into_contiguous(seg.into_primitive());
+    let len = k * outs * inps;
+    let out = empty::<R, F>(&delta, len);
+    if len > 0 {
+        let client = delta.client.clone();
+        let tile = TILE as usize;
+        let tiles = k * outs.div_ceil(tile) * inps.div_ceil(tile);
+        segment_accumulate_kernel::launch::<F, I, R>(
+            &client,
+            cubes(&client, tiles, 1),
+            CubeDim::new_2d(TILE, TILE),
+            delta.into_tensor_arg(),
+            a.into_tensor_arg(),
+            seg.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            TILE,
+        );
+    }
+    let out: Tensor<CubeBackend<R, F, I, BT>, 1> =
+        Tensor::from_primitive(TensorPrimitive::Float(out));
+    out.reshape([k, outs, inps])
 }

@@ -162,3 +162,68 @@ pub fn segment_sum_kernel<F: Float, I: Int>(
         out[k] = partial[0];
     }
 }
+
+/// out[k, o, i] = Σ_{t: seg[t] = k} delta[t, o] · a[t, i], tiled: one cube of
+/// TILE × TILE units per (source k, block of TILE outputs o, block of TILE inputs i). The
+/// cube walks the tokens TILE at a time, staging delta[t, o-block] (zero where seg[t] ≠ k)
+/// and a[t, i-block] in shared memory with coalesced loads, and each unit accumulates its
+/// (o, i) from the staged tiles, so each loaded value is used TILE times.
+// Nested ifs, not `&&`: seg[t] must not be read for t ≥ n, and device code does not
+// promise short-circuit evaluation.
+#[allow(clippy::collapsible_if)]
+#[cube(launch)]
+pub fn segment_accumulate_kernel<F: Float, I: Int>(
+    delta: &Tensor<F>,
+    a: &Tensor<F>,
+    seg: &Tensor<I>,
+    out: &mut Tensor<F>,
+    #[comptime] tile: u32,
+) {
+    let n = seg.len();
+    let outs = delta.shape(1);
+    let inps = a.shape(1);
+    let tile_n = tile as usize;
+    let o_blocks = outs.div_ceil(tile_n);
+    let i_blocks = inps.div_ceil(tile_n);
+    let cube = CUBE_POS;
+    if cube >= out.len() / (outs * inps) * o_blocks * i_blocks {
+        terminate!(); // a spare cube; uniform in the cube
+    }
+    let k = cube / (o_blocks * i_blocks);
+    let o0 = (cube / i_blocks) % o_blocks * tile_n;
+    let i0 = cube % i_blocks * tile_n;
+    let x = UNIT_POS_X as usize; // column within the tile
+    let y = UNIT_POS_Y as usize; // row within the tile
+    let mut delta_tile = SharedMemory::<F>::new(tile_n * tile_n); // [token, o]
+    let mut a_tile = SharedMemory::<F>::new(tile_n * tile_n); // [token, i]
+    let mut acc = F::new(0.0);
+    let mut t0 = 0usize;
+    while t0 < n {
+        // Unit (x, y) stages token t0 + y: delta[t, o0 + x] and a[t, i0 + x].
+        let t = t0 + y;
+        let mut d_value = F::new(0.0);
+        let mut a_value = F::new(0.0);
+        if t < n {
+            if u32::cast_from(seg[t]) as usize == k {
+                if o0 + x < outs {
+                    d_value = delta[t * outs + o0 + x];
+                }
+                if i0 + x < inps {
+                    a_value = a[t * inps + i0 + x];
+                }
+            }
+        }
+        delta_tile[y * tile_n + x] = d_value;
+        a_tile[y * tile_n + x] = a_value;
+        sync_cube();
+        // Unit (x, y) owns out[k, o0 + y, i0 + x].
+        for r in 0..tile_n {
+            acc += delta_tile[r * tile_n + y] * a_tile[r * tile_n + x];
+        }
+        sync_cube();
+        t0 += tile_n;
+    }
+    if o0 + y < outs && i0 + x < inps {
+        out[(k * outs + o0 + y) * inps + i0 + x] = acc;
+    }
+}

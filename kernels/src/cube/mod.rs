@@ -5,8 +5,9 @@
 //!   for embeddings) runs in two launches: one cube per token row computes w_t ⟨U_t, V_t⟩ with coalesced reads and a shared-memory tree
 //!   reduction (an [N] buffer), then one cube per source sums its tokens' values the same way.
 //!   No atomics (wgpu has no portable float atomics).
-//! - `segment_accumulate` is tiled: TILE × TILE outputs per cube, tokens staged in shared
-//!   memory TILE at a time.
+//! - `segment_accumulate` (per-source weight gradients, for TiKMiX-M's probed G_k) is tiled:
+//!   TILE × TILE outputs per cube, tokens staged in shared memory TILE at a time. Embedding
+//!   tables take burn's scatter-add on the device (`reference::segment_scatter_rows`).
 //! - `multi_dot` makes one pass over the [k, p] buffer (k + k² partial sums per unit, then a
 //!   small sum over the units).
 //! - the fused cross-entropy: one cube per row for the forward (max and Σ exp by tree
@@ -40,9 +41,10 @@ mod kernel;
 #[cfg(test)]
 mod tests;
 
-pub use bench_only::{multi_dot, per_source_cross_entropy, segment_accumulate, segment_sum};
+pub use bench_only::{multi_dot, per_source_cross_entropy, segment_sum};
 pub use forward::{
-    cross_entropy_rows, cross_entropy_rows_backward, segment_gather_row_dot, segment_row_dot,
+    cross_entropy_rows, cross_entropy_rows_backward, segment_accumulate, segment_gather_row_dot,
+    segment_row_dot,
 };
 
 /// Units per cube of the segment reduction (a power of two).

@@ -93,7 +93,7 @@ fn segment_accumulate_and_multi_dot_match_the_references() {
         let used = if k > 1 { k - 1 } else { 1 };
         let seg: Vec<i32> = (0..n).map(|t| ((t * 5 + 1) % used) as i32).collect();
         let seg = Tensor::<B, 1, Int>::from_data(TensorData::new(seg, [n]), &device);
-        let got = segment_accumulate(delta.clone(), a.clone(), seg.clone(), k);
+        let got = B::segment_accumulate(delta.clone(), a.clone(), seg.clone(), k);
         let want = reference::segment_accumulate(delta, a, seg, k);
         assert_eq!(got.dims(), [k, outs, inps]);
         close(
@@ -117,6 +117,41 @@ fn segment_accumulate_and_multi_dot_match_the_references() {
             gram.into_data().to_vec().unwrap(),
             want_gram.into_data().to_vec().unwrap(),
             &format!("multi_dot gram k={k} p={p}"),
+        );
+    }
+}
+
+/// The embedding's scatter form on the device against the same scatter on the CPU
+/// reference backend (burn's select-assign with add on both).
+#[test]
+fn segment_scatter_rows_matches_the_cpu() {
+    type Cpu = burn::backend::Flex;
+    let device = test_device();
+    for (n, vocab, d, k) in [(1, 1, 1, 1), (37, 11, 5, 3), (640, 256, 32, 5)] {
+        let rows: Vec<i32> = (0..n).map(|t| ((t * 13 + 5) % vocab) as i32).collect();
+        let seg: Vec<i32> = (0..n).map(|t| (t * k / n) as i32).collect();
+        let v: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        let got = B::segment_scatter_rows(
+            Tensor::from_data(TensorData::new(rows.clone(), [n]), &device),
+            Tensor::from_data(TensorData::new(v.clone(), [n, d]), &device),
+            Tensor::from_data(TensorData::new(seg.clone(), [n]), &device),
+            k,
+            vocab,
+        );
+        let cpu = Default::default();
+        let want = reference::segment_scatter_rows::<Cpu>(
+            Tensor::from_data(TensorData::new(rows, [n]), &cpu),
+            Tensor::from_data(TensorData::new(v, [n, d]), &cpu),
+            Tensor::from_data(TensorData::new(seg, [n]), &cpu),
+            k,
+            vocab,
+        );
+        close(
+            got.into_data().to_vec().unwrap(),
+            want.into_data().to_vec().unwrap(),
+            &format!("segment_scatter_rows n={n} vocab={vocab} d={d} k={k}"),
         );
     }
 }

@@ -1,0 +1,387 @@
+//! TiKMiX-M's G_k from probed training steps (`[mixer.tikmix-m] gradients = "probe"`): a
+//! traced step's raw per-source gradients (`single_pass::source_gradients`, [k, numel] per
+//! parameter, on the device) are rescaled so that row k is the gradient of source k's mean
+//! token loss in the step; the update's window adds them up over its probed steps, and the
+//! update takes each source's mean as a gradient shaped like the parameters.
+//!
+//! Memory: the window holds K copies of the gradient (4 bytes per parameter per source), and
+//! a probed step K more while it runs (`gradient_memory_mb` bounds both). A checkpoint saves
+//! the window flat, one vector per source in module order (`flatten_grads`'s layout), and
+//! distributed ranks sum each step's G_k in that layout.
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::micro::RawSourceGrads;
+use super::Session;
+use crate::backend::TrainBackend;
+use crate::error::Result;
+
+/// The open window of an update: Σ over its probed steps of each source's G_k ([k, numel]
+/// per parameter; a step adds zeros for a source it did not draw), and per source the
+/// number of steps that drew it.
+pub(crate) struct GradientWindow<B: Backend> {
+    pub(crate) sums: RawSourceGrads<B>,
+    pub(crate) steps: Vec<u32>,
+}
+
+impl<B: Backend> GradientWindow<B> {
+    /// Adds one probed step's G_k; `drawn[k]`: the step drew source k.
+    pub(crate) fn add(&mut self, grads: RawSourceGrads<B>, drawn: &[bool]) {
+        super::micro::add_source_grads(&mut self.sums, grads);
+        for (steps, &drawn) in self.steps.iter_mut().zip(drawn) {
+            *steps += u32::from(drawn);
+        }
+    }
+}
+
+/// Each source's row of every parameter's [k, numel] tensor, flat in module order: one
+/// vector per source; a parameter without one (no tap) gives zeros. Reads the device.
+struct FlattenBySource<'a, B: Backend> {
+    raw: &'a RawSourceGrads<B>,
+    out: Vec<Vec<f32>>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for FlattenBySource<'_, AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let numel = param.val().dims().iter().product::<usize>();
+        let Some(g) = self.raw.get(&param.id) else {
+            self.out
+                .iter_mut()
+                .for_each(|v| v.extend(std::iter::repeat_n(0.0, numel)));
+            return;
+        };
+        let data = g.clone().into_data().convert::<f32>(); // [k, numel]
+        let values = data.as_slice::<f32>().expect("converted to f32");
+        for (k, v) in self.out.iter_mut().enumerate() {
+            v.extend_from_slice(&values[k * numel..(k + 1) * numel]);
+        }
+    }
+}
+
+/// The window's sums (or a step's G_k) as one flat vector per source (module order).
+pub(super) fn flatten_by_source<AB, M>(
+    model: &M,
+    raw: &RawSourceGrads<AB::InnerBackend>,
+    sources: usize,
+) -> Vec<Vec<f32>>
+where
+    AB: AutodiffBackend,
+    M: AutodiffModule<AB>,
+{
+    let mut visitor = FlattenBySource {
+        raw,
+        out: vec![Vec::new(); sources],
+    };
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+/// The inverse of `flatten_by_source`.
+struct UnflattenBySource<'a, B: Backend> {
+    flat: &'a [Vec<f32>],
+    at: usize,
+    device: burn::tensor::Device<B>,
+    out: RawSourceGrads<B>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for UnflattenBySource<'_, AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let numel = param.val().dims().iter().product::<usize>();
+        let k = self.flat.len();
+        let mut values = Vec::with_capacity(k * numel);
+        for source in self.flat {
+            values.extend_from_slice(&source[self.at..self.at + numel]);
+        }
+        self.at += numel;
+        let data = TensorData::new(values, [k, numel]);
+        self.out
+            .insert(param.id, Tensor::from_data(data, &self.device));
+    }
+}
+
+/// One flat vector per source (module order) back to [k, numel] per parameter; None when a
+/// vector's length is not the model's parameter count.
+pub(super) fn unflatten_by_source<AB, M>(
+    model: &M,
+    flat: &[Vec<f32>],
+    device: &burn::tensor::Device<AB::InnerBackend>,
+) -> Option<RawSourceGrads<AB::InnerBackend>>
+where
+    AB: AutodiffBackend,
+    M: AutodiffModule<AB>,
+{
+    let params = model.num_params();
+    if flat.is_empty() || flat.iter().any(|v| v.len() != params) {
+        return None;
+    }
+    let mut visitor = UnflattenBySource {
+        flat,
+        at: 0,
+        device: device.clone(),
+        out: RawSourceGrads::new(),
+    };
+    model.visit(&mut visitor);
+    Some(visitor.out)
+}
+
+/// Row `k` of every parameter's [k, numel] sum divided by `steps`, shaped like the parameter.
+struct SourceRow<'a, B: Backend> {
+    sums: &'a RawSourceGrads<B>,
+    k: usize,
+    steps: f64,
+    out: GradientsParams,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for SourceRow<'_, AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let Some(sum) = self.sums.get(&param.id) else {
+            return;
+        };
+        let numel = sum.dims()[1];
+        let row = sum.clone().slice([self.k..self.k + 1, 0..numel]) / self.steps; // [1, numel]
+        let grad = row.reshape(param.val().dims());
+        self.out.register::<AB::InnerBackend, D>(param.id, grad);
+    }
+}
+
+impl<B: TrainBackend> Session<B> {
+    /// A probed step's G_k from its raw per-source sums: source k's row scaled by
+    /// W / Σ_{i∈k} w_i (δ carried each sequence's w_i / W), summed over ranks (each held
+    /// its rows' share), added to the update's window. `weights` is (·, Σ_{i∈k} w_i) per
+    /// source.
+    pub(super) fn add_step_source_grads(
+        &mut self,
+        raw: RawSourceGrads<B::InnerBackend>,
+        weights: &[(f64, f64)],
+        weight_total: f64,
+    ) -> Result<()> {
+        let k = weights.len();
+        let scale: Vec<f32> = weights
+            .iter()
+            .map(|&(_, w)| {
+                if w > 0.0 {
+                    (weight_total / w) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let scale =
+            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(scale, [k, 1]), &self.device);
+        let mut grads: RawSourceGrads<B::InnerBackend> = raw
+            .into_iter()
+            .map(|(id, g)| (id, g * scale.clone()))
+            .collect();
+        if !self.reducer.is_alone() {
+            let flat = flatten_by_source(&self.trainer.model, &grads, k);
+            let len = flat[0].len();
+            let summed = self.sum_over_ranks(flat.concat(), Vec::new())?.f32s;
+            let flat: Vec<Vec<f32>> = summed.chunks(len).map(<[f32]>::to_vec).collect();
+            grads = unflatten_by_source(&self.trainer.model, &flat, &self.device)
+                .expect("the ranks' sums have the model's layout");
+        }
+        let drawn: Vec<bool> = weights.iter().map(|&(_, w)| w > 0.0).collect();
+        match &mut self.mixing.probe.gradients {
+            Some(window) => window.add(grads, &drawn),
+            None => {
+                let steps = drawn.iter().map(|&d| u32::from(d)).collect();
+                self.mixing.probe.gradients = Some(GradientWindow { sums: grads, steps });
+            }
+        }
+        Ok(())
+    }
+
+    /// TiKMiX-M's G_k for an update: the window's mean for every source a probed step drew,
+    /// extra passes (`samples_per_source`) for the others; summed over ranks.
+    pub(crate) fn probed_source_gradients(
+        &mut self,
+        samples_per_source: usize,
+    ) -> Result<Vec<GradientsParams>> {
+        let k = self.batches.sources.len();
+        let window = self.mixing.probe.gradients.take();
+        let mut out = Vec::with_capacity(k);
+        for source in 0..k {
+            let steps = window.as_ref().map_or(0, |w| w.steps[source]);
+            out.push(match &window {
+                Some(window) if steps > 0 => {
+                    let mut row = SourceRow {
+                        sums: &window.sums,
+                        k: source,
+                        steps: steps as f64,
+                        out: GradientsParams::new(),
+                    };
+                    self.trainer.model.visit(&mut row);
+                    row.out
+                }
+                _ => {
+                    let share = self.source_gradient_share(source, samples_per_source);
+                    self.sum_grads_over_ranks(share)?
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::{ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+    use burn::prelude::*;
+    use burn::tensor::backend::AutodiffBackend;
+
+    use super::super::evaluator::batch_tensors;
+    use super::super::micro::StepSums;
+    use super::*;
+    use crate::config::Config;
+    use crate::data::Batch;
+    use crate::distributed::flatten_grads;
+    use crate::model::token_losses;
+
+    /// Each parameter's number of values, in module order.
+    struct Sizes(Vec<usize>);
+
+    impl<AB: AutodiffBackend> ModuleVisitor<AB> for Sizes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            self.0.push(param.val().dims().iter().product());
+        }
+    }
+
+    /// Per source: G_k of the step (None where it drew none), G_k of separate passes (the
+    /// sources it drew), and each parameter's size in the flat layout.
+    type Compared = (Vec<Option<Vec<f32>>>, Vec<Vec<f32>>, Vec<usize>);
+
+    /// G_k of a probed step on the quickstart model (`extra` settings), and G_k of the same
+    /// sequences of each source from a backward of their mean token loss alone, both flat.
+    fn step_and_separate<B: TrainBackend>(
+        device: B::Device,
+        extra: &[&str],
+    ) -> Compared {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sets = vec![
+            "mixer.kind=tikmix-m".to_string(),
+            "train.grad_accum=2".into(),
+            format!("run.out_dir={}", dir.path().join("run").display()),
+        ];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let config = Config::load(Path::new("configs/quickstart.toml"), &sets).unwrap();
+        let mut session = Session::<B>::build(config, device.clone()).unwrap();
+        session.train_step().unwrap(); // a model that has moved from its initialisation
+        let plan = session.plan_step(false, true);
+        let mut sums = StepSums::new(plan.weights.len());
+        let passes = session.draw_passes(&plan, true, &mut sums);
+        let k = plan.weights.len();
+        let mut by_source: Vec<Batch> = (0..k)
+            .map(|_| Batch {
+                tokens: Vec::new(),
+                sources: Vec::new(),
+                seq_len: passes[0].batch.seq_len,
+            })
+            .collect();
+        for pass in &passes {
+            let row = pass.batch.tokens.len() / pass.batch.len();
+            for (i, &s) in pass.sources.iter().enumerate() {
+                by_source[s]
+                    .tokens
+                    .extend(&pass.batch.tokens[i * row..(i + 1) * row]);
+                by_source[s].sources.push(s);
+            }
+        }
+        let _ = session.run_passes(&plan, passes, None, false, &mut sums);
+        let raw = sums.source_grads.take().expect("the step measured G_k");
+        let total = plan.weight_total;
+        session.mixing.probe.gradients = None; // the first step's, in the same window
+        session
+            .add_step_source_grads(raw, &sums.dots, total)
+            .unwrap();
+        let window = session.mixing.probe.gradients.take().unwrap();
+        let model = &session.trainer.model;
+        let step = flatten_by_source(model, &window.sums, k)
+            .into_iter()
+            .zip(&window.steps)
+            .map(|(g, &steps)| (steps > 0).then_some(g))
+            .collect();
+        let separate = by_source
+            .iter()
+            .filter(|batch| !batch.is_empty())
+            .map(|batch| {
+                let (inputs, targets) = batch_tensors::<B>(batch, &device);
+                let loss = token_losses(model.forward(inputs), targets).mean();
+                let grads = GradientsParams::from_grads(loss.backward(), model);
+                flatten_grads(model, &grads)
+            })
+            .collect();
+        let mut sizes = Sizes(Vec::new());
+        model.visit(&mut sizes);
+        (step, separate, sizes.0)
+    }
+
+    /// Per parameter, max |step − separate| / max |separate| ≤ 1e-4, for every source.
+    fn assert_agree(step: &[Option<Vec<f32>>], separate: &[Vec<f32>], sizes: &[usize], what: &str) {
+        let step: Vec<&Vec<f32>> = step.iter().flatten().collect();
+        assert_eq!(step.len(), separate.len(), "{what}: sources drawn");
+        assert!(
+            step.len() >= 3,
+            "{what}: the step drew {} sources",
+            step.len()
+        );
+        for (k, (a, b)) in step.iter().zip(separate).enumerate() {
+            let mut at = 0;
+            for (p, &n) in sizes.iter().enumerate() {
+                let (a, b) = (&a[at..at + n], &b[at..at + n]);
+                at += n;
+                let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let error = a
+                    .iter()
+                    .zip(b)
+                    .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    scale > 0.0,
+                    "{what}: source {k} parameter {p}: zero gradient"
+                );
+                assert!(
+                    error <= 1e-4 * scale,
+                    "{what}: source {k} parameter {p} ({n} values): relative error {:.2e}",
+                    error / scale
+                );
+            }
+            assert_eq!(at, a.len());
+        }
+    }
+
+    /// The goal of the per-source gradients: every parameter's G_k from the step's traced
+    /// backward (segment_accumulate, the embedding scatter, the tied head's two uses, norm
+    /// gains) equals a separate backward of that source's sequences, to 1e-4 relative.
+    #[test]
+    fn step_gradients_equal_separate_backward_passes_per_source() {
+        type B = Autodiff<NdArray>;
+        for (extra, what) in [
+            (&[][..], "tied head, SwiGLU"),
+            (
+                &["model.tie_embeddings=false", "model.mlp=\"gelu\""][..],
+                "untied head, GELU",
+            ),
+            (&["mixer.apply=\"sample\""][..], "sampled, unweighted"),
+        ] {
+            let (step, separate, sizes) = step_and_separate::<B>(Default::default(), extra);
+            assert_agree(&step, &separate, &sizes, what);
+        }
+    }
+
+    /// The same on wgpu (lavapipe in CI): the CubeCL `segment_accumulate` and the device
+    /// scatter for the embedding.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn step_gradients_equal_separate_backward_passes_on_wgpu() {
+        type W = Autodiff<crate::backend::WgpuBackend>;
+        let device = burn::backend::wgpu::WgpuDevice::default();
+        let (step, separate, sizes) = step_and_separate::<W>(device, &[]);
+        assert_agree(&step, &separate, &sizes, "wgpu");
+    }
+}
