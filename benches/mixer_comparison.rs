@@ -220,9 +220,26 @@ const METHODS: &[Method] = &[
             c.mixer.tikmix.blend = 0.5;
         },
     },
+    // The default: G_k from the traced steps of each update's window.
     Method {
         name: "tikmix-m",
         apply: |c| c.mixer.kind = MixerKind::TikmixM,
+    },
+    // G_k from the update's last step only (sources it did not draw: extra passes).
+    Method {
+        name: "tikmix-m-probe-last",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.probe_steps = ProbeSteps::Last;
+        },
+    },
+    // 16 extra sequences of each source per update (the default before 2026-12-06).
+    Method {
+        name: "tikmix-m-extra-passes",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.gradients = InfluenceFrom::ExtraPasses;
+        },
     },
     Method {
         name: "odm",
@@ -523,8 +540,11 @@ fn main() -> mixtrain::Result<()> {
         }
         print_table(&case.name, &rows, &seeds, base.train.steps);
     }
-    report::finish(
+    // One region per scenario (and target), so that one scenario's rerun keeps the others.
+    let target = std::env::var("TARGET").unwrap_or_default();
+    report::finish_case(
         "mixer_comparison",
+        [scenario.as_str(), target.as_str()].join(" ").trim_end(),
         "mixing",
         &[
             "SCENARIO",

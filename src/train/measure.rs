@@ -5,6 +5,7 @@
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
+use mixtrain_kernels::ExecPolicy;
 
 use super::evaluator::batch_tensors;
 use super::passes::{backward_passes, forward_passes, pass_ranges, split_into_passes};
@@ -235,11 +236,19 @@ impl<B: TrainBackend> Session<B> {
         };
         let model = self.trainer.model.valid();
         let optim = spec.precondition.then_some(&self.trainer.optim);
-        // [L(θ), L(θ_1), …, L(θ_C)], summed over ranks before the differences are taken.
+        // [L(θ), L(θ_1), …, L(θ_C)]: the stepped models built a lane's worth at a time and
+        // forwarded side by side (`passes`; each forward's bits do not depend on it), summed
+        // over ranks before the differences are taken.
+        let lanes = <B::InnerBackend as ExecPolicy>::concurrent_passes().max(1);
         let mut losses = vec![mean_loss(&model)];
-        for w in candidates {
-            let stepped = virtual_step(model.clone(), gradients, w, spec.scale * lr, optim);
-            losses.push(mean_loss(&stepped));
+        for chunk in candidates.chunks(lanes) {
+            let stepped: Vec<Gpt<B::InnerBackend>> = chunk
+                .iter()
+                .map(|w| virtual_step(model.clone(), gradients, w, spec.scale * lr, optim))
+                .collect();
+            losses.extend(forward_passes::<B::InnerBackend, _, _, _>(&stepped, |m| {
+                mean_loss(m)
+            }));
         }
         let losses = self.sum_values_over_ranks(losses)?;
         Ok(losses[1..].iter().map(|l| l - losses[0]).collect())

@@ -1,7 +1,7 @@
 //! Launchers of the kernels on the training path: each takes burn tensors, makes them
 //! contiguous, launches, and returns burn tensors.
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{element::BoolElement, CubeRuntime, FloatElement, IntElement};
