@@ -374,3 +374,23 @@ fn bad_distributed_settings_name_their_key() {
     }
     assert!(!dir.path().join("run").exists(), "nothing was created");
 }
+
+/// tikmix-m's probed G_k: each step's per-source gradients are summed over ranks before they
+/// join the update's window, so both runs' candidates step along the same G_k.
+#[test]
+fn two_ranks_match_one_process_with_tikmix_m_probed_gradients() {
+    let more = [
+        "mixer.kind=tikmix-m",
+        "mixer.tikmix-m.candidates=4",
+        "train.steps=12",
+    ];
+    let (one, two) = one_and_two_ranks(&more);
+    let r2 = assert_mixtures_close(one.path(), two.path(), "tikmix-m, probed G_k");
+    assert!(
+        r2.last()
+            .unwrap()
+            .iter()
+            .any(|w| (w - 1.0 / 3.0).abs() > 1e-3),
+        "the mixture moved: {r2:?}"
+    );
+}
