@@ -168,8 +168,8 @@ where
 }
 
 /// G[k] = Σ_{t: seg_t = k} δ_t ⊗ a_t → [k, out, inp] on a CubeCL backend; the twin of
-/// `reference::segment_accumulate`. Every source's cubes walk all n tokens (zeros where
-/// seg_t ≠ k): k times the multiply-adds of the layer's weight gradient. Tiled (TILE × TILE outputs per cube, tokens staged in
+/// `reference::segment_accumulate`. Every source's cubes read all of seg; token tiles with
+/// none of their source's tokens skip the products. Tiled (TILE × TILE outputs per cube, tokens staged in
 /// shared memory).
 pub fn segment_accumulate<R, F, I, BT>(
     delta: Tensor<CubeBackend<R, F, I, BT>, 2>,

@@ -167,7 +167,10 @@ pub fn segment_sum_kernel<F: Float, I: Int>(
 /// TILE × TILE units per (source k, block of TILE outputs o, block of TILE inputs i). The
 /// cube walks the tokens TILE at a time, staging delta[t, o-block] (zero where seg[t] ≠ k)
 /// and a[t, i-block] in shared memory with coalesced loads, and each unit accumulates its
-/// (o, i) from the staged tiles, so each loaded value is used TILE times.
+/// (o, i) from the staged tiles, so each loaded value is used TILE times. A token tile with
+/// no token of source k (flagged in shared memory while staging) skips the products: with a
+/// step's sources in runs, the multiply-adds are about those of the layer's weight gradient,
+/// not k times them; every cube still reads all of seg.
 // Nested ifs, not `&&`: seg[t] must not be read for t ≥ n, and device code does not
 // promise short-circuit evaluation.
 #[allow(clippy::collapsible_if)]
@@ -196,15 +199,22 @@ pub fn segment_accumulate_kernel<F: Float, I: Int>(
     let y = UNIT_POS_Y as usize; // row within the tile
     let mut delta_tile = SharedMemory::<F>::new(tile_n * tile_n); // [token, o]
     let mut a_tile = SharedMemory::<F>::new(tile_n * tile_n); // [token, i]
+                                                              // 1 when the staged tile holds a token of source k (every writer writes 1).
+    let mut hit = SharedMemory::<u32>::new(1usize);
     let mut acc = F::new(0.0);
     let mut t0 = 0usize;
     while t0 < n {
+        if x == 0 && y == 0 {
+            hit[0usize] = 0u32;
+        }
+        sync_cube();
         // Unit (x, y) stages token t0 + y: delta[t, o0 + x] and a[t, i0 + x].
         let t = t0 + y;
         let mut d_value = F::new(0.0);
         let mut a_value = F::new(0.0);
         if t < n {
             if u32::cast_from(seg[t]) as usize == k {
+                hit[0usize] = 1u32;
                 if o0 + x < outs {
                     d_value = delta[t * outs + o0 + x];
                 }
@@ -216,9 +226,11 @@ pub fn segment_accumulate_kernel<F: Float, I: Int>(
         delta_tile[y * tile_n + x] = d_value;
         a_tile[y * tile_n + x] = a_value;
         sync_cube();
-        // Unit (x, y) owns out[k, o0 + y, i0 + x].
-        for r in 0..tile_n {
-            acc += delta_tile[r * tile_n + y] * a_tile[r * tile_n + x];
+        // Unit (x, y) owns out[k, o0 + y, i0 + x]; the branch is uniform in the cube.
+        if hit[0usize] == 1u32 {
+            for r in 0..tile_n {
+                acc += delta_tile[r * tile_n + y] * a_tile[r * tile_n + x];
+            }
         }
         sync_cube();
         t0 += tile_n;

@@ -91,16 +91,21 @@ fn segment_accumulate_and_multi_dot_match_the_references() {
         let delta = Tensor::<B, 2>::random([n, outs], Distribution::Normal(0.0, 1.0), &device);
         let a = Tensor::<B, 2>::random([n, inps], Distribution::Normal(0.0, 1.0), &device);
         let used = if k > 1 { k - 1 } else { 1 };
-        let seg: Vec<i32> = (0..n).map(|t| ((t * 5 + 1) % used) as i32).collect();
-        let seg = Tensor::<B, 1, Int>::from_data(TensorData::new(seg, [n]), &device);
-        let got = B::segment_accumulate(delta.clone(), a.clone(), seg.clone(), k);
-        let want = reference::segment_accumulate(delta, a, seg, k);
-        assert_eq!(got.dims(), [k, outs, inps]);
-        close(
-            got.into_data().to_vec().unwrap(),
-            want.into_data().to_vec().unwrap(),
-            &format!("segment_accumulate n={n} out={outs} in={inps} k={k}"),
-        );
+        // Tokens of every source in every tile, and sources in runs (as a step lays them
+        // out: most token tiles hold none of a given source's tokens and are skipped).
+        let scattered: Vec<i32> = (0..n).map(|t| ((t * 5 + 1) % used) as i32).collect();
+        let runs: Vec<i32> = (0..n).map(|t| (t * used / n) as i32).collect();
+        for (layout, seg) in [("scattered", scattered), ("runs", runs)] {
+            let seg = Tensor::<B, 1, Int>::from_data(TensorData::new(seg, [n]), &device);
+            let got = B::segment_accumulate(delta.clone(), a.clone(), seg.clone(), k);
+            let want = reference::segment_accumulate(delta.clone(), a.clone(), seg, k);
+            assert_eq!(got.dims(), [k, outs, inps]);
+            close(
+                got.into_data().to_vec().unwrap(),
+                want.into_data().to_vec().unwrap(),
+                &format!("segment_accumulate {layout} n={n} out={outs} in={inps} k={k}"),
+            );
+        }
     }
     for (k, p, seed) in [(1, 1, 1), (3, 1000, 2), (5, 20_001, 3)] {
         B::seed(&device, seed);
