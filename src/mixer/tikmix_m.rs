@@ -30,9 +30,11 @@ pub struct TikMixMConfig {
     /// Which steps measure G_k with `gradients = "probe"`: "last" (the update's own step) or
     /// "window" (every step of the update's window, G_k their mean). Default "window".
     pub probe_steps: ProbeSteps,
-    /// Host memory the K gradient copies may take, in MiB: K · params · 4 bytes (× 2 with
-    /// `gradients = "probe"`: the window's sums and a probed step's own). A run that would
-    /// need more stops at start naming these keys. Default 4096.
+    /// Memory the gradient copies may take at their peak, in MiB: K · params · 4 bytes per
+    /// copy; one copy with `"extra-passes"`, 3 + 2 · lanes with `"probe"` (the window's sums,
+    /// the probed step's sum and the next pass added into it, and up to 2 · lanes passes'
+    /// per-source gradients waiting, lanes = the passes the backend runs side by side). A run
+    /// that would need more stops at start naming these keys. Default 4096.
     pub(crate) gradient_memory_mb: usize,
     /// Sequences of each source behind G_k with `gradients = "extra-passes"` (and for a
     /// source no probed step drew). Default 16.
@@ -93,24 +95,27 @@ impl TikMixMConfig {
         })
     }
 
-    /// Bytes of gradient copies the run holds for `sources` sources of `params` parameters.
-    pub(crate) fn gradient_bytes(&self, sources: usize, params: usize) -> usize {
-        let copies = if self.gradients == InfluenceFrom::Probe {
-            2
-        } else {
-            1
-        };
-        copies * sources * params * std::mem::size_of::<f32>()
+    /// Copies of all K gradients held at the peak, with `lanes` passes run side by side.
+    pub(crate) fn gradient_copies(&self, lanes: usize) -> usize {
+        match self.gradients {
+            InfluenceFrom::Probe => 3 + 2 * lanes,
+            InfluenceFrom::ExtraPasses => 1,
+        }
     }
 
     /// Refuses a run whose gradient copies would not fit `gradient_memory_mb`.
-    pub(crate) fn check_memory(&self, sources: usize, params: usize) -> crate::Result<()> {
-        let need = self.gradient_bytes(sources, params);
+    pub(crate) fn check_memory(
+        &self,
+        sources: usize,
+        params: usize,
+        lanes: usize,
+    ) -> crate::Result<()> {
+        let copies = self.gradient_copies(lanes);
+        let need = copies * sources * params * std::mem::size_of::<f32>();
         let mib = |b: usize| b.div_ceil(1 << 20);
         if need <= self.gradient_memory_mb << 20 {
             return Ok(());
         }
-        let copies = need / (sources * params * std::mem::size_of::<f32>());
         Err(crate::Error::value(
             "mixer.tikmix-m.gradient_memory_mb",
             format!(

@@ -66,7 +66,8 @@ impl<B: TrainBackend> Session<B> {
         let trainer = Trainer::new(&config, batches.vocab_size, k, &device);
         if config.mixer.kind == mixer::MixerKind::TikmixM {
             let params = trainer.model.num_params();
-            config.mixer.tikmix_m.check_memory(k, params)?;
+            let lanes = B::concurrent_passes();
+            config.mixer.tikmix_m.check_memory(k, params, lanes)?;
         }
         let evaluator = Evaluator::new(&config, &batches.sources, &batches.target_sets);
         Ok(Session {

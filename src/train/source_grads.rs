@@ -4,8 +4,9 @@
 //! token loss in the step; the update's window adds them up over its probed steps, and the
 //! update takes each source's mean as a gradient shaped like the parameters.
 //!
-//! Memory: the window holds K copies of the gradient (4 bytes per parameter per source), and
-//! a probed step K more while it runs (`gradient_memory_mb` bounds both). A checkpoint saves
+//! Memory: the window holds one copy of all K gradients (4 bytes per parameter per source),
+//! a probed step up to 2 + 2 · lanes more while it runs (its sum, the next pass added into
+//! it, passes waiting to be added; `gradient_memory_mb` bounds the total). A checkpoint saves
 //! the window flat, one vector per source in module order (`flatten_grads`'s layout), and
 //! distributed ranks sum each step's G_k in that layout.
 
