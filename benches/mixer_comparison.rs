@@ -18,6 +18,7 @@
 //!     SCENARIO=one-source TARGET=man cargo bench --bench mixer_comparison
 //!     SCENARIO=leave-one-out HELD_OUT=man,legal METHODS=fastmix,tikmix cargo bench --bench mixer_comparison
 //!     SEEDS=1 METHODS=fastmix@sample,fastmix@reweight cargo bench --bench mixer_comparison
+//!     METHODS=tikmix-m,tikmix-m-extra-passes PAIR=tikmix-m-extra-passes cargo bench --bench mixer_comparison
 //!
 //! A method is a name from the list below, optionally `@sample`, `@reweight` or `@hybrid` to
 //! override `mixer.apply` (default: mixtrain's default apply). The static baselines always run
@@ -220,17 +221,18 @@ const METHODS: &[Method] = &[
             c.mixer.tikmix.blend = 0.5;
         },
     },
-    // The default: G_k from the traced steps of each update's window.
+    // The default: G_k from the traced step before each update (sources it did not draw:
+    // extra passes).
     Method {
         name: "tikmix-m",
         apply: |c| c.mixer.kind = MixerKind::TikmixM,
     },
-    // G_k from the update's last step only (sources it did not draw: extra passes).
+    // G_k from every traced step of each update's window (their mean).
     Method {
-        name: "tikmix-m-probe-last",
+        name: "tikmix-m-probe-window",
         apply: |c| {
             c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.probe_steps = ProbeSteps::Last;
+            c.mixer.tikmix_m.probe_steps = ProbeSteps::Window;
         },
     },
     // 16 extra sequences of each source per update (the default before 2026-12-06).
@@ -555,6 +557,7 @@ fn main() -> mixtrain::Result<()> {
             "HELD_OUT",
             "CORPUS",
             "RUNS",
+            "PAIR",
             "RAYON_NUM_THREADS",
         ],
     );
@@ -619,4 +622,21 @@ fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], ste
         );
     }
     say!("\n(mean ± sd over seeds; Δ paired by seed; losses in nats per byte-token)");
+    // PAIR=method: every method's final target loss against that one's, paired by seed.
+    let pair = std::env::var("PAIR").ok();
+    let Some((pair, pair_runs)) = pair.and_then(|p| rows.iter().find(|(n, _)| *n == p)) else {
+        return;
+    };
+    let against = finals(pair_runs);
+    say!("\nΔ final target loss vs {pair} (paired by seed; per seed):");
+    for (name, runs) in rows.iter().filter(|(n, _)| n != pair) {
+        let d: Vec<f64> = finals(runs)
+            .iter()
+            .zip(&against)
+            .map(|(a, b)| a - b)
+            .collect();
+        let (mean, sd) = mean_sd(&d);
+        let per_seed: Vec<String> = d.iter().map(|x| format!("{x:+.4}")).collect();
+        say!("- {name}: {mean:+.4} ± {sd:.4} ({})", per_seed.join(", "));
+    }
 }

@@ -11,8 +11,9 @@
 //! Each timed step includes the mixer's share of the work: fastmix's validation gradient and
 //! probed step (per-source: domain-homogeneous micro-batches each dotted with g_val;
 //! single-pass: traced forward and per-token output gradients), tikmix's probed window steps
-//! (or with `influence = "extra-passes"` its per-source passes at updates), tikmix-m's
-//! per-source passes at its updates, odm's and ado's bookkeeping, doremi's forward passes
+//! (or with `influence = "extra-passes"` its per-source passes at updates), tikmix-m's traced
+//! step before each update (or window, or its per-source passes) and its candidates' forward
+//! passes at updates, odm's and ado's bookkeeping, doremi's forward passes
 //! (both models on fresh samples, or with `excess_from = "step"` the reference on the step's
 //! batch).
 
@@ -156,12 +157,13 @@ fn main() -> mixtrain::Result<()> {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.influence = InfluenceFrom::ExtraPasses;
         }),
-        // The default: G_k from every traced step of the update's window.
+        // The default: G_k from the traced step before each update (other sources by extra
+        // passes).
         ("tikmix-m", |c| c.mixer.kind = MixerKind::TikmixM),
-        // G_k from the update's last step only (other sources by extra passes).
-        ("tikmix-m/probe-last", |c| {
+        // G_k from every traced step of the update's window.
+        ("tikmix-m/probe-window", |c| {
             c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.probe_steps = ProbeSteps::Last;
+            c.mixer.tikmix_m.probe_steps = ProbeSteps::Window;
         }),
         // 16 extra sequences of each source at every update (the default before 2026-12-06).
         ("tikmix-m/extra-passes", |c| {

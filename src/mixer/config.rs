@@ -353,7 +353,7 @@ mod tests {
         for (kind, steps) in [
             (MixerKind::Fastmix, Some(ProbeSteps::Last)),
             (MixerKind::Tikmix, Some(ProbeSteps::Window)),
-            (MixerKind::TikmixM, Some(ProbeSteps::Window)),
+            (MixerKind::TikmixM, Some(ProbeSteps::Last)),
             (MixerKind::Doremi, None),
         ] {
             config.kind = kind;

@@ -27,8 +27,12 @@ pub struct TikMixMConfig {
     /// more sequences of each source, one extra backward each, at every update). A source no
     /// probed step drew gets its G_k from extra passes.
     pub gradients: InfluenceFrom,
-    /// Which steps measure G_k with `gradients = "probe"`: "last" (the update's own step) or
-    /// "window" (every step of the update's window, G_k their mean). Default "window".
+    /// Which steps measure G_k with `gradients = "probe"`: "last" (the update's own step; a
+    /// source it did not draw gets extra passes) or "window" (every step of the update's
+    /// window, G_k their mean). Default "last": over 3 seeds it mixed as well as the extra
+    /// passes (one-source `man` +0.007 ± 0.009 nats, `all` +0.004 ± 0.024), while the window's
+    /// older steps' gradients, taken at earlier parameters, cost +0.022 ± 0.023 on `man`
+    /// (docs/results/mixing.md), and a traced step costs more than a plain one.
     pub probe_steps: ProbeSteps,
     /// Memory the gradient copies may take at their peak, in MiB: K · params · 4 bytes per
     /// copy; one copy with `"extra-passes"`, 3 + 2 · lanes with `"probe"` (the window's sums,
@@ -69,7 +73,7 @@ impl Default for TikMixMConfig {
     fn default() -> Self {
         TikMixMConfig {
             gradients: InfluenceFrom::Probe,
-            probe_steps: ProbeSteps::Window,
+            probe_steps: ProbeSteps::Last,
             gradient_memory_mb: 4096,
             samples_per_source: 16,
             val_batches: 1,

@@ -149,6 +149,20 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for SourceRow<'_, AB::InnerBackend> 
 }
 
 impl<B: TrainBackend> Session<B> {
+    /// Whether the next step measures TiKMiX-M's G_k (`gradients = "probe"`, a step of an
+    /// update's window).
+    pub(super) fn source_grads_for_next_step(&self) -> bool {
+        self.mixing
+            .mixer
+            .needs()
+            .virtual_step
+            .is_some_and(|spec| spec.from_probe)
+            && self
+                .config
+                .mixer
+                .probes_at(self.trainer.progress.step + 1, self.config.train.steps)
+    }
+
     /// A probed step's G_k from its raw per-source sums: source k's row scaled by
     /// W / Σ_{i∈k} w_i (δ carried each sequence's w_i / W), summed over ranks (each held
     /// its rows' share), added to the update's window. `weights` is (·, Σ_{i∈k} w_i) per

@@ -112,20 +112,6 @@ impl<B: TrainBackend> Session<B> {
         }
     }
 
-    /// Whether the next step measures TiKMiX-M's G_k (`gradients = "probe"`, a step of an
-    /// update's window).
-    fn source_grads_for_next_step(&self) -> bool {
-        self.mixing
-            .mixer
-            .needs()
-            .virtual_step
-            .is_some_and(|spec| spec.from_probe)
-            && self
-                .config
-                .mixer
-                .probes_at(self.trainer.progress.step + 1, self.config.train.steps)
-    }
-
     /// Whether the next step measures DoReMi's excess losses for the update right after it.
     fn excess_for_next_step(&self) -> bool {
         self.mixing.mixer.needs().excess_loss == Some(ExcessSpec::Step)

@@ -332,9 +332,8 @@ fn kill_9_then_resume_is_bit_identical_tikmix_extra_passes() {
     );
 }
 
-/// tikmix-m's default: G_k from every traced step of its windows of 3, checkpoints every 5
-/// (most inside a window: the G_k sums are saved and restored). The regressor is refitted
-/// from the checkpointed history and the candidate RNG.
+/// tikmix-m's default: G_k from the traced step before each update. The regressor is
+/// refitted from the checkpointed history and the candidate RNG.
 #[test]
 fn kill_9_then_resume_is_bit_identical_tikmix_m() {
     kill_and_resume(
@@ -342,6 +341,22 @@ fn kill_9_then_resume_is_bit_identical_tikmix_m() {
         &[
             "mixer.kind=tikmix-m",
             "mixer.every=3",
+            "mixer.tikmix-m.samples_per_source=4",
+            "mixer.tikmix-m.candidates=4",
+        ],
+    );
+}
+
+/// G_k from every traced step of windows of 3, checkpoints every 5 (most inside a window:
+/// the G_k sums are saved and restored).
+#[test]
+fn kill_9_then_resume_is_bit_identical_tikmix_m_probe_window() {
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=tikmix-m",
+            "mixer.every=3",
+            "mixer.tikmix-m.probe_steps=window",
             "mixer.tikmix-m.samples_per_source=4",
             "mixer.tikmix-m.candidates=4",
         ],
