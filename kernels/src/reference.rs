@@ -220,14 +220,13 @@ pub fn segment_accumulate<B: Backend>(
 
 /// `segment_accumulate` as one product per run of equal `seg` (a source's tokens are
 /// contiguous in a step, so a run is at least a sequence): Σ over runs of x[run]ᵀ y[run] into
-/// its source's slot, the same multiply-adds as the layer's weight gradient. `matmul` is the
-/// backend's product. Reads `seg` on the host.
+/// its source's slot, the same multiply-adds as the layer's weight gradient. Reads `seg` on
+/// the host.
 pub fn segment_accumulate_runs<B: Backend>(
     x: Tensor<B, 2>,
     y: Tensor<B, 2>,
     seg: Tensor<B, 1, Int>,
     k: usize,
-    matmul: impl Fn(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
 ) -> Tensor<B, 3> {
     let [n, p] = x.dims();
     let [_, q] = y.dims();
@@ -242,10 +241,11 @@ pub fn segment_accumulate_runs<B: Backend>(
     while start < n {
         let s = seg[start];
         let end = start + seg[start..].iter().take_while(|&&v| v == s).count();
-        let part = matmul(
-            x.clone().slice(start..end).transpose(), // [p, run]
-            y.clone().slice(start..end),             // [run, q]
-        ); // [p, q]
+        let part = x
+            .clone()
+            .slice(start..end) // [run, p]
+            .transpose()
+            .matmul(y.clone().slice(start..end)); // [p, run] @ [run, q] → [p, q]
         let slot = &mut sums[s as usize];
         *slot = Some(match slot.take() {
             Some(acc) => acc + part,

@@ -74,7 +74,7 @@ pub trait SourceStats: Backend {
         seg: Tensor<Self, 1, Int>,
         k: usize,
     ) -> Tensor<Self, 3> {
-        reference::segment_accumulate_runs(x, y, seg, k, |a, b| a.matmul(b))
+        reference::segment_accumulate_runs(x, y, seg, k)
     }
 
     /// The scatter form for embeddings: out[k, rows_t] += v_t for seg_t = k, rows [n],

@@ -2,15 +2,12 @@
 //! reads (`PassContext`) and produces (`MicroOut`), the step's sums over its passes
 //! (`StepSums`), and how a step's sequences are weighted and split into micro-batches.
 
-use std::collections::HashMap;
-
-use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use super::evaluator::batch_tensors;
 use super::measure::excess_by_sequence;
-use super::single_pass::{source_gradients, SinglePass};
+use super::single_pass::{add_source_grads, source_gradients, RawSourceGrads, SinglePass};
 use crate::backend::TrainBackend;
 use crate::mixer::ApplyMode;
 use crate::model::{token_losses, Gpt, Trace};
@@ -25,21 +22,6 @@ pub(super) struct MicroOut<B: TrainBackend> {
     pub(super) excess: Option<Vec<f32>>,
     /// Raw per-source gradients from the traced backward (`PassContext::source_grads`).
     pub(super) source_grads: Option<RawSourceGrads<B::InnerBackend>>,
-}
-
-/// Per parameter, Σ over a pass's tokens of source k of the per-token gradient, for every
-/// k, with the step's loss weights in it: [k, numel] (`single_pass::source_gradients`).
-pub(super) type RawSourceGrads<B> = HashMap<ParamId, Tensor<B, 2>>;
-
-/// Adds `b` into `a`, parameter by parameter.
-pub(super) fn add_source_grads<B: Backend>(a: &mut RawSourceGrads<B>, b: RawSourceGrads<B>) {
-    for (id, g) in b {
-        let sum = match a.remove(&id) {
-            Some(earlier) => earlier + g,
-            None => g,
-        };
-        a.insert(id, sum);
-    }
 }
 
 /// A micro-batch's share of ⟨g_val, g_k⟩.
@@ -295,11 +277,7 @@ impl<B: TrainBackend> PassContext<'_, B> {
     }
 
     /// Each token's source: token t belongs to sequence t / seq. [n · seq]
-    fn token_sources(
-        &self,
-        micro: &MicroBatch,
-        seq: usize,
-    ) -> Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 1, Int> {
+    fn token_sources(&self, micro: &MicroBatch, seq: usize) -> Tensor<B::InnerBackend, 1, Int> {
         let seg: Vec<i64> = micro
             .sources
             .iter()

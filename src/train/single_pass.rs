@@ -89,6 +89,26 @@ impl<B: StatKernels> SinglePass<'_, B> {
     }
 }
 
+/// Per parameter, Σ over some tokens of source k of the per-token gradient, for every k:
+/// [k, numel] in the parameter's row-major layout.
+pub(crate) type RawSourceGrads<B> = HashMap<ParamId, Tensor<B, 2>>;
+
+/// Adds `g` to the sum of parameter `id`.
+fn add_source_grad<B: Backend>(sums: &mut RawSourceGrads<B>, id: ParamId, g: Tensor<B, 2>) {
+    let sum = match sums.remove(&id) {
+        Some(earlier) => earlier + g,
+        None => g,
+    };
+    sums.insert(id, sum);
+}
+
+/// Adds `b` into `a`, parameter by parameter.
+pub(crate) fn add_source_grads<B: Backend>(a: &mut RawSourceGrads<B>, b: RawSourceGrads<B>) {
+    for (id, g) in b {
+        add_source_grad(a, id, g);
+    }
+}
+
 /// Per-source gradients from a traced backward: for every parameter with a tap, the raw
 /// G_k = Σ_{t: seg_t = k} (its per-token gradient) as [k, numel] in the parameter's
 /// row-major layout (the tied embedding's two uses added):
@@ -104,12 +124,12 @@ pub(crate) fn source_gradients<AB>(
     seg: Tensor<AB::InnerBackend, 1, Int>,
     k: usize,
     vocab: usize,
-) -> HashMap<ParamId, Tensor<AB::InnerBackend, 2>>
+) -> RawSourceGrads<AB::InnerBackend>
 where
     AB: AutodiffBackend<InnerBackend: StatKernels>,
 {
     type Inner<AB> = <AB as AutodiffBackend>::InnerBackend;
-    let mut out: HashMap<ParamId, Tensor<Inner<AB>, 2>> = HashMap::new();
+    let mut out = RawSourceGrads::new();
     for tap in trace.taps {
         let Some(delta) = tap.probe.grad_remove(grads) else {
             continue; // a probe the loss does not depend on
@@ -138,11 +158,7 @@ where
                 Inner::<AB>::reshape(g, [k, d_out])
             }
         };
-        let sum = match out.remove(&tap.param) {
-            Some(earlier) => earlier + g,
-            None => g,
-        };
-        out.insert(tap.param, sum);
+        add_source_grad(&mut out, tap.param, g);
     }
     out
 }

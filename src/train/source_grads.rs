@@ -15,9 +15,10 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::micro::RawSourceGrads;
+use super::single_pass::{add_source_grads, RawSourceGrads};
 use super::Session;
 use crate::backend::TrainBackend;
+use crate::distributed::flatten_grads;
 use crate::error::Result;
 
 /// The open window of an update: Σ over its probed steps of each source's G_k ([k, numel]
@@ -31,38 +32,15 @@ pub(crate) struct GradientWindow<B: Backend> {
 impl<B: Backend> GradientWindow<B> {
     /// Adds one probed step's G_k; `drawn[k]`: the step drew source k.
     pub(crate) fn add(&mut self, grads: RawSourceGrads<B>, drawn: &[bool]) {
-        super::micro::add_source_grads(&mut self.sums, grads);
+        add_source_grads(&mut self.sums, grads);
         for (steps, &drawn) in self.steps.iter_mut().zip(drawn) {
             *steps += u32::from(drawn);
         }
     }
 }
 
-/// Each source's row of every parameter's [k, numel] tensor, flat in module order: one
-/// vector per source; a parameter without one (no tap) gives zeros. Reads the device.
-struct FlattenBySource<'a, B: Backend> {
-    raw: &'a RawSourceGrads<B>,
-    out: Vec<Vec<f32>>,
-}
-
-impl<AB: AutodiffBackend> ModuleVisitor<AB> for FlattenBySource<'_, AB::InnerBackend> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
-        let numel = param.val().dims().iter().product::<usize>();
-        let Some(g) = self.raw.get(&param.id) else {
-            self.out
-                .iter_mut()
-                .for_each(|v| v.extend(std::iter::repeat_n(0.0, numel)));
-            return;
-        };
-        let data = g.clone().into_data().convert::<f32>(); // [k, numel]
-        let values = data.as_slice::<f32>().expect("converted to f32");
-        for (k, v) in self.out.iter_mut().enumerate() {
-            v.extend_from_slice(&values[k * numel..(k + 1) * numel]);
-        }
-    }
-}
-
-/// The window's sums (or a step's G_k) as one flat vector per source (module order).
+/// The window's sums (or a step's G_k) as one flat vector per source, in module order
+/// (`flatten_grads` of each source's row; a parameter without a sum gives zeros).
 pub(super) fn flatten_by_source<AB, M>(
     model: &M,
     raw: &RawSourceGrads<AB::InnerBackend>,
@@ -72,12 +50,9 @@ where
     AB: AutodiffBackend,
     M: AutodiffModule<AB>,
 {
-    let mut visitor = FlattenBySource {
-        raw,
-        out: vec![Vec::new(); sources],
-    };
-    model.visit(&mut visitor);
-    visitor.out
+    (0..sources)
+        .map(|k| flatten_grads(model, &source_row(model, raw, k, 1.0)))
+        .collect()
 }
 
 /// The inverse of `flatten_by_source`.
@@ -146,6 +121,27 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for SourceRow<'_, AB::InnerBackend> 
         let grad = row.reshape(param.val().dims());
         self.out.register::<AB::InnerBackend, D>(param.id, grad);
     }
+}
+
+/// Row `k` of the sums divided by `steps`, as a gradient shaped like the parameters.
+fn source_row<AB, M>(
+    model: &M,
+    sums: &RawSourceGrads<AB::InnerBackend>,
+    k: usize,
+    steps: f64,
+) -> GradientsParams
+where
+    AB: AutodiffBackend,
+    M: AutodiffModule<AB>,
+{
+    let mut row = SourceRow {
+        sums,
+        k,
+        steps,
+        out: GradientsParams::new(),
+    };
+    model.visit(&mut row);
+    row.out
 }
 
 impl<B: TrainBackend> Session<B> {
@@ -222,14 +218,7 @@ impl<B: TrainBackend> Session<B> {
             let steps = window.as_ref().map_or(0, |w| w.steps[source]);
             out.push(match &window {
                 Some(window) if steps > 0 => {
-                    let mut row = SourceRow {
-                        sums: &window.sums,
-                        k: source,
-                        steps: steps as f64,
-                        out: GradientsParams::new(),
-                    };
-                    self.trainer.model.visit(&mut row);
-                    row.out
+                    source_row(&self.trainer.model, &window.sums, source, steps as f64)
                 }
                 _ => {
                     let share = self.source_gradient_share(source, samples_per_source);
@@ -256,7 +245,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::data::Batch;
-    use crate::distributed::flatten_grads;
     use crate::model::token_losses;
 
     /// Each parameter's number of values, in module order.

@@ -88,28 +88,25 @@ impl<B: TrainBackend> Session<B> {
         let source_grads = self.source_grads_for_next_step();
         let probe = window.as_ref().map(|w| &w.probe);
         let result = self.step_from(probe, excess, source_grads, sampler_before);
-        match result {
+        match &result {
             Ok(report) => {
                 if let (Some(window), Some(dots)) = (window.as_mut(), &report.grad_dot) {
                     window.add(dots);
                 }
                 self.mixing.probe.window = window;
-                Ok(report)
             }
             // The sampler is back where it was before this step's g_val was drawn: a window
             // opened by this step goes too, so the replayed step opens it again identically
             // (around the same kept g_val, if it had one).
-            Err(error) => {
-                match window {
-                    Some(window) if opened_here && window.served > 0 => {
-                        self.mixing.probe.kept = Some((window.probe, window.served));
-                    }
-                    Some(window) if !opened_here => self.mixing.probe.window = Some(window),
-                    _ => {}
+            Err(_) => match window {
+                Some(window) if opened_here && window.served > 0 => {
+                    self.mixing.probe.kept = Some((window.probe, window.served));
                 }
-                Err(error)
-            }
+                Some(window) if !opened_here => self.mixing.probe.window = Some(window),
+                _ => {}
+            },
         }
+        result
     }
 
     /// Whether the next step measures DoReMi's excess losses for the update right after it.
@@ -135,8 +132,8 @@ impl<B: TrainBackend> Session<B> {
     /// `excess_loss`). `sampler_before` is the sampler as it was before this step (and its
     /// probe), restored if the step turns out non-finite and the run stops: its checkpoint
     /// then replays this very step.
-    /// With `source_grads`, it measures each source's gradient (TiKMiX-M's probed G_k,
-    /// returned in the report's `source_grads`).
+    /// With `source_grads`, it measures each source's gradient (TiKMiX-M's probed G_k) and,
+    /// if the step was applied, adds it to the update's window (`add_step_source_grads`).
     fn step_from(
         &mut self,
         probe: Option<&GradProbe>,

@@ -78,6 +78,15 @@ fn one_and_two_ranks(more: &[&str]) -> (tempfile::TempDir, tempfile::TempDir) {
     (one, two)
 }
 
+/// The last mixture of `rows` moved off uniform over the three sources.
+fn assert_moved(rows: &[Vec<f64>]) {
+    let last = rows.last().expect("ratio rows");
+    assert!(
+        last.iter().any(|w| (w - 1.0 / 3.0).abs() > 1e-3),
+        "the mixture moved: {rows:?}"
+    );
+}
+
 /// The two runs' ratios.csv rows, asserted equal to 1e-5 weight by weight.
 fn assert_mixtures_close(a: &Path, b: &Path, what: &str) -> Vec<Vec<f64>> {
     assert_mixtures_within(a, b, what, 1e-5)
@@ -189,13 +198,7 @@ fn two_ranks_match_one_process_with_accumulation_and_single_pass() {
 fn two_ranks_match_one_process_with_probe_windows() {
     let (one, two) = one_and_two_ranks(&["mixer.fastmix.probe_steps=window", "train.steps=12"]);
     let r2 = assert_mixtures_close(one.path(), two.path(), "probe window");
-    assert!(
-        r2.last()
-            .unwrap()
-            .iter()
-            .any(|w| (w - 1.0 / 3.0).abs() > 1e-3),
-        "the mixture moved: {r2:?}"
-    );
+    assert_moved(&r2);
 }
 
 /// The mixers' extra measurements split over ranks: tikmix's g_val and influences (from its
@@ -386,11 +389,5 @@ fn two_ranks_match_one_process_with_tikmix_m_probed_gradients() {
     ];
     let (one, two) = one_and_two_ranks(&more);
     let r2 = assert_mixtures_close(one.path(), two.path(), "tikmix-m, probed G_k");
-    assert!(
-        r2.last()
-            .unwrap()
-            .iter()
-            .any(|w| (w - 1.0 / 3.0).abs() > 1e-3),
-        "the mixture moved: {r2:?}"
-    );
+    assert_moved(&r2);
 }

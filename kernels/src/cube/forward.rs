@@ -168,9 +168,9 @@ where
 }
 
 /// G[k] = Σ_{t: seg_t = k} δ_t ⊗ a_t → [k, out, inp] on a CubeCL backend; the twin of
-/// `reference::segment_accumulate`. Every source's cubes read all of seg; token tiles with
-/// none of their source's tokens skip the products. Tiled (TILE × TILE outputs per cube, tokens staged in
-/// shared memory).
+/// `reference::segment_accumulate`. Tiled (TILE × TILE outputs per cube, tokens staged in
+/// shared memory); every source's cubes read all of seg, and token tiles with none of their
+/// source's tokens skip the products.
 pub fn segment_accumulate<R, F, I, BT>(
     delta: Tensor<CubeBackend<R, F, I, BT>, 2>,
     a: Tensor<CubeBackend<R, F, I, BT>, 2>,
