@@ -122,10 +122,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Under an MPI launcher every rank logs to the same terminal: rank 0 reports the run, the
+    // others only their warnings and errors (unless RUST_LOG says otherwise).
+    let level = match mixtrain::distributed::rank_from_environment() {
+        Some(rank) if rank > 0 => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -133,9 +139,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match execute(cli.command) {
-        Ok(code) => code,
+        Ok(code) => {
+            mixtrain::distributed::finish_job();
+            code
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
+            mixtrain::distributed::abort_job_after_error();
             ExitCode::FAILURE
         }
     }
@@ -230,7 +240,8 @@ fn run_command(command: Command) -> anyhow::Result<()> {
 /// `mixtrain run`: trains, then (rank 0) prints how the run began and each source's
 /// validation loss at step 0 and at the end with its final weight.
 fn run(config: ConfigArgs, resume: bool) -> anyhow::Result<()> {
-    let cfg = Config::load(&config.config, &config.set)?;
+    let mut cfg = Config::load(&config.config, &config.set)?;
+    mixtrain::distributed::join_launcher(&mut cfg)?;
     let options = mixtrain::train::RunOptions {
         resume,
         ..Default::default()

@@ -2,18 +2,24 @@
 //! micro-batch, the ranks sum their gradients and the step's statistics (`Collective`), and
 //! every rank then takes the same optimizer step and the same mixer update, so the model and
 //! the mixture stay identical everywhere without broadcasting them. Rank 0 alone writes the
-//! run directory. `mixtrain launch` starts the ranks of one machine (`launch`).
+//! run directory. `mixtrain launch` starts the ranks of one machine (`launch`); MPI launchers start
+//! them anywhere (`job`, the `mpi` feature).
 
 mod collective;
 mod config;
 mod connect;
 mod grads;
+mod job;
 pub mod launch;
+#[cfg(feature = "mpi")]
+mod mpi;
+mod tcp;
 mod wire;
 
 pub(crate) use collective::{Collective, Payload};
 pub use config::DistributedConfig;
 pub(crate) use grads::{flatten_grads, unflatten_grads};
+pub use job::{abort_job_after_error, finish_job, join_launcher, rank_from_environment};
 
 use std::ops::Range;
 
@@ -25,13 +31,20 @@ pub(crate) fn share(len: usize, rank: usize, world: usize) -> Range<usize> {
 
 /// A hash of the step and the mixture in force, compared across ranks at every all-reduce.
 pub(crate) fn mixture_check(weights: &[f64]) -> u64 {
-    // FNV-1a over the weights' bits: exact equality is what is checked.
+    // Over the weights' bits: exact equality is what is checked.
+    let bytes: Vec<u8> = weights
+        .iter()
+        .flat_map(|w| w.to_bits().to_le_bytes())
+        .collect();
+    fnv1a(&bytes)
+}
+
+/// FNV-1a: a hash to compare values across ranks, not a cryptographic one.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in weights {
-        for byte in w.to_bits().to_le_bytes() {
-            hash ^= byte as u64;
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+    for &byte in bytes {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
 }

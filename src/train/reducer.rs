@@ -1,6 +1,7 @@
 //! The reducer part: sums over the ranks of a distributed run. Alone (no `[distributed]`) the
 //! sums are the identity, so a one-process run computes exactly what it computed before
-//! distributed training existed. A new transport is a new variant here.
+//! distributed training existed. A new transport is a new
+//! variant of `distributed::Collective`.
 
 use std::ops::Range;
 
@@ -10,8 +11,8 @@ use crate::error::Result;
 pub(crate) enum Reducer {
     /// One process: every row is this rank's, every sum the identity.
     Alone,
-    /// Ranks joined over TCP (`mixtrain launch`, `[distributed]`).
-    Tcp(Collective),
+    /// Ranks joined over MPI or TCP (`mixtrain launch`, `mpirun`, `[distributed]`).
+    Ranks(Collective),
 }
 
 impl Reducer {
@@ -23,7 +24,7 @@ impl Reducer {
     pub(crate) fn rank_and_world(&self) -> (usize, usize) {
         match self {
             Reducer::Alone => (0, 1),
-            Reducer::Tcp(c) => (c.rank(), c.world_size()),
+            Reducer::Ranks(c) => (c.rank(), c.world_size()),
         }
     }
 
@@ -38,17 +39,18 @@ impl Reducer {
     pub(crate) fn sum(&mut self, step: u64, check: u64, payload: Payload) -> Result<Payload> {
         match self {
             Reducer::Alone => Ok(payload),
-            Reducer::Tcp(c) => c.all_reduce(step, check, payload),
+            Reducer::Ranks(c) => c.all_reduce(step, check, payload),
         }
     }
 
     /// Ends the transport at the end of the run, logging what it moved.
     pub(crate) fn finish(&mut self) {
-        if let Reducer::Tcp(collective) = self {
+        if let Reducer::Ranks(collective) = self {
             collective.finish();
-            let stats = &collective.stats;
+            let stats = collective.stats();
             tracing::info!(
                 rank = collective.rank(),
+                transport = collective.transport(),
                 calls = stats.calls,
                 seconds = format!("{:.2}", stats.seconds),
                 mib_sent = format!("{:.1}", stats.bytes_sent as f64 / (1 << 20) as f64),

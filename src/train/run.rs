@@ -215,7 +215,7 @@ fn prepare<B: TrainBackend>(
         false => None,
     };
     if let Some(collective) = collective.take() {
-        session.reducer = Reducer::Tcp(start_ranks(collective, &session, leader, distributed)?);
+        session.reducer = Reducer::Ranks(start_ranks(collective, &session, leader, distributed)?);
     }
     let names = session.source_names();
     tracing::info!(
