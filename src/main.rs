@@ -50,7 +50,11 @@ enum Command {
         /// Continue from the newest complete checkpoint in run.out_dir.
         #[arg(long)]
         resume: bool,
-        /// Port rank 0 listens on, on 127.0.0.1 (default: a free one).
+        /// How the ranks talk: mpi (runs mpirun; the default when built with the `mpi`
+        /// feature) or tcp (a star through rank 0; every build).
+        #[arg(long, value_name = "mpi|tcp")]
+        transport: Option<String>,
+        /// Port rank 0 listens on, on 127.0.0.1, over tcp (default: a free one).
         #[arg(long)]
         port: Option<u16>,
     },
@@ -156,19 +160,26 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         config,
         procs,
         resume,
+        transport,
         port,
     } = command
     {
-        let options = mixtrain::distributed::launch::LaunchOptions {
+        use mixtrain::distributed::launch::{LaunchOptions, Transport};
+        let transport = match transport {
+            Some(name) => Transport::parse(&name)?,
+            None => Transport::default_for_build(),
+        };
+        let options = LaunchOptions {
             procs,
             resume,
             port,
+            transport,
         };
         let outcome = mixtrain::distributed::launch::launch(&config.config, &config.set, &options)?;
         return Ok(match outcome.failed {
             None => ExitCode::SUCCESS,
-            Some((rank, code, what)) => {
-                eprintln!("error: rank {rank} {what}; the run stopped");
+            Some((code, what)) => {
+                eprintln!("error: {what}; the run stopped");
                 ExitCode::from(code.clamp(1, 255) as u8)
             }
         });

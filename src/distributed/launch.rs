@@ -1,6 +1,8 @@
-//! `mixtrain launch --procs N CONFIG`: starts N ranks of `mixtrain run` on this machine, each
-//! with `--set distributed.rank=R --set distributed.world_size=N` and rank 0's address, splits
-//! the cores between them, and exits with the status of the first rank that failed.
+//! `mixtrain launch --procs N CONFIG`: starts N ranks of `mixtrain run` on this machine, splits
+//! the cores between them, and exits with the status of the first rank that failed. Over MPI
+//! (the default in a build with the `mpi` feature) it runs mpirun (`mpirun.rs`); over TCP it
+//! starts the ranks itself, each with `--set distributed.rank=R --set
+//! distributed.world_size=N` and rank 0's address.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -10,20 +12,51 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+/// How the ranks talk: MPI (started by mpirun) or the TCP star (started by `launch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Mpi,
+    Tcp,
+}
+
+impl Transport {
+    /// MPI when it is built in (the `mpi` feature), else TCP.
+    pub fn default_for_build() -> Transport {
+        if cfg!(feature = "mpi") {
+            Transport::Mpi
+        } else {
+            Transport::Tcp
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Transport> {
+        match name {
+            "mpi" => Ok(Transport::Mpi),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(Error::value(
+                "--transport",
+                format!("expected \"mpi\" or \"tcp\", got {other:?}"),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
     /// Ranks to start.
     pub procs: usize,
     /// Pass `--resume` to every rank.
     pub resume: bool,
-    /// Port rank 0 listens on (127.0.0.1); None picks a free one.
+    /// Port rank 0 listens on (127.0.0.1) over TCP; None picks a free one.
     pub port: Option<u16>,
+    pub transport: Transport,
 }
 
-/// How the ranks ended: the first failure (rank, its exit code and what it was), if any.
+/// How the ranks ended: the first failure (the exit status to return, and which rank failed
+/// how, e.g. "rank 1 was killed by signal 9"), if any.
 #[derive(Debug)]
 pub struct LaunchOutcome {
-    pub failed: Option<(usize, i32, String)>,
+    pub failed: Option<(i32, String)>,
 }
 
 /// Starts the ranks and waits for them. When one fails, the others get `distributed.timeout_s`
@@ -37,14 +70,24 @@ pub fn launch(
     if options.procs == 0 {
         return Err(Error::value("--procs", "must be at least 1"));
     }
+    if options.transport == Transport::Mpi && !cfg!(feature = "mpi") {
+        return Err(Error::value(
+            "--transport",
+            "mpi needs a mixtrain built with the `mpi` feature (cargo build --release --features \
+             mpi); --transport tcp works in every build",
+        ));
+    }
     // Validate before starting anything: a bad config fails once, not N times.
     let config = Config::load(config_path, sets)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / options.procs).max(1).to_string();
+    if options.transport == Transport::Mpi {
+        return super::mpirun::launch_mpirun(config_path, sets, options, &threads);
+    }
     let port = match options.port {
         Some(port) => port,
         None => free_port()?,
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / options.procs).max(1).to_string();
     let mut children = Vec::new();
     for rank in 0..options.procs {
         let rank_options = RankOptions {
@@ -121,7 +164,7 @@ fn spawn_rank(
 /// Waits for every rank; after the first failure the others get `grace` to stop on their
 /// own, then are killed.
 fn wait_for_ranks(mut children: Vec<Option<Child>>, grace: Duration) -> Result<LaunchOutcome> {
-    let mut failed: Option<(usize, i32, String)> = None;
+    let mut failed: Option<(i32, String)> = None;
     let mut kill_at: Option<Instant> = None;
     while children.iter().any(Option::is_some) {
         let failed_now = reap_finished(&mut children)?;
@@ -132,7 +175,10 @@ fn wait_for_ranks(mut children: Vec<Option<Child>>, grace: Duration) -> Result<L
                 .into_iter()
                 .min_by_key(|(rank, status)| (status.code().is_some(), *rank))
                 .expect("not empty");
-            failed = Some((rank, exit_code(status), describe(status)));
+            failed = Some((
+                exit_code(status),
+                format!("rank {rank} {}", describe(status)),
+            ));
             kill_at = Some(Instant::now() + grace);
         }
         if kill_at.is_some_and(|at| Instant::now() >= at) {

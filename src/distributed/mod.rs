@@ -13,6 +13,7 @@ mod job;
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod mpirun;
 mod tcp;
 mod wire;
 

@@ -1,6 +1,8 @@
-//! Data-parallel runs started with `mixtrain launch --procs 2` on localhost: they match a
+//! Data-parallel runs started with `mixtrain launch --procs N` on localhost: they match a
 //! one-process run with the same global batch to float tolerance, repeat bit for bit, resume
-//! bit for bit, and stop with an error naming the rank when one dies or hangs.
+//! bit for bit, and stop with an error naming the rank when one dies or hangs. `launch` runs
+//! the build's default transport: the TCP star, or MPI (mpirun) in a build with `--features
+//! mpi`, where the same tests run again (`.ci/run`) and MPI is also compared with TCP.
 
 use std::path::Path;
 use std::process::Output;
@@ -33,9 +35,22 @@ fn run_one(dir: &Path, more: &[&str]) {
 }
 
 fn launch(dir: &Path, more: &[&str], fault: Option<&str>, resume: bool) -> Output {
+    launch_ranks(dir, 2, more, fault, resume)
+}
+
+fn launch_ranks(
+    dir: &Path,
+    procs: usize,
+    more: &[&str],
+    fault: Option<&str>,
+    resume: bool,
+) -> Output {
     let config = tiny_config(dir, "");
     let mut cmd = mixtrain();
-    cmd.arg("launch").arg(&config).arg("--procs").arg("2");
+    cmd.arg("launch")
+        .arg(&config)
+        .arg("--procs")
+        .arg(procs.to_string());
     if resume {
         cmd.arg("--resume");
     }
@@ -48,6 +63,10 @@ fn launch(dir: &Path, more: &[&str], fault: Option<&str>, resume: bool) -> Outpu
 
 fn launch_ok(dir: &Path, more: &[&str]) {
     let out = launch(dir, more, None, false);
+    assert_launched(&out);
+}
+
+fn assert_launched(out: &Output) {
     assert!(
         out.status.success(),
         "launch failed: {}\n{}",
@@ -297,6 +316,8 @@ fn a_two_rank_checkpoint_resumes_on_one_process() {
 fn a_killed_rank_stops_the_run_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let (stderr, took) = launch_failing(dir.path(), 60, "rank-kill=1:8");
+    // Over TCP rank 0 sees the link close; under MPI, mpirun sees the process die.
+    #[cfg(not(feature = "mpi"))]
     assert!(stderr.contains("rank 1 disconnected"), "{stderr}");
     assert!(
         stderr.contains("error: rank 1 was killed by signal 9"),
@@ -324,10 +345,13 @@ fn a_hung_rank_is_named_after_the_timeout() {
         stderr.contains("rank 1 did not answer within distributed.timeout_s = 3 s"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("error: rank 0 exited with status 1"),
-        "{stderr}"
-    );
+    // Rank 0 gives up on rank 1: over TCP it exits with an error, under MPI it aborts the job.
+    let rank0_stopped = if cfg!(feature = "mpi") {
+        "error: rank 0 stopped the job (its error is above)"
+    } else {
+        "error: rank 0 exited with status 1"
+    };
+    assert!(stderr.contains(rank0_stopped), "{stderr}");
     assert!(
         took >= Duration::from_secs(3) && took < Duration::from_secs(90),
         "{took:?}"
@@ -390,4 +414,90 @@ fn two_ranks_match_one_process_with_tikmix_m_probed_gradients() {
     let (one, two) = one_and_two_ranks(&more);
     let r2 = assert_mixtures_close(one.path(), two.path(), "tikmix-m, probed G_k");
     assert_moved(&r2);
+}
+
+/// Three ranks (micro-batches of 5 split 1 + 2 + 2) against one process, and again bit for bit.
+#[test]
+fn three_ranks_match_one_process_and_repeat_bit_for_bit() {
+    let more = ["train.steps=12"];
+    let one = tempfile::tempdir().unwrap();
+    run_one(one.path(), &more);
+    let three = tempfile::tempdir().unwrap();
+    let again = tempfile::tempdir().unwrap();
+    for dir in [&three, &again] {
+        assert_launched(&launch_ranks(dir.path(), 3, &more, None, false));
+    }
+    let rows = assert_mixtures_close(one.path(), three.path(), "three ranks");
+    assert_moved(&rows);
+    assert_bit_identical(three.path(), again.path());
+}
+
+/// Built without MPI, a process that an MPI launcher started refuses to train alone (each
+/// would write the same run directory), and `launch --transport mpi` names the feature.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_mpi_an_mpi_job_is_refused_naming_the_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "");
+    let out = mixtrain()
+        .arg("run")
+        .arg(&config)
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("built without MPI") && stderr.contains("--features mpi"),
+        "{stderr}"
+    );
+    let mut cmd = mixtrain();
+    cmd.arg("launch")
+        .arg(&config)
+        .args(["--procs", "2", "--transport", "mpi"]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--transport: mpi needs a mixtrain built with the `mpi` feature"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("run").exists(), "nothing was created");
+}
+
+/// MPI's rank-order all-reduce gives the TCP star's bits: 3 ranks started by `mpirun` directly
+/// (rank and world size from MPI, no `[distributed]` settings) and by `launch --transport
+/// tcp` write byte-identical runs.
+#[cfg(feature = "mpi")]
+#[test]
+fn mpirun_ranks_are_bit_identical_to_tcp_ranks() {
+    let more = ["train.steps=12"];
+    let tcp = tempfile::tempdir().unwrap();
+    let config = tiny_config(tcp.path(), "");
+    let mut cmd = mixtrain();
+    cmd.arg("launch")
+        .arg(&config)
+        .args(["--procs", "3", "--transport", "tcp"]);
+    with_sets(&mut cmd, &more);
+    run_ok(&mut cmd);
+
+    let mpi = tempfile::tempdir().unwrap();
+    let config = tiny_config(mpi.path(), "");
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.args(["-np", "3", "--oversubscribe"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .arg(env!("CARGO_BIN_EXE_mixtrain"))
+        .arg("run")
+        .arg(&config);
+    with_sets(&mut cmd, &more);
+    let out = run_ok(&mut cmd);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("transport=\"mpi\""),
+        "the ranks joined over MPI"
+    );
+    assert_moved(&ratio_rows(&mpi.path().join("run/ratios.csv")));
+    assert_bit_identical(tcp.path(), mpi.path());
 }
