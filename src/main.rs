@@ -252,7 +252,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
 /// validation loss at step 0 and at the end with its final weight.
 fn run(config: ConfigArgs, resume: bool) -> anyhow::Result<()> {
     let mut cfg = Config::load(&config.config, &config.set)?;
-    mixtrain::distributed::join_launcher(&mut cfg)?;
+    mixtrain::distributed::join_launcher(&mut cfg.distributed)?;
     let options = mixtrain::train::RunOptions {
         resume,
         ..Default::default()

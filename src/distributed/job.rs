@@ -2,7 +2,7 @@
 //! world size in `[distributed]`), or by an MPI launcher (`mpirun`, `srun --mpi=pmix`), which
 //! says so in the environment; then MPI gives the rank and the world size.
 
-use crate::config::Config;
+use super::DistributedConfig;
 use crate::error::{Error, Result};
 
 /// Environment variables an MPI launcher sets in every rank: Open MPI's mpirun, MPICH's Hydra
@@ -30,10 +30,10 @@ pub fn rank_from_environment() -> Option<usize> {
         .find_map(|var| std::env::var(var).ok()?.parse().ok())
 }
 
-/// Joins the MPI job this process was started in, if any: sets `distributed.rank` and
-/// `distributed.world_size` from MPI. Started by an MPI launcher without the `mpi` feature,
+/// Joins the MPI job this process was started in, if any: sets `rank` and `world_size` from
+/// MPI. Started by an MPI launcher without the `mpi` feature,
 /// it is an error (N copies of the run would each train alone and write the same directory).
-pub fn join_launcher(config: &mut Config) -> Result<()> {
+pub fn join_launcher(distributed: &mut DistributedConfig) -> Result<()> {
     if mpi_launcher().is_none() {
         return Ok(());
     }
@@ -41,13 +41,13 @@ pub fn join_launcher(config: &mut Config) -> Result<()> {
     {
         let (rank, world) = super::mpi::initialize()?;
         check_slurm_tasks(world)?;
-        config.distributed.rank = rank;
-        config.distributed.world_size = world;
+        distributed.rank = rank;
+        distributed.world_size = world;
         Ok(())
     }
     #[cfg(not(feature = "mpi"))]
     {
-        let _ = config;
+        let _ = distributed;
         refuse_without_mpi()
     }
 }

@@ -14,6 +14,7 @@ pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod mpirun;
+mod probe;
 mod tcp;
 mod wire;
 
@@ -21,6 +22,8 @@ pub(crate) use collective::{Collective, Payload};
 pub use config::DistributedConfig;
 pub(crate) use grads::{flatten_grads, unflatten_grads};
 pub use job::{abort_job_after_error, finish_job, join_launcher, rank_from_environment};
+#[doc(hidden)]
+pub use probe::{tcp_ranks, time_all_reduce, AllReduceTiming};
 
 use std::ops::Range;
 
