@@ -107,7 +107,26 @@ fn run_wgpu<T: BackendTask>(_task: T) -> Result<T::Output> {
 #[cfg(feature = "cuda")]
 fn run_cuda<T: BackendTask>(task: T) -> Result<T::Output> {
     use burn::backend::cuda::CudaDevice;
+    check_cuda_driver()?;
     task.run::<Autodiff<CudaBackend>>(CudaDevice::default(), "cuda")
+}
+
+/// cudarc loads the driver library on first use and panics when it is missing: say so first.
+#[cfg(feature = "cuda")]
+fn check_cuda_driver() -> Result<()> {
+    let found = ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        let name = std::ffi::CString::new(*name).expect("no NUL");
+        // SAFETY: dlopen with a valid C string; the handle is kept (the driver stays loaded).
+        !unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY) }.is_null()
+    });
+    if found {
+        return Ok(());
+    }
+    Err(crate::error::Error::Backend(
+        "\"cuda\": no CUDA driver on this machine (libcuda.so.1 not found; is an NVIDIA GPU \
+         and its driver installed, and LD_LIBRARY_PATH set?)"
+            .into(),
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]
