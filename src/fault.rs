@@ -15,6 +15,8 @@
 //!   the sums over ranks, before the gradient norm), the losses stay finite.
 //! - `rank-kill=R:STEP`: in a distributed run, rank R SIGKILLs itself as step STEP begins.
 //! - `rank-stop=R:STEP`: rank R SIGSTOPs itself as step STEP begins (a hung rank).
+//! - `prepare-kill=N`: SIGKILL this process when tokenising has finished its N-th shard
+//!   (counted from 1 in this process; `data.shard_mb` of a file's documents each).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -48,11 +50,14 @@ enum Fault {
     NonfiniteGrad { step: usize },
     RankKill { rank: usize, step: usize },
     RankStop { rank: usize, step: usize },
+    PrepareKill { shard: usize },
 }
 
 static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
 /// Checkpoint saves begun by this process.
 static SAVES: AtomicUsize = AtomicUsize::new(0);
+/// Shards finished by tokenising in this process.
+static SHARDS: AtomicUsize = AtomicUsize::new(0);
 
 fn parse(spec: &str) -> std::result::Result<Fault, String> {
     let (name, value) = spec
@@ -91,6 +96,9 @@ fn parse(spec: &str) -> std::result::Result<Fault, String> {
         "nonfinite-grad" => Ok(Fault::NonfiniteGrad {
             step: number(value)?,
         }),
+        "prepare-kill" => Ok(Fault::PrepareKill {
+            shard: number(value)?,
+        }),
         "rank-kill" | "rank-stop" => {
             let (rank, step) = value
                 .split_once(':')
@@ -107,7 +115,7 @@ fn parse(spec: &str) -> std::result::Result<Fault, String> {
         }
         other => Err(format!(
             "unknown fault {other:?} (checkpoint-kill, checkpoint-write-error, nonfinite-loss, \
-             nonfinite-grad, rank-kill, rank-stop)"
+             nonfinite-grad, rank-kill, rank-stop, prepare-kill)"
         )),
     }
 }
@@ -160,6 +168,17 @@ pub(crate) fn before_step(rank: usize, step: usize) {
     // SAFETY: sending a signal to our own pid has no memory-safety preconditions.
     unsafe {
         libc::kill(libc::getpid(), signal);
+    }
+}
+
+/// Counts a finished shard of a prepare; kills the process (SIGKILL) at the one injected.
+pub(crate) fn shard_finished() {
+    let shard = SHARDS.fetch_add(1, Ordering::SeqCst) + 1;
+    if fault() == Some(Fault::PrepareKill { shard }) {
+        // SAFETY: sending a signal to our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
     }
 }
 

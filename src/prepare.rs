@@ -13,6 +13,7 @@ use crate::error::Result;
 /// shards are. The printed directory can be used as a source `path` (prepared shards). With
 /// `verify`, every input file is hashed again and every shard token checked.
 pub fn prepare_sources(config: &Config, verify: bool) -> Result<Vec<String>> {
+    crate::fault::init()?;
     let tokenizer = Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
     let sources = load_sources_checked(&config.data, &tokenizer, verify)?;
     let sets = load_target_sets(&config.target, &config.data, &tokenizer, verify)?;

@@ -40,8 +40,25 @@ pub struct DataConfig {
     /// nearly as good as fresh, Muennighoff et al. 2023).
     #[serde(default = "default_max_epochs")]
     pub max_epochs: f64,
+    /// Megabytes of a file's documents per cached shard: a killed `prepare` continues a large
+    /// file from its last finished shard. The token stream does not depend on it. Default 256.
+    #[serde(
+        default = "default_shard_mb",
+        skip_serializing_if = "is_default_shard_mb"
+    )]
+    pub shard_mb: f64,
     /// The data sources; at least one. Each is `{ name, path, val_fraction, text_field }`.
     pub sources: Vec<SourceConfig>,
+}
+
+fn default_shard_mb() -> f64 {
+    256.0
+}
+
+/// At its default, `shard_mb` is left out of the serialised config, so the config hashes of
+/// runs started before it existed stay the same (and those runs can be resumed).
+fn is_default_shard_mb(mb: &f64) -> bool {
+    *mb == default_shard_mb()
 }
 
 /// `data.on_bad_record`.
@@ -110,9 +127,15 @@ impl DataConfig {
         self.sources.iter().map(|s| s.name.clone()).collect()
     }
 
+    /// Bytes of documents per shard (`shard_mb`).
+    pub(crate) fn shard_bytes(&self) -> usize {
+        (self.shard_mb * 1e6).max(1.0) as usize
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         at_least_one("data.seq_len", self.seq_len)?;
         positive("data.max_epochs", self.max_epochs)?;
+        positive("data.shard_mb", self.shard_mb)?;
         if !(0.0..1.0).contains(&self.max_bad_fraction) {
             return Err(Error::value(
                 "data.max_bad_fraction",

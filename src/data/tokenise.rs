@@ -16,13 +16,14 @@ use super::readers::for_each_record_counted;
 use super::shard::{FileStamp, ShardWriter};
 use super::source::is_validation;
 use super::tokenizer::Tokenizer;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// Text bytes read before a batch is encoded: bounds the memory of a prepare (the batch and
 /// its tokens) whatever the source's size.
 const BATCH_BYTES: usize = 2 << 20;
 
-/// One input file tokenised: a part of its source's shards (`part.json` beside them).
+/// One input file tokenised: a part of its source's token streams (`part.json` beside them),
+/// as one or more shards of `data.shard_mb` of its documents each.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PartMeta {
     pub(crate) train_docs: usize,
@@ -32,8 +33,39 @@ pub(crate) struct PartMeta {
     /// Records skipped as unreadable (`data.on_bad_record = "skip"`), and the first of them.
     pub(crate) bad_records: usize,
     pub(crate) first_bad: Option<String>,
+    /// Parts written before shards existed: their `train.bin` and `val.bin` lie in the part's
+    /// directory, with these stamps, and `shards` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) train_stamp: Option<FileStamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) val_stamp: Option<FileStamp>,
+    /// The shards, in file order (`shard-NNNNN/` directories).
+    #[serde(default)]
+    pub(crate) shards: Vec<ShardMeta>,
+}
+
+/// One shard of a part: the next `data.shard_mb` of a file's documents (the last one fewer);
+/// finished when `shard.json` is written beside its `train.bin` and `val.bin`.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ShardMeta {
+    /// Records of the file read through this shard's last one (bad and empty records
+    /// included): where a prepare that was killed after this shard continues.
+    pub(crate) records_through: u64,
+    pub(crate) train_docs: usize,
+    pub(crate) val_docs: usize,
+    pub(crate) train_tokens: u64,
+    pub(crate) val_tokens: u64,
+    pub(crate) bad_records: usize,
+    pub(crate) first_bad: Option<String>,
     pub(crate) train_stamp: Option<FileStamp>,
     pub(crate) val_stamp: Option<FileStamp>,
+}
+
+const SHARD_FILE: &str = "shard.json";
+
+/// The directory of shard `index` of the part in `part_dir`.
+pub(crate) fn shard_dir(part_dir: &Path, index: usize) -> PathBuf {
+    part_dir.join(format!("shard-{index:05}"))
 }
 
 /// A source's input files: `train` split by `val_fraction`, or, with `val` (`val_path`),
@@ -58,8 +90,78 @@ struct Writers {
     val: ShardWriter,
 }
 
-/// Reads and tokenises every document of `file` into `dir`/train.bin and `dir`/val.bin (the
-/// split forced by `split`, else by each document's hash); bad records stop it or are
+/// The shard being written: its writers, its counts so far, and its documents' bytes.
+struct OpenShard {
+    dir: PathBuf,
+    writers: Writers,
+    meta: ShardMeta,
+    doc_bytes: usize,
+}
+
+impl OpenShard {
+    fn create(part_dir: &Path, index: usize, vocab: usize) -> Result<OpenShard> {
+        let dir = shard_dir(part_dir, index);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).at(&dir)?; // unfinished: no shard.json
+        }
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        Ok(OpenShard {
+            writers: Writers {
+                train: ShardWriter::create(&dir.join("train.bin"), vocab)?,
+                val: ShardWriter::create(&dir.join("val.bin"), vocab)?,
+            },
+            dir,
+            meta: ShardMeta::default(),
+            doc_bytes: 0,
+        })
+    }
+
+    /// Closes the shard's files and writes `shard.json`: from now on a prepare resumes after it.
+    fn finish(self, records_through: u64) -> Result<ShardMeta> {
+        let mut meta = self.meta;
+        meta.records_through = records_through;
+        meta.train_tokens = self.writers.train.len();
+        meta.val_tokens = self.writers.val.len();
+        meta.train_stamp = Some(self.writers.train.finish()?);
+        meta.val_stamp = Some(self.writers.val.finish()?);
+        let text = serde_json::to_string_pretty(&meta).expect("a shard's metadata serialises");
+        crate::fsutil::write_atomic(&self.dir.join(SHARD_FILE), text.as_bytes())?;
+        crate::fault::shard_finished();
+        Ok(meta)
+    }
+}
+
+/// The finished shards of a part being built in `part_dir` (a killed prepare's), in order: up
+/// to the first without its `shard.json`.
+fn finished_shards(part_dir: &Path) -> Vec<ShardMeta> {
+    (0..)
+        .map_while(|i| {
+            let text = std::fs::read_to_string(shard_dir(part_dir, i).join(SHARD_FILE)).ok()?;
+            serde_json::from_str(&text).ok()
+        })
+        .collect()
+}
+
+/// The part's totals over its shards.
+fn part_of(shards: Vec<ShardMeta>) -> PartMeta {
+    let mut part = PartMeta::default();
+    for shard in &shards {
+        part.train_docs += shard.train_docs;
+        part.val_docs += shard.val_docs;
+        part.train_tokens += shard.train_tokens;
+        part.val_tokens += shard.val_tokens;
+        part.bad_records += shard.bad_records;
+        if part.first_bad.is_none() {
+            part.first_bad.clone_from(&shard.first_bad);
+        }
+    }
+    part.shards = shards;
+    part
+}
+
+/// Reads and tokenises every document of `file` into shards under `dir` (`shard-NNNNN/`
+/// train.bin and val.bin; the split forced by `split`, else by each document's hash),
+/// continuing after the shards a killed prepare finished there; bad records stop it or are
 /// counted, as `data.on_bad_record` says.
 pub(crate) fn tokenise_file(
     file: &Path,
@@ -71,21 +173,35 @@ pub(crate) fn tokenise_file(
     progress: &mut Progress,
 ) -> Result<PartMeta> {
     let vocab = tokenizer.vocab_size();
-    let mut writers = Writers {
-        train: ShardWriter::create(&dir.join("train.bin"), vocab)?,
-        val: ShardWriter::create(&dir.join("val.bin"), vocab)?,
-    };
-    let mut out = PartMeta::default();
+    let mut shards = finished_shards(dir);
+    // Records already in finished shards are read again (to find where to go on) but not
+    // tokenised.
+    let skip = shards.last().map_or(0, |s| s.records_through);
+    if !shards.is_empty() {
+        tracing::info!(
+            file = %file.display(),
+            shards = shards.len(),
+            "continuing after the shards a previous prepare finished"
+        );
+    }
+    let mut open = OpenShard::create(dir, shards.len(), vocab)?;
+    let shard_bytes = data.shard_bytes();
     // Bytes of the file read so far (compressed bytes for a compressed file).
     let read = AtomicU64::new(0);
     let mut batch: Vec<String> = Vec::new();
     let mut batch_bytes = 0;
+    let mut records = 0u64;
     for_each_record_counted(file, &source.text_field, &read, |record| {
+        records += 1;
+        if records <= skip {
+            return Ok(());
+        }
         let doc = match record.document {
             Ok(doc) => doc,
             Err(what) if data.on_bad_record == BadRecordPolicy::Skip => {
-                out.bad_records += 1;
-                out.first_bad
+                open.meta.bad_records += 1;
+                open.meta
+                    .first_bad
                     .get_or_insert_with(|| format!("{}, {}: {what}", file.display(), record.at));
                 return Ok(());
             }
@@ -95,25 +211,31 @@ pub(crate) fn tokenise_file(
             return Ok(());
         }
         batch_bytes += doc.len();
+        open.doc_bytes += doc.len();
         batch.push(doc);
-        if batch_bytes >= BATCH_BYTES {
-            encode_batch(&mut batch, split, source, tokenizer, &mut writers, &mut out)?;
+        if batch_bytes >= BATCH_BYTES || open.doc_bytes >= shard_bytes {
+            encode_batch(&mut batch, split, source, tokenizer, &mut open)?;
             batch_bytes = 0;
-            progress.show(
-                read.load(Ordering::Relaxed),
-                out.train_docs + out.val_docs,
-                false,
-            );
+            let docs = shards
+                .iter()
+                .chain([&open.meta])
+                .map(|s| s.train_docs + s.val_docs);
+            progress.show(read.load(Ordering::Relaxed), docs.sum(), false);
+        }
+        if open.doc_bytes >= shard_bytes {
+            let next = OpenShard::create(dir, shards.len() + 1, vocab)?;
+            shards.push(std::mem::replace(&mut open, next).finish(records)?);
         }
         Ok(())
     })?;
-    encode_batch(&mut batch, split, source, tokenizer, &mut writers, &mut out)?;
-    out.train_tokens = writers.train.len();
-    out.val_tokens = writers.val.len();
-    out.train_stamp = Some(writers.train.finish()?);
-    out.val_stamp = Some(writers.val.finish()?);
-    progress.file_done(read.load(Ordering::Relaxed), out.train_docs + out.val_docs);
-    Ok(out)
+    encode_batch(&mut batch, split, source, tokenizer, &mut open)?;
+    shards.push(open.finish(records)?);
+    let part = part_of(shards);
+    progress.file_done(
+        read.load(Ordering::Relaxed),
+        part.train_docs + part.val_docs,
+    );
+    Ok(part)
 }
 
 /// Encodes `batch` in parallel and appends each document, in order, with its end-of-document
@@ -123,9 +245,9 @@ fn encode_batch(
     split: Option<bool>,
     source: &SourceConfig,
     tokenizer: &Tokenizer,
-    writers: &mut Writers,
-    out: &mut PartMeta,
+    shard: &mut OpenShard,
 ) -> Result<()> {
+    let (writers, out) = (&mut shard.writers, &mut shard.meta);
     let encoded: Vec<Result<(bool, Vec<u32>)>> = batch
         .par_iter()
         .map(|doc| {

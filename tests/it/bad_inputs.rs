@@ -298,14 +298,16 @@ fn corrupt_shard_is_reported() {
         serde_json::from_str(&std::fs::read_to_string(entry.join("meta.json")).unwrap()).unwrap();
     let part = meta["parts"][0].as_str().unwrap();
     let (from, to) = (Path::new(&prepared).join(part), entry.join(part));
-    std::fs::create_dir_all(&to).unwrap();
-    for f in ["train.bin", "val.bin", "part.json"] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    let shard = Path::new("shard-00000");
+    std::fs::create_dir_all(to.join(shard)).unwrap();
+    std::fs::copy(from.join("part.json"), to.join("part.json")).unwrap();
+    for f in ["train.bin", "val.bin"] {
+        std::fs::copy(from.join(shard).join(f), to.join(shard).join(f)).unwrap();
     }
     let set = format!("data.sources.0.path={}", entry.display());
     // Intact copy works as a source (a short run).
     run_ok(&mut run_with(&config, &[&set, "train.steps=2"]));
-    let train = to.join("train.bin");
+    let train = to.join(shard).join("train.bin");
     let bytes = std::fs::read(&train).unwrap();
     std::fs::write(&train, &bytes[..bytes.len() - 7]).unwrap();
     let set_out = format!("run.out_dir={}", dir.path().join("run2").display());

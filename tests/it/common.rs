@@ -183,19 +183,41 @@ pub fn entry_tokens(entry: &Path) -> (Vec<u8>, Vec<u8>) {
     };
     let read = |name: &str| -> Vec<u8> {
         dirs.iter()
-            .flat_map(|d| {
-                std::fs::read(d.join(name)).unwrap()[mixtrain::data::SHARD_HEADER_BYTES..].to_vec()
-            })
+            .flat_map(|d| shard_files(d, name))
+            .flat_map(|f| std::fs::read(f).unwrap()[mixtrain::data::SHARD_HEADER_BYTES..].to_vec())
             .collect()
     };
     (read("train.bin"), read("val.bin"))
+}
+
+/// A part's files called `name` (`train.bin`, `val.bin`) in stream order: one per shard
+/// (`shard-NNNNN/`), or the one in the part's directory (parts from before shards).
+pub fn shard_files(part: &Path, name: &str) -> Vec<PathBuf> {
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(part)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("shard-")
+        })
+        .map(|p| p.join(name))
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        shards.push(part.join(name));
+    }
+    shards
 }
 
 /// The shard files (`train.bin`, `val.bin`) of every part in a cache directory.
 pub fn part_shards(cache: &Path, name: &str) -> Vec<PathBuf> {
     std::fs::read_dir(cache.join("parts"))
         .unwrap()
-        .map(|e| e.unwrap().path().join(name))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .flat_map(|p| shard_files(&p, name))
         .filter(|p| p.is_file())
         .collect()
 }

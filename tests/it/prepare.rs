@@ -1,6 +1,7 @@
 //! `mixtrain prepare` at scale, on a corpus the test writes: shards that do not depend on
 //! the thread count across several encoding batches, a cache keyed by content (moving the
-//! data keeps it, changing a file rebuilds it), and an edited shard caught by the token scan.
+//! data keeps it, changing a file rebuilds it), an edited shard caught by the token scan, and a
+//! prepare killed inside a file continued from its last finished shard.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -238,7 +239,7 @@ fn prepare_resumes_by_file_and_tokenises_only_added_files() {
         names
             .iter()
             .map(|n| {
-                std::fs::metadata(parts.join(n).join("train.bin"))
+                std::fs::metadata(parts.join(n).join("shard-00000/train.bin"))
                     .unwrap()
                     .modified()
                     .unwrap()
@@ -260,14 +261,11 @@ fn prepare_resumes_by_file_and_tokenises_only_added_files() {
         .collect();
     assert_eq!(names.len(), 3);
     let before = stamps(&names[..2]);
-    // As if killed while tokenising the third file.
+    // As if killed while tokenising the third file, after its only shard.
     std::fs::remove_file(whole.join("meta.json")).unwrap();
-    std::fs::rename(
-        parts.join(&names[2]),
-        parts.join(format!(".tmp-{}-1", names[2])),
-    )
-    .unwrap();
-    std::fs::remove_file(parts.join(format!(".tmp-{}-1", names[2])).join("part.json")).unwrap();
+    let partial = parts.join(format!(".partial-{}", names[2]));
+    std::fs::rename(parts.join(&names[2]), &partial).unwrap();
+    std::fs::remove_file(partial.join("part.json")).unwrap();
     assert_eq!(prepare(&config, 2, &[]), whole);
     assert!(
         entry_tokens(&whole) == tokens,
@@ -294,4 +292,64 @@ fn prepare_resumes_by_file_and_tokenises_only_added_files() {
         })
         .count();
     assert_eq!(dirs, 4);
+}
+
+/// A prepare killed after the third shard of a single file (`data.shard_mb = 0.5`, about 8
+/// shards of a 4 MB file) continues after that shard, and its token streams are the same bytes
+/// as an uninterrupted prepare's and as a prepare in one shard.
+#[test]
+fn a_prepare_killed_inside_a_file_continues_from_its_last_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.jsonl");
+    write_corpus(&corpus, 4);
+    let small = ["--set", "data.shard_mb=0.5"];
+    let whole = prepare(&config(dir.path(), &corpus, "whole"), 2, &small);
+    let one_shard = prepare(&config(dir.path(), &corpus, "one"), 2, &[]);
+    assert!(
+        entry_tokens(&whole) == entry_tokens(&one_shard),
+        "shard size changes the tokens"
+    );
+    let shards = crate::common::part_shards(&dir.path().join("whole"), "train.bin").len();
+    assert!(shards >= 6, "{shards} shards");
+
+    let cut = config(dir.path(), &corpus, "cut");
+    let out = mixtrain()
+        .arg("prepare")
+        .arg(&cut)
+        .args(small)
+        .env("MIXTRAIN_FAULT", "prepare-kill=3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed by its signal");
+    let parts = dir.path().join("cut/parts");
+    let partial: Vec<_> = std::fs::read_dir(&parts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".partial-") && !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    let finished = std::fs::read_dir(parts.join(&partial[0]))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("shard.json").is_file())
+        .count();
+    assert_eq!(finished, 3);
+
+    let mut cmd = mixtrain();
+    cmd.arg("prepare")
+        .arg(&cut)
+        .args(small)
+        .env("RUST_LOG", "info");
+    let out = run_ok(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("continuing after the shards") && stderr.contains("shards=3"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout.lines().find(|l| l.starts_with("big:")).unwrap();
+    let resumed = PathBuf::from(line.rsplit(" in ").next().unwrap());
+    assert!(
+        entry_tokens(&resumed) == entry_tokens(&whole),
+        "the resumed prepare's tokens differ"
+    );
 }
