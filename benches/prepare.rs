@@ -1,8 +1,9 @@
 //! `mixtrain prepare` at scale: peak memory and throughput of tokenising one large source,
 //! with bytes and with a trained BPE, at two corpus sizes (memory must not grow with the
 //! size), BPE on 1 and 2 threads (the shards must be the same bytes), training a BPE on each
-//! corpus (streamed), and the warm start that follows (the manifest instead of re-hashing the
-//! corpus; no token scan of unchanged shards).
+//! corpus (streamed), the warm start that follows (the manifest instead of re-hashing the
+//! corpus; no token scan of unchanged shards), and a prepare killed after half its shards and
+//! run again (it continues; the token stream must be the same bytes).
 //!
 //!     cargo bench --bench prepare -- --out
 //!     SIZES_MB=50,200 cargo bench --bench prepare
@@ -101,16 +102,50 @@ fn cold(corpus: &Path, tokenizer: &str, label: &str, threads: usize) -> (f64, f6
     let _ = std::fs::remove_dir_all(&cache);
     let config = config(corpus, tokenizer, &cache);
     let (seconds, peak) = measure(&["prepare", config.to_str().unwrap()], threads);
-    // One input file: one part, under cache/parts/.
-    let shard = std::fs::read_dir(cache.join("parts"))
+    (seconds, peak, train_stream_digest(&cache))
+}
+
+/// The fingerprint of the training token stream of a one-file source's part (its shards in
+/// order, headers left out: the stream does not depend on the shard size).
+fn train_stream_digest(cache: &Path) -> String {
+    let part = std::fs::read_dir(cache.join("parts"))
         .expect("cache parts")
         .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join("part.json").is_file())
+        .expect("a finished part");
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(&part)
+        .expect("part")
+        .filter_map(|e| e.ok())
         .map(|e| e.path().join("train.bin"))
-        .find(|p| p.is_file())
-        .expect("a train shard");
-    let bytes = std::fs::read(&shard).expect("shard");
-    let digest = format!("{:x}", md5_like(&bytes));
-    (seconds, peak, digest)
+        .filter(|p| p.is_file())
+        .collect();
+    shards.sort();
+    let mut stream = Vec::new();
+    for shard in shards {
+        stream.extend_from_slice(&std::fs::read(&shard).expect("shard")[32..]);
+    }
+    format!("{:x}", md5_like(&stream))
+}
+
+/// Prepare of `corpus` (bytes, 2 threads, shards of `shard_mb`) killed after half its
+/// shards, then run again: (seconds of the second run, its stream digest).
+fn killed_and_continued(corpus: &Path, mb: usize, shard_mb: usize) -> (f64, String) {
+    let cache = Path::new(ROOT).join(format!("cache-killed-{mb}"));
+    let _ = std::fs::remove_dir_all(&cache);
+    let config = config(corpus, "bytes", &cache);
+    let set = format!("data.shard_mb={shard_mb}");
+    let args = ["prepare", config.to_str().unwrap(), "--set", &set];
+    let half = (mb / shard_mb / 2).max(1);
+    let status = Command::new(mixtrain())
+        .args(args)
+        .env("MIXTRAIN_FAULT", format!("prepare-kill={half}"))
+        .env("RUST_LOG", "warn")
+        .status()
+        .expect("spawn mixtrain");
+    assert!(status.code().is_none(), "the first prepare was killed");
+    let (seconds, _) = measure(&args, 2);
+    (seconds, train_stream_digest(&cache))
 }
 
 /// A cheap content fingerprint (FNV-1a) to compare shards across thread counts.
@@ -169,6 +204,16 @@ fn main() {
             }
         }
     }
+    // Killed halfway through the largest corpus, then continued: the same stream.
+    let largest = *sizes.iter().max().expect("a size");
+    let shard_mb = (largest / 8).max(1);
+    let (seconds, digest) = killed_and_continued(&corpus(largest), largest, shard_mb);
+    let (_, _, whole) = cold(&corpus(largest), "bytes", &format!("bytes-{largest}"), 2);
+    say!(
+        "\nbytes, {largest} MB, shards of {shard_mb} MB, killed after half of them: the second \
+         prepare took {seconds:.1} s; stream {digest} vs uninterrupted {whole}: identical {}",
+        digest == whole
+    );
     if let [(2, two, d2), (1, one, d1)] = bpe_rates.as_slice() {
         say!(
             "\nBPE on 2 threads: {:.2}× one thread; shards identical: {}",
