@@ -15,6 +15,8 @@
 //!   the sums over ranks, before the gradient norm), the losses stay finite.
 //! - `rank-kill=R:STEP`: in a distributed run, rank R SIGKILLs itself as step STEP begins.
 //! - `rank-stop=R:STEP`: rank R SIGSTOPs itself as step STEP begins (a hung rank).
+//! - `rank-hang-in-reduce=R:N`: rank R SIGSTOPs itself inside its N-th all-reduce over MPI,
+//!   after every rank agreed on the step and before the data moves (the watchdog's case).
 //! - `prepare-kill=N`: SIGKILL this process when tokenising has finished its N-th shard
 //!   (counted from 1 in this process; `data.shard_mb` of a file's documents each).
 
@@ -51,6 +53,7 @@ enum Fault {
     RankKill { rank: usize, step: usize },
     RankStop { rank: usize, step: usize },
     PrepareKill { shard: usize },
+    RankHangInReduce { rank: usize, call: usize },
 }
 
 static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
@@ -58,6 +61,9 @@ static FAULT: OnceLock<Option<Fault>> = OnceLock::new();
 static SAVES: AtomicUsize = AtomicUsize::new(0);
 /// Shards finished by tokenising in this process.
 static SHARDS: AtomicUsize = AtomicUsize::new(0);
+/// All-reduces over MPI begun by this process.
+#[cfg(feature = "mpi")]
+static REDUCES: AtomicUsize = AtomicUsize::new(0);
 
 fn parse(spec: &str) -> std::result::Result<Fault, String> {
     let (name, value) = spec
@@ -99,23 +105,23 @@ fn parse(spec: &str) -> std::result::Result<Fault, String> {
         "prepare-kill" => Ok(Fault::PrepareKill {
             shard: number(value)?,
         }),
-        "rank-kill" | "rank-stop" => {
+        "rank-kill" | "rank-stop" | "rank-hang-in-reduce" => {
             let (rank, step) = value
                 .split_once(':')
-                .ok_or_else(|| format!("{name} expects RANK:STEP, got {value:?}"))?;
+                .ok_or_else(|| format!("{name} expects RANK:N, got {value:?}"))?;
             let rank = rank
                 .parse::<usize>()
                 .map_err(|_| format!("{rank:?} is not a rank"))?;
             let step = number(step)?;
-            Ok(if name == "rank-kill" {
-                Fault::RankKill { rank, step }
-            } else {
-                Fault::RankStop { rank, step }
+            Ok(match name {
+                "rank-kill" => Fault::RankKill { rank, step },
+                "rank-stop" => Fault::RankStop { rank, step },
+                _ => Fault::RankHangInReduce { rank, call: step },
             })
         }
         other => Err(format!(
             "unknown fault {other:?} (checkpoint-kill, checkpoint-write-error, nonfinite-loss, \
-             nonfinite-grad, rank-kill, rank-stop, prepare-kill)"
+             nonfinite-grad, rank-kill, rank-stop, rank-hang-in-reduce, prepare-kill)"
         )),
     }
 }
@@ -178,6 +184,19 @@ pub(crate) fn shard_finished() {
         // SAFETY: sending a signal to our own pid has no memory-safety preconditions.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Counts an all-reduce of rank `rank` over MPI; stops the process (SIGSTOP) inside the one
+/// injected.
+#[cfg(feature = "mpi")]
+pub(crate) fn inside_reduce(rank: usize) {
+    let call = REDUCES.fetch_add(1, Ordering::SeqCst) + 1;
+    if fault() == Some(Fault::RankHangInReduce { rank, call }) {
+        // SAFETY: sending a signal to our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
         }
     }
 }

@@ -224,6 +224,7 @@ impl MpiCollective {
     ) -> Result<Payload> {
         let started = Instant::now();
         self.agree([step, check], self.timeout, diverged)?;
+        crate::fault::inside_reduce(self.rank);
         self.watchdog.arm(
             self.timeout + FOLLOWER_GRACE,
             format!(

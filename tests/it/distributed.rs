@@ -501,3 +501,21 @@ fn mpirun_ranks_are_bit_identical_to_tcp_ranks() {
     assert_moved(&ratio_rows(&mpi.path().join("run/ratios.csv")));
     assert_bit_identical(tcp.path(), mpi.path());
 }
+
+/// A rank that hangs inside the data collectives, after every rank agreed on the step: MPI
+/// would wait for ever; the watchdog stops the job after `distributed.timeout_s` + 5 s.
+#[cfg(feature = "mpi")]
+#[test]
+fn a_rank_hung_inside_an_mpi_all_reduce_is_stopped_by_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stderr, took) = launch_failing(dir.path(), 3, "rank-hang-in-reduce=1:6");
+    assert!(
+        stderr.contains("did not complete within distributed.timeout_s = 3 s (+5 s)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the run stopped"), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(90),
+        "{took:?}"
+    );
+}
