@@ -11,23 +11,12 @@ use std::path::Path;
 use super::config::{DataConfig, SourceConfig};
 use super::manifest::{PlannedPart, SourcePlan};
 use super::shard::Shard;
-use super::tokenise::{shard_dir, tokenise_file, PartMeta, Progress};
+use super::tokenise::{shard_dir, tokenise_file, Counts, PartMeta, Progress};
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
 
 const PARTS_DIR: &str = "parts";
 const PART_FILE: &str = "part.json";
-
-/// Totals over a source's parts.
-#[derive(Debug, Default)]
-pub(crate) struct Totals {
-    pub(crate) train_docs: usize,
-    pub(crate) val_docs: usize,
-    pub(crate) train_tokens: usize,
-    pub(crate) val_tokens: usize,
-    pub(crate) bad_records: usize,
-    pub(crate) first_bad: Option<String>,
-}
 
 /// Builds (or finds) every part of `plan` under `cache_dir`; returns the entry's part paths
 /// relative to an entry directory, and the totals.
@@ -36,12 +25,12 @@ pub(crate) fn build_parts(
     source: &SourceConfig,
     data: &DataConfig,
     tokenizer: &Tokenizer,
-) -> Result<(Vec<String>, Totals)> {
+) -> Result<(Vec<String>, Counts)> {
     let parts_dir = data.cache_dir.join(PARTS_DIR);
     std::fs::create_dir_all(&parts_dir).at(&parts_dir)?;
     let files: Vec<&std::path::PathBuf> = plan.parts.iter().map(|p| &p.file).collect();
     let mut progress = Progress::new(&source.name, &files);
-    let mut totals = Totals::default();
+    let mut totals = Counts::default();
     let mut paths = Vec::with_capacity(plan.parts.len());
     for part in &plan.parts {
         let dir = parts_dir.join(&part.key);
@@ -52,14 +41,7 @@ pub(crate) fn build_parts(
             }
             None => build_part(part, source, data, tokenizer, &dir, &mut progress)?,
         };
-        totals.train_docs += meta.train_docs;
-        totals.val_docs += meta.val_docs;
-        totals.train_tokens += meta.train_tokens as usize;
-        totals.val_tokens += meta.val_tokens as usize;
-        totals.bad_records += meta.bad_records;
-        if totals.first_bad.is_none() {
-            totals.first_bad = meta.first_bad;
-        }
+        totals.add(&meta.counts);
         paths.push(format!("../{PARTS_DIR}/{}", part.key));
     }
     progress.show(0, 0, true);

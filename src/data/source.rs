@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::cache::{build_parts, open_parts, Totals};
+use super::cache::{build_parts, open_parts};
 use super::config::{BadRecordPolicy, DataConfig, SourceConfig};
 use super::manifest::plan;
 use super::readers::{resolve_files, resolve_val_files};
 use super::shard::{FileStamp, Shard};
+use super::tokenise::Counts;
 use super::tokenise::SourceFiles;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, IoContext, Result};
@@ -223,7 +224,7 @@ pub(crate) fn is_validation(doc: &str, val_fraction: f64) -> bool {
 
 /// Refuses an empty source, and one with more bad records than `data.max_bad_fraction`;
 /// reports the bad records it skipped.
-fn check_tokenised(out: &Totals, source: &SourceConfig, data: &DataConfig) -> Result<()> {
+fn check_tokenised(out: &Counts, source: &SourceConfig, data: &DataConfig) -> Result<()> {
     let good = out.train_docs + out.val_docs;
     if let (BadRecordPolicy::Error, Some(first)) = (data.on_bad_record, &out.first_bad) {
         // A part tokenised earlier with "skip" holds skipped records.
@@ -270,7 +271,7 @@ fn check_tokenised(out: &Totals, source: &SourceConfig, data: &DataConfig) -> Re
 fn write_entry(
     dir: &Path,
     parts: Vec<String>,
-    totals: &Totals,
+    totals: &Counts,
     tokenizer: &Tokenizer,
 ) -> Result<()> {
     let meta = ShardMeta {
@@ -278,8 +279,8 @@ fn write_entry(
         vocab_size: tokenizer.vocab_size(),
         train_documents: totals.train_docs,
         val_documents: totals.val_docs,
-        train_tokens: totals.train_tokens,
-        val_tokens: totals.val_tokens,
+        train_tokens: totals.train_tokens as usize,
+        val_tokens: totals.val_tokens as usize,
         bad_records: totals.bad_records,
         parts,
         train_stamp: None,

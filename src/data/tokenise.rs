@@ -22,10 +22,10 @@ use crate::error::{Error, IoContext, Result};
 /// its tokens) whatever the source's size.
 const BATCH_BYTES: usize = 2 << 20;
 
-/// One input file tokenised: a part of its source's token streams (`part.json` beside them),
-/// as one or more shards of `data.shard_mb` of its documents each.
+/// Documents, tokens and bad records of a stretch of a source: a shard, a part (one input
+/// file), a whole source.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct PartMeta {
+pub(crate) struct Counts {
     pub(crate) train_docs: usize,
     pub(crate) val_docs: usize,
     pub(crate) train_tokens: u64,
@@ -33,6 +33,32 @@ pub(crate) struct PartMeta {
     /// Records skipped as unreadable (`data.on_bad_record = "skip"`), and the first of them.
     pub(crate) bad_records: usize,
     pub(crate) first_bad: Option<String>,
+}
+
+impl Counts {
+    /// Adds the counts of the stretch that follows this one.
+    pub(crate) fn add(&mut self, next: &Counts) {
+        self.train_docs += next.train_docs;
+        self.val_docs += next.val_docs;
+        self.train_tokens += next.train_tokens;
+        self.val_tokens += next.val_tokens;
+        self.bad_records += next.bad_records;
+        if self.first_bad.is_none() {
+            self.first_bad.clone_from(&next.first_bad);
+        }
+    }
+
+    pub(crate) fn docs(&self) -> usize {
+        self.train_docs + self.val_docs
+    }
+}
+
+/// One input file tokenised: a part of its source's token streams (`part.json` beside them),
+/// as one or more shards of `data.shard_mb` of its documents each.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PartMeta {
+    #[serde(flatten)]
+    pub(crate) counts: Counts,
     /// Parts written before shards existed: their `train.bin` and `val.bin` lie in the part's
     /// directory, with these stamps, and `shards` is empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,22 +67,18 @@ pub(crate) struct PartMeta {
     pub(crate) val_stamp: Option<FileStamp>,
     /// The shards, in file order (`shard-NNNNN/` directories).
     #[serde(default)]
-    pub(crate) shards: Vec<ShardMeta>,
+    pub(crate) shards: Vec<FileShard>,
 }
 
 /// One shard of a part: the next `data.shard_mb` of a file's documents (the last one fewer);
 /// finished when `shard.json` is written beside its `train.bin` and `val.bin`.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct ShardMeta {
+pub(crate) struct FileShard {
     /// Records of the file read through this shard's last one (bad and empty records
     /// included): where a prepare that was killed after this shard continues.
     pub(crate) records_through: u64,
-    pub(crate) train_docs: usize,
-    pub(crate) val_docs: usize,
-    pub(crate) train_tokens: u64,
-    pub(crate) val_tokens: u64,
-    pub(crate) bad_records: usize,
-    pub(crate) first_bad: Option<String>,
+    #[serde(flatten)]
+    pub(crate) counts: Counts,
     pub(crate) train_stamp: Option<FileStamp>,
     pub(crate) val_stamp: Option<FileStamp>,
 }
@@ -94,7 +116,7 @@ struct Writers {
 struct OpenShard {
     dir: PathBuf,
     writers: Writers,
-    meta: ShardMeta,
+    meta: FileShard,
     doc_bytes: usize,
 }
 
@@ -111,17 +133,17 @@ impl OpenShard {
                 val: ShardWriter::create(&dir.join("val.bin"), vocab)?,
             },
             dir,
-            meta: ShardMeta::default(),
+            meta: FileShard::default(),
             doc_bytes: 0,
         })
     }
 
     /// Closes the shard's files and writes `shard.json`: from now on a prepare resumes after it.
-    fn finish(self, records_through: u64) -> Result<ShardMeta> {
+    fn finish(self, records_through: u64) -> Result<FileShard> {
         let mut meta = self.meta;
         meta.records_through = records_through;
-        meta.train_tokens = self.writers.train.len();
-        meta.val_tokens = self.writers.val.len();
+        meta.counts.train_tokens = self.writers.train.len();
+        meta.counts.val_tokens = self.writers.val.len();
         meta.train_stamp = Some(self.writers.train.finish()?);
         meta.val_stamp = Some(self.writers.val.finish()?);
         let text = serde_json::to_string_pretty(&meta).expect("a shard's metadata serialises");
@@ -133,7 +155,7 @@ impl OpenShard {
 
 /// The finished shards of a part being built in `part_dir` (a killed prepare's), in order: up
 /// to the first without its `shard.json`.
-fn finished_shards(part_dir: &Path) -> Vec<ShardMeta> {
+fn finished_shards(part_dir: &Path) -> Vec<FileShard> {
     (0..)
         .map_while(|i| {
             let text = std::fs::read_to_string(shard_dir(part_dir, i).join(SHARD_FILE)).ok()?;
@@ -142,21 +164,15 @@ fn finished_shards(part_dir: &Path) -> Vec<ShardMeta> {
         .collect()
 }
 
-/// The part's totals over its shards.
-fn part_of(shards: Vec<ShardMeta>) -> PartMeta {
-    let mut part = PartMeta::default();
-    for shard in &shards {
-        part.train_docs += shard.train_docs;
-        part.val_docs += shard.val_docs;
-        part.train_tokens += shard.train_tokens;
-        part.val_tokens += shard.val_tokens;
-        part.bad_records += shard.bad_records;
-        if part.first_bad.is_none() {
-            part.first_bad.clone_from(&shard.first_bad);
-        }
+/// The part made of `shards`, with their totals.
+fn part_of(shards: Vec<FileShard>) -> PartMeta {
+    let mut counts = Counts::default();
+    shards.iter().for_each(|shard| counts.add(&shard.counts));
+    PartMeta {
+        counts,
+        shards,
+        ..PartMeta::default()
     }
-    part.shards = shards;
-    part
 }
 
 /// Reads and tokenises every document of `file` into shards under `dir` (`shard-NNNNN/`
@@ -199,8 +215,9 @@ pub(crate) fn tokenise_file(
         let doc = match record.document {
             Ok(doc) => doc,
             Err(what) if data.on_bad_record == BadRecordPolicy::Skip => {
-                open.meta.bad_records += 1;
-                open.meta
+                let counts = &mut open.meta.counts;
+                counts.bad_records += 1;
+                counts
                     .first_bad
                     .get_or_insert_with(|| format!("{}, {}: {what}", file.display(), record.at));
                 return Ok(());
@@ -216,10 +233,7 @@ pub(crate) fn tokenise_file(
         if batch_bytes >= BATCH_BYTES || open.doc_bytes >= shard_bytes {
             encode_batch(&mut batch, split, source, tokenizer, &mut open)?;
             batch_bytes = 0;
-            let docs = shards
-                .iter()
-                .chain([&open.meta])
-                .map(|s| s.train_docs + s.val_docs);
+            let docs = shards.iter().chain([&open.meta]).map(|s| s.counts.docs());
             progress.show(read.load(Ordering::Relaxed), docs.sum(), false);
         }
         if open.doc_bytes >= shard_bytes {
@@ -231,10 +245,7 @@ pub(crate) fn tokenise_file(
     encode_batch(&mut batch, split, source, tokenizer, &mut open)?;
     shards.push(open.finish(records)?);
     let part = part_of(shards);
-    progress.file_done(
-        read.load(Ordering::Relaxed),
-        part.train_docs + part.val_docs,
-    );
+    progress.file_done(read.load(Ordering::Relaxed), part.counts.docs());
     Ok(part)
 }
 
@@ -247,7 +258,7 @@ fn encode_batch(
     tokenizer: &Tokenizer,
     shard: &mut OpenShard,
 ) -> Result<()> {
-    let (writers, out) = (&mut shard.writers, &mut shard.meta);
+    let (writers, out) = (&mut shard.writers, &mut shard.meta.counts);
     let encoded: Vec<Result<(bool, Vec<u32>)>> = batch
         .par_iter()
         .map(|doc| {
