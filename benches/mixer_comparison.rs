@@ -41,8 +41,8 @@ mod report;
 use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
-    ApplyMode, Config, ExcessFrom, InfluenceFrom, InitSpec, MixerConfig, MixerKind, ProbeSteps,
-    SignalNorm, TargetSetConfig,
+    ApplyMode, Config, ExcessFrom, GuardKind, InfluenceFrom, InitSpec, MixerConfig, MixerKind,
+    ProbeSteps, SignalNorm, TargetSetConfig,
 };
 use mixtrain::train::{run, RunOptions};
 
@@ -82,6 +82,45 @@ const METHODS: &[Method] = &[
     Method {
         name: "fastmix",
         apply: |c| c.mixer.kind = MixerKind::Fastmix,
+    },
+    // The target-directed mixers without their guard (`mixer.guard.kind = "off"`, the
+    // behaviour before 2026-12-06).
+    Method {
+        name: "fastmix-unguarded",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.guard.kind = GuardKind::Off;
+        },
+    },
+    Method {
+        name: "fastmix-lr1-unguarded",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 1.0;
+            c.mixer.guard.kind = GuardKind::Off;
+        },
+    },
+    Method {
+        name: "tikmix-unguarded",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.guard.kind = GuardKind::Off;
+        },
+    },
+    Method {
+        name: "tikmix-m-unguarded",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.guard.kind = GuardKind::Off;
+        },
+    },
+    // tikmix blending half of each update's argmax in (probe window), guarded.
+    Method {
+        name: "tikmix-blend0.5-probe",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.tikmix.blend = 0.5;
+        },
     },
     // fastmix with a 3x larger step on the mixture logits.
     Method {

@@ -23,8 +23,9 @@ pub use crate::distributed::DistributedConfig;
 pub use crate::mixer::Interpolate;
 pub use crate::mixer::{
     AdoConfig, ApplyMode, DoremiConfig, ExcessFrom, FastMixConfig, GradScope, GradStats,
-    InfluenceFrom, InfluenceNorm, InitSpec, MixerConfig, MixerKind, MixtureInit, OdmConfig,
-    ProbeSteps, ScheduleConfig, SignalNorm, StageConfig, TikMixConfig, TikMixMConfig,
+    GuardConfig, GuardKind, InfluenceFrom, InfluenceNorm, InitSpec, MixerConfig, MixerKind,
+    MixtureInit, OdmConfig, ProbeSteps, ScheduleConfig, SignalNorm, StageConfig, TikMixConfig,
+    TikMixMConfig,
 };
 pub use crate::model::{MlpKind, ModelConfig};
 pub use crate::target::{Target, TargetConfig, TargetSetConfig};

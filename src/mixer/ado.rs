@@ -230,6 +230,7 @@ impl Mixer for Ado {
         Some(MixerUpdate {
             weights: st.weights.clone(),
             signal: Some(("rate", rates)),
+            guard: None,
         })
     }
 
@@ -259,6 +260,7 @@ mod tests {
             excess_loss: None,
             candidate_delta: None,
             tokens_seen: tokens.to_vec(),
+            target_loss: None,
         }
     }
 

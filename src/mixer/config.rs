@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::TikMixMConfig;
-use super::{Ado, DoReMi, FastMix, Mixer, Odm, StaticMixer, TikMix, TikMixM, TrustRegion};
+use super::{Ado, DoReMi, FastMix, Guard, Mixer, Odm, StaticMixer, TikMix, TikMixM, TrustRegion};
 use super::{AdoConfig, DoremiConfig, EntropyKind, FastMixConfig, OdmConfig, TikMixConfig};
+use super::{GuardConfig, GuardKind};
 use super::{ScheduleConfig, ScheduleMixer};
 pub use crate::data::ApplyMode;
 use crate::error::{Error, Result};
@@ -123,6 +124,11 @@ pub struct MixerConfig {
     pub(crate) odm: OdmConfig,
     pub doremi: DoremiConfig,
     pub(crate) ado: AdoConfig,
+    /// The trust region of fastmix, tikmix and tikmix-m around the initial mixture, its
+    /// radius following the measured target loss (src/mixer/guard.rs). Left out of a run's
+    /// config.toml while at its defaults, so runs from before it keep their config hash.
+    #[serde(skip_serializing_if = "GuardConfig::is_default")]
+    pub guard: GuardConfig,
     /// `kind = "schedule"`: stages, or another run's trajectory (`from`).
     pub schedule: ScheduleConfig,
 }
@@ -154,6 +160,16 @@ impl MixerConfig {
                 let schedule = self.schedule.resolve(names, total_steps)?;
                 Box::new(ScheduleMixer::new(schedule, self.every))
             }
+        };
+        let target_directed = matches!(
+            self.kind,
+            MixerKind::Fastmix | MixerKind::Tikmix | MixerKind::TikmixM
+        );
+        let built: Box<dyn Mixer> = match self.guard.kind {
+            GuardKind::TrustRegion if target_directed => {
+                Box::new(Guard::new(built, self.guard.clone()))
+            }
+            _ => built,
         };
         let fixed = matches!(self.kind, MixerKind::Static | MixerKind::Schedule);
         Ok(match self.max_change {
@@ -216,6 +232,7 @@ impl Default for MixerConfig {
             odm: OdmConfig::default(),
             doremi: DoremiConfig::default(),
             ado: AdoConfig::default(),
+            guard: GuardConfig::default(),
             schedule: ScheduleConfig::default(),
         }
     }
@@ -311,6 +328,7 @@ impl MixerConfig {
         self.tikmix_m.validate()?;
         self.odm.validate()?;
         self.ado.validate()?;
+        self.guard.validate()?;
         if self.kind == MixerKind::Schedule {
             self.schedule.validate(sources)?;
         }

@@ -121,6 +121,7 @@ impl Mixer for DoReMi {
         Some(MixerUpdate {
             weights: self.state.alpha.clone(),
             signal: Some(("excess_loss", excess.clone())),
+            guard: None,
         })
     }
 
@@ -154,6 +155,7 @@ mod tests {
             excess_loss: Some(vec![0.1, 0.4, 0.0]),
             candidate_delta: None,
             tokens_seen: Vec::new(),
+            target_loss: None,
         };
         let w = mixer.update(&stats).unwrap().weights;
         let expected = crate::mixer::golden_weights("doremi_one_update");
@@ -176,6 +178,7 @@ mod tests {
                 excess_loss: Some(vec![5.0, 0.0, 0.0, 0.0]),
                 candidate_delta: None,
                 tokens_seen: Vec::new(),
+                target_loss: None,
             };
             let w = mixer.update(&stats).unwrap().weights;
             assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);

@@ -189,6 +189,7 @@ impl Mixer for FastMix {
         Some(MixerUpdate {
             weights: st.weights.clone(),
             signal: Some(("s", raw.iter().map(|s| s.unwrap_or(f64::NAN)).collect())),
+            guard: None,
         })
     }
 
@@ -217,6 +218,7 @@ mod tests {
             excess_loss: None,
             candidate_delta: None,
             tokens_seen: Vec::new(),
+            target_loss: None,
         }
     }
 

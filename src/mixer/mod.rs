@@ -7,6 +7,7 @@ mod config;
 mod doremi;
 mod entropy;
 mod fastmix;
+mod guard;
 mod init;
 mod odm;
 mod schedule;
@@ -23,6 +24,8 @@ pub use config::{
 pub use doremi::{DoReMi, DoremiConfig, ExcessFrom};
 pub(crate) use entropy::{token_entropy, EntropyKind};
 pub use fastmix::{FastMix, FastMixConfig, SignalNorm};
+pub(crate) use guard::Guard;
+pub use guard::{GuardConfig, GuardKind, GuardLog};
 pub use init::{apply_floor, demix_mixture_file, normalise, resolve_init, softmax};
 pub use odm::{Odm, OdmConfig};
 pub(crate) use schedule::ScheduleMixer;
@@ -91,6 +94,8 @@ pub(crate) struct StatsRequest {
     /// ΔL_val(w) = L_val(θ − η Σ_k w_k G_k) − L_val(θ) for every mixture w the mixer's
     /// `candidates` returns (forward passes only, after one backward per source for G_k).
     pub(crate) virtual_step: Option<VirtualStepSpec>,
+    /// The target loss on this many of its fixed validation windows (the guard's test).
+    pub(crate) target_check: Option<usize>,
 }
 
 /// Where DoReMi's excess losses are measured.
@@ -125,6 +130,8 @@ pub(crate) struct SourceStats {
     pub(crate) candidate_delta: Option<Vec<f64>>,
     /// Training tokens drawn from each source since the start of the run.
     pub(crate) tokens_seen: Vec<u64>,
+    /// The target loss on the windows `target_check` asked for.
+    pub(crate) target_loss: Option<f64>,
 }
 
 /// New weights from an update, and the raw per-source signal behind them (logged).
@@ -133,6 +140,8 @@ pub struct MixerUpdate {
     pub(crate) weights: Vec<f64>,
     /// (signal name, value per source), e.g. ("s", ⟨g_val, g_k⟩).
     pub(crate) signal: Option<(&'static str, Vec<f64>)>,
+    /// What the guard did at this update (`[mixer.guard]`).
+    pub(crate) guard: Option<GuardLog>,
 }
 
 pub(crate) trait Mixer: Send {

@@ -96,6 +96,7 @@ impl Mixer for Odm {
         Some(MixerUpdate {
             weights: st.weights.clone(),
             signal: Some(("reward", st.rewards.clone())),
+            guard: None,
         })
     }
 
@@ -132,6 +133,7 @@ mod tests {
             excess_loss: None,
             candidate_delta: None,
             tokens_seen: Vec::new(),
+            target_loss: None,
         };
         let update = mixer.update(&stats).unwrap();
         let expected = crate::mixer::golden_weights("odm_one_update");
@@ -154,6 +156,7 @@ mod tests {
             excess_loss: None,
             candidate_delta: None,
             tokens_seen: Vec::new(),
+            target_loss: None,
         };
         assert_eq!(mixer.update(&stats).unwrap().weights, vec![0.5, 0.5]);
     }

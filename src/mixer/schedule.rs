@@ -258,6 +258,7 @@ impl Mixer for ScheduleMixer {
         Some(MixerUpdate {
             weights,
             signal: None,
+            guard: None,
         })
     }
 
@@ -333,6 +334,7 @@ mod tests {
             excess_loss: None,
             candidate_delta: None,
             tokens_seen: vec![0; 2],
+            target_loss: None,
         };
         let changed: Vec<usize> = (1..100)
             .filter(|&s| mixer.update(&stats(s)).is_some())

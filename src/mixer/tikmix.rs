@@ -186,6 +186,7 @@ impl Mixer for TikMix {
         Some(MixerUpdate {
             weights: st.weights.clone(),
             signal: Some(("influence", influence.clone())),
+            guard: None,
         })
     }
 
@@ -225,6 +226,7 @@ mod tests {
             excess_loss: None,
             candidate_delta: None,
             tokens_seen: Vec::new(),
+            target_loss: None,
         }
     }
 

@@ -295,6 +295,7 @@ impl Mixer for TikMixM {
         Some(MixerUpdate {
             weights: st.weights.clone(),
             signal: Some(("delta_val_loss", per_source)),
+            guard: None,
         })
     }
 
@@ -323,6 +324,7 @@ mod tests {
             excess_loss: None,
             candidate_delta: Some(deltas),
             tokens_seen: Vec::new(),
+            target_loss: None,
         }
     }
 

@@ -64,6 +64,7 @@ impl Mixer for TrustRegion {
         Some(MixerUpdate {
             weights: self.applied.clone(),
             signal: proposal.signal,
+            guard: proposal.guard,
         })
     }
 

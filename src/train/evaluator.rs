@@ -85,14 +85,79 @@ impl Evaluator {
         device: &B::Device,
         (rank, world): (usize, usize),
     ) -> Vec<f64> {
-        // Every batch of windows of every source and set is one job: the forward passes run
-        // side by side (`passes`), each stream's sums are added in window order.
-        let streams: Vec<(&Shard, &Vec<usize>)> = sources
+        let streams: Vec<(&Shard, &[usize])> = sources
             .iter()
             .zip(&self.source_windows)
             .chain(target_sets.iter().zip(&self.set_windows))
-            .map(|(data, starts)| (&data.val, starts))
+            .map(|(data, starts)| (&data.val, starts.as_slice()))
             .collect();
+        self.stream_totals(model, &streams, device, (rank, world))
+    }
+
+    /// The guard's check (`mixer.guard.windows`): per member of `target`, the Σ token losses
+    /// over `windows / members` (at least one) of its evaluation windows, spread over them, and
+    /// the number of windows; this rank's rows only, as `token_loss_totals`.
+    pub(crate) fn target_check_totals<B: StatKernels>(
+        &self,
+        model: &Gpt<B>,
+        (sources, target_sets): (&[Source], &[Source]),
+        target: &Target,
+        windows: usize,
+        device: &B::Device,
+        (rank, world): (usize, usize),
+    ) -> (Vec<f64>, Vec<usize>) {
+        let per_member = (windows / target.len().max(1)).max(1);
+        let subset = |starts: &Vec<usize>| -> Vec<usize> {
+            let stride = (starts.len() / per_member).max(1);
+            starts
+                .iter()
+                .step_by(stride)
+                .take(per_member)
+                .copied()
+                .collect()
+        };
+        let chosen: Vec<(&Shard, Vec<usize>)> = target
+            .sources
+            .iter()
+            .map(|&k| (&sources[k].val, subset(&self.source_windows[k])))
+            .chain(
+                target
+                    .sets
+                    .iter()
+                    .map(|&j| (&target_sets[j].val, subset(&self.set_windows[j]))),
+            )
+            .collect();
+        let streams: Vec<(&Shard, &[usize])> =
+            chosen.iter().map(|(s, w)| (*s, w.as_slice())).collect();
+        let counts = chosen.iter().map(|(_, w)| w.len()).collect();
+        (
+            self.stream_totals(model, &streams, device, (rank, world)),
+            counts,
+        )
+    }
+
+    /// The mean over members of the check's mean token losses, from `target_check_totals`
+    /// (summed over ranks).
+    pub(crate) fn target_check_loss(&self, totals: &[f64], counts: &[usize]) -> f64 {
+        let seq = self.seq_len as f64;
+        let means = totals
+            .iter()
+            .zip(counts)
+            .map(|(t, &n)| t / (n as f64 * seq));
+        means.sum::<f64>() / totals.len() as f64
+    }
+
+    /// Σ token losses over each stream's windows, of the rows `rank` of `world` computes in
+    /// every batch of windows (`distributed::share`).
+    fn stream_totals<B: StatKernels>(
+        &self,
+        model: &Gpt<B>,
+        streams: &[(&Shard, &[usize])],
+        device: &B::Device,
+        (rank, world): (usize, usize),
+    ) -> Vec<f64> {
+        // Every batch of windows of every stream is one job: the forward passes run side by
+        // side (`passes`), each stream's sums are added in window order.
         // One job per pass: on the CPU a batch of windows runs as passes of at most
         // `train.cpu_pass_size` (`passes::pass_ranges`); a batch's token losses are put back
         // together before they are summed, so the sums are those of one pass.

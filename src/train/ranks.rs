@@ -59,6 +59,22 @@ impl<B: TrainBackend> Session<B> {
         Ok(self.evaluator.evaluation_of_totals(&totals))
     }
 
+    /// The target loss on `windows` of its fixed validation windows (the guard's check), each
+    /// rank computing its rows and the totals summed over ranks.
+    pub(crate) fn target_check_over_ranks(&mut self, windows: usize) -> Result<f64> {
+        let model = self.trainer.model.valid();
+        let (totals, counts) = self.evaluator.target_check_totals(
+            &model,
+            (&self.batches.sources, &self.batches.target_sets),
+            &self.mixing.target,
+            windows,
+            &self.device,
+            self.rank_and_world(),
+        );
+        let totals = self.sum_values_over_ranks(totals)?;
+        Ok(self.evaluator.target_check_loss(&totals, &counts))
+    }
+
     /// Σ over ranks of a gradient computed on this rank's rows.
     pub(crate) fn sum_grads_over_ranks(
         &mut self,

@@ -90,6 +90,9 @@ pub(super) fn add_mixer_fields(
     if let Some((signal, values)) = &update.signal {
         mixer.insert((*signal).into(), by_name(names, values.iter().copied()));
     }
+    if let Some(guard) = &update.guard {
+        mixer.insert("guard".into(), json!(guard));
+    }
     record.insert("mixer".into(), Value::Object(mixer));
 }
 

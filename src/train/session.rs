@@ -189,6 +189,10 @@ impl<B: TrainBackend> Session<B> {
             }
             None => None,
         };
+        let target_loss = match needs.target_check {
+            Some(windows) => Some(self.target_check_over_ranks(windows)?),
+            None => None,
+        };
         let stats = SourceStats {
             step: self.trainer.progress.step,
             lr,
@@ -204,6 +208,7 @@ impl<B: TrainBackend> Session<B> {
             excess_loss,
             candidate_delta,
             tokens_seen: self.trainer.progress.tokens_by_source.clone(),
+            target_loss,
         };
         let k = self.batches.sources.len();
         self.trainer.progress.loss_since_update = vec![(0.0, 0); k];

@@ -104,6 +104,66 @@ fn fastmix_moves_weight_to_the_source_like_the_target_set() {
     assert!(code > 0.45 && code > 1.4 * prose && code > 1.4 * legal);
 }
 
+/// fastmix with a step large enough to leave uniform at once (`lr = 5`): unguarded its first
+/// update moves the mixture further than the guard's initial radius; guarded it stays within
+/// the radius the guard logs, and every update logs the test (target loss, radius, distance).
+#[test]
+fn the_guard_bounds_the_mixture_and_logs_its_test() {
+    let distances = |guard: &str| -> Vec<(f64, Option<serde_json::Value>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny_config(dir.path(), "");
+        run_ok(mixtrain().arg("run").arg(&config).args([
+            "--set",
+            "mixer.kind=fastmix",
+            "--set",
+            "mixer.every=5",
+            "--set",
+            "mixer.fastmix.lr=5.0",
+            "--set",
+            &format!("mixer.guard.kind={guard}"),
+            "--set",
+            "train.steps=40",
+        ]));
+        let metrics = metrics_without_wall(&dir.path().join("run/metrics.jsonl"));
+        metrics
+            .iter()
+            .filter_map(|m| m.get("mixer"))
+            .map(|mixer| {
+                let w = &mixer["weights"];
+                let tv = 0.5
+                    * ["prose", "code", "legal"]
+                        .iter()
+                        .map(|k| (w[k].as_f64().unwrap() - 1.0 / 3.0).abs())
+                        .sum::<f64>();
+                (tv, mixer.get("guard").cloned())
+            })
+            .collect()
+    };
+    let unguarded = distances("off");
+    assert!(unguarded[0].0 > 0.15, "{unguarded:?}");
+    assert!(unguarded.iter().all(|(_, g)| g.is_none()));
+    let guarded = distances("trust-region");
+    assert_eq!(guarded.len(), 7, "{guarded:?}");
+    assert!((guarded[0].0 - 0.1).abs() < 1e-9, "{guarded:?}");
+    for (tv, guard) in &guarded {
+        let guard = guard.as_ref().expect("every guarded update logs its test");
+        let radius = guard["radius"].as_f64().unwrap();
+        assert!(
+            (guard["distance"].as_f64().unwrap() - tv).abs() < 1e-9,
+            "{guard}"
+        );
+        assert!(
+            *tv <= radius + 1e-9 && (0.025..=1.0).contains(&radius),
+            "{guard}"
+        );
+        assert!(
+            guard["target_loss"].as_f64().unwrap().is_finite(),
+            "{guard}"
+        );
+    }
+    assert!(guarded[1].1.as_ref().unwrap()["measured"].is_number());
+}
+
 #[test]
 fn hybrid_draws_follow_the_mixture_exactly() {
     let dir = tempfile::tempdir().unwrap();
