@@ -361,11 +361,34 @@ fn ensure_demix_seed() -> mixtrain::Result<()> {
     Ok(())
 }
 
-/// One evaluation line: step, target loss, mean and per-source validation loss.
+/// One evaluation line: step, target loss, the mean and the worst of the training sources'
+/// validation losses.
 struct Eval {
     step: u64,
     target: f64,
+    mean_source: f64,
     worst_source: f64,
+}
+
+/// A finished run: its evaluations and the largest weight of its final mixture.
+struct Run {
+    evals: Vec<Eval>,
+    largest_weight: f64,
+}
+
+fn finished_run(run_dir: &Path, members: &[String]) -> Run {
+    let text = std::fs::read_to_string(run_dir.join("mixture.json")).expect("mixture.json");
+    let mixture: serde_json::Value = serde_json::from_str(&text).expect("mixture.json parses");
+    let largest_weight = mixture["final"]
+        .as_object()
+        .expect("mixture.json has final weights")
+        .values()
+        .filter_map(|w| w.as_f64())
+        .fold(0.0, f64::max);
+    Run {
+        evals: evaluations(run_dir, members),
+        largest_weight,
+    }
 }
 
 /// The evaluations of a run, with the case's target loss: the mean over `members` of their
@@ -384,9 +407,11 @@ fn evaluations(run_dir: &Path, members: &[String]) -> Vec<Eval> {
                     .and_then(|x| x.as_f64())
             };
             let target = members.iter().map(loss).sum::<Option<f64>>()? / members.len() as f64;
+            let sources: Vec<f64> = by_source.values().filter_map(|x| x.as_f64()).collect();
             Some(Eval {
                 step: v["step"].as_u64()?,
                 target,
+                mean_source: sources.iter().sum::<f64>() / sources.len() as f64,
                 worst_source: by_source
                     .values()
                     .filter_map(|x| x.as_f64())
@@ -534,7 +559,7 @@ fn main() -> mixtrain::Result<()> {
     let root = std::env::var("RUNS").map(PathBuf::from).unwrap_or(root);
 
     for case in cases(&scenario, &base) {
-        let mut rows: Vec<(String, Vec<Vec<Eval>>)> = Vec::new();
+        let mut rows: Vec<(String, Vec<Run>)> = Vec::new();
         for wanted_name in &wanted {
             let (name, apply) = parse_apply(wanted_name);
             let method = METHODS
@@ -575,7 +600,7 @@ fn main() -> mixtrain::Result<()> {
                     )?;
                     eprintln!("  {:.0} s", started.elapsed().as_secs_f64());
                 }
-                runs.push(evaluations(&config.run.out_dir, &case.members));
+                runs.push(finished_run(&config.run.out_dir, &case.members));
             }
             rows.push((wanted_name.clone(), runs));
         }
@@ -603,9 +628,9 @@ fn main() -> mixtrain::Result<()> {
     Ok(())
 }
 
-fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], steps: usize) {
-    let last = |evals: &Vec<Eval>| evals.last().expect("a run logs evaluations").target;
-    let finals = |runs: &Vec<Vec<Eval>>| runs.iter().map(last).collect::<Vec<f64>>();
+fn print_table(case: &str, rows: &[(String, Vec<Run>)], seeds: &[u64], steps: usize) {
+    let last = |run: &Run| run.evals.last().expect("a run logs evaluations").target;
+    let finals = |runs: &Vec<Run>| runs.iter().map(last).collect::<Vec<f64>>();
     let uniform = finals(&rows[0].1);
     let best_static = rows
         .iter()
@@ -622,10 +647,11 @@ fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], ste
         best_static.0
     );
     say!(
-        "| method | final target loss | Δ vs uniform | Δ vs best static | final worst-source loss | \
-         step reaching uniform's final target loss (per seed) | as a fraction of {steps} steps (max) |"
+        "| method | final target loss | Δ vs uniform | Δ vs best static | final mean / worst \
+         source loss | largest final weight (max over seeds) | step reaching uniform's final \
+         target loss (per seed) | as a fraction of {steps} steps (max) |"
     );
-    say!("|---|---|---|---|---|---|---|");
+    say!("|---|---|---|---|---|---|---|---|");
     for (name, runs) in rows {
         let f = finals(runs);
         let (mean, sd) = mean_sd(&f);
@@ -633,17 +659,25 @@ fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], ste
             |other: &[f64]| mean_sd(&f.iter().zip(other).map(|(a, b)| a - b).collect::<Vec<_>>());
         let (du, du_sd) = paired(&uniform);
         let (db, db_sd) = paired(&best);
-        let worst = mean_sd(
-            &runs
+        let final_mean = |field: fn(&Eval) -> f64| {
+            let values: Vec<f64> = runs
                 .iter()
-                .map(|e| e.last().expect("evaluations").worst_source)
-                .collect::<Vec<_>>(),
-        )
-        .0;
+                .map(|r| field(r.evals.last().expect("evaluations")))
+                .collect();
+            mean_sd(&values).0
+        };
+        let (mean_source, worst) = (
+            final_mean(|e| e.mean_source),
+            final_mean(|e| e.worst_source),
+        );
+        let largest = runs.iter().map(|r| r.largest_weight).fold(0.0, f64::max);
         let reach: Vec<Option<u64>> = runs
             .iter()
             .zip(&uniform)
-            .map(|(evals, target)| evals.iter().find(|e| e.target <= *target).map(|e| e.step))
+            .map(|(run, target)| {
+                let reached = run.evals.iter().find(|e| e.target <= *target);
+                reached.map(|e| e.step)
+            })
             .collect();
         let reach_text: Vec<String> = reach
             .iter()
@@ -656,7 +690,8 @@ fn print_table(case: &str, rows: &[(String, Vec<Vec<Eval>>)], seeds: &[u64], ste
             "-".into()
         };
         say!(
-            "| {name} | {mean:.4} ± {sd:.4} | {du:+.4} ± {du_sd:.4} | {db:+.4} ± {db_sd:.4} | {worst:.4} | {} | {fraction} |",
+            "| {name} | {mean:.4} ± {sd:.4} | {du:+.4} ± {du_sd:.4} | {db:+.4} ± {db_sd:.4} | \
+             {mean_source:.4} / {worst:.4} | {largest:.2} | {} | {fraction} |",
             reach_text.join(", ")
         );
     }

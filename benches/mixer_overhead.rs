@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use mixtrain::backend::{dispatch, BackendTask, TrainBackend};
 use mixtrain::config::{
-    BackendKind, Config, ExcessFrom, GradStats, InfluenceFrom, MixerKind, ProbeSteps,
+    BackendKind, Config, ExcessFrom, GradStats, GuardKind, InfluenceFrom, MixerKind, ProbeSteps,
 };
 use mixtrain::train::Session;
 
@@ -105,7 +105,7 @@ fn main() -> mixtrain::Result<()> {
         .unwrap_or(3);
     // (label, how it differs from the static mixer's config)
     type Variant = (&'static str, fn(&mut Config));
-    let all_variants: [Variant; 22] = [
+    let all_variants: [Variant; 24] = [
         ("static", |_| {}),
         // What a probed step's domain-homogeneous micro-batches cost by themselves: 16
         // sequences as ~5 micro-batches of 3 (gradient accumulation, no probe).
@@ -126,6 +126,12 @@ fn main() -> mixtrain::Result<()> {
             c.train.grad_accum = 8;
         }),
         ("fastmix", |c| c.mixer.kind = MixerKind::Fastmix),
+        // Without the guard's check (a forward of `mixer.guard.windows` target windows at
+        // every update): the behaviour before 2026-12-06.
+        ("fastmix/unguarded", |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.guard.kind = GuardKind::Off;
+        }),
         // An update every 5 steps (the "only the target matters" settings): twice the probed
         // steps and validation gradients.
         ("fastmix/every5", |c| {
@@ -147,6 +153,10 @@ fn main() -> mixtrain::Result<()> {
         }),
         // The default: I_k from every probed step of the update's window.
         ("tikmix", |c| c.mixer.kind = MixerKind::Tikmix),
+        ("tikmix/unguarded", |c| {
+            c.mixer.kind = MixerKind::Tikmix;
+            c.mixer.guard.kind = GuardKind::Off;
+        }),
         // I_k from the update's last step only.
         ("tikmix/probe-last", |c| {
             c.mixer.kind = MixerKind::Tikmix;
