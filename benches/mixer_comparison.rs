@@ -606,11 +606,23 @@ fn main() -> mixtrain::Result<()> {
         }
         print_table(&case.name, &rows, &seeds, base.train.steps);
     }
-    // One region per scenario (and target), so that one scenario's rerun keeps the others.
-    let target = std::env::var("TARGET").unwrap_or_default();
+    // One region per scenario (and target, held-out sources and corpus), so that one
+    // scenario's rerun keeps the others.
+    let knob = |name: &str| std::env::var(name).unwrap_or_default();
+    let region = [
+        scenario.clone(),
+        knob("TARGET"),
+        knob("HELD_OUT"),
+        knob("CORPUS"),
+    ]
+    .iter()
+    .filter(|s| !s.is_empty())
+    .cloned()
+    .collect::<Vec<_>>()
+    .join(" ");
     report::finish_case(
         "mixer_comparison",
-        [scenario.as_str(), target.as_str()].join(" ").trim_end(),
+        &region,
         "mixing",
         &[
             "SCENARIO",
