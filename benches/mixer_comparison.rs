@@ -83,43 +83,43 @@ const METHODS: &[Method] = &[
         name: "fastmix",
         apply: |c| c.mixer.kind = MixerKind::Fastmix,
     },
-    // The target-directed mixers without their guard (`mixer.guard.kind = "off"`, the
-    // behaviour before 2026-12-06).
+    // The target-directed mixers with their guard (`mixer.guard.kind = "trust-region"`).
     Method {
-        name: "fastmix-unguarded",
+        name: "fastmix-guarded",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.guard.kind = GuardKind::Off;
+            c.mixer.guard.kind = GuardKind::TrustRegion;
         },
     },
     Method {
-        name: "fastmix-lr1-unguarded",
+        name: "fastmix-lr1-guarded",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.fastmix.lr = 1.0;
-            c.mixer.guard.kind = GuardKind::Off;
+            c.mixer.guard.kind = GuardKind::TrustRegion;
         },
     },
     Method {
-        name: "tikmix-unguarded",
+        name: "tikmix-guarded",
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
-            c.mixer.guard.kind = GuardKind::Off;
+            c.mixer.guard.kind = GuardKind::TrustRegion;
         },
     },
     Method {
-        name: "tikmix-m-unguarded",
+        name: "tikmix-m-guarded",
         apply: |c| {
             c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.guard.kind = GuardKind::Off;
+            c.mixer.guard.kind = GuardKind::TrustRegion;
         },
     },
     // tikmix blending half of each update's argmax in (probe window), guarded.
     Method {
-        name: "tikmix-blend0.5-probe",
+        name: "tikmix-blend0.5-guarded",
         apply: |c| {
             c.mixer.kind = MixerKind::Tikmix;
             c.mixer.tikmix.blend = 0.5;
+            c.mixer.guard.kind = GuardKind::TrustRegion;
         },
     },
     // fastmix with a 3x larger step on the mixture logits.

@@ -126,11 +126,11 @@ fn main() -> mixtrain::Result<()> {
             c.train.grad_accum = 8;
         }),
         ("fastmix", |c| c.mixer.kind = MixerKind::Fastmix),
-        // Without the guard's check (a forward of `mixer.guard.windows` target windows at
-        // every update): the behaviour before 2026-12-06.
-        ("fastmix/unguarded", |c| {
+        // With the guard (its check: a forward of `mixer.guard.windows` target windows at
+        // every update).
+        ("fastmix/guarded", |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.guard.kind = GuardKind::Off;
+            c.mixer.guard.kind = GuardKind::TrustRegion;
         }),
         // An update every 5 steps (the "only the target matters" settings): twice the probed
         // steps and validation gradients.
@@ -153,9 +153,9 @@ fn main() -> mixtrain::Result<()> {
         }),
         // The default: I_k from every probed step of the update's window.
         ("tikmix", |c| c.mixer.kind = MixerKind::Tikmix),
-        ("tikmix/unguarded", |c| {
+        ("tikmix/guarded", |c| {
             c.mixer.kind = MixerKind::Tikmix;
-            c.mixer.guard.kind = GuardKind::Off;
+            c.mixer.guard.kind = GuardKind::TrustRegion;
         }),
         // I_k from the update's last step only.
         ("tikmix/probe-last", |c| {

@@ -220,6 +220,30 @@ fn two_ranks_match_one_process_with_probe_windows() {
     assert_moved(&r2);
 }
 
+/// The guard's check of the target loss is split over ranks and summed: both runs' tests see
+/// the same losses, so their radii and mixtures agree.
+#[test]
+fn two_ranks_match_one_process_with_the_guard() {
+    let (one, two) = one_and_two_ranks(&[
+        "mixer.guard.kind=trust-region",
+        "mixer.fastmix.lr=2.0",
+        "train.steps=12",
+    ]);
+    let r2 = assert_mixtures_close(one.path(), two.path(), "guard");
+    assert_moved(&r2);
+    let check_losses = |dir: &std::path::Path| -> Vec<f64> {
+        metrics_without_wall(&dir.join("run/metrics.jsonl"))
+            .iter()
+            .filter_map(|m| m["mixer"]["guard"]["target_loss"].as_f64())
+            .collect()
+    };
+    let (l1, l2) = (check_losses(one.path()), check_losses(two.path()));
+    assert!(!l1.is_empty() && l1.len() == l2.len(), "{l1:?} vs {l2:?}");
+    for (a, b) in l1.iter().zip(&l2) {
+        assert!((a - b).abs() <= 1e-5 * a, "guard target loss {a} vs {b}");
+    }
+}
+
 /// The mixers' extra measurements split over ranks: tikmix's g_val and influences (from its
 /// extra passes, and from its default probe windows), tikmix-m's source gradients and
 /// candidates' losses, DoReMi's excess losses on fresh samples, on the step's own sequences

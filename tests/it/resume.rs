@@ -439,6 +439,21 @@ fn kill_9_then_resume_is_bit_identical_ado_hybrid_trust_region() {
     );
 }
 
+/// The guard's radius, trend, last good mixture and the inner mixer's state travel with the
+/// checkpoint (a large fastmix step, so the radius binds and changes).
+#[test]
+fn kill_9_then_resume_is_bit_identical_fastmix_guarded() {
+    kill_and_resume(
+        "ndarray",
+        &[
+            "mixer.kind=fastmix",
+            "mixer.every=3",
+            "mixer.fastmix.lr=2.0",
+            "mixer.guard.kind=trust-region",
+        ],
+    );
+}
+
 #[test]
 fn kill_9_then_resume_is_bit_identical_fastmix_target_set() {
     let man = crate::common::repo().join("data/quickstart/man.jsonl");
