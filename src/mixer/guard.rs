@@ -28,6 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::trust_region::{bounded_step, total_variation};
 use super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
 use crate::validate::{at_least_one, unit_closed_above};
 
@@ -113,7 +114,6 @@ pub(crate) struct Guard {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {
-    inner: serde_json::Value,
     applied: Vec<f64>,
     radius: f64,
     /// The target loss measured at the last update.
@@ -123,6 +123,14 @@ struct State {
     /// The applied mixture of the last window that passed the test.
     last_good: Vec<f64>,
     rollbacks: u32,
+}
+
+/// A checkpoint's guard state: the inner mixer's beside the guard's own.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    inner: serde_json::Value,
+    #[serde(flatten)]
+    guard: State,
 }
 
 /// What one update of the guard did (the `guard` object of the mixer in metrics.jsonl).
@@ -141,18 +149,6 @@ pub struct GuardLog {
     pub distance: f64,
     pub rolled_back: bool,
     pub rollbacks: u32,
-}
-
-/// ½ Σ |p_k − q_k|.
-fn total_variation(p: &[f64], q: &[f64]) -> f64 {
-    0.5 * p.iter().zip(q).map(|(a, b)| (a - b).abs()).sum::<f64>()
-}
-
-/// q pulled toward `anchor` until it lies within `radius` of it (total variation).
-pub(crate) fn within_radius(anchor: &[f64], q: &[f64], radius: f64) -> Vec<f64> {
-    let tv = total_variation(anchor, q);
-    let t = if tv > radius { radius / tv } else { 1.0 };
-    anchor.iter().zip(q).map(|(a, b)| a + t * (b - a)).collect()
 }
 
 /// The test's verdict on one measured window.
@@ -185,7 +181,6 @@ impl Guard {
     pub(crate) fn new(inner: Box<dyn Mixer>, config: GuardConfig) -> Self {
         let anchor = inner.weights().to_vec();
         let state = State {
-            inner: serde_json::Value::Null,
             applied: anchor.clone(),
             radius: config.radius,
             last_loss: None,
@@ -258,10 +253,10 @@ impl Mixer for Guard {
         let (measured, ratio, rolled_back) = self.test(loss, bound_active);
         let st = &mut self.state;
         st.applied = if rolled_back {
-            within_radius(&self.anchor, &st.last_good, st.radius)
+            bounded_step(&self.anchor, &st.last_good, st.radius)
         } else {
             let wanted = proposal.as_ref().map_or(&st.applied, |p| &p.weights);
-            within_radius(&self.anchor, wanted, st.radius)
+            bounded_step(&self.anchor, wanted, st.radius)
         };
         let log = GuardLog {
             target_loss: loss,
@@ -281,15 +276,18 @@ impl Mixer for Guard {
     }
 
     fn state(&self) -> serde_json::Value {
-        let state = State {
+        let saved = Saved {
             inner: self.inner.state(),
-            ..self.state.clone()
+            guard: self.state.clone(),
         };
-        serde_json::to_value(state).expect("guard state serialises")
+        serde_json::to_value(saved).expect("guard state serialises")
     }
 
     fn restore(&mut self, value: &serde_json::Value) -> Result<(), String> {
-        let state: State = serde_json::from_value(value.clone()).map_err(|e| {
+        let Saved {
+            inner,
+            guard: state,
+        } = serde_json::from_value(value.clone()).map_err(|e| {
             format!(
                 "mixer state: {e} (a checkpoint of a run without the guard cannot continue \
                  with mixer.guard.kind = \"trust-region\", nor the other way round)"
@@ -302,11 +300,8 @@ impl Mixer for Guard {
                 self.anchor.len()
             ));
         }
-        self.inner.restore(&state.inner)?;
-        self.state = State {
-            inner: serde_json::Value::Null,
-            ..state
-        };
+        self.inner.restore(&inner)?;
+        self.state = state;
         Ok(())
     }
 }
@@ -396,7 +391,7 @@ mod tests {
         let log = g.update(&stats(2.6)).unwrap().guard.unwrap(); // rose by the whole trend
         assert!(log.rolled_back && log.ratio.unwrap() < -SHRINK_BELOW);
         assert_eq!((log.radius, log.rollbacks), (0.4, 1));
-        assert_eq!(g.weights(), &within_radius(&g.anchor, &good, 0.4)[..]);
+        assert_eq!(g.weights(), &bounded_step(&g.anchor, &good, 0.4)[..]);
         assert!(
             (tv(&g) - 0.4).abs() < 1e-12,
             "the last good mixture, within the new radius"

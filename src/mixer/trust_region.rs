@@ -34,9 +34,14 @@ impl TrustRegion {
     }
 }
 
+/// ½ Σ |p_k − q_k|.
+pub(crate) fn total_variation(p: &[f64], q: &[f64]) -> f64 {
+    0.5 * p.iter().zip(q).map(|(a, b)| (b - a).abs()).sum::<f64>()
+}
+
 /// p moved toward q by at most `max_change` in total variation.
 pub(crate) fn bounded_step(p: &[f64], q: &[f64], max_change: f64) -> Vec<f64> {
-    let tv = 0.5 * p.iter().zip(q).map(|(a, b)| (b - a).abs()).sum::<f64>();
+    let tv = total_variation(p, q);
     let t = if tv > max_change {
         max_change / tv
     } else {
