@@ -15,7 +15,14 @@
 //! - ρ = D / T. ρ < −`SHRINK_BELOW` (the target got worse by more than a quarter of a typical
 //!   window's progress): the radius halves and the mixture rolls back to the last mixture whose
 //!   window passed, pulled within the new radius; ρ ≥ `GROW_ABOVE` with the bound active: the
-//!   radius doubles (up to `max_radius`); otherwise it stays.
+//!   window is trusted; otherwise the radius stays.
+//!
+//! The guard remembers its rollbacks: after n of them the radius doubles only after 2ⁿ trusted
+//! windows in a row. The window right after a rollback measures the rollback's own recovery,
+//! so it neither counts as trusted nor enters the trend, and windows that failed never enter
+//! the trend (it predicts what a trusted mixture does). Without that memory, on the nine-source
+//! corpus the next window after each rollback doubled the radius again and the mixture spent
+//! most windows on one source where the target had no neighbour (docs/results/mixing.md).
 //!
 //! Why not the hypergradient's own first-order prediction ⟨Δp, ∂L/∂p⟩: from one probed step it
 //! is dominated by noise (on the nine-source corpus its ratio to the measured decrease ranged
@@ -123,6 +130,12 @@ struct State {
     /// The applied mixture of the last window that passed the test.
     last_good: Vec<f64>,
     rollbacks: u32,
+    /// Trusted windows in a row since the last change of the radius.
+    #[serde(default)]
+    streak: u32,
+    /// The last update rolled back: the window now being trained measures the recovery.
+    #[serde(default)]
+    recovering: bool,
 }
 
 /// A checkpoint's guard state: the inner mixer's beside the guard's own.
@@ -187,6 +200,8 @@ impl Guard {
             trend: None,
             last_good: anchor.clone(),
             rollbacks: 0,
+            streak: 0,
+            recovering: false,
         };
         Guard {
             inner,
@@ -196,9 +211,12 @@ impl Guard {
         }
     }
 
-    /// Runs the test on the window just measured (target loss `loss`); true for a rollback.
+    /// Runs the test on the window just measured (target loss `loss`): (measured decrease,
+    /// ρ, rolled back).
     fn test(&mut self, loss: f64, bound_active: bool) -> (Option<f64>, Option<f64>, bool) {
+        let patience = self.patience();
         let st = &mut self.state;
+        let recovering = std::mem::replace(&mut st.recovering, false);
         let Some(last) = st.last_loss.replace(loss) else {
             return (None, None, false);
         };
@@ -209,21 +227,35 @@ impl Guard {
             return (Some(measured), None, false);
         };
         let (ratio, verdict) = ratio_test(measured, predicted);
+        if verdict == Verdict::Worse {
+            st.radius = (st.radius * 0.5).max(self.config.min_radius);
+            st.rollbacks += 1;
+            st.streak = 0;
+            st.recovering = true;
+            return (Some(measured), Some(ratio), true);
+        }
+        st.last_good = st.applied.clone();
+        if recovering {
+            return (Some(measured), Some(ratio), false);
+        }
         st.trend = Some(TREND_EMA * predicted + (1.0 - TREND_EMA) * measured);
         match verdict {
-            Verdict::Worse => {
-                st.radius = (st.radius * 0.5).max(self.config.min_radius);
-                st.rollbacks += 1;
-            }
             Verdict::Trusted if bound_active => {
-                st.radius = (st.radius * 2.0).min(self.config.max_radius);
+                st.streak += 1;
+                if st.streak >= patience {
+                    st.radius = (st.radius * 2.0).min(self.config.max_radius);
+                    st.streak = 0;
+                }
             }
-            _ => {}
+            Verdict::Trusted => {}
+            _ => st.streak = 0,
         }
-        if verdict != Verdict::Worse {
-            st.last_good = st.applied.clone();
-        }
-        (Some(measured), Some(ratio), verdict == Verdict::Worse)
+        (Some(measured), Some(ratio), false)
+    }
+
+    /// Trusted windows in a row needed to double the radius: 2ⁿ after n rollbacks.
+    fn patience(&self) -> u32 {
+        1u32 << self.state.rollbacks.min(16)
     }
 }
 
@@ -396,6 +428,42 @@ mod tests {
             (tv(&g) - 0.4).abs() < 1e-12,
             "the last good mixture, within the new radius"
         );
+    }
+
+    /// After a rollback the guard remembers: the recovery window neither grows the radius nor
+    /// enters the trend, and the radius doubles only after 2ⁿ trusted windows in a row.
+    #[test]
+    fn after_a_rollback_growth_needs_a_longer_streak() {
+        let mut g = guard(GuardConfig::default());
+        for loss in [3.0, 2.9, 2.8] {
+            g.update(&stats(loss)); // the third grows the radius to 0.2
+        }
+        let log = g.update(&stats(2.9)).unwrap().guard.unwrap();
+        assert!(log.rolled_back);
+        let trend = |g: &Guard| g.state.trend.unwrap();
+        assert_eq!(log.radius, 0.1);
+        assert!(
+            (trend(&g) - 0.1).abs() < 1e-12,
+            "a failed window is not trend"
+        );
+        let log = g.update(&stats(2.6)).unwrap().guard.unwrap(); // the recovery: ρ = 3
+        assert_eq!((log.radius, g.state.streak), (0.1, 0));
+        assert!((trend(&g) - 0.1).abs() < 1e-12, "nor is the recovery");
+        let log = g.update(&stats(2.5)).unwrap().guard.unwrap();
+        assert_eq!(
+            (log.radius, g.state.streak),
+            (0.1, 1),
+            "one of two trusted windows"
+        );
+        let log = g.update(&stats(2.4)).unwrap().guard.unwrap();
+        assert_eq!((log.radius, g.state.streak), (0.2, 0));
+        g.update(&stats(2.5)).unwrap(); // a second rollback: now four in a row are needed
+        g.update(&stats(2.3)).unwrap();
+        for loss in [2.2, 2.1, 2.0] {
+            let log = g.update(&stats(loss)).unwrap().guard.unwrap();
+            assert_eq!(log.radius, 0.1);
+        }
+        assert_eq!(g.update(&stats(1.9)).unwrap().guard.unwrap().radius, 0.2);
     }
 
     /// Repeated rises shrink the radius to its floor, never below, and the mixture stays
