@@ -3,7 +3,10 @@
 //! stream (n = 13 for subword tokenizers, as GPT-3's 13-grams of words; 64 for bytes, about
 //! 13 words of English). Spans never cross a document boundary. Held-out spans are kept as
 //! 64-bit rolling hashes (16 bytes each in the table), then every training token is one
-//! lookup.
+//! lookup. Above a budget of held-out spans only one span in `keep_one_in` is kept, chosen by
+//! its hash, so the same spans are kept on both sides: the table stays bounded and most
+//! training tokens skip the lookup. A document is then missed only when none of the spans it
+//! shares is kept: a copied paragraph of s spans escapes with probability (1 − 1/k)^s.
 
 use std::collections::HashMap;
 
@@ -52,13 +55,20 @@ fn for_each_span(stream: &Shard, eod: u32, n: usize, mut each: impl FnMut(usize,
     }
 }
 
-/// For each held-out `(name, stream)`, the documents sharing a span of `n` tokens with any of
-/// `training`.
+/// Whether a span with this rolling hash is one of the kept 1 in `keep_one_in`. The rolling
+/// hash's low bits depend only on the tokens' low bits: mix before taking the remainder.
+fn kept(hash: u64, keep_one_in: u64) -> bool {
+    keep_one_in <= 1 || (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32).is_multiple_of(keep_one_in)
+}
+
+/// For each held-out `(name, stream)`, the documents sharing a kept span of `n` tokens with
+/// any of `training` (every span when `keep_one_in` is 1).
 pub(crate) fn overlaps(
     held_out: &[(String, &Shard)],
     training: &[&Shard],
     eod: u32,
     n: usize,
+    keep_one_in: u64,
 ) -> Vec<Overlap> {
     // Span hash → (held-out split, document) of its first occurrence.
     let mut spans: HashMap<u64, (u32, u32)> = HashMap::new();
@@ -68,12 +78,17 @@ pub(crate) fn overlaps(
             .filter(|&i| stream.token(i) == eod)
             .count();
         for_each_span(stream, eod, n, |doc, hash| {
-            spans.entry(hash).or_insert((split as u32, doc as u32));
+            if kept(hash, keep_one_in) {
+                spans.entry(hash).or_insert((split as u32, doc as u32));
+            }
         });
     }
     let mut hit: Vec<Vec<bool>> = documents.iter().map(|&d| vec![false; d + 1]).collect();
     for stream in training {
         for_each_span(stream, eod, n, |_, hash| {
+            if !kept(hash, keep_one_in) {
+                return;
+            }
             if let Some(&(split, doc)) = spans.get(&hash) {
                 hit[split as usize][doc as usize] = true;
             }
@@ -118,7 +133,7 @@ mod tests {
             "train.bin",
             &[20, 6, 7, 8, 9, 21, 99, 3, 4, 99, 10, 11, 22, 99],
         );
-        let found = overlaps(&[("val".into(), &held)], &[&train], eod, 4);
+        let found = overlaps(&[("val".into(), &held)], &[&train], eod, 4, 1);
         assert_eq!(
             found[0],
             Overlap {
@@ -128,7 +143,50 @@ mod tests {
             }
         );
         // Two tokens of document 2 are in training, but fewer than the span.
-        let found = overlaps(&[("val".into(), &held)], &[&train], eod, 2);
+        let found = overlaps(&[("val".into(), &held)], &[&train], eod, 2, 1);
         assert_eq!(found[0].contaminated, 3);
+    }
+
+    /// With one span in 8 kept, a document copied whole into training (hundreds of shared
+    /// spans) is still found, a document sharing nothing is not, and the same spans are kept
+    /// on both sides (a copy of every held-out document is found in all of them).
+    #[test]
+    fn kept_spans_still_find_copied_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let eod = 99;
+        let mut rng = 12345u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) as u32 % 90
+        };
+        let docs: Vec<Vec<u32>> = (0..20)
+            .map(|_| (0..300).map(|_| next()).collect())
+            .collect();
+        let mut held = Vec::new();
+        for doc in &docs {
+            held.extend(doc);
+            held.push(eod);
+        }
+        // Training holds documents 0..10 verbatim, amid fresh random text.
+        let mut train: Vec<u32> = (0..500).map(|_| next()).collect();
+        for doc in &docs[..10] {
+            train.extend(doc);
+            train.extend((0..50).map(|_| next()));
+        }
+        train.push(eod);
+        let held = shard(dir.path(), "val.bin", &held);
+        let train = shard(dir.path(), "train.bin", &train);
+        for keep_one_in in [1, 8] {
+            let found = overlaps(&[("val".into(), &held)], &[&train], eod, 16, keep_one_in);
+            assert_eq!(
+                (found[0].documents, found[0].contaminated),
+                (20, 10),
+                "1 in {keep_one_in}"
+            );
+        }
+        let all = overlaps(&[("val".into(), &held)], &[&held], eod, 16, 8);
+        assert_eq!(all[0].contaminated, 20);
     }
 }

@@ -125,7 +125,7 @@ pub struct MixerConfig {
     pub doremi: DoremiConfig,
     pub(crate) ado: AdoConfig,
     /// The trust region of fastmix, tikmix and tikmix-m around the initial mixture, its
-    /// radius following the measured target loss (src/mixer/guard.rs); off by default. Left
+    /// radius following the measured target loss (src/mixer/guard/); off by default. Left
     /// out of a run's config.toml while at its defaults, so runs from before it keep their
     /// config hash.
     #[serde(skip_serializing_if = "GuardConfig::is_default")]
