@@ -7,7 +7,7 @@ use crate::data::{
     for_each_document, is_validation, load_sources_checked, load_target_sets, overlaps,
     resolve_files, span_tokens, train_bpe, Overlap, Source, Tokenizer,
 };
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 
 /// Tokenises every source and target set into the cache; one line each saying where its
 /// shards are. The printed directory can be used as a source `path` (prepared shards). With
@@ -37,7 +37,12 @@ pub fn prepare_sources(config: &Config, verify: bool) -> Result<Vec<String>> {
             s.dir.display()
         )
     }));
-    lines.extend(contamination_report(&sources, &sets, &tokenizer));
+    lines.extend(contamination_report(
+        &sources,
+        &sets,
+        &tokenizer,
+        &config.data.cache_dir,
+    )?);
     Ok(lines)
 }
 
@@ -48,7 +53,12 @@ const CONTAMINATION_SPAN_BUDGET: usize = 2_000_000;
 
 /// Held-out documents that share a span with the training data: one line per validation
 /// split and target set, a warning for any above 1%.
-fn contamination_report(sources: &[Source], sets: &[Source], tokenizer: &Tokenizer) -> Vec<String> {
+fn contamination_report(
+    sources: &[Source],
+    sets: &[Source],
+    tokenizer: &Tokenizer,
+    cache_dir: &Path,
+) -> Result<Vec<String>> {
     let mut held_out: Vec<(String, &crate::data::Shard)> = sources
         .iter()
         .map(|s| (format!("{} validation", s.name), &s.val))
@@ -60,8 +70,17 @@ fn contamination_report(sources: &[Source], sets: &[Source], tokenizer: &Tokeniz
     let held_tokens: usize = held_out.iter().map(|(_, s)| s.len()).sum();
     let n = span_tokens(tokenizer.vocab_size());
     let keep_one_in = held_tokens.div_ceil(CONTAMINATION_SPAN_BUDGET).max(1);
-    let training: Vec<&crate::data::Shard> = sources.iter().map(|s| &s.train).collect();
-    let found = overlaps(&held_out, &training, tokenizer.eod(), n, keep_one_in as u64);
+    let key = report_key(sources, sets, n, keep_one_in);
+    let cached = cache_dir.join("contamination").join(format!("{key}.json"));
+    let found = match read_report(&cached) {
+        Some(found) => found,
+        None => {
+            let training: Vec<&crate::data::Shard> = sources.iter().map(|s| &s.train).collect();
+            let found = overlaps(&held_out, &training, tokenizer.eod(), n, keep_one_in as u64);
+            write_report(&cached, &found)?;
+            found
+        }
+    };
     let sampled = if keep_one_in > 1 {
         format!(
             "; {held_tokens} held-out tokens: 1 in {keep_one_in} spans checked, a document \
@@ -90,7 +109,34 @@ fn contamination_report(sources: &[Source], sets: &[Source], tokenizer: &Tokeniz
             tracing::warn!(split = %name, contaminated, documents, "held-out documents overlap the training data");
         }
     }
-    lines
+    Ok(lines)
+}
+
+/// The overlap report is a property of the shards: it is cached under a key made of every
+/// split's content-keyed cache directory, so a warm `prepare` does not scan the corpus again.
+fn report_key(sources: &[Source], sets: &[Source], n: usize, keep_one_in: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(format!("v1 span {n} keep 1 in {keep_one_in}\n"));
+    for (role, list) in [("source", sources), ("set", sets)] {
+        for s in list {
+            hasher.update(format!("{role} {}\n", s.dir.display()));
+        }
+    }
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_report(path: &Path) -> Option<Vec<Overlap>> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn write_report(path: &Path, found: &[Overlap]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).at(dir)?;
+    }
+    let json = serde_json::to_vec_pretty(found).expect("overlaps serialise");
+    crate::fsutil::write_atomic(path, &json)
 }
 
 /// Trains a byte-level BPE of `vocab` tokens on every source's training documents (validation

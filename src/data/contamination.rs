@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use super::shard::Shard;
 
 /// Span length in tokens for a tokenizer with `vocab_size` tokens.
@@ -22,7 +24,7 @@ pub(crate) fn span_tokens(vocab_size: usize) -> usize {
 }
 
 /// A held-out split and how much of it the training data contains.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Overlap {
     pub(crate) name: String,
     pub(crate) documents: usize,
@@ -32,27 +34,33 @@ pub(crate) struct Overlap {
 const BASE: u64 = 0x100000001b3;
 
 /// Calls `each(doc, hash)` for every span of `n` tokens inside a document of `stream`
-/// (documents end with `eod`).
-fn for_each_span(stream: &Shard, eod: u32, n: usize, mut each: impl FnMut(usize, u64)) {
+/// (documents end with `eod`), reading the stream once in chunks (`Shard::scan`); returns the
+/// number of documents.
+fn for_each_span(stream: &Shard, eod: u32, n: usize, mut each: impl FnMut(usize, u64)) -> usize {
     let top = BASE.wrapping_pow(n as u32 - 1);
-    let (mut doc, mut len, mut hash) = (0usize, 0usize, 0u64);
-    for i in 0..stream.len() {
-        let token = stream.token(i);
-        if token == eod {
-            (doc, len, hash) = (doc + 1, 0, 0);
-            continue;
+    // The document's last n tokens, oldest at `ring[at]` once full.
+    let mut ring = vec![0u32; n];
+    let (mut doc, mut len, mut hash, mut at) = (0usize, 0usize, 0u64, 0usize);
+    stream.scan(|chunk| {
+        for &token in chunk {
+            if token == eod {
+                (doc, len, hash) = (doc + 1, 0, 0);
+                continue;
+            }
+            if len == n {
+                hash = hash.wrapping_sub((ring[at] as u64 + 1).wrapping_mul(top));
+            } else {
+                len += 1;
+            }
+            ring[at] = token;
+            at = (at + 1) % n;
+            hash = hash.wrapping_mul(BASE).wrapping_add(token as u64 + 1);
+            if len == n {
+                each(doc, hash);
+            }
         }
-        if len == n {
-            let oldest = stream.token(i - n) as u64 + 1;
-            hash = hash.wrapping_sub(oldest.wrapping_mul(top));
-        } else {
-            len += 1;
-        }
-        hash = hash.wrapping_mul(BASE).wrapping_add(token as u64 + 1);
-        if len == n {
-            each(doc, hash);
-        }
-    }
+    });
+    doc
 }
 
 /// Whether a span with this rolling hash is one of the kept 1 in `keep_one_in`. The rolling
@@ -74,25 +82,28 @@ pub(crate) fn overlaps(
     let mut spans: HashMap<u64, (u32, u32)> = HashMap::new();
     let mut documents = vec![0usize; held_out.len()];
     for (split, (_, stream)) in held_out.iter().enumerate() {
-        documents[split] = (0..stream.len())
-            .filter(|&i| stream.token(i) == eod)
-            .count();
-        for_each_span(stream, eod, n, |doc, hash| {
+        documents[split] = for_each_span(stream, eod, n, |doc, hash| {
             if kept(hash, keep_one_in) {
                 spans.entry(hash).or_insert((split as u32, doc as u32));
             }
         });
     }
+    // One training stream per thread; each returns the (split, document) pairs it hit.
+    let hits: Vec<Vec<(u32, u32)>> = training
+        .par_iter()
+        .map(|stream| {
+            let mut found = Vec::new();
+            for_each_span(stream, eod, n, |_, hash| {
+                if kept(hash, keep_one_in) {
+                    found.extend(spans.get(&hash).copied());
+                }
+            });
+            found
+        })
+        .collect();
     let mut hit: Vec<Vec<bool>> = documents.iter().map(|&d| vec![false; d + 1]).collect();
-    for stream in training {
-        for_each_span(stream, eod, n, |_, hash| {
-            if !kept(hash, keep_one_in) {
-                return;
-            }
-            if let Some(&(split, doc)) = spans.get(&hash) {
-                hit[split as usize][doc as usize] = true;
-            }
-        });
+    for (split, doc) in hits.into_iter().flatten() {
+        hit[split as usize][doc as usize] = true;
     }
     held_out
         .iter()

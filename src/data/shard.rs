@@ -8,13 +8,15 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 use crate::error::{Error, IoContext, Result};
 
 const MAGIC: &[u8; 8] = b"MIXTSHRD";
 const VERSION: u32 = 1;
 pub const SHARD_HEADER_BYTES: usize = 32;
+/// Tokens per chunk of `Shard::scan` (4 MB of u32).
+const SCAN_CHUNK_TOKENS: usize = 1 << 20;
 
 /// A read-only token stream: one memory-mapped shard file, or several read as one
 /// (`Shard::concat`: a source tokenised file by file).
@@ -178,6 +180,47 @@ impl Shard {
     pub(crate) fn token(&self, i: usize) -> u32 {
         let (part, j) = self.locate(i);
         self.parts[part].token(j)
+    }
+
+    /// Calls `each` with the stream's tokens in order, at most `SCAN_CHUNK_TOKENS` at a time,
+    /// and drops each chunk's pages from this process once read, so a pass over a whole corpus
+    /// keeps one chunk resident, not the corpus (the pages stay in the page cache; the map is
+    /// read-only, so a later read faults them back in unchanged).
+    pub(crate) fn scan(&self, mut each: impl FnMut(&[u32])) {
+        let mut chunk = Vec::with_capacity(SCAN_CHUNK_TOKENS);
+        for part in &self.parts {
+            let Some(map) = &part.map else { continue };
+            let width = part.token_bytes;
+            for start in (0..part.len).step_by(SCAN_CHUNK_TOKENS) {
+                let end = (start + SCAN_CHUNK_TOKENS).min(part.len);
+                let bytes =
+                    &map[SHARD_HEADER_BYTES + start * width..SHARD_HEADER_BYTES + end * width];
+                chunk.clear();
+                match width {
+                    2 => chunk.extend(
+                        bytes
+                            .chunks_exact(2)
+                            .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32),
+                    ),
+                    _ => chunk.extend(
+                        bytes
+                            .chunks_exact(4)
+                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    ),
+                }
+                each(&chunk);
+                // SAFETY: a read-only shared file map: dropped pages are read again from the
+                // file on the next access, with the same bytes. Failing to drop them only
+                // costs memory.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        UncheckedAdvice::DontNeed,
+                        SHARD_HEADER_BYTES + start * width,
+                        (end - start) * width,
+                    )
+                };
+            }
+        }
     }
 
     /// Appends tokens [start, start + len) to `out` as i32 (the dtype of token tensors).

@@ -211,6 +211,23 @@ fn prepare_reports_target_documents_found_in_training() {
         stderr.contains("held-out documents overlap the training data"),
         "{stderr}"
     );
+    // The report is cached with the shards: a warm prepare prints the cached one (edited
+    // here to tell it apart) instead of scanning the corpus again.
+    let reports: Vec<_> = std::fs::read_dir(dir.path().join("cache/contamination"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let cached = std::fs::read_to_string(&reports[0]).unwrap();
+    let edited = cached.replace("\"contaminated\": 2", "\"contaminated\": 3");
+    assert_ne!(cached, edited, "{cached}");
+    std::fs::write(&reports[0], edited).unwrap();
+    let out = run_ok(mixtrain().arg("prepare").arg(&config));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("held target set: 3 of 5 documents (60.0%)"),
+        "{stdout}"
+    );
 }
 
 /// A source of several files is cached file by file: a prepare cut short (the entry and the
