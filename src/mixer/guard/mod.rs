@@ -1,8 +1,9 @@
 //! The guard of the target-directed mixers (`[mixer.guard] kind = "trust-region"`, for
 //! fastmix, tikmix and tikmix-m; off by default: on the nine-source benchmark it changed
-//! fastmix at its defaults by less than the seed spread, and did not stop fastmix with
-//! `lr = 1` from losing where the target has no neighbour, docs/results/mixing.md): a trust
-//! region around the initial mixture whose radius follows what the target loss does.
+//! fastmix at its defaults by less than the seed spread, and with `lr = 1` it kept the large
+//! step's gains where the target has a neighbour but still lost to uniform on two targets
+//! without one, docs/results/mixing.md): a trust region around the initial mixture whose
+//! radius follows what the target loss does.
 //!
 //! The applied mixture is the inner mixer's proposal q pulled toward the initial mixture a
 //! until it lies within total variation r of it: p = a + min(1, r / TV(a, q)) (q − a). At every
@@ -18,7 +19,7 @@
 //!   window is trusted; otherwise the radius stays.
 //!
 //! The guard remembers its rollbacks: after n of them the radius doubles only after 2ⁿ trusted
-//! windows in a row. The window right after a rollback measures the rollback's own recovery,
+//! windows in a row, and never above `max_radius` / 2ⁿ. The window right after a rollback measures the rollback's own recovery,
 //! so it neither counts as trusted nor enters the trend, and windows that failed never enter
 //! the trend (it predicts what a trusted mixture does). Without that memory, on the nine-source
 //! corpus the next window after each rollback doubled the radius again and the mixture spent
@@ -214,7 +215,7 @@ impl Guard {
     /// Runs the test on the window just measured (target loss `loss`): (measured decrease,
     /// ρ, rolled back).
     fn test(&mut self, loss: f64, bound_active: bool) -> (Option<f64>, Option<f64>, bool) {
-        let patience = self.patience();
+        let (patience, ceiling) = (self.patience(), self.ceiling());
         let st = &mut self.state;
         let recovering = std::mem::replace(&mut st.recovering, false);
         let Some(last) = st.last_loss.replace(loss) else {
@@ -243,7 +244,7 @@ impl Guard {
             Verdict::Trusted if bound_active => {
                 st.streak += 1;
                 if st.streak >= patience {
-                    st.radius = (st.radius * 2.0).min(self.config.max_radius);
+                    st.radius = (st.radius * 2.0).min(ceiling);
                     st.streak = 0;
                 }
             }
@@ -256,6 +257,13 @@ impl Guard {
     /// Trusted windows in a row needed to double the radius: 2ⁿ after n rollbacks.
     fn patience(&self) -> u32 {
         1u32 << self.state.rollbacks.min(16)
+    }
+
+    /// The largest radius growth may reach: `max_radius` / 2ⁿ after n rollbacks, not below
+    /// `min_radius`.
+    fn ceiling(&self) -> f64 {
+        let halved = self.config.max_radius / f64::from(self.patience());
+        halved.max(self.config.min_radius)
     }
 }
 

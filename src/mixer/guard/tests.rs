@@ -91,7 +91,8 @@ fn radius_grows_on_progress_and_a_worse_target_rolls_back() {
 }
 
 /// After a rollback the guard remembers: the recovery window neither grows the radius nor
-/// enters the trend, and the radius doubles only after 2ⁿ trusted windows in a row.
+/// enters the trend, and the radius doubles only after 2ⁿ trusted windows in a row, up to
+/// max_radius / 2ⁿ.
 #[test]
 fn after_a_rollback_growth_needs_a_longer_streak() {
     let mut g = guard(GuardConfig::default());
@@ -124,6 +125,14 @@ fn after_a_rollback_growth_needs_a_longer_streak() {
         assert_eq!(log.radius, 0.1);
     }
     assert_eq!(g.update(&stats(1.9)).unwrap().guard.unwrap().radius, 0.2);
+    // Two rollbacks: the radius never grows above max_radius / 4 again.
+    let mut loss = 1.9;
+    for _ in 0..12 {
+        loss -= 0.1;
+        let log = g.update(&stats(loss)).unwrap().guard.unwrap();
+        assert!(log.radius <= 0.25, "{}", log.radius);
+    }
+    assert_eq!(g.state.radius, 0.25);
 }
 
 /// Repeated rises shrink the radius to its floor, never below, and the mixture stays
