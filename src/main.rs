@@ -73,6 +73,10 @@ enum Command {
         /// and check every token of every shard.
         #[arg(long, conflicts_with = "train_bpe")]
         verify: bool,
+        /// Also write every source's splits as Megatron-LM indexed datasets under DIR
+        /// (DIR/NAME/train.bin/.idx and val.bin/.idx).
+        #[arg(long, value_name = "DIR", conflicts_with = "train_bpe")]
+        megatron: Option<PathBuf>,
     },
     /// Per-source validation loss of a run's newest checkpoint, or of a given checkpoint.
     Eval {
@@ -119,6 +123,10 @@ enum Command {
         /// With --use schedule: round each stage's step to a multiple of M.
         #[arg(long, value_name = "M", default_value_t = 1)]
         round_steps: usize,
+        /// With --format megatron: the DIR of `mixtrain prepare --megatron DIR`; each source
+        /// is then named by its prefix DIR/NAME/train.
+        #[arg(long, value_name = "DIR")]
+        data_prefix: Option<PathBuf>,
         /// Write to this file instead of printing.
         #[arg(long, short = 'o', value_name = "PATH")]
         out: Option<PathBuf>,
@@ -197,7 +205,8 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             train_bpe,
             tokenizer_out,
             verify,
-        } => prepare(config, train_bpe, tokenizer_out, verify),
+            megatron,
+        } => prepare(config, train_bpe, tokenizer_out, verify, megatron),
         Command::Eval { path, json } => {
             let report = mixtrain::evaluate::evaluate_path(&path)?;
             if json {
@@ -227,6 +236,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             what,
             steps,
             round_steps,
+            data_prefix,
             out,
         } => {
             let options = mixtrain::mixture_export::MixtureExport {
@@ -234,6 +244,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 what,
                 steps,
                 round_steps,
+                data_prefix,
             };
             let text = mixtrain::mixture_export::export_mixture(&run_dir, &options)?;
             match out {
@@ -324,11 +335,17 @@ fn prepare(
     train_bpe: Option<usize>,
     tokenizer_out: Option<PathBuf>,
     verify: bool,
+    megatron: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let cfg = Config::load(&config.config, &config.set)?;
     let Some(vocab) = train_bpe else {
         for line in mixtrain::prepare::prepare_sources(&cfg, verify)? {
             println!("{line}");
+        }
+        if let Some(dir) = megatron {
+            for line in mixtrain::prepare::export_megatron(&cfg, &dir)? {
+                println!("{line}");
+            }
         }
         return Ok(());
     };

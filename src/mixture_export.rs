@@ -59,10 +59,20 @@ pub struct MixtureExport {
     /// Round each stage's step to a multiple of this (levanter wants step × batch size to be
     /// a multiple of its `mixture_block_size`).
     pub round_steps: usize,
+    /// `--format megatron`: the directory `prepare --megatron` wrote; sources are named by
+    /// their prefixes DIR/NAME/train instead of their names.
+    pub data_prefix: Option<std::path::PathBuf>,
 }
 
 /// The run's mixture in `options.format`.
 pub fn export_mixture(run: &Path, options: &MixtureExport) -> Result<String> {
+    if options.data_prefix.is_some() && options.format != MixtureFormat::Megatron {
+        let message = format!(
+            "only --format megatron names data prefixes (got {:?})",
+            options.format
+        );
+        return Err(Error::value("--data-prefix", message.to_lowercase()));
+    }
     let trajectory = Trajectory::read(run)?;
     let exported = match options.what {
         MixtureUse::Final => Exported::Weights(trajectory.final_weights().to_vec()),
@@ -80,7 +90,19 @@ pub fn export_mixture(run: &Path, options: &MixtureExport) -> Result<String> {
         (MixtureFormat::Json, _) => json(names, &exported, options.what),
         (MixtureFormat::Toml, _) => toml(names, &exported, &header),
         (MixtureFormat::Levanter, _) => levanter(names, &exported, &header, by_step("levanter")?),
-        (MixtureFormat::Megatron, _) => megatron(names, &exported, &header, by_step("megatron")?),
+        (MixtureFormat::Megatron, _) => {
+            let by_step = by_step("megatron")?;
+            match &options.data_prefix {
+                Some(dir) => {
+                    let prefixes: Vec<String> = names
+                        .iter()
+                        .map(|n| dir.join(n).join("train").display().to_string())
+                        .collect();
+                    megatron(&prefixes, &exported, &header, by_step)
+                }
+                None => megatron(names, &exported, &header, by_step),
+            }
+        }
         (MixtureFormat::Nanotron, _) => nanotron(names, &exported, &header, by_step("nanotron")?),
         (MixtureFormat::Olmo, Exported::Weights(w)) => olmo(names, w, &header),
         (MixtureFormat::Hf, Exported::Weights(w)) => hf(names, w, &header),
@@ -256,8 +278,9 @@ fn data_path(names: &[String], weights: &[f64]) -> String {
 
 fn megatron(names: &[String], exported: &Exported, header: &str, _: bool) -> String {
     let mut out = format!(
-        "# {header}\n# Megatron-LM blend: replace each source name with the path prefix of its \
-         .bin/.idx files\n"
+        "# {header}\n# Megatron-LM blend: each source is named by the path prefix of its \
+         .bin/.idx files (`mixtrain prepare --megatron DIR` writes them; `--data-prefix DIR` \
+         names them here)\n"
     );
     match exported {
         Exported::Weights(w) => {

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::config::Config;
 use crate::data::{
     for_each_document, is_validation, load_sources_checked, load_target_sets, overlaps,
-    resolve_files, span_tokens, train_bpe, Overlap, Source, Tokenizer,
+    resolve_files, span_tokens, train_bpe, write_indexed, Overlap, Source, Tokenizer,
 };
 use crate::error::{IoContext, Result};
 
@@ -43,6 +43,40 @@ pub fn prepare_sources(config: &Config, verify: bool) -> Result<Vec<String>> {
         &tokenizer,
         &config.data.cache_dir,
     )?);
+    Ok(lines)
+}
+
+/// Writes every source's training and validation split as Megatron-LM indexed datasets,
+/// `DIR/NAME/train.{bin,idx}` and `DIR/NAME/val.{bin,idx}` (one sequence per document, its
+/// end-of-document token included); one line each. Sources are read from the cache that
+/// `prepare_sources` filled.
+pub fn export_megatron(config: &Config, dir: &Path) -> Result<Vec<String>> {
+    let tokenizer = Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
+    let sources = load_sources_checked(&config.data, &tokenizer, false)?;
+    let mut lines = Vec::new();
+    for source in &sources {
+        let out = dir.join(&source.name);
+        std::fs::create_dir_all(&out).at(&out)?;
+        for (split, stream) in [("train", &source.train), ("val", &source.val)] {
+            let prefix = out.join(split);
+            let written = write_indexed(stream, tokenizer.eod(), tokenizer.vocab_size(), &prefix)?;
+            lines.push(format!(
+                "{} {split}: {} documents, {} tokens in {}.bin/.idx (Megatron-LM indexed dataset)",
+                source.name,
+                written.documents,
+                written.tokens,
+                prefix.display()
+            ));
+        }
+    }
+    lines.push(format!(
+        "train on them in Megatron-LM with --tokenizer-type NullTokenizer --vocab-size {} (the \
+         end-of-document token is {}); `mixtrain mixture RUN --format megatron --data-prefix {}` \
+         prints the blend over these prefixes",
+        tokenizer.vocab_size(),
+        tokenizer.eod(),
+        dir.display()
+    ));
     Ok(lines)
 }
 

@@ -265,3 +265,180 @@ fn schedule_replays_a_run_by_fraction_of_training() {
         );
     }
 }
+
+/// megatron-core's own reader of indexed datasets (`IndexedDataset`, from the pinned wheel on
+/// PyPI, torch stubbed: reading never calls it) prints what it reads at PREFIX as JSON.
+const MEGATRON_READ: &str = r#"
+import importlib.util, json, sys, types
+root, prefix = sys.argv[1], sys.argv[2]
+torch = types.ModuleType("torch")
+torch.utils = types.SimpleNamespace(data=types.SimpleNamespace(Dataset=object))
+torch.__getattr__ = lambda name: object  # type annotations such as torch.Tensor
+sys.modules["torch"] = torch
+for name in ["megatron", "megatron.core", "megatron.core.datasets"]:
+    module = types.ModuleType(name)
+    module.__path__ = []
+    sys.modules[name] = module
+msc = types.ModuleType("megatron.core.msc_utils")
+msc.MultiStorageClientFeature = types.SimpleNamespace(is_enabled=lambda: False)
+sys.modules["megatron.core.msc_utils"] = msc
+utils = types.ModuleType("megatron.core.utils")
+utils.log_single_rank = lambda *args, **kwargs: None
+sys.modules["megatron.core.utils"] = utils
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, f"{root}/{path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+load("megatron.core.datasets.object_storage_utils", "megatron/core/datasets/object_storage_utils.py")
+indexed = load("megatron.core.datasets.indexed_dataset", "megatron/core/datasets/indexed_dataset.py")
+data = indexed.IndexedDataset(prefix)
+print(json.dumps({
+    "sequences": [data[i].tolist() for i in range(len(data))],
+    "document_indices": data.document_indices.tolist(),
+    "dtype": str(data.index.dtype.__name__),
+}))
+"#;
+
+/// The two files of megatron-core 0.16.1 the reader needs, extracted once under target/.
+fn megatron_core() -> std::path::PathBuf {
+    let root = crate::common::repo().join("target/test-wheels/megatron-core-0.16.1");
+    if root
+        .join("megatron/core/datasets/indexed_dataset.py")
+        .is_file()
+    {
+        return root;
+    }
+    let wheels = root.parent().unwrap().to_path_buf();
+    let download = Command::new(python())
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-deps", "megatron-core==0.16.1", "-d"])
+        .arg(&wheels)
+        .output()
+        .expect("pip runs");
+    assert!(
+        download.status.success(),
+        "pip download megatron-core (is PyPI reachable?): {}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    let extract = "import glob, sys, zipfile\n\
+        wheel = glob.glob(sys.argv[1] + '/megatron_core-0.16.1-*.whl')[0]\n\
+        names = ['megatron/core/datasets/indexed_dataset.py', \
+                 'megatron/core/datasets/object_storage_utils.py']\n\
+        zipfile.ZipFile(wheel).extractall(sys.argv[2], names)";
+    let out = Command::new(python())
+        .args(["-c", extract])
+        .arg(&wheels)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root
+}
+
+/// `prepare --megatron DIR` writes every source's splits as indexed datasets that
+/// megatron-core reads back as mixtrain's token streams, one sequence per document ending in
+/// the end-of-document token; `mixture --format megatron --data-prefix DIR` names them in
+/// the blend.
+#[test]
+fn megatron_datasets_read_by_megatron_core_and_named_in_the_blend() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = proxy_run(dir.path());
+    let data = dir.path().join("megatron");
+    let out = run_ok(
+        mixtrain()
+            .arg("prepare")
+            .arg(dir.path().join("config.toml"))
+            .arg("--megatron")
+            .arg(&data),
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let names = Trajectory::read(&run).unwrap().names;
+    let eod = 256;
+    for name in &names {
+        let entry = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: "))?.split(" in ").nth(1))
+            .unwrap_or_else(|| panic!("{name} in {stdout}"));
+        let (train, val) = crate::common::entry_tokens(Path::new(entry));
+        for (split, bytes) in [("train", train), ("val", val)] {
+            let prefix = data.join(name).join(split);
+            let out = Command::new(python())
+                .args(["-c", MEGATRON_READ])
+                .arg(megatron_core())
+                .arg(&prefix)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let sequences: Vec<Vec<u32>> =
+                serde_json::from_value(read["sequences"].clone()).unwrap();
+            let stream: Vec<u32> = bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+                .collect();
+            // Compared as a whole, reported by the first position that differs.
+            let read_back = sequences.concat();
+            let first_difference = read_back.iter().zip(&stream).position(|(a, b)| a != b);
+            assert_eq!(
+                (read_back.len(), first_difference),
+                (stream.len(), None),
+                "{name} {split}: megatron-core read another stream"
+            );
+            assert!(
+                sequences.iter().all(|s| s.last() == Some(&eod)),
+                "{name} {split}"
+            );
+            assert!(sequences.len() > 1, "{name} {split}");
+            let documents: Vec<usize> =
+                serde_json::from_value(read["document_indices"].clone()).unwrap();
+            assert_eq!(documents, (0..=sequences.len()).collect::<Vec<_>>());
+            assert_eq!(read["dtype"], "uint16");
+        }
+    }
+    let blend = export(
+        &run,
+        &[
+            "--format",
+            "megatron",
+            "--data-prefix",
+            data.to_str().unwrap(),
+        ],
+    );
+    let line = blend
+        .lines()
+        .find(|l| l.starts_with("--data-path"))
+        .unwrap();
+    let prefixes: Vec<&str> = line.split_whitespace().skip(2).step_by(2).collect();
+    assert_eq!(prefixes.len(), names.len(), "{line}");
+    for (prefix, name) in prefixes.iter().zip(&names) {
+        assert_eq!(Path::new(prefix), data.join(name).join("train"));
+        assert!(Path::new(&format!("{prefix}.idx")).is_file(), "{prefix}");
+    }
+    let refused = mixtrain()
+        .arg("mixture")
+        .arg(&run)
+        .args(["--format", "json", "--data-prefix", "x"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("--data-prefix"),
+        "{err}"
+    );
+}
