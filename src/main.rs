@@ -339,13 +339,8 @@ fn prepare(
 ) -> anyhow::Result<()> {
     let cfg = Config::load(&config.config, &config.set)?;
     let Some(vocab) = train_bpe else {
-        for line in mixtrain::prepare::prepare_sources(&cfg, verify)? {
+        for line in mixtrain::prepare::prepare_sources(&cfg, verify, megatron.as_deref())? {
             println!("{line}");
-        }
-        if let Some(dir) = megatron {
-            for line in mixtrain::prepare::export_megatron(&cfg, &dir)? {
-                println!("{line}");
-            }
         }
         return Ok(());
     };

@@ -91,17 +91,8 @@ pub fn export_mixture(run: &Path, options: &MixtureExport) -> Result<String> {
         (MixtureFormat::Toml, _) => toml(names, &exported, &header),
         (MixtureFormat::Levanter, _) => levanter(names, &exported, &header, by_step("levanter")?),
         (MixtureFormat::Megatron, _) => {
-            let by_step = by_step("megatron")?;
-            match &options.data_prefix {
-                Some(dir) => {
-                    let prefixes: Vec<String> = names
-                        .iter()
-                        .map(|n| dir.join(n).join("train").display().to_string())
-                        .collect();
-                    megatron(&prefixes, &exported, &header, by_step)
-                }
-                None => megatron(names, &exported, &header, by_step),
-            }
+            let prefixes = data_prefixes(names, options.data_prefix.as_deref())?;
+            megatron(&prefixes, &exported, &header, by_step("megatron")?)
         }
         (MixtureFormat::Nanotron, _) => nanotron(names, &exported, &header, by_step("nanotron")?),
         (MixtureFormat::Olmo, Exported::Weights(w)) => olmo(names, w, &header),
@@ -274,6 +265,28 @@ fn data_path(names: &[String], weights: &[f64]) -> String {
         .map(|(n, w)| format!("{} {n}", number(*w)))
         .collect();
     format!("--data-path {}", pairs.join(" "))
+}
+
+/// Each source's name, or its prefix DIR/NAME/train under `prepare --megatron DIR`, which
+/// must hold that source's index.
+fn data_prefixes(names: &[String], dir: Option<&Path>) -> Result<Vec<String>> {
+    let Some(dir) = dir else {
+        return Ok(names.to_vec());
+    };
+    let prefix = |name: &String| {
+        let prefix = dir.join(name).join("train");
+        if !prefix.with_extension("idx").is_file() {
+            let message = format!(
+                "{} has no {} (write it with `mixtrain prepare CONFIG --megatron {}`)",
+                dir.display(),
+                prefix.with_extension("idx").display(),
+                dir.display()
+            );
+            return Err(Error::value("--data-prefix", message));
+        }
+        Ok(prefix.display().to_string())
+    };
+    names.iter().map(prefix).collect()
 }
 
 fn megatron(names: &[String], exported: &Exported, header: &str, _: bool) -> String {

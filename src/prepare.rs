@@ -11,8 +11,13 @@ use crate::error::{IoContext, Result};
 
 /// Tokenises every source and target set into the cache; one line each saying where its
 /// shards are. The printed directory can be used as a source `path` (prepared shards). With
-/// `verify`, every input file is hashed again and every shard token checked.
-pub fn prepare_sources(config: &Config, verify: bool) -> Result<Vec<String>> {
+/// `verify`, every input file is hashed again and every shard token checked. With `megatron`,
+/// every source's splits are also written there as Megatron-LM indexed datasets.
+pub fn prepare_sources(
+    config: &Config,
+    verify: bool,
+    megatron: Option<&Path>,
+) -> Result<Vec<String>> {
     crate::fault::init()?;
     let tokenizer = Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
     let sources = load_sources_checked(&config.data, &tokenizer, verify)?;
@@ -43,18 +48,18 @@ pub fn prepare_sources(config: &Config, verify: bool) -> Result<Vec<String>> {
         &tokenizer,
         &config.data.cache_dir,
     )?);
+    if let Some(dir) = megatron {
+        lines.extend(export_megatron(&sources, &tokenizer, dir)?);
+    }
     Ok(lines)
 }
 
 /// Writes every source's training and validation split as Megatron-LM indexed datasets,
 /// `DIR/NAME/train.{bin,idx}` and `DIR/NAME/val.{bin,idx}` (one sequence per document, its
-/// end-of-document token included); one line each. Sources are read from the cache that
-/// `prepare_sources` filled.
-pub fn export_megatron(config: &Config, dir: &Path) -> Result<Vec<String>> {
-    let tokenizer = Tokenizer::from_spec(&config.data.tokenizer, config.data.eos_token.as_deref())?;
-    let sources = load_sources_checked(&config.data, &tokenizer, false)?;
+/// end-of-document token included); one line each.
+fn export_megatron(sources: &[Source], tokenizer: &Tokenizer, dir: &Path) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    for source in &sources {
+    for source in sources {
         let out = dir.join(&source.name);
         std::fs::create_dir_all(&out).at(&out)?;
         for (split, stream) in [("train", &source.train), ("val", &source.val)] {
@@ -152,13 +157,15 @@ fn report_key(sources: &[Source], sets: &[Source], n: usize, keep_one_in: usize)
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     hasher.update(format!("v1 span {n} keep 1 in {keep_one_in}\n"));
+    // The token counts too: a source given as prepared shards keeps its directory when the
+    // shards in it are replaced.
     for (role, list) in [("source", sources), ("set", sets)] {
         for s in list {
-            hasher.update(format!("{role} {}\n", s.dir.display()));
+            let (dir, train, val) = (s.dir.display(), s.train.len(), s.val.len());
+            hasher.update(format!("{role} {dir} {train} {val}\n"));
         }
     }
-    let digest = hasher.finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::fsutil::hex(&hasher.finalize()[..8])
 }
 
 fn read_report(path: &Path) -> Option<Vec<Overlap>> {

@@ -94,7 +94,7 @@ fn prepare(
         ));
     }
     let config = Config::from_toml_str(&text, "formats.toml", &[])?;
-    let lines = prepare_sources(&config, false)?;
+    let lines = prepare_sources(&config, false, None)?;
     Ok(lines
         .iter()
         .filter_map(|l| l.rsplit_once(" in ").map(|(_, dir)| PathBuf::from(dir)))

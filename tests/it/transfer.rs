@@ -333,18 +333,20 @@ fn megatron_core() -> std::path::PathBuf {
         names = ['megatron/core/datasets/indexed_dataset.py', \
                  'megatron/core/datasets/object_storage_utils.py']\n\
         zipfile.ZipFile(wheel).extractall(sys.argv[2], names)";
-    let out = Command::new(python())
-        .args(["-c", extract])
-        .arg(&wheels)
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_script(extract, &[wheels.as_os_str(), root.as_os_str()]);
     root
+}
+
+/// The stdout of the test venv's Python running `code` with `args`; its stderr on failure.
+fn python_script(code: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
+    let out = Command::new(python())
+        .args(["-c", code])
+        .args(args)
+        .output()
+        .expect("python runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    out.stdout
 }
 
 /// `prepare --megatron DIR` writes every source's splits as indexed datasets that
@@ -365,7 +367,7 @@ fn megatron_datasets_read_by_megatron_core_and_named_in_the_blend() {
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let names = Trajectory::read(&run).unwrap().names;
-    let eod = 256;
+    let (eod, reader) = (256, megatron_core());
     for name in &names {
         let entry = stdout
             .lines()
@@ -374,18 +376,8 @@ fn megatron_datasets_read_by_megatron_core_and_named_in_the_blend() {
         let (train, val) = crate::common::entry_tokens(Path::new(entry));
         for (split, bytes) in [("train", train), ("val", val)] {
             let prefix = data.join(name).join(split);
-            let out = Command::new(python())
-                .args(["-c", MEGATRON_READ])
-                .arg(megatron_core())
-                .arg(&prefix)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let out = python_script(MEGATRON_READ, &[reader.as_os_str(), prefix.as_os_str()]);
+            let read: serde_json::Value = serde_json::from_slice(&out).unwrap();
             let sequences: Vec<Vec<u32>> =
                 serde_json::from_value(read["sequences"].clone()).unwrap();
             let stream: Vec<u32> = bytes
@@ -430,15 +422,20 @@ fn megatron_datasets_read_by_megatron_core_and_named_in_the_blend() {
         assert_eq!(Path::new(prefix), data.join(name).join("train"));
         assert!(Path::new(&format!("{prefix}.idx")).is_file(), "{prefix}");
     }
-    let refused = mixtrain()
-        .arg("mixture")
-        .arg(&run)
-        .args(["--format", "json", "--data-prefix", "x"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && err.contains("--data-prefix"),
-        "{err}"
-    );
+    // Another format, or a directory `prepare --megatron` did not write: refused, named.
+    let refused = |format: &str, prefix: &Path| {
+        let out = mixtrain()
+            .arg("mixture")
+            .arg(&run)
+            .args(["--format", format, "--data-prefix"])
+            .arg(prefix)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--format {format}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("json", &data);
+    assert!(err.contains("--data-prefix"), "{err}");
+    let err = refused("megatron", dir.path());
+    assert!(err.contains("train.idx"), "{err}");
 }
