@@ -36,6 +36,8 @@ pub enum MixtureFormat {
     Nanotron,
     /// Hugging Face `datasets.interleave_datasets` (Python): names and probabilities.
     Hf,
+    /// torchtitan's Grain pipeline (Python): `DatasetMixConfig` of `WeightedDataset`s.
+    Torchtitan,
 }
 
 /// A static mixture, or stages as (fraction of training, step when `--steps` is given,
@@ -97,6 +99,7 @@ pub fn export_mixture(run: &Path, options: &MixtureExport) -> Result<String> {
         (MixtureFormat::Nanotron, _) => nanotron(names, &exported, &header, by_step("nanotron")?),
         (MixtureFormat::Olmo, Exported::Weights(w)) => olmo(names, w, &header),
         (MixtureFormat::Hf, Exported::Weights(w)) => hf(names, w, &header),
+        (MixtureFormat::Torchtitan, Exported::Weights(w)) => torchtitan(names, w, &header),
         (format, Exported::Stages(_)) => {
             let message = format!(
                 "--format {format:?} has no mixture schedule; use --use final or --use average"
@@ -382,6 +385,35 @@ fn hf(names: &[String], weights: &[f64], header: &str) -> String {
         quoted_names.join(", "),
         probabilities.join(", ")
     )
+}
+
+/// A function from each source's torchtitan dataset config to the mixture. torchtitan
+/// refuses weights ≤ 0 (and normalises the rest), so a source at weight 0 is left out.
+fn torchtitan(names: &[String], weights: &[f64], header: &str) -> String {
+    let mut out = format!(
+        "# {header}\n# torchtitan (Grain data pipeline, 2026): torchtitan.components.data.\
+         DatasetMixConfig; pass each source's dataset config (e.g. a SingleDatasetConfig) by \
+         name\nfrom torchtitan.components.data import DatasetMixConfig, WeightedDataset\n\n\n\
+         def mixtrain_mixture(datasets_by_name):\n    return DatasetMixConfig(\n        \
+         datasets=(\n"
+    );
+    for (n, w) in names.iter().zip(weights) {
+        let _ = match *w > 0.0 {
+            true => writeln!(
+                out,
+                "            WeightedDataset(dataset=datasets_by_name[{}], weight={}),",
+                quoted(n),
+                number(*w)
+            ),
+            false => writeln!(
+                out,
+                "            # {} left out: weight 0 (torchtitan requires weights > 0)",
+                quoted(n)
+            ),
+        };
+    }
+    out.push_str("        ),\n    )\n");
+    out
 }
 
 #[cfg(test)]

@@ -73,6 +73,35 @@ fn zip_weights(names: &serde_json::Value, weights: &serde_json::Value) -> Weight
     names.into_iter().zip(weights).collect()
 }
 
+/// torchtitan's `DatasetMixConfig` and `WeightedDataset` as its 2026 code declares them
+/// (frozen keyword-only dataclasses; `build` refuses a weight ≤ 0), standing in for the
+/// package; the export's function gets each source's name as its dataset.
+const TORCHTITAN_READS: &str = r#"
+import dataclasses, types
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WeightedDataset:
+    dataset: object
+    weight: float = 1.0
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetMixConfig:
+    datasets: tuple
+    def __post_init__(self):
+        if not self.datasets or any(d.weight <= 0 for d in self.datasets):
+            raise ValueError("DatasetMixConfig requires positive-weight datasets")
+data = types.ModuleType("torchtitan.components.data")
+data.WeightedDataset, data.DatasetMixConfig = WeightedDataset, DatasetMixConfig
+for name in ["torchtitan", "torchtitan.components"]:
+    sys.modules[name] = types.ModuleType(name)
+sys.modules["torchtitan.components.data"] = data
+scope = {}
+exec(text, scope)
+class EachName(dict):
+    def __missing__(self, name):
+        return name
+mix = scope["mixtrain_mixture"](EachName())
+result = {d.dataset: d.weight for d in mix.datasets}
+"#;
+
 /// Every format's static mixture parses back to the run's final and average weights,
 /// bit for bit.
 #[test]
@@ -109,6 +138,8 @@ fn static_exports_round_trip() {
             "scope = {}\nexec(text, scope)\nresult = [scope['names'], scope['probabilities']]",
         );
         assert_weights(&zip_weights(&hf[0], &hf[1]), names, &want, "hf");
+        let torchtitan = python_reads(&read("torchtitan"), TORCHTITAN_READS);
+        assert_weights(&weights_of(&torchtitan), names, &want, "torchtitan");
         let megatron = read("megatron");
         let line = megatron
             .lines()
