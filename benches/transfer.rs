@@ -6,7 +6,8 @@
 //! (`mixer.kind = "schedule"`, mapped by fraction of training). Each candidate then trains
 //! statically on the proxy and on the large model (d_model 256, 6 layers, d_ff 1024: 6.7×
 //! the proxy's parameters, LARGE_STEPS = 2 × PROXY_STEPS), beside the baselines uniform,
-//! proportional and temperature (τ = 0.5) and, as `online`, the mixer run directly on each
+//! proportional, temperature (τ = 0.5; `temperature-0.3`, `temperature-0.7`), BiMix's
+//! entropy seed (`entropy`) and, as `online`, the mixer run directly on each
 //! model. Prints per model: final target loss (mean ± sd), its difference to uniform and to
 //! the best baseline paired by seed, the first evaluated step reaching uniform's final target
 //! loss, the epochs the target source and the most repeated source went through, wall time;
@@ -22,7 +23,8 @@
 //! `all` (the mean over every source). `CORPUS=nine` adds Rust, Go, kernel docs and licence
 //! texts to the quickstart's five (`python3 data/nine/build.py` builds them once), so a
 //! held-out target has a neighbour of its own domain among the other eight. CANDIDATES: a subset of
-//! uniform,final,average,schedule,online,proportional,temperature (the default, in the
+//! uniform,final,average,schedule,online,proportional,temperature,temperature-0.3,
+//! temperature-0.7,entropy (the default, in the
 //! order they run: every seed's proxy runs first, then the large runs candidate by
 //! candidate, so an interrupted bench has whole rows). Runs are cached under
 //! target/transfer/ (a finished run is reused; an unfinished one resumes from its last
@@ -37,8 +39,18 @@ use mixtrain::config::{Config, InitSpec, MixerConfig, MixerKind, TargetSetConfig
 use mixtrain::train::{run, RunOptions};
 use mixtrain::trajectory::Trajectory;
 
-const ALL_CANDIDATES: &str = "uniform,final,average,schedule,online,proportional,temperature";
-const BASELINES: [&str; 3] = ["uniform", "proportional", "temperature"];
+const ALL_CANDIDATES: &str =
+    "uniform,final,average,schedule,online,proportional,temperature,temperature-0.3,temperature-0.7,entropy";
+/// The static mixtures that need no proxy: `temperature` is τ = 0.5, `entropy` BiMix's
+/// conditional-entropy seed.
+const BASELINES: [&str; 6] = [
+    "uniform",
+    "proportional",
+    "temperature",
+    "temperature-0.3",
+    "temperature-0.7",
+    "entropy",
+];
 
 struct Setup {
     base: Config,
@@ -166,6 +178,13 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
         "uniform" | "proportional" | "temperature" => {
             c.mixer.init = InitSpec::Named(candidate.into())
         }
+        "entropy" => c.mixer.init = InitSpec::Named("entropy:conditional".into()),
+        tau if tau.starts_with("temperature-") => {
+            c.mixer.init = InitSpec::Named("temperature".into());
+            c.mixer.temperature = tau["temperature-".len()..]
+                .parse()
+                .expect("temperature-TAU");
+        }
         "final" => c.mixer.init = from_proxy(true),
         "average" => c.mixer.init = from_proxy(false),
         "schedule" => {
@@ -182,7 +201,7 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
 fn run_dir(setup: &Setup, candidate: &str, model: Model, seed: u64) -> PathBuf {
     let mixer = format!("{:?}", setup.mixer).to_lowercase();
     let name = match candidate {
-        "uniform" | "proportional" | "temperature" => candidate.to_string(),
+        c if BASELINES.contains(&c) => candidate.to_string(),
         _ => format!("{mixer}-{candidate}"),
     };
     setup

@@ -112,7 +112,7 @@ pub struct MixerConfig {
     /// The static mixer uses its weights exactly as given.
     pub min_weight: Option<f64>,
     /// Exponent τ of `init = "temperature"` (p ∝ tokens^τ). Default 0.5.
-    pub(crate) temperature: f64,
+    pub temperature: f64,
     /// Initial mixture: "uniform", "proportional", "temperature", "file:PATH/mixture.json",
     /// or a table of weights by source name (`{ code = 2, prose = 1 }`, normalised).
     /// Default "uniform".
