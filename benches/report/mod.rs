@@ -112,6 +112,12 @@ fn replace_region(old: &str, region: &str, (begin, end): (&str, &str), topic: &s
             return format!("{}{region}{}", &old[..b], &old[e + end.len()..]);
         }
     }
+    // A new region goes after the file's last region (a region's own text may hold "## "
+    // headings), else before its first hand-written section.
+    if let Some(at) = old.rfind(": end -->") {
+        let line_end = at + ": end -->".len();
+        return format!("{}\n\n{region}{}", &old[..line_end], &old[line_end..]);
+    }
     if let Some(at) = old.find("\n## ") {
         return format!("{}{region}\n\n{}", &old[..at + 1], &old[at + 1..]);
     }
