@@ -398,19 +398,19 @@ fn torchtitan(names: &[String], weights: &[f64], header: &str) -> String {
          datasets=(\n"
     );
     for (n, w) in names.iter().zip(weights) {
-        let _ = match *w > 0.0 {
-            true => writeln!(
-                out,
-                "            WeightedDataset(dataset=datasets_by_name[{}], weight={}),",
+        let line = if *w > 0.0 {
+            format!(
+                "WeightedDataset(dataset=datasets_by_name[{}], weight={}),",
                 quoted(n),
                 number(*w)
-            ),
-            false => writeln!(
-                out,
-                "            # {} left out: weight 0 (torchtitan requires weights > 0)",
+            )
+        } else {
+            format!(
+                "# {} left out: weight 0 (torchtitan requires weights > 0)",
                 quoted(n)
-            ),
+            )
         };
+        let _ = writeln!(out, "            {line}");
     }
     out.push_str("        ),\n    )\n");
     out
@@ -426,5 +426,14 @@ mod tests {
         assert_eq!(number(0.25), "0.25");
         assert_eq!(number(1e-7), "1.0e-7");
         assert_eq!(number(2.5e-7), "2.5e-7");
+    }
+
+    #[test]
+    fn torchtitan_leaves_out_a_source_at_weight_zero() {
+        let names = ["web".to_string(), "code".to_string()];
+        let text = torchtitan(&names, &[1.0, 0.0], "header");
+        assert!(text.contains("WeightedDataset(dataset=datasets_by_name[\"web\"], weight=1.0),"));
+        assert!(text.contains("# \"code\" left out: weight 0"));
+        assert!(!text.contains("datasets_by_name[\"code\"]"));
     }
 }
