@@ -266,6 +266,16 @@ const METHODS: &[Method] = &[
         name: "tikmix-m",
         apply: |c| c.mixer.kind = MixerKind::TikmixM,
     },
+    // The defaults before 2026-12-07: 12 candidates besides the K one-source mixtures, each
+    // measured on 16 target windows (now 4 on 4).
+    Method {
+        name: "tikmix-m-wide",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.val_sequences = 16;
+            c.mixer.tikmix_m.candidates = 12;
+        },
+    },
     // G_k from every traced step of each update's window (their mean).
     Method {
         name: "tikmix-m-probe-window",
@@ -274,7 +284,7 @@ const METHODS: &[Method] = &[
             c.mixer.tikmix_m.probe_steps = ProbeSteps::Window;
         },
     },
-    // 16 extra sequences of each source per update (the default before 2026-12-06).
+    // G_k from 16 extra sequences of each source per update (the default before 2026-12-06).
     Method {
         name: "tikmix-m-extra-passes",
         apply: |c| {

@@ -105,7 +105,7 @@ fn main() -> mixtrain::Result<()> {
         .unwrap_or(3);
     // (label, how it differs from the static mixer's config)
     type Variant = (&'static str, fn(&mut Config));
-    let all_variants: [Variant; 24] = [
+    let all_variants: [Variant; 25] = [
         ("static", |_| {}),
         // What a probed step's domain-homogeneous micro-batches cost by themselves: 16
         // sequences as ~5 micro-batches of 3 (gradient accumulation, no probe).
@@ -170,6 +170,12 @@ fn main() -> mixtrain::Result<()> {
         // The default: G_k from the traced step before each update (other sources by extra
         // passes).
         ("tikmix-m", |c| c.mixer.kind = MixerKind::TikmixM),
+        // The defaults before 2026-12-07: 12 candidates measured on 16 windows.
+        ("tikmix-m/wide", |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.val_sequences = 16;
+            c.mixer.tikmix_m.candidates = 12;
+        }),
         // G_k from every traced step of the update's window.
         ("tikmix-m/probe-window", |c| {
             c.mixer.kind = MixerKind::TikmixM;

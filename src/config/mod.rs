@@ -151,6 +151,16 @@ fn refuse_moved_keys(table: &toml::Table, file: &str) -> Result<()> {
     let Some(mixer) = table.get("mixer").and_then(toml::Value::as_table) else {
         return Ok(());
     };
+    let tikmix_m = mixer.get("tikmix-m").and_then(toml::Value::as_table);
+    if tikmix_m.is_some_and(|t| t.contains_key("val_batches")) {
+        return Err(Error::ConfigParse {
+            file: file.to_string(),
+            message: "mixer.tikmix-m.val_batches: replaced by mixer.tikmix-m.val_sequences, the \
+                      target windows each candidate is measured on (val_batches = 1 was 16 of \
+                      them at the quickstart's batch size)"
+                .into(),
+        });
+    }
     match crate::mixer::MOVED_TO_MIXER_SECTIONS
         .iter()
         .find(|key| mixer.contains_key(**key))

@@ -73,8 +73,8 @@ pub(crate) struct VirtualStepSpec {
     pub(crate) from_probe: bool,
     /// Sequences of each source behind G_k (extra passes).
     pub(crate) samples_per_source: usize,
-    /// Fresh validation batches (of train.batch_size sequences) ΔL_val is measured on.
-    pub(crate) val_batches: usize,
+    /// Fresh random windows of the target ΔL_val is measured on (the same for every candidate).
+    pub(crate) val_sequences: usize,
     /// The virtual step is θ − scale · lr · P ⊙ Σ_k w_k G_k.
     pub(crate) scale: f64,
     /// P = the preconditioner AdamW would apply next (else 1).

@@ -43,10 +43,14 @@ pub struct TikMixMConfig {
     /// Sequences of each source behind G_k with `gradients = "extra-passes"` (and for a
     /// source no probed step drew). Default 16.
     pub(crate) samples_per_source: usize,
-    /// Fresh validation batches on which each candidate's ΔL_val is measured. Default 1.
-    pub(crate) val_batches: usize,
-    /// Dirichlet candidates measured per update, besides the K one-source mixtures. Default 12.
-    pub(crate) candidates: usize,
+    /// Random windows of the target on which ΔL_val is measured: fresh at every update, the
+    /// same for all of its candidates, so their differences are paired. Default 3 (16 before
+    /// 2026-12-07): with 3 candidates, a tenth of the forward passes' work
+    /// (docs/results/mixing.md).
+    pub val_sequences: usize,
+    /// Dirichlet candidates measured per update, besides the K one-source mixtures. Default 3
+    /// (12 before 2026-12-07).
+    pub candidates: usize,
     /// Dirichlet concentration c around the current mixture p: w ~ Dir(c · p). Default 20.
     pub(crate) concentration: f64,
     /// The virtual step is θ − scale · lr · P ⊙ g, g = Σ_k w_k G_k, lr = the schedule's current
@@ -76,8 +80,8 @@ impl Default for TikMixMConfig {
             probe_steps: ProbeSteps::Last,
             gradient_memory_mb: 4096,
             samples_per_source: 16,
-            val_batches: 1,
-            candidates: 12,
+            val_sequences: 3,
+            candidates: 3,
             concentration: 20.0,
             step_scale: 10.0,
             precondition: false,
@@ -140,7 +144,7 @@ impl TikMixMConfig {
     pub(crate) fn validate(&self) -> crate::Result<()> {
         at_least_one("mixer.tikmix-m.gradient_memory_mb", self.gradient_memory_mb)?;
         at_least_one("mixer.tikmix-m.samples_per_source", self.samples_per_source)?;
-        at_least_one("mixer.tikmix-m.val_batches", self.val_batches)?;
+        at_least_one("mixer.tikmix-m.val_sequences", self.val_sequences)?;
         at_least_one("mixer.tikmix-m.candidates", self.candidates)?;
         positive("mixer.tikmix-m.concentration", self.concentration)?;
         positive("mixer.tikmix-m.step_scale", self.step_scale)?;
@@ -250,7 +254,7 @@ impl Mixer for TikMixM {
             virtual_step: Some(VirtualStepSpec {
                 from_probe: self.config.gradients == InfluenceFrom::Probe,
                 samples_per_source: self.config.samples_per_source,
-                val_batches: self.config.val_batches,
+                val_sequences: self.config.val_sequences,
                 scale: self.config.step_scale,
                 precondition: self.config.precondition,
             }),

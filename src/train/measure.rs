@@ -193,7 +193,7 @@ impl<B: TrainBackend> Session<B> {
 
     /// ΔL_val(w) = L_val(θ − scale · lr · P ⊙ Σ_k w_k G_k) − L_val(θ) for each candidate w
     /// (TiKMiX-M) from the sources' `gradients` G_k: forward passes only, every candidate on
-    /// the same fresh validation batches of the target. Distributed, each rank evaluates its
+    /// the same `val_sequences` fresh validation windows of the target. Distributed, each rank evaluates its
     /// rows of the validation batches.
     pub(crate) fn virtual_step_deltas(
         &mut self,
@@ -207,32 +207,36 @@ impl<B: TrainBackend> Session<B> {
             &self.batches.sources,
             &self.batches.target_sets,
         );
+        // `val_sequences` windows in batches of at most train.batch_size: (batch, its size).
         let batch_size = self.config.train.batch_size;
-        let alone = self.reducer.is_alone();
-        let mine = self.my_rows(batch_size);
-        let batches: Vec<_> = (0..spec.val_batches)
-            .map(|_| {
-                let batch =
-                    self.batches
-                        .sampler
-                        .probe_batch_share(&streams, batch_size, mine.clone());
-                (!batch.is_empty())
-                    .then(|| Self::batch_tensors::<B::InnerBackend>(&batch, &self.device))
-            })
+        let sizes: Vec<usize> = (0..spec.val_sequences)
+            .step_by(batch_size)
+            .map(|start| batch_size.min(spec.val_sequences - start))
             .collect();
-        let tokens = batch_size * self.config.data.seq_len;
+        let alone = self.reducer.is_alone();
+        let mut batches = Vec::with_capacity(sizes.len());
+        for &n in &sizes {
+            let mine = self.my_rows(n);
+            let batch = self.batches.sampler.probe_batch_share(&streams, n, mine);
+            let tensors = (!batch.is_empty())
+                .then(|| Self::batch_tensors::<B::InnerBackend>(&batch, &self.device));
+            batches.push((tensors, n));
+        }
+        let seq_len = self.config.data.seq_len;
+        let sequences = spec.val_sequences as f64;
+        // The mean token loss over all the windows (each batch's mean weighted by its size).
         let mean_loss = |model: &Gpt<B::InnerBackend>| -> f64 {
-            let total: f64 = batches
+            batches
                 .iter()
-                .flatten()
-                .map(|(inputs, targets)| {
+                .filter_map(|(tensors, n)| tensors.as_ref().map(|t| (t, *n)))
+                .map(|((inputs, targets), n)| {
                     let losses = token_losses(model.forward(inputs.clone()), targets.clone());
-                    batch_mean(losses, tokens, alone)
+                    let mean = batch_mean(losses, n * seq_len, alone)
                         .into_scalar()
-                        .elem::<f64>()
+                        .elem::<f64>();
+                    mean * n as f64 / sequences
                 })
-                .sum();
-            total / batches.len() as f64
+                .sum()
         };
         let model = self.trainer.model.valid();
         let optim = spec.precondition.then_some(&self.trainer.optim);

@@ -113,6 +113,14 @@ fn config_errors_name_their_key() {
         ),
         (&["mixer.kind=tikmix_m"], "tikmix-m"),
         (
+            &["mixer.tikmix-m.val_batches=1"],
+            "mixer.tikmix-m.val_batches: replaced by mixer.tikmix-m.val_sequences",
+        ),
+        (
+            &["mixer.tikmix-m.val_sequences=0"],
+            "mixer.tikmix-m.val_sequences",
+        ),
+        (
             &["mixer.init=entropy:renyi"],
             "mixer.init: unknown mixture \"entropy:renyi\"",
         ),
