@@ -266,7 +266,7 @@ const METHODS: &[Method] = &[
         name: "tikmix-m",
         apply: |c| c.mixer.kind = MixerKind::TikmixM,
     },
-    // The defaults before 2026-12-07: 12 candidates besides the K one-source mixtures, each
+    // The earlier defaults: 12 candidates besides the K one-source mixtures, each
     // measured on 16 target windows (now 4 on 4).
     Method {
         name: "tikmix-m-wide",
@@ -274,6 +274,38 @@ const METHODS: &[Method] = &[
             c.mixer.kind = MixerKind::TikmixM;
             c.mixer.tikmix_m.val_sequences = 16;
             c.mixer.tikmix_m.candidates = 12;
+        },
+    },
+    // Between the two: the old 12 candidates on the new 3 windows, the new 3 on the old 16.
+    Method {
+        name: "tikmix-m-12-candidates",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.candidates = 12;
+        },
+    },
+    Method {
+        name: "tikmix-m-16-windows",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.val_sequences = 16;
+        },
+    },
+    // The same budget of window-forwards as the default, more windows and fewer candidates.
+    Method {
+        name: "tikmix-m-6-windows-2-candidates",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.val_sequences = 6;
+            c.mixer.tikmix_m.candidates = 2;
+        },
+    },
+    Method {
+        name: "tikmix-m-8-windows-1-candidate",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.val_sequences = 8;
+            c.mixer.tikmix_m.candidates = 1;
         },
     },
     // G_k from every traced step of each update's window (their mean).

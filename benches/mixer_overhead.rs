@@ -170,7 +170,7 @@ fn main() -> mixtrain::Result<()> {
         // The default: G_k from the traced step before each update (other sources by extra
         // passes).
         ("tikmix-m", |c| c.mixer.kind = MixerKind::TikmixM),
-        // The defaults before 2026-12-07: 12 candidates measured on 16 windows.
+        // The earlier defaults: 12 candidates measured on 16 windows.
         ("tikmix-m/wide", |c| {
             c.mixer.kind = MixerKind::TikmixM;
             c.mixer.tikmix_m.val_sequences = 16;

@@ -44,12 +44,14 @@ pub struct TikMixMConfig {
     /// source no probed step drew). Default 16.
     pub(crate) samples_per_source: usize,
     /// Random windows of the target on which ΔL_val is measured: fresh at every update, the
-    /// same for all of its candidates, so their differences are paired. Default 3 (16 before
-    /// 2026-12-07): with 3 candidates, a tenth of the forward passes' work
-    /// (docs/results/mixing.md).
+    /// same for all of its candidates, so their differences are paired. Default 3 (earlier
+    /// versions: 16). An update costs 1 + K + `candidates` forward passes of this many
+    /// windows: at 3 and 3 a tenth of the earlier 16 and 12, so a step is ~1.1× a static one
+    /// instead of ~1.6×, at a price in mixing where the target is one source (one-source
+    /// `man`, 3 seeds: −0.138 vs −0.190 nats against uniform; docs/results/mixing.md).
     pub val_sequences: usize,
     /// Dirichlet candidates measured per update, besides the K one-source mixtures. Default 3
-    /// (12 before 2026-12-07).
+    /// (earlier versions: 12).
     pub candidates: usize,
     /// Dirichlet concentration c around the current mixture p: w ~ Dir(c · p). Default 20.
     pub(crate) concentration: f64,

@@ -240,17 +240,27 @@ impl<B: TrainBackend> Session<B> {
         };
         let model = self.trainer.model.valid();
         let optim = spec.precondition.then_some(&self.trainer.optim);
-        // [L(θ), L(θ_1), …, L(θ_C)]: the stepped models built a lane's worth at a time and
-        // forwarded side by side (`passes`; each forward's bits do not depend on it), summed
-        // over ranks before the differences are taken.
+        // [L(θ), L(θ_1), …, L(θ_C)]: θ and the stepped models built a lane's worth at a time
+        // and forwarded side by side (`passes`; each forward's bits do not depend on it),
+        // summed over ranks before the differences are taken.
         let lanes = <B::InnerBackend as ExecPolicy>::concurrent_passes().max(1);
-        let mut losses = vec![mean_loss(&model)];
-        for chunk in candidates.chunks(lanes) {
-            let stepped: Vec<Gpt<B::InnerBackend>> = chunk
+        let indices: Vec<usize> = (0..=candidates.len()).collect();
+        let mut losses = Vec::with_capacity(indices.len());
+        for chunk in indices.chunks(lanes) {
+            let models: Vec<Gpt<B::InnerBackend>> = chunk
                 .iter()
-                .map(|w| virtual_step(model.clone(), gradients, w, spec.scale * lr, optim))
+                .map(|&i| match i {
+                    0 => model.clone(),
+                    i => virtual_step(
+                        model.clone(),
+                        gradients,
+                        &candidates[i - 1],
+                        spec.scale * lr,
+                        optim,
+                    ),
+                })
                 .collect();
-            losses.extend(forward_passes::<B::InnerBackend, _, _, _>(&stepped, |m| {
+            losses.extend(forward_passes::<B::InnerBackend, _, _, _>(&models, |m| {
                 mean_loss(m)
             }));
         }
