@@ -51,6 +51,14 @@ struct Method {
     apply: fn(&mut Config),
 }
 
+/// TiKMiX-M measuring each update's `candidates` (besides the K one-source mixtures) on
+/// `windows` target windows.
+fn tikmix_m_budget(c: &mut Config, windows: usize, candidates: usize) {
+    c.mixer.kind = MixerKind::TikmixM;
+    c.mixer.tikmix_m.val_sequences = windows;
+    c.mixer.tikmix_m.candidates = candidates;
+}
+
 const STATIC_BASELINES: &[&str] = &["uniform", "proportional", "temperature"];
 
 const METHODS: &[Method] = &[
@@ -266,47 +274,29 @@ const METHODS: &[Method] = &[
         name: "tikmix-m",
         apply: |c| c.mixer.kind = MixerKind::TikmixM,
     },
-    // The earlier defaults: 12 candidates besides the K one-source mixtures, each
-    // measured on 16 target windows (now 4 on 4).
+    // The earlier defaults: 12 candidates besides the K one-source mixtures, each measured
+    // on 16 target windows (now 3 on 3).
     Method {
         name: "tikmix-m-wide",
-        apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.val_sequences = 16;
-            c.mixer.tikmix_m.candidates = 12;
-        },
+        apply: |c| tikmix_m_budget(c, 16, 12),
     },
     // Between the two: the old 12 candidates on the new 3 windows, the new 3 on the old 16.
     Method {
         name: "tikmix-m-12-candidates",
-        apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.candidates = 12;
-        },
+        apply: |c| tikmix_m_budget(c, 3, 12),
     },
     Method {
         name: "tikmix-m-16-windows",
-        apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.val_sequences = 16;
-        },
+        apply: |c| tikmix_m_budget(c, 16, 3),
     },
-    // The same budget of window-forwards as the default, more windows and fewer candidates.
+    // About the default's window-forwards per update, more windows and fewer candidates.
     Method {
         name: "tikmix-m-6-windows-2-candidates",
-        apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.val_sequences = 6;
-            c.mixer.tikmix_m.candidates = 2;
-        },
+        apply: |c| tikmix_m_budget(c, 6, 2),
     },
     Method {
         name: "tikmix-m-8-windows-1-candidate",
-        apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.val_sequences = 8;
-            c.mixer.tikmix_m.candidates = 1;
-        },
+        apply: |c| tikmix_m_budget(c, 8, 1),
     },
     // G_k from every traced step of each update's window (their mean).
     Method {

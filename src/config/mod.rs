@@ -145,8 +145,9 @@ impl Config {
     }
 }
 
-/// Keys that moved out of `[mixer]` into the probing mixers' sections: an error that says
-/// where they went (serde's would only list the keys `[mixer]` accepts now).
+/// Keys that moved out of `[mixer]` into the probing mixers' sections, or were renamed
+/// (`mixer.tikmix-m.val_batches`): an error that says where they went (serde's would only
+/// list the keys the section accepts now).
 fn refuse_moved_keys(table: &toml::Table, file: &str) -> Result<()> {
     let Some(mixer) = table.get("mixer").and_then(toml::Value::as_table) else {
         return Ok(());

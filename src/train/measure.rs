@@ -193,8 +193,8 @@ impl<B: TrainBackend> Session<B> {
 
     /// ΔL_val(w) = L_val(θ − scale · lr · P ⊙ Σ_k w_k G_k) − L_val(θ) for each candidate w
     /// (TiKMiX-M) from the sources' `gradients` G_k: forward passes only, every candidate on
-    /// the same `val_sequences` fresh validation windows of the target. Distributed, each rank evaluates its
-    /// rows of the validation batches.
+    /// the same `val_sequences` fresh validation windows of the target. Distributed, each rank
+    /// evaluates its rows of the validation batches.
     pub(crate) fn virtual_step_deltas(
         &mut self,
         spec: VirtualStepSpec,
