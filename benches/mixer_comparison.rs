@@ -107,6 +107,23 @@ const METHODS: &[Method] = &[
             c.mixer.guard.kind = GuardKind::TrustRegion;
         },
     },
+    // The evidence guard (`mixer.guard.kind = "evidence"`): the radius opens as the signal
+    // proves consistent.
+    Method {
+        name: "fastmix-evidence",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.guard.kind = GuardKind::Evidence;
+        },
+    },
+    Method {
+        name: "fastmix-lr1-evidence",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 1.0;
+            c.mixer.guard.kind = GuardKind::Evidence;
+        },
+    },
     Method {
         name: "tikmix-guarded",
         apply: |c| {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::TikMixMConfig;
 use super::{Ado, DoReMi, FastMix, Guard, Mixer, Odm, StaticMixer, TikMix, TikMixM, TrustRegion};
 use super::{AdoConfig, DoremiConfig, EntropyKind, FastMixConfig, OdmConfig, TikMixConfig};
-use super::{GuardConfig, GuardKind};
+use super::{EvidenceGuard, GuardConfig, GuardKind};
 use super::{ScheduleConfig, ScheduleMixer};
 pub use crate::data::ApplyMode;
 use crate::error::{Error, Result};
@@ -169,6 +169,9 @@ impl MixerConfig {
         let built: Box<dyn Mixer> = match self.guard.kind {
             GuardKind::TrustRegion if target_directed => {
                 Box::new(Guard::new(built, self.guard.clone()))
+            }
+            GuardKind::Evidence if target_directed => {
+                Box::new(EvidenceGuard::new(built, self.guard.clone()))
             }
             _ => built,
         };

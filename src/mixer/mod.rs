@@ -24,8 +24,8 @@ pub use config::{
 pub use doremi::{DoReMi, DoremiConfig, ExcessFrom};
 pub(crate) use entropy::{token_entropy, EntropyKind};
 pub use fastmix::{FastMix, FastMixConfig, SignalNorm};
-pub(crate) use guard::Guard;
-pub use guard::{GuardConfig, GuardKind, GuardLog};
+pub(crate) use guard::{EvidenceGuard, Guard};
+pub use guard::{EvidenceLog, GuardConfig, GuardKind, GuardLog, GuardReport};
 pub use init::{apply_floor, demix_mixture_file, normalise, resolve_init, softmax};
 pub use odm::{Odm, OdmConfig};
 pub(crate) use schedule::ScheduleMixer;
@@ -141,7 +141,7 @@ pub struct MixerUpdate {
     /// (signal name, value per source), e.g. ("s", ⟨g_val, g_k⟩).
     pub(crate) signal: Option<(&'static str, Vec<f64>)>,
     /// What the guard did at this update (`[mixer.guard]`).
-    pub(crate) guard: Option<GuardLog>,
+    pub(crate) guard: Option<GuardReport>,
 }
 
 pub(crate) trait Mixer: Send {

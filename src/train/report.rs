@@ -11,7 +11,7 @@ use super::session::{Session, StepReport};
 use crate::backend::TrainBackend;
 use crate::config::Config;
 use crate::error::Result;
-use crate::mixer::MixerUpdate;
+use crate::mixer::{GuardReport, MixerUpdate};
 use crate::mixture_file::{by_name, MixtureFile, MIXTURE_FILE};
 use crate::rundir::RunDir;
 
@@ -90,8 +90,13 @@ pub(super) fn add_mixer_fields(
     if let Some((signal, values)) = &update.signal {
         mixer.insert((*signal).into(), by_name(names, values.iter().copied()));
     }
-    if let Some(guard) = &update.guard {
-        mixer.insert("guard".into(), json!(guard));
+    if let Some(report) = &update.guard {
+        let mut guard = json!(report);
+        // The evidence guard's t statistics, by source name like the weights.
+        if let GuardReport::Evidence(log) = report {
+            guard["evidence"] = by_name(names, log.evidence.iter().copied());
+        }
+        mixer.insert("guard".into(), guard);
     }
     record.insert("mixer".into(), Value::Object(mixer));
 }

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::trust_region::{bounded_step, total_variation};
 use super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
-use crate::validate::{at_least_one, unit_closed_above};
+use crate::validate::{at_least_one, positive, unit_closed_above};
 
 /// ρ below −this: the target got worse beyond its noise; shrink and roll back.
 const SHRINK_BELOW: f64 = 0.25;
@@ -66,14 +66,19 @@ pub struct GuardConfig {
     pub max_radius: f64,
     /// Fixed validation windows of the target measured at each update (split evenly over the
     /// target's members, at least one each): a forward pass only. Default 16 (one batch of
-    /// the quickstart).
+    /// the quickstart). Trust-region only.
     pub windows: usize,
+    /// `kind = "evidence"`: the t statistic of the most consistent source above which the
+    /// radius starts doubling, one doubling per unit (evidence.rs). Default 2.5: about the
+    /// 90th percentile of the largest of 8 standard normals.
+    pub evidence: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GuardKind {
     TrustRegion,
+    Evidence,
     Off,
 }
 
@@ -85,6 +90,7 @@ impl Default for GuardConfig {
             min_radius: 0.025,
             max_radius: 1.0,
             windows: 16,
+            evidence: 2.5,
         }
     }
 }
@@ -99,6 +105,7 @@ impl GuardConfig {
         unit_closed_above("mixer.guard.min_radius", self.min_radius)?;
         unit_closed_above("mixer.guard.max_radius", self.max_radius)?;
         at_least_one("mixer.guard.windows", self.windows)?;
+        positive("mixer.guard.evidence", self.evidence)?;
         if !(self.min_radius <= self.radius && self.radius <= self.max_radius) {
             return Err(crate::Error::value(
                 "mixer.guard.radius",
@@ -147,7 +154,15 @@ struct Saved {
     guard: State,
 }
 
-/// What one update of the guard did (the `guard` object of the mixer in metrics.jsonl).
+/// What the guard did at one update: the `guard` object of the mixer in metrics.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum GuardReport {
+    TrustRegion(GuardLog),
+    Evidence(EvidenceLog),
+}
+
+/// What one update of the trust-region guard did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GuardLog {
     /// The target loss on the guard's fixed windows.
@@ -311,7 +326,7 @@ impl Mixer for Guard {
         Some(MixerUpdate {
             weights: st.applied.clone(),
             signal: proposal.and_then(|p| p.signal),
-            guard: Some(log),
+            guard: Some(GuardReport::TrustRegion(log)),
         })
     }
 
@@ -345,6 +360,10 @@ impl Mixer for Guard {
         Ok(())
     }
 }
+
+mod evidence;
+pub(crate) use evidence::EvidenceGuard;
+pub use evidence::EvidenceLog;
 
 #[cfg(test)]
 mod tests;

@@ -70,7 +70,7 @@ fn radius_grows_on_progress_and_a_worse_target_rolls_back() {
     assert!((tv(&g) - 0.1).abs() < 1e-12, "first update: within r0");
     g.update(&stats(2.9)).unwrap(); // the first decrease sets the trend
     assert!((tv(&g) - 0.1).abs() < 1e-12);
-    let log = g.update(&stats(2.8)).unwrap().guard.unwrap(); // ρ = 1: grow
+    let log = g.update(&stats(2.8)).unwrap().guard.unwrap().trust_region(); // ρ = 1: grow
     assert_eq!((log.radius, log.rolled_back), (0.2, false));
     assert!((tv(&g) - 0.2).abs() < 1e-12);
     g.update(&stats(2.7)).unwrap();
@@ -80,7 +80,7 @@ fn radius_grows_on_progress_and_a_worse_target_rolls_back() {
     let good = g.weights().to_vec();
     g.update(&stats(2.5)).unwrap(); // the bound was not active: the radius stays
     assert_eq!(g.state.radius, 0.8);
-    let log = g.update(&stats(2.6)).unwrap().guard.unwrap(); // rose by the whole trend
+    let log = g.update(&stats(2.6)).unwrap().guard.unwrap().trust_region(); // rose by the whole trend
     assert!(log.rolled_back && log.ratio.unwrap() < -SHRINK_BELOW);
     assert_eq!((log.radius, log.rollbacks), (0.4, 1));
     assert_eq!(g.weights(), &bounded_step(&g.anchor, &good, 0.4)[..]);
@@ -99,7 +99,7 @@ fn after_a_rollback_growth_needs_a_longer_streak() {
     for loss in [3.0, 2.9, 2.8] {
         g.update(&stats(loss)); // the third grows the radius to 0.2
     }
-    let log = g.update(&stats(2.9)).unwrap().guard.unwrap();
+    let log = g.update(&stats(2.9)).unwrap().guard.unwrap().trust_region();
     assert!(log.rolled_back);
     let trend = |g: &Guard| g.state.trend.unwrap();
     assert_eq!(log.radius, 0.1);
@@ -107,29 +107,47 @@ fn after_a_rollback_growth_needs_a_longer_streak() {
         (trend(&g) - 0.1).abs() < 1e-12,
         "a failed window is not trend"
     );
-    let log = g.update(&stats(2.6)).unwrap().guard.unwrap(); // the recovery: ρ = 3
+    let log = g.update(&stats(2.6)).unwrap().guard.unwrap().trust_region(); // the recovery: ρ = 3
     assert_eq!((log.radius, g.state.streak), (0.1, 0));
     assert!((trend(&g) - 0.1).abs() < 1e-12, "nor is the recovery");
-    let log = g.update(&stats(2.5)).unwrap().guard.unwrap();
+    let log = g.update(&stats(2.5)).unwrap().guard.unwrap().trust_region();
     assert_eq!(
         (log.radius, g.state.streak),
         (0.1, 1),
         "one of two trusted windows"
     );
-    let log = g.update(&stats(2.4)).unwrap().guard.unwrap();
+    let log = g.update(&stats(2.4)).unwrap().guard.unwrap().trust_region();
     assert_eq!((log.radius, g.state.streak), (0.2, 0));
     g.update(&stats(2.5)).unwrap(); // a second rollback: now four in a row are needed
     g.update(&stats(2.3)).unwrap();
     for loss in [2.2, 2.1, 2.0] {
-        let log = g.update(&stats(loss)).unwrap().guard.unwrap();
+        let log = g
+            .update(&stats(loss))
+            .unwrap()
+            .guard
+            .unwrap()
+            .trust_region();
         assert_eq!(log.radius, 0.1);
     }
-    assert_eq!(g.update(&stats(1.9)).unwrap().guard.unwrap().radius, 0.2);
+    assert_eq!(
+        g.update(&stats(1.9))
+            .unwrap()
+            .guard
+            .unwrap()
+            .trust_region()
+            .radius,
+        0.2
+    );
     // Two rollbacks: the radius never grows above max_radius / 4 again.
     let mut loss = 1.9;
     for _ in 0..12 {
         loss -= 0.1;
-        let log = g.update(&stats(loss)).unwrap().guard.unwrap();
+        let log = g
+            .update(&stats(loss))
+            .unwrap()
+            .guard
+            .unwrap()
+            .trust_region();
         assert!(log.radius <= 0.25, "{}", log.radius);
     }
     assert_eq!(g.state.radius, 0.25);
@@ -143,7 +161,12 @@ fn the_radius_never_leaves_its_bounds() {
     let mut loss = 3.0;
     for i in 0..40 {
         loss += if i % 2 == 0 { -0.1 } else { 0.08 };
-        let log = g.update(&stats(loss)).unwrap().guard.unwrap();
+        let log = g
+            .update(&stats(loss))
+            .unwrap()
+            .guard
+            .unwrap()
+            .trust_region();
         assert!(log.radius >= 0.025 - 1e-15 && log.radius <= 1.0);
         assert!(log.distance <= log.radius + 1e-12);
         assert!((g.weights().iter().sum::<f64>() - 1.0).abs() < 1e-12);
@@ -167,4 +190,13 @@ fn state_round_trips_and_an_unguarded_checkpoint_is_named() {
     let old = StaticMixer::new(vec![0.5, 0.5]).state();
     let err = h.restore(&old).unwrap_err();
     assert!(err.contains("mixer.guard.kind"), "{err}");
+}
+
+impl GuardReport {
+    fn trust_region(self) -> GuardLog {
+        match self {
+            GuardReport::TrustRegion(log) => log,
+            GuardReport::Evidence(_) => panic!("an evidence log from the trust-region guard"),
+        }
+    }
 }
