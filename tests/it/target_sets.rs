@@ -162,16 +162,16 @@ fn the_guard_bounds_the_mixture_and_logs_its_test() {
         );
     }
     assert!(guarded[1].1.as_ref().unwrap()["measured"].is_number());
-    // The evidence guard: the first update has no evidence yet (radius 0.1); every update logs
+    // The evidence guard: the first update has no evidence yet (radius `min_radius`); every update logs
     // a t statistic per source and stays within the radius it logs.
     let evidence = distances("evidence");
     assert_eq!(evidence.len(), 7, "{evidence:?}");
-    assert!((evidence[0].0 - 0.1).abs() < 1e-9, "{evidence:?}");
+    assert!((evidence[0].0 - 0.025).abs() < 1e-9, "{evidence:?}");
     for (tv, guard) in &evidence {
         let guard = guard.as_ref().expect("every update logs the evidence");
         let radius = guard["radius"].as_f64().unwrap();
         assert!(
-            *tv <= radius + 1e-9 && (0.1..=1.0).contains(&radius),
+            *tv <= radius + 1e-9 && (0.025..=1.0).contains(&radius),
             "{guard}"
         );
         let t = guard["evidence"].as_object().map_or(0, |t| t.len());

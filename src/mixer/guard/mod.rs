@@ -60,7 +60,8 @@ pub struct GuardConfig {
     /// Initial radius r: total variation ½ Σ |p_k − a_k| from the initial mixture a.
     /// Default 0.1.
     pub radius: f64,
-    /// The radius never shrinks below this. Default 0.025.
+    /// The radius never shrinks below this; with `kind = "evidence"`, the radius while there
+    /// is no evidence. Default 0.025.
     pub min_radius: f64,
     /// The radius never grows above this. Default 1 (no bound once trusted).
     pub max_radius: f64,
@@ -68,9 +69,10 @@ pub struct GuardConfig {
     /// target's members, at least one each): a forward pass only. Default 16 (one batch of
     /// the quickstart). Trust-region only.
     pub windows: usize,
-    /// `kind = "evidence"`: the t statistic of the most consistent source above which the
-    /// radius starts doubling, one doubling per unit (evidence.rs). Default 2.5: about the
-    /// 90th percentile of the largest of 8 standard normals.
+    /// `kind = "evidence"`: the t statistic of the most consistent source at which the radius
+    /// starts opening from `min_radius`; it reaches `max_radius` at twice this (evidence.rs).
+    /// Default 2.5: about the 90th percentile of the largest |t| of 8 sources with no real
+    /// difference.
     pub evidence: f64,
 }
 
