@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::super::trust_region::{bounded_step, total_variation};
 use super::super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
-use super::{GuardConfig, GuardReport};
+use super::{GuardConfig, GuardReport, Saved};
 
 pub(crate) struct EvidenceGuard {
     inner: Box<dyn Mixer>,
@@ -48,13 +48,6 @@ struct State {
     sums: Vec<f64>,
     squares: Vec<f64>,
     counts: Vec<u32>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    inner: serde_json::Value,
-    #[serde(flatten)]
-    guard: State,
 }
 
 /// What one update of the evidence guard did (`guard` in the `mixer` object of metrics.jsonl).
@@ -200,12 +193,13 @@ impl Mixer for EvidenceGuard {
     }
 
     fn restore(&mut self, value: &serde_json::Value) -> Result<(), String> {
-        let Saved { inner, guard } = serde_json::from_value(value.clone()).map_err(|e| {
-            format!(
-                "mixer state: {e} (a checkpoint continues only with the mixer.guard.kind it \
+        let Saved::<State> { inner, guard } =
+            serde_json::from_value(value.clone()).map_err(|e| {
+                format!(
+                    "mixer state: {e} (a checkpoint continues only with the mixer.guard.kind it \
                  was written with)"
-            )
-        })?;
+                )
+            })?;
         let k = self.anchor.len();
         if [guard.applied.len(), guard.sums.len(), guard.counts.len()] != [k, k, k] {
             return Err(format!(

@@ -148,12 +148,12 @@ struct State {
     recovering: bool,
 }
 
-/// A checkpoint's guard state: the inner mixer's beside the guard's own.
+/// A checkpoint's guard state (either guard's, `S`): the inner mixer's beside the guard's own.
 #[derive(Serialize, Deserialize)]
-struct Saved {
+struct Saved<S> {
     inner: serde_json::Value,
     #[serde(flatten)]
-    guard: State,
+    guard: S,
 }
 
 /// What the guard did at one update: the `guard` object of the mixer in metrics.jsonl.
@@ -341,7 +341,7 @@ impl Mixer for Guard {
     }
 
     fn restore(&mut self, value: &serde_json::Value) -> Result<(), String> {
-        let Saved {
+        let Saved::<State> {
             inner,
             guard: state,
         } = serde_json::from_value(value.clone()).map_err(|e| {
