@@ -17,6 +17,7 @@
 //!     cargo bench --bench transfer -- --out                      # one-source man, 3 seeds
 //!     SEEDS=1 CANDIDATES=uniform,final cargo bench --bench transfer
 //!     SCENARIO=all MIXER=tikmix cargo bench --bench transfer
+//!     MIXER_SETTINGS=lr1-guarded CANDIDATES=uniform,final cargo bench --bench transfer
 //!
 //! SCENARIO: `one-source` (TARGET, default `man`: the target is one training source),
 //! `held-out` (TARGET is removed from training and becomes a validation-only target set) or
@@ -35,7 +36,7 @@ mod report;
 
 use std::path::{Path, PathBuf};
 
-use mixtrain::config::{Config, InitSpec, MixerConfig, MixerKind, TargetSetConfig};
+use mixtrain::config::{Config, GuardKind, InitSpec, MixerConfig, MixerKind, TargetSetConfig};
 use mixtrain::train::{run, RunOptions};
 use mixtrain::trajectory::Trajectory;
 
@@ -56,6 +57,9 @@ struct Setup {
     base: Config,
     mixer: MixerKind,
     target: Vec<String>,
+    /// MIXER_SETTINGS: `defaults`, or `lr1-guarded` (fastmix `lr = 1` inside the trust-region
+    /// guard, the nine-source comparison's fastest setting where the target has a neighbour).
+    settings: String,
     root: PathBuf,
     proxy_steps: usize,
 }
@@ -128,6 +132,7 @@ fn setup() -> mixtrain::Result<Setup> {
         base,
         mixer,
         target,
+        settings: env_or("MIXER_SETTINGS", "defaults"),
         root,
         proxy_steps,
     })
@@ -191,15 +196,33 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
             c.mixer.kind = MixerKind::Schedule;
             c.mixer.schedule.from = Some(proxy_run);
         }
-        "online" => c.mixer.kind = setup.mixer,
+        "online" => {
+            c.mixer.kind = setup.mixer;
+            apply_settings(&mut c, &setup.settings);
+        }
         other => panic!("unknown candidate {other} ({ALL_CANDIDATES}); mixer {mixer_name}"),
     }
     c.run.out_dir = run_dir(setup, candidate, model, seed);
     c
 }
 
+/// The online mixer's settings other than its defaults (MIXER_SETTINGS).
+fn apply_settings(c: &mut Config, settings: &str) {
+    match settings {
+        "defaults" => {}
+        "lr1-guarded" => {
+            c.mixer.fastmix.lr = 1.0;
+            c.mixer.guard.kind = GuardKind::TrustRegion;
+        }
+        other => panic!("MIXER_SETTINGS={other}: expected defaults or lr1-guarded"),
+    }
+}
+
 fn run_dir(setup: &Setup, candidate: &str, model: Model, seed: u64) -> PathBuf {
-    let mixer = format!("{:?}", setup.mixer).to_lowercase();
+    let mut mixer = format!("{:?}", setup.mixer).to_lowercase();
+    if setup.settings != "defaults" {
+        mixer = format!("{mixer}-{}", setup.settings);
+    }
     let name = match candidate {
         c if BASELINES.contains(&c) => candidate.to_string(),
         _ => format!("{mixer}-{candidate}"),
@@ -293,9 +316,10 @@ fn main() -> mixtrain::Result<()> {
     let proxy_config = configure(&setup, "uniform", Model::Proxy, seeds[0]);
     let large_config = configure(&setup, "uniform", Model::Large, seeds[0]);
     say!(
-        "\n## {} · mixer {:?} · seeds {seeds:?}\n",
+        "\n## {} · mixer {:?} ({}) · seeds {seeds:?}\n",
         setup.root.file_name().unwrap().to_string_lossy(),
-        setup.mixer
+        setup.mixer,
+        setup.settings
     );
     say!(
         "proxy: {} steps, d_model {}, {} layers; large: {} steps, d_model {}, {} layers, d_ff {}",
@@ -310,20 +334,25 @@ fn main() -> mixtrain::Result<()> {
     print_table(Model::Proxy, &proxy, proxy_config.train.steps);
     print_table(Model::Large, &large, large_config.train.steps);
     print_rank_agreement(&proxy, &large, seeds.len());
-    // One results region per corpus and scenario.
+    // One results region per corpus, scenario and mixer settings.
     let case = setup
         .root
         .strip_prefix("target/transfer")
         .expect("under target/transfer");
+    let mut region = case.display().to_string();
+    if setup.settings != "defaults" {
+        region = format!("{region}/{}", setup.settings);
+    }
     report::finish_case(
         "transfer",
-        &case.display().to_string(),
+        &region,
         "transfer",
         &[
             "CORPUS",
             "SCENARIO",
             "TARGET",
             "MIXER",
+            "MIXER_SETTINGS",
             "SEEDS",
             "CANDIDATES",
             "PROXY_STEPS",
