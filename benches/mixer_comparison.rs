@@ -331,6 +331,16 @@ const METHODS: &[Method] = &[
             c.mixer.tikmix_m.gradients = InfluenceFrom::ExtraPasses;
         },
     },
+    // Extra passes with as few sequences per source as the probed step has at the uniform
+    // start (3 of 16): does the probe trail the extra passes for its sample size alone?
+    Method {
+        name: "tikmix-m-extra-passes-3",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.gradients = InfluenceFrom::ExtraPasses;
+            c.mixer.tikmix_m.samples_per_source = 3;
+        },
+    },
     Method {
         name: "odm",
         apply: |c| c.mixer.kind = MixerKind::Odm,

@@ -29,10 +29,11 @@ pub struct TikMixMConfig {
     pub gradients: InfluenceFrom,
     /// Which steps measure G_k with `gradients = "probe"`: "last" (the update's own step; a
     /// source it did not draw gets extra passes) or "window" (every step of the update's
-    /// window, G_k their mean). Default "last": over 3 seeds it mixed as well as the extra
-    /// passes (one-source `man` +0.007 ± 0.009 nats, `all` +0.004 ± 0.024), while the window's
-    /// older steps' gradients, taken at earlier parameters, cost +0.022 ± 0.023 on `man`
-    /// (docs/results/mixing.md), and a traced step costs more than a plain one.
+    /// window, G_k their mean). Default "last": a traced step costs ~1.45× a plain one, so
+    /// tracing the whole window would cost about that much. Its price: G_k rests on the ~3
+    /// sequences a source has in one step of 16, and at the default measurement budget it
+    /// trails the extra passes on one-source `man` by 0.060 ± 0.057 nats over 6 seeds (ahead
+    /// on `all` by 0.023 ± 0.031; docs/results/mixing.md).
     pub probe_steps: ProbeSteps,
     /// Memory the gradient copies may take at their peak, in MiB: K · params · 4 bytes per
     /// copy; one copy with `"extra-passes"`, 3 + 2 · lanes with `"probe"` (the window's sums,
@@ -42,7 +43,7 @@ pub struct TikMixMConfig {
     pub(crate) gradient_memory_mb: usize,
     /// Sequences of each source behind G_k with `gradients = "extra-passes"` (and for a
     /// source no probed step drew). Default 16.
-    pub(crate) samples_per_source: usize,
+    pub samples_per_source: usize,
     /// Random windows of the target on which ΔL_val is measured: fresh at every update, the
     /// same for all of its candidates, so their differences are paired. Default 3 (earlier
     /// versions: 16). An update costs 1 + K + `candidates` forward passes of this many
