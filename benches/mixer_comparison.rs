@@ -59,6 +59,13 @@ fn tikmix_m_budget(c: &mut Config, windows: usize, candidates: usize) {
     c.mixer.tikmix_m.candidates = candidates;
 }
 
+/// TiKMiX-M with G_k from `samples` extra sequences of each source per update.
+fn tikmix_m_extra_passes(c: &mut Config, samples: usize) {
+    c.mixer.kind = MixerKind::TikmixM;
+    c.mixer.tikmix_m.gradients = InfluenceFrom::ExtraPasses;
+    c.mixer.tikmix_m.samples_per_source = samples;
+}
+
 const STATIC_BASELINES: &[&str] = &["uniform", "proportional", "temperature"];
 
 const METHODS: &[Method] = &[
@@ -326,20 +333,13 @@ const METHODS: &[Method] = &[
     // G_k from 16 extra sequences of each source per update (the default before 2026-12-06).
     Method {
         name: "tikmix-m-extra-passes",
-        apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.gradients = InfluenceFrom::ExtraPasses;
-        },
+        apply: |c| tikmix_m_extra_passes(c, 16),
     },
     // Extra passes with as few sequences per source as the probed step has at the uniform
     // start (3 of 16): does the probe trail the extra passes for its sample size alone?
     Method {
         name: "tikmix-m-extra-passes-3",
-        apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.gradients = InfluenceFrom::ExtraPasses;
-            c.mixer.tikmix_m.samples_per_source = 3;
-        },
+        apply: |c| tikmix_m_extra_passes(c, 3),
     },
     Method {
         name: "odm",

@@ -57,9 +57,10 @@ struct Setup {
     base: Config,
     mixer: MixerKind,
     target: Vec<String>,
-    /// MIXER_SETTINGS: `defaults`, or `lr1-guarded` (fastmix `lr = 1` inside the trust-region
-    /// guard, the nine-source comparison's fastest setting where the target has a neighbour).
-    settings: String,
+    /// MIXER_SETTINGS other than `defaults`: `lr1-guarded` (fastmix `lr = 1` inside the
+    /// trust-region guard, the nine-source comparison's fastest setting where the target has
+    /// a neighbour). Names the runs and the results region.
+    settings: Option<String>,
     root: PathBuf,
     proxy_steps: usize,
 }
@@ -132,7 +133,7 @@ fn setup() -> mixtrain::Result<Setup> {
         base,
         mixer,
         target,
-        settings: env_or("MIXER_SETTINGS", "defaults"),
+        settings: mixer_settings(mixer),
         root,
         proxy_steps,
     })
@@ -198,7 +199,7 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
         }
         "online" => {
             c.mixer.kind = setup.mixer;
-            apply_settings(&mut c, &setup.settings);
+            apply_settings(&mut c, setup.settings.as_deref());
         }
         other => panic!("unknown candidate {other} ({ALL_CANDIDATES}); mixer {mixer_name}"),
     }
@@ -206,22 +207,28 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
     c
 }
 
-/// The online mixer's settings other than its defaults (MIXER_SETTINGS).
-fn apply_settings(c: &mut Config, settings: &str) {
-    match settings {
-        "defaults" => {}
-        "lr1-guarded" => {
-            c.mixer.fastmix.lr = 1.0;
-            c.mixer.guard.kind = GuardKind::TrustRegion;
-        }
+/// MIXER_SETTINGS, checked: `None` for `defaults`.
+fn mixer_settings(mixer: MixerKind) -> Option<String> {
+    match env_or("MIXER_SETTINGS", "defaults").as_str() {
+        "defaults" => None,
+        "lr1-guarded" if mixer == MixerKind::Fastmix => Some("lr1-guarded".into()),
+        "lr1-guarded" => panic!("MIXER_SETTINGS=lr1-guarded is a fastmix setting (MIXER)"),
         other => panic!("MIXER_SETTINGS={other}: expected defaults or lr1-guarded"),
+    }
+}
+
+/// The online mixer's settings other than its defaults (MIXER_SETTINGS).
+fn apply_settings(c: &mut Config, settings: Option<&str>) {
+    if settings == Some("lr1-guarded") {
+        c.mixer.fastmix.lr = 1.0;
+        c.mixer.guard.kind = GuardKind::TrustRegion;
     }
 }
 
 fn run_dir(setup: &Setup, candidate: &str, model: Model, seed: u64) -> PathBuf {
     let mut mixer = format!("{:?}", setup.mixer).to_lowercase();
-    if setup.settings != "defaults" {
-        mixer = format!("{mixer}-{}", setup.settings);
+    if let Some(settings) = &setup.settings {
+        mixer = format!("{mixer}-{settings}");
     }
     let name = match candidate {
         c if BASELINES.contains(&c) => candidate.to_string(),
@@ -319,7 +326,7 @@ fn main() -> mixtrain::Result<()> {
         "\n## {} · mixer {:?} ({}) · seeds {seeds:?}\n",
         setup.root.file_name().unwrap().to_string_lossy(),
         setup.mixer,
-        setup.settings
+        setup.settings.as_deref().unwrap_or("defaults")
     );
     say!(
         "proxy: {} steps, d_model {}, {} layers; large: {} steps, d_model {}, {} layers, d_ff {}",
@@ -340,8 +347,8 @@ fn main() -> mixtrain::Result<()> {
         .strip_prefix("target/transfer")
         .expect("under target/transfer");
     let mut region = case.display().to_string();
-    if setup.settings != "defaults" {
-        region = format!("{region}/{}", setup.settings);
+    if let Some(settings) = &setup.settings {
+        region = format!("{region}/{settings}");
     }
     report::finish_case(
         "transfer",
