@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 
 use mixtrain::config::{
     ApplyMode, Config, ExcessFrom, GuardKind, InfluenceFrom, InitSpec, MixerConfig, MixerKind,
-    ProbeSteps, SignalNorm, TargetSetConfig,
+    ProbeSteps, SignalNorm, TargetSetConfig, VirtualFrom,
 };
 use mixtrain::train::{run, RunOptions};
 
@@ -334,6 +334,16 @@ const METHODS: &[Method] = &[
     Method {
         name: "tikmix-m-extra-passes",
         apply: |c| tikmix_m_extra_passes(c, 16),
+    },
+    // Probed G_k with the virtual step from the parameters they were taken at (before the
+    // probed step's own optimizer step): does re-applying a step already taken on those very
+    // sequences cost the probe its mixing?
+    Method {
+        name: "tikmix-m-probed-params",
+        apply: |c| {
+            c.mixer.kind = MixerKind::TikmixM;
+            c.mixer.tikmix_m.virtual_from = VirtualFrom::Probed;
+        },
     },
     // Extra passes with as few sequences per source as the probed step has at the uniform
     // start (3 of 16): does the probe trail the extra passes for its sample size alone?

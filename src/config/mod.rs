@@ -25,7 +25,7 @@ pub use crate::mixer::{
     AdoConfig, ApplyMode, DoremiConfig, ExcessFrom, FastMixConfig, GradScope, GradStats,
     GuardConfig, GuardKind, InfluenceFrom, InfluenceNorm, InitSpec, MixerConfig, MixerKind,
     MixtureInit, OdmConfig, ProbeSteps, ScheduleConfig, SignalNorm, StageConfig, TikMixConfig,
-    TikMixMConfig,
+    TikMixMConfig, VirtualFrom,
 };
 pub use crate::model::{MlpKind, ModelConfig};
 pub use crate::target::{Target, TargetConfig, TargetSetConfig};

@@ -32,7 +32,7 @@ pub(crate) use schedule::ScheduleMixer;
 pub use schedule::{Interpolate, ScheduleConfig, StageConfig};
 pub(crate) use static_mixer::StaticMixer;
 pub use tikmix::{InfluenceFrom, InfluenceNorm, TikMix, TikMixConfig};
-pub use tikmix_m::{TikMixM, TikMixMConfig};
+pub use tikmix_m::{TikMixM, TikMixMConfig, VirtualFrom};
 pub(crate) use trust_region::TrustRegion;
 
 use crate::data::Source;
@@ -71,6 +71,9 @@ pub(crate) struct InfluenceSpec {
 pub(crate) struct VirtualStepSpec {
     /// G_k from the probed training steps of the update's window (traced), not extra passes.
     pub(crate) from_probe: bool,
+    /// The virtual step starts from the parameters before the last probed step's optimizer
+    /// step (`virtual_from = "probed"`), not the current ones.
+    pub(crate) from_probed_params: bool,
     /// Sequences of each source behind G_k (extra passes).
     pub(crate) samples_per_source: usize,
     /// Fresh random windows of the target ΔL_val is measured on (the same for every candidate).

@@ -35,6 +35,11 @@ pub struct TikMixMConfig {
     /// trails the extra passes on one-source `man` by 0.060 ± 0.057 nats over 6 seeds (ahead
     /// on `all` by 0.023 ± 0.031; docs/results/mixing.md).
     pub probe_steps: ProbeSteps,
+    /// Which parameters the virtual step starts from with `gradients = "probe"`: "updated"
+    /// (θ after the update's own optimizer step, as extra passes do) or "probed" (θ before
+    /// the last probed step's optimizer step: the parameters its G_k were taken at, so the
+    /// virtual step does not take again a step already applied to those very sequences).
+    pub virtual_from: VirtualFrom,
     /// Memory the gradient copies may take at their peak, in MiB: K · params · 4 bytes per
     /// copy; one copy with `"extra-passes"`, 3 + 2 · lanes with `"probe"` (the window's sums,
     /// the probed step's sum and the next pass added into it, and up to 2 · lanes passes'
@@ -81,6 +86,7 @@ impl Default for TikMixMConfig {
         TikMixMConfig {
             gradients: InfluenceFrom::Probe,
             probe_steps: ProbeSteps::Last,
+            virtual_from: VirtualFrom::Updated,
             gradient_memory_mb: 4096,
             samples_per_source: 16,
             val_sequences: 3,
@@ -145,6 +151,14 @@ impl TikMixMConfig {
     }
 
     pub(crate) fn validate(&self) -> crate::Result<()> {
+        if self.virtual_from == VirtualFrom::Probed && self.gradients == InfluenceFrom::ExtraPasses
+        {
+            return Err(crate::Error::value(
+                "mixer.tikmix-m.virtual_from",
+                "\"probed\" needs mixer.tikmix-m.gradients = \"probe\" (extra passes take G_k \
+                 at the updated parameters)",
+            ));
+        }
         at_least_one("mixer.tikmix-m.gradient_memory_mb", self.gradient_memory_mb)?;
         at_least_one("mixer.tikmix-m.samples_per_source", self.samples_per_source)?;
         at_least_one("mixer.tikmix-m.val_sequences", self.val_sequences)?;
@@ -162,6 +176,16 @@ impl TikMixMConfig {
         )?;
         unit_closed_above("mixer.tikmix-m.blend", self.blend)
     }
+}
+
+/// The parameters TiKMiX-M's virtual step starts from (`[mixer.tikmix-m] virtual_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VirtualFrom {
+    /// The parameters after the update's own optimizer step.
+    Updated,
+    /// The parameters before the last probed step's optimizer step (with probed G_k).
+    Probed,
 }
 
 /// One update's measurements: (candidate mixture, ΔL_val).
@@ -256,6 +280,8 @@ impl Mixer for TikMixM {
         StatsRequest {
             virtual_step: Some(VirtualStepSpec {
                 from_probe: self.config.gradients == InfluenceFrom::Probe,
+                from_probed_params: self.config.gradients == InfluenceFrom::Probe
+                    && self.config.virtual_from == VirtualFrom::Probed,
                 samples_per_source: self.config.samples_per_source,
                 val_sequences: self.config.val_sequences,
                 scale: self.config.step_scale,

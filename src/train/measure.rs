@@ -238,7 +238,13 @@ impl<B: TrainBackend> Session<B> {
                 })
                 .sum()
         };
-        let model = self.trainer.model.valid();
+        // From the parameters the probed G_k were taken at, if asked and a probed step of
+        // this update's window kept them; else the current ones.
+        let before = self.mixing.probe.before_probed_step.take();
+        let model = match before {
+            Some(before) if spec.from_probed_params => before,
+            _ => self.trainer.model.valid(),
+        };
         let optim = spec.precondition.then_some(&self.trainer.optim);
         // [L(θ), L(θ_1), …, L(θ_C)]: θ and the stepped models built a lane's worth at a time
         // and forwarded side by side (`passes`; each forward's bits do not depend on it),

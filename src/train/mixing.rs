@@ -43,6 +43,9 @@ pub(crate) struct ProbeState<B: burn::prelude::Backend> {
     pub(crate) kept: Option<(GradProbe, u32)>,
     /// TiKMiX-M's G_k measured so far for the next update (`gradients = "probe"`).
     pub(crate) gradients: Option<GradientWindow<B>>,
+    /// The parameters before the last probed step's optimizer step, for a virtual step from
+    /// them (`virtual_from = "probed"`); taken by the update right after that step.
+    pub(crate) before_probed_step: Option<Gpt<B>>,
 }
 
 impl<B: burn::prelude::Backend> Default for ProbeState<B> {
@@ -51,6 +54,7 @@ impl<B: burn::prelude::Backend> Default for ProbeState<B> {
             window: None,
             kept: None,
             gradients: None,
+            before_probed_step: None,
         }
     }
 }
@@ -212,6 +216,7 @@ impl<B: TrainBackend> MixingDriver<B> {
                 window: None,
                 kept: Some((probe, served)),
                 gradients: None,
+                before_probed_step: None,
             });
         };
         if sums.len() != sources {
@@ -226,6 +231,7 @@ impl<B: TrainBackend> MixingDriver<B> {
             window: Some(window),
             kept: None,
             gradients: None,
+            before_probed_step: None,
         })
     }
 }

@@ -159,6 +159,16 @@ impl<B: TrainBackend> Session<B> {
                 .probes_at(self.trainer.progress.step + 1, self.config.train.steps)
     }
 
+    /// Whether TiKMiX-M's virtual step starts from the parameters its probed G_k were taken
+    /// at (`virtual_from = "probed"`).
+    pub(super) fn virtual_step_from_probed_params(&self) -> bool {
+        self.mixing
+            .mixer
+            .needs()
+            .virtual_step
+            .is_some_and(|spec| spec.from_probed_params)
+    }
+
     /// A probed step's G_k from its raw per-source sums: source k's row scaled by
     /// W / Σ_{i∈k} w_i (δ carried each sequence's w_i / W), summed over ranks (each held
     /// its rows' share), added to the update's window. `weights` is (·, Σ_{i∈k} w_i) per
@@ -372,6 +382,73 @@ mod tests {
             let (step, separate, sizes) = step_and_separate::<B>(Default::default(), extra);
             assert_agree(&step, &separate, &sizes, what);
         }
+    }
+
+    /// A tikmix-m session on the quickstart updating after its first step, with `extra`.
+    fn updating_session(dir: &Path, extra: &str) -> Session<Autodiff<NdArray>> {
+        let sets = [
+            "mixer.kind=tikmix-m".to_string(),
+            "mixer.every=1".into(),
+            "mixer.warmup_steps=0".into(),
+            extra.to_string(),
+            format!("run.out_dir={}", dir.join("run").display()),
+        ];
+        let config = Config::load(Path::new("configs/quickstart.toml"), &sets).unwrap();
+        Session::build(config, Default::default()).unwrap()
+    }
+
+    /// With `virtual_from = "probed"` the update measures ΔL_val from the parameters before
+    /// the probed step's optimizer step: exactly what the default measures when the model is
+    /// put back to them after the step; and not what the default measures as it is.
+    #[test]
+    fn virtual_step_from_probed_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let probed = "mixer.tikmix-m.virtual_from=\"probed\"";
+        let mut from_probed = updating_session(dir.path(), probed);
+        let mut put_back = updating_session(dir.path(), "mixer.tikmix-m.virtual_from=\"updated\"");
+        let mut from_updated =
+            updating_session(dir.path(), "mixer.tikmix-m.virtual_from=\"updated\"");
+        let before = put_back.trainer.model.clone();
+        for session in [&mut from_probed, &mut put_back, &mut from_updated] {
+            let report = session.train_step().unwrap();
+            assert!(report.measured_gradients);
+        }
+        assert!(from_probed.mixing.probe.before_probed_step.is_some());
+        assert!(put_back.mixing.probe.before_probed_step.is_none());
+        put_back.trainer.model = before;
+        let signal = |session: &mut Session<Autodiff<NdArray>>| {
+            let update = session
+                .mixer_update(1e-3, None)
+                .unwrap()
+                .expect("an update");
+            update.signal.expect("ΔL of the one-source mixtures").1
+        };
+        let (a, b, c) = (
+            signal(&mut from_probed),
+            signal(&mut put_back),
+            signal(&mut from_updated),
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(
+            from_probed.mixing.probe.before_probed_step.is_none(),
+            "taken by the update"
+        );
+    }
+
+    /// `virtual_from = "probed"` needs probed G_k.
+    #[test]
+    fn virtual_from_probed_refused_with_extra_passes() {
+        let sets = [
+            "mixer.kind=tikmix-m".to_string(),
+            "mixer.tikmix-m.gradients=\"extra-passes\"".into(),
+            "mixer.tikmix-m.virtual_from=\"probed\"".into(),
+        ];
+        let error = Config::load(Path::new("configs/quickstart.toml"), &sets).unwrap_err();
+        assert!(
+            error.to_string().contains("mixer.tikmix-m.virtual_from"),
+            "{error}"
+        );
     }
 
     /// The same on wgpu (lavapipe in CI): the CubeCL `segment_accumulate` and the device

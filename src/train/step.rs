@@ -5,6 +5,7 @@
 //! counters). Before a mixer update whose mixer asks for
 //! ⟨g_val, g_k⟩ the step is probed and returns the measurement in its report.
 
+use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 
 use super::micro::{
@@ -148,10 +149,13 @@ impl<B: TrainBackend> Session<B> {
         let grads = self.reduce_step(grads, &mut sums, excess)?;
         let measured = sums.source_grads.take();
         let dots = sums.dots.clone();
+        let before = (measured.is_some() && self.virtual_step_from_probed_params())
+            .then(|| self.trainer.model.valid());
         let mut report =
             self.apply_step(&plan, grads, sums, probe.is_some(), excess, sampler_before)?;
         if let (Some(raw), None) = (measured, &report.skipped) {
             self.add_step_source_grads(raw, &dots, plan.weight_total)?;
+            self.mixing.probe.before_probed_step = before;
             report.measured_gradients = true;
         }
         Ok(report)
