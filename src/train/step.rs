@@ -153,6 +153,11 @@ impl<B: TrainBackend> Session<B> {
             .then(|| self.trainer.model.valid());
         let mut report =
             self.apply_step(&plan, grads, sums, probe.is_some(), excess, sampler_before)?;
+        // Only the window's last probed step decides (a skipped one leaves none), so a run
+        // resumed inside the window measures from the same parameters.
+        if source_grads {
+            self.mixing.probe.before_probed_step = None;
+        }
         if let (Some(raw), None) = (measured, &report.skipped) {
             self.add_step_source_grads(raw, &dots, plan.weight_total)?;
             self.mixing.probe.before_probed_step = before;
