@@ -53,10 +53,19 @@ struct Method {
 
 /// TiKMiX-M measuring each update's `candidates` (besides the K one-source mixtures) on
 /// `windows` target windows.
+/// These variants keep the virtual step from the updated parameters, as when they were
+/// measured (the default until 2026-12-07), so their cached runs stay what they are.
 fn tikmix_m_budget(c: &mut Config, windows: usize, candidates: usize) {
-    c.mixer.kind = MixerKind::TikmixM;
+    tikmix_m_virtual_from_updated(c);
     c.mixer.tikmix_m.val_sequences = windows;
     c.mixer.tikmix_m.candidates = candidates;
+}
+
+/// TiKMiX-M with probed G_k and the virtual step from the parameters after the update's
+/// optimizer step (the default until 2026-12-07).
+fn tikmix_m_virtual_from_updated(c: &mut Config) {
+    c.mixer.kind = MixerKind::TikmixM;
+    c.mixer.tikmix_m.virtual_from = Some(VirtualFrom::Updated);
 }
 
 /// TiKMiX-M with G_k from `samples` extra sequences of each source per update.
@@ -141,7 +150,7 @@ const METHODS: &[Method] = &[
     Method {
         name: "tikmix-m-guarded",
         apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
+            tikmix_m_virtual_from_updated(c);
             c.mixer.guard.kind = GuardKind::TrustRegion;
         },
     },
@@ -293,10 +302,16 @@ const METHODS: &[Method] = &[
         },
     },
     // The default: G_k from the traced step before each update (sources it did not draw:
-    // extra passes).
+    // extra passes), the virtual step from the parameters they were taken at.
     Method {
         name: "tikmix-m",
         apply: |c| c.mixer.kind = MixerKind::TikmixM,
+    },
+    // The same with the virtual step from the parameters after the update's own optimizer
+    // step (the default until 2026-12-07; its runs were cached as `tikmix-m` before).
+    Method {
+        name: "tikmix-m-virtual-updated",
+        apply: tikmix_m_virtual_from_updated,
     },
     // The earlier defaults: 12 candidates besides the K one-source mixtures, each measured
     // on 16 target windows (now 3 on 3).
@@ -326,7 +341,7 @@ const METHODS: &[Method] = &[
     Method {
         name: "tikmix-m-probe-window",
         apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
+            tikmix_m_virtual_from_updated(c);
             c.mixer.tikmix_m.probe_steps = ProbeSteps::Window;
         },
     },
@@ -334,16 +349,6 @@ const METHODS: &[Method] = &[
     Method {
         name: "tikmix-m-extra-passes",
         apply: |c| tikmix_m_extra_passes(c, 16),
-    },
-    // Probed G_k with the virtual step from the parameters they were taken at (before the
-    // probed step's own optimizer step): does re-applying a step already taken on those very
-    // sequences cost the probe its mixing?
-    Method {
-        name: "tikmix-m-probed-params",
-        apply: |c| {
-            c.mixer.kind = MixerKind::TikmixM;
-            c.mixer.tikmix_m.virtual_from = VirtualFrom::Probed;
-        },
     },
     // Extra passes with as few sequences per source as the probed step has at the uniform
     // start (3 of 16): does the probe trail the extra passes for its sample size alone?

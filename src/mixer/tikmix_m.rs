@@ -30,16 +30,20 @@ pub struct TikMixMConfig {
     /// Which steps measure G_k with `gradients = "probe"`: "last" (the update's own step; a
     /// source it did not draw gets extra passes) or "window" (every step of the update's
     /// window, G_k their mean). Default "last": a traced step costs ~1.45× a plain one, so
-    /// tracing the whole window would cost about that much. Its price: G_k rests on the ~3
-    /// sequences a source has in one step of 16, and at the default measurement budget it
-    /// trails the extra passes on one-source `man` by 0.060 ± 0.057 nats over 6 seeds (ahead
-    /// on `all` by 0.023 ± 0.031; docs/results/mixing.md).
+    /// tracing the whole window would cost about that much. Its G_k rest on the ~3 sequences
+    /// a source has in one step of 16; with `virtual_from = "probed"` it trails the extra
+    /// passes on one-source `man` by 0.021 ± 0.030 nats over 6 seeds and leads on `all` by
+    /// 0.019 ± 0.029 (docs/results/mixing.md).
     pub probe_steps: ProbeSteps,
-    /// Which parameters the virtual step starts from with `gradients = "probe"`: "updated"
-    /// (θ after the update's own optimizer step, as extra passes do) or "probed" (θ before
-    /// the last probed step's optimizer step: the parameters its G_k were taken at, so the
-    /// virtual step does not take again a step already applied to those very sequences).
-    pub virtual_from: VirtualFrom,
+    /// Which parameters the virtual step starts from: "probed" (θ before the last probed
+    /// step's optimizer step: the parameters its G_k were taken at, so the virtual step does
+    /// not take again a step just applied to those very sequences) or "updated" (θ after the
+    /// update's own optimizer step). Default: "probed" with `gradients = "probe"` (on
+    /// one-source `man`, 6 seeds, it closed two thirds of the probe's gap to extra passes),
+    /// "updated" with `"extra-passes"` (their G_k are taken there); "probed" with extra
+    /// passes is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_from: Option<VirtualFrom>,
     /// Memory the gradient copies may take at their peak, in MiB: K · params · 4 bytes per
     /// copy; one copy with `"extra-passes"`, 3 + 2 · lanes with `"probe"` (the window's sums,
     /// the probed step's sum and the next pass added into it, and up to 2 · lanes passes'
@@ -86,7 +90,7 @@ impl Default for TikMixMConfig {
         TikMixMConfig {
             gradients: InfluenceFrom::Probe,
             probe_steps: ProbeSteps::Last,
-            virtual_from: VirtualFrom::Updated,
+            virtual_from: None,
             gradient_memory_mb: 4096,
             samples_per_source: 16,
             val_sequences: 3,
@@ -109,6 +113,14 @@ impl TikMixMConfig {
             grad_stats: GradStats::SinglePass,
             probe_steps: self.probe_steps,
             gval_every: 1,
+        })
+    }
+
+    /// `virtual_from`, or its default for `gradients`.
+    pub(crate) fn virtual_step_from(&self) -> VirtualFrom {
+        self.virtual_from.unwrap_or(match self.gradients {
+            InfluenceFrom::Probe => VirtualFrom::Probed,
+            InfluenceFrom::ExtraPasses => VirtualFrom::Updated,
         })
     }
 
@@ -151,7 +163,8 @@ impl TikMixMConfig {
     }
 
     pub(crate) fn validate(&self) -> crate::Result<()> {
-        if self.virtual_from == VirtualFrom::Probed && self.gradients == InfluenceFrom::ExtraPasses
+        if self.virtual_from == Some(VirtualFrom::Probed)
+            && self.gradients == InfluenceFrom::ExtraPasses
         {
             return Err(crate::Error::value(
                 "mixer.tikmix-m.virtual_from",
@@ -280,8 +293,7 @@ impl Mixer for TikMixM {
         StatsRequest {
             virtual_step: Some(VirtualStepSpec {
                 from_probe: self.config.gradients == InfluenceFrom::Probe,
-                from_probed_params: self.config.gradients == InfluenceFrom::Probe
-                    && self.config.virtual_from == VirtualFrom::Probed,
+                from_probed_params: self.config.virtual_step_from() == VirtualFrom::Probed,
                 samples_per_source: self.config.samples_per_source,
                 val_sequences: self.config.val_sequences,
                 scale: self.config.step_scale,

@@ -115,3 +115,19 @@ fn restored_state_continues_identically() {
     assert_eq!(a.update(&stats(deltas(&ca))), b.update(&stats(deltas(&cb))));
     assert!(b.restore(&serde_json::json!({"base": [1.0]})).is_err());
 }
+
+/// The virtual step starts where its G_k were taken unless told otherwise: the probed step's
+/// parameters with probed G_k, the updated ones with extra passes.
+#[test]
+fn virtual_step_starts_where_the_gradients_were_taken() {
+    let mut config = TikMixMConfig::default();
+    assert_eq!(config.virtual_step_from(), VirtualFrom::Probed);
+    config.gradients = InfluenceFrom::ExtraPasses;
+    assert_eq!(config.virtual_step_from(), VirtualFrom::Updated);
+    config.validate().unwrap();
+    config.virtual_from = Some(VirtualFrom::Probed);
+    assert!(config.validate().is_err());
+    config.gradients = InfluenceFrom::Probe;
+    config.virtual_from = Some(VirtualFrom::Updated);
+    assert_eq!(config.virtual_step_from(), VirtualFrom::Updated);
+}
