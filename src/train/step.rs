@@ -149,18 +149,16 @@ impl<B: TrainBackend> Session<B> {
         let grads = self.reduce_step(grads, &mut sums, excess)?;
         let measured = sums.source_grads.take();
         let dots = sums.dots.clone();
-        let before = (measured.is_some() && self.virtual_step_from_probed_params())
+        let before = (source_grads && self.virtual_step_from_probed_params())
             .then(|| self.trainer.model.valid());
         let mut report =
             self.apply_step(&plan, grads, sums, probe.is_some(), excess, sampler_before)?;
-        // Only the window's last probed step decides (a skipped one leaves none), so a run
-        // resumed inside the window measures from the same parameters.
+        // The last probed step alone decides (none if skipped): a resumed window agrees.
         if source_grads {
-            self.mixing.probe.before_probed_step = None;
+            self.mixing.probe.before_probed_step = before.filter(|_| report.skipped.is_none());
         }
         if let (Some(raw), None) = (measured, &report.skipped) {
             self.add_step_source_grads(raw, &dots, plan.weight_total)?;
-            self.mixing.probe.before_probed_step = before;
             report.measured_gradients = true;
         }
         Ok(report)
