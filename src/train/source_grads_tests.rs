@@ -13,6 +13,17 @@ use crate::config::Config;
 use crate::data::Batch;
 use crate::model::token_losses;
 
+/// The tests that train hold this: burn's autodiff graph is behind one process-wide mutex,
+/// and a backward on a test's own thread that holds it while waiting for rayon (its matmul)
+/// deadlocks with another test's passes running backward inside rayon's workers.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn training() -> std::sync::MutexGuard<'static, ()> {
+    TRAINING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Each parameter's number of values, in module order.
 struct Sizes(Vec<usize>);
 
@@ -126,6 +137,7 @@ fn assert_agree(step: &[Option<Vec<f32>>], separate: &[Vec<f32>], sizes: &[usize
 /// gains) equals a separate backward of that source's sequences, to 1e-4 relative.
 #[test]
 fn step_gradients_equal_separate_backward_passes_per_source() {
+    let _training = training();
     type B = Autodiff<NdArray>;
     for (extra, what) in [
         (&[][..], "tied head, SwiGLU"),
@@ -158,6 +170,7 @@ fn updating_session(dir: &Path, extra: &str) -> Session<Autodiff<NdArray>> {
 /// put back to them after the step; and not what the default measures as it is.
 #[test]
 fn virtual_step_from_probed_parameters() {
+    let _training = training();
     let dir = tempfile::tempdir().unwrap();
     let probed = "mixer.tikmix-m.virtual_from=\"probed\"";
     let mut from_probed = updating_session(dir.path(), probed);
@@ -211,6 +224,7 @@ fn virtual_from_probed_refused_with_extra_passes() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn step_gradients_equal_separate_backward_passes_on_wgpu() {
+    let _training = training();
     type W = Autodiff<crate::backend::WgpuBackend>;
     let device = burn::backend::wgpu::WgpuDevice::default();
     // Two layers and 8 sequences a step: lavapipe runs every kernel on the CPU.
