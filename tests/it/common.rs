@@ -4,6 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Held by every test that trains in this process (`Session::train_step`). A backward on a
+/// test's own thread holds burn's process-wide autodiff mutex while it waits for rayon (its
+/// matmuls); another test's passes running backward inside both rayon workers would wait for
+/// that mutex, and neither could go on (the lib tests deadlocked so once). Tests that run the
+/// binary need no lock.
+pub fn in_process_training() -> std::sync::MutexGuard<'static, ()> {
+    static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TRAINING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -10,11 +10,12 @@ use mixtrain::config::Config;
 use mixtrain::export::export_model;
 use mixtrain::train::Session;
 
-use crate::common::{repo, tiny_config};
+use crate::common::{in_process_training, repo, tiny_config};
 
 type B = Autodiff<NdArray>;
 
 fn check_against_numpy(model_keys: &str) {
+    let _training = in_process_training();
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
         "[data]\nseq_len = 24\n[model]\nn_heads = 4\nd_ff = 48\n{model_keys}\n\

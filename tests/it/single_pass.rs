@@ -22,6 +22,8 @@ fn probed_dots_on<B: TrainBackend>(
     grad_stats: &str,
     extra: &[&str],
 ) -> Vec<f64> {
+    // Also keeps the working directory (set below, process-wide) while the config loads.
+    let _training = crate::common::in_process_training();
     let dir = tempfile::tempdir().unwrap();
     let mut sets: Vec<String> = vec![
         "mixer.kind=fastmix".into(),
