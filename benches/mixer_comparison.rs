@@ -67,6 +67,14 @@ fn tikmix_m_virtual_from_updated(c: &mut Config) {
     c.mixer.tikmix_m.virtual_from = Some(VirtualFrom::Updated);
 }
 
+/// The evidence guard as first committed: every t counts, and the radius follows the evidence
+/// down as well as up.
+fn evidence_ungated(c: &mut Config) {
+    c.mixer.guard.kind = GuardKind::Evidence;
+    c.mixer.guard.effect = 0.0;
+    c.mixer.guard.hold = false;
+}
+
 /// TiKMiX-M with G_k from `samples` extra sequences of each source per update.
 fn tikmix_m_extra_passes(c: &mut Config, samples: usize) {
     c.mixer.kind = MixerKind::TikmixM;
@@ -123,16 +131,33 @@ const METHODS: &[Method] = &[
         },
     },
     // The evidence guard (`mixer.guard.kind = "evidence"`): the radius opens as the signal
-    // proves consistent.
+    // proves consistent. `-gated`: its defaults since 2026-12-07 (a source's t counts only
+    // with an effect of at least 1 σ, and the opening holds); without: the version before
+    // (`effect = 0, hold = false`), whose cached runs docs/results/mixing.md reports.
     Method {
         name: "fastmix-evidence",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            evidence_ungated(c);
+        },
+    },
+    Method {
+        name: "fastmix-lr1-evidence",
+        apply: |c| {
+            c.mixer.kind = MixerKind::Fastmix;
+            c.mixer.fastmix.lr = 1.0;
+            evidence_ungated(c);
+        },
+    },
+    Method {
+        name: "fastmix-evidence-gated",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.guard.kind = GuardKind::Evidence;
         },
     },
     Method {
-        name: "fastmix-lr1-evidence",
+        name: "fastmix-lr1-evidence-gated",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.fastmix.lr = 1.0;

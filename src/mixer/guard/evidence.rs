@@ -18,6 +18,16 @@
 //! `max_radius` at twice that: under no real difference E stays near the largest of K standard
 //! normals (~2 for 8 sources) and the mixture within `min_radius` of where it started.
 //!
+//! Two refinements (the defaults since 2026-12-07, `effect` and `hold`; the earlier behaviour is
+//! `effect = 0, hold = false`): a source's t counts only while its effect size |t_k| / √n_k
+//! (its mean standardised signal in units of σ) is at least `effect`, and the opening reached
+//! never closes again. Why: on held-out Go the second version opened late (steps 150–230)
+//! onto a source whose signal was small but consistent, its t grown by √n alone (effect about
+//! 0.5–0.8), and lost; on held-out licence texts the neighbour stood out at the second update
+//! with an effect of 1.7–6.6 (docs/results/mixing.md). With the effect gate the bar for t is
+//! in effect max(`evidence`, `effect` · √n): the later, the more it takes, so the decision falls
+//! early, and `hold` keeps it while the effect of a real neighbour drifts down as n grows.
+//!
 //! The first version doubled `radius` (0.1) per unit of E above 2.5: held-out Go still lost
 //! (+0.032 ± 0.050 nats against uniform, 3 seeds), because 0.1 of total variation, spent by
 //! fastmix at `lr = 1` on one source on weak evidence, already cost that much, while on
@@ -48,6 +58,9 @@ struct State {
     sums: Vec<f64>,
     squares: Vec<f64>,
     counts: Vec<u32>,
+    /// The opening reached so far, in [0, 1] (`hold`: the radius never closes below it).
+    #[serde(default)]
+    opened: f64,
 }
 
 /// What one update of the evidence guard did (`guard` in the `mixer` object of metrics.jsonl).
@@ -131,6 +144,7 @@ impl EvidenceGuard {
             sums: vec![0.0; k],
             squares: vec![0.0; k],
             counts: vec![0; k],
+            opened: 0.0,
         };
         EvidenceGuard {
             inner,
@@ -140,10 +154,25 @@ impl EvidenceGuard {
         }
     }
 
-    /// r = `min_radius` + (`max_radius` − `min_radius`) · clamp(E / `evidence` − 1, 0, 1).
-    fn radius(&self, evidence: &[f64]) -> f64 {
-        let strongest = evidence.iter().fold(0.0f64, |m, t| m.max(t.abs()));
-        let opened = (strongest / self.config.evidence - 1.0).clamp(0.0, 1.0);
+    /// How far the evidence opens the region now, clamp(E / `evidence` − 1, 0, 1), with E the
+    /// largest |t_k| among the sources whose effect |t_k| / √n_k reaches `effect`.
+    fn opening(&self, evidence: &[f64]) -> f64 {
+        let strongest = evidence
+            .iter()
+            .zip(&self.state.counts)
+            .filter(|&(t, &n)| n >= 2 && t.abs() / f64::from(n).sqrt() >= self.config.effect)
+            .fold(0.0f64, |m, (t, _)| m.max(t.abs()));
+        (strongest / self.config.evidence - 1.0).clamp(0.0, 1.0)
+    }
+
+    /// r = `min_radius` + (`max_radius` − `min_radius`) · opening, the opening held at the
+    /// largest reached so far with `hold`.
+    fn radius(&mut self, evidence: &[f64]) -> f64 {
+        let mut opened = self.opening(evidence);
+        if self.config.hold {
+            opened = opened.max(self.state.opened);
+        }
+        self.state.opened = opened;
         let (low, high) = (self.config.min_radius, self.config.max_radius);
         low + (high - low) * opened
     }
@@ -262,11 +291,28 @@ mod tests {
     }
 
     fn guard(signals: Vec<Vec<f64>>) -> EvidenceGuard {
+        guard_with(signals, GuardConfig::default())
+    }
+
+    fn guard_with(signals: Vec<Vec<f64>>, config: GuardConfig) -> EvidenceGuard {
         let inner = Scripted {
             weights: vec![0.25; 4],
             signals,
         };
-        EvidenceGuard::new(Box::new(inner), GuardConfig::default())
+        EvidenceGuard::new(Box::new(inner), config)
+    }
+
+    /// Rows where the first source leads by a small margin among noise twice its size: its t
+    /// grows with √n while its effect stays near 0.86 σ.
+    fn small_consistent_lead(updates: usize) -> Vec<Vec<f64>> {
+        (0..updates)
+            .map(|u| {
+                let mut row = vec![0.0; 4];
+                row[0] = 0.8;
+                row[1 + u % 3] = 1.0;
+                row
+            })
+            .collect()
     }
 
     fn radius_after(g: &mut EvidenceGuard, updates: usize) -> Vec<f64> {
@@ -317,6 +363,45 @@ mod tests {
         assert!(radii.iter().all(|&r| r == 0.025), "{radii:?}");
     }
 
+    /// A small lead that only the number of updates makes significant: without the effect
+    /// gate (`effect = 0`) it opens the region once t passes `evidence`; with the default gate
+    /// (effect ≥ 1) it never does.
+    #[test]
+    fn small_effect_opens_only_without_the_effect_gate() {
+        let ungated = GuardConfig {
+            effect: 0.0,
+            ..GuardConfig::default()
+        };
+        let opened = radius_after(&mut guard_with(small_consistent_lead(60), ungated), 60);
+        assert!(*opened.last().unwrap() > 0.025, "{opened:?}");
+        let gated = radius_after(&mut guard(small_consistent_lead(60)), 60);
+        assert!(gated.iter().all(|&r| r == 0.025), "{gated:?}");
+    }
+
+    /// A strong lead at the first updates that then fades into an inconsistent ranking: with
+    /// `hold` (the default) the radius stays where it opened; without it, it closes again.
+    #[test]
+    fn hold_keeps_an_early_opening() {
+        let mut rows = vec![vec![4.0, 1.0, 1.2, 0.0]; 3];
+        rows.extend((0..30).map(|u| {
+            let mut row = vec![0.0; 4];
+            row[u % 4] = 4.0;
+            row
+        }));
+        let held = radius_after(&mut guard(rows.clone()), 33);
+        assert!(held[2] >= 0.69, "{held:?}");
+        assert!(held.windows(2).all(|w| w[1] >= w[0]), "{held:?}");
+        let unheld = GuardConfig {
+            hold: false,
+            ..GuardConfig::default()
+        };
+        let closed = radius_after(&mut guard_with(rows, unheld), 33);
+        assert!(
+            closed[2] >= 0.69 && *closed.last().unwrap() < 0.69,
+            "{closed:?}"
+        );
+    }
+
     /// The pooled t statistic against numbers worked by hand: two sources, z = (1, −1) then
     /// (0.5, −0.5) after standardising … means (0.75, −0.75), within SS 2 · 0.125 = 0.25 over
     /// 2 degrees of freedom, σ = √0.125, t = 0.75 · √2 / √0.125 = 3.
@@ -327,6 +412,7 @@ mod tests {
             sums: vec![0.0; 2],
             squares: vec![0.0; 2],
             counts: vec![0; 2],
+            opened: 0.0,
         };
         state.add(&[Some(1.0), Some(-1.0)]);
         assert_eq!(state.evidence(), vec![0.0, 0.0]);

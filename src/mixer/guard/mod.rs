@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::trust_region::{bounded_step, total_variation};
 use super::{Mixer, MixerUpdate, SourceStats, StatsRequest};
-use crate::validate::{at_least_one, positive, unit_closed_above};
+use crate::validate::{at_least_one, non_negative, positive, unit_closed_above};
 
 /// ρ below −this: the target got worse beyond its noise; shrink and roll back.
 const SHRINK_BELOW: f64 = 0.25;
@@ -74,6 +74,12 @@ pub struct GuardConfig {
     /// Default 2.5: about the 90th percentile of the largest |t| of 8 sources with no real
     /// difference.
     pub evidence: f64,
+    /// `kind = "evidence"`: a source's t counts only while its effect |t_k| / √n_k (mean
+    /// standardised signal in units of σ) is at least this; 0: every t counts. Default 1.
+    pub effect: f64,
+    /// `kind = "evidence"`: the radius never closes below the largest opening reached.
+    /// Default true.
+    pub hold: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +99,8 @@ impl Default for GuardConfig {
             max_radius: 1.0,
             windows: 16,
             evidence: 2.5,
+            effect: 1.0,
+            hold: true,
         }
     }
 }
@@ -108,6 +116,7 @@ impl GuardConfig {
         unit_closed_above("mixer.guard.max_radius", self.max_radius)?;
         at_least_one("mixer.guard.windows", self.windows)?;
         positive("mixer.guard.evidence", self.evidence)?;
+        non_negative("mixer.guard.effect", self.effect)?;
         if !(self.min_radius <= self.radius && self.radius <= self.max_radius) {
             return Err(crate::Error::value(
                 "mixer.guard.radius",
