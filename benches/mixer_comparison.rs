@@ -67,12 +67,11 @@ fn tikmix_m_virtual_from_updated(c: &mut Config) {
     c.mixer.tikmix_m.virtual_from = Some(VirtualFrom::Updated);
 }
 
-/// The evidence guard as first committed: every t counts, and the radius follows the evidence
-/// down as well as up.
-fn evidence_ungated(c: &mut Config) {
+/// The evidence guard with its opt-in effect gate (1 σ) and hold.
+fn evidence_gated(c: &mut Config) {
     c.mixer.guard.kind = GuardKind::Evidence;
-    c.mixer.guard.effect = 0.0;
-    c.mixer.guard.hold = false;
+    c.mixer.guard.effect = 1.0;
+    c.mixer.guard.hold = true;
 }
 
 /// TiKMiX-M with G_k from `samples` extra sequences of each source per update.
@@ -131,14 +130,13 @@ const METHODS: &[Method] = &[
         },
     },
     // The evidence guard (`mixer.guard.kind = "evidence"`): the radius opens as the signal
-    // proves consistent. `-gated`: its defaults since 2026-12-07 (a source's t counts only
-    // with an effect of at least 1 σ, and the opening holds); without: the version before
-    // (`effect = 0, hold = false`), whose cached runs docs/results/mixing.md reports.
+    // proves consistent. `-gated`: with the opt-in effect gate and hold (a source's t counts
+    // only with an effect of at least 1 σ, and the opening never closes).
     Method {
         name: "fastmix-evidence",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            evidence_ungated(c);
+            c.mixer.guard.kind = GuardKind::Evidence;
         },
     },
     Method {
@@ -146,14 +144,14 @@ const METHODS: &[Method] = &[
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.fastmix.lr = 1.0;
-            evidence_ungated(c);
+            c.mixer.guard.kind = GuardKind::Evidence;
         },
     },
     Method {
         name: "fastmix-evidence-gated",
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
-            c.mixer.guard.kind = GuardKind::Evidence;
+            evidence_gated(c);
         },
     },
     Method {
@@ -161,7 +159,7 @@ const METHODS: &[Method] = &[
         apply: |c| {
             c.mixer.kind = MixerKind::Fastmix;
             c.mixer.fastmix.lr = 1.0;
-            c.mixer.guard.kind = GuardKind::Evidence;
+            evidence_gated(c);
         },
     },
     Method {

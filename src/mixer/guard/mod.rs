@@ -75,10 +75,10 @@ pub struct GuardConfig {
     /// difference.
     pub evidence: f64,
     /// `kind = "evidence"`: a source's t counts only while its effect |t_k| / √n_k (mean
-    /// standardised signal in units of σ) is at least this; 0: every t counts. Default 1.
+    /// standardised signal in units of σ) is at least this; 0: every t counts. Default 0.
     pub effect: f64,
     /// `kind = "evidence"`: the radius never closes below the largest opening reached.
-    /// Default true.
+    /// Default false.
     pub hold: bool,
 }
 
@@ -99,8 +99,8 @@ impl Default for GuardConfig {
             max_radius: 1.0,
             windows: 16,
             evidence: 2.5,
-            effect: 1.0,
-            hold: true,
+            effect: 0.0,
+            hold: false,
         }
     }
 }
