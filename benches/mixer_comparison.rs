@@ -52,8 +52,9 @@ struct Method {
 }
 
 /// TiKMiX-M measuring each update's `candidates` (besides the K one-source mixtures) on
-/// `windows` target windows. These variants keep the virtual step from the updated parameters, as when they were
-/// measured (the default until 2026-12-07), so their cached runs stay what they are.
+/// `windows` target windows. These variants keep the virtual step from the updated
+/// parameters, as when they were measured (the default until 2026-12-07), so their cached
+/// runs stay what they are.
 fn tikmix_m_budget(c: &mut Config, windows: usize, candidates: usize) {
     tikmix_m_virtual_from_updated(c);
     c.mixer.tikmix_m.val_sequences = windows;

@@ -25,11 +25,9 @@
 //! consistent, its t grown by √n alone (effect about 0.5–0.8), and lost; on held-out licence
 //! texts the neighbour stood out at the second update with an effect of 1.7–6.6. With the gate
 //! the bar for t is in effect max(`evidence`, `effect` · √n), so the decision falls early, and
-//! `hold` keeps it. Measured with fastmix `lr = 1` on six nine-source scenarios (3 seeds,
-//! docs/results/mixing.md, "The effect gate"): faster on the licence texts (0.50× the steps)
-//! and level on Go, but an early opening on a target without a neighbour (held-out `man`: a
-//! strong *negative* signal at the second update) is then kept for good, and it lost more
-//! there than the version without them; so they stay off.
+//! `hold` keeps it. With fastmix `lr = 1` (docs/results/mixing.md, "The effect gate"): 0.50×
+//! the steps on the licence texts and level on Go, but an early wrong opening (held-out `man`,
+//! a strong negative signal at the second update) is kept for good: off by default.
 //!
 //! The first version doubled `radius` (0.1) per unit of E above 2.5: held-out Go still lost
 //! (+0.032 ± 0.050 nats against uniform, 3 seeds), because 0.1 of total variation, spent by
