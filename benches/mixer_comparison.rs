@@ -20,7 +20,8 @@
 //!     SEEDS=1 METHODS=fastmix@sample,fastmix@reweight cargo bench --bench mixer_comparison
 //!     METHODS=tikmix-m,tikmix-m-extra-passes PAIR=tikmix-m-extra-passes cargo bench --bench mixer_comparison
 //!
-//! A method is a name from the list below, optionally `@sample`, `@reweight` or `@hybrid` to
+//! A method is a name from the list below or `oracle-<source><weight>` (a static mixture
+//! with that weight on one source, the rest shared equally), optionally `@sample`, `@reweight` or `@hybrid` to
 //! override `mixer.apply` (default: mixtrain's default apply). The static baselines always run
 //! (STATIC=uniform,temperature limits them; uniform always runs; "best static" is then the best
 //! of those run).
@@ -598,6 +599,14 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// A method from `METHODS`, or a static tilt `oracle-<source><weight>` (`report::static_tilt`).
+fn method_named(name: &str) -> report::ConfigChange {
+    if let Some(method) = METHODS.iter().find(|m| m.name == name) {
+        return Box::new(method.apply);
+    }
+    report::static_tilt(name).unwrap_or_else(|| panic!("unknown method {name}"))
+}
+
 fn parse_apply(name: &str) -> (String, Option<ApplyMode>) {
     match name.split_once('@') {
         Some((base, "sample")) => (base.into(), Some(ApplyMode::Sample)),
@@ -659,15 +668,12 @@ fn main() -> mixtrain::Result<()> {
         let mut rows: Vec<(String, Vec<Run>)> = Vec::new();
         for wanted_name in &wanted {
             let (name, apply) = parse_apply(wanted_name);
-            let method = METHODS
-                .iter()
-                .find(|m| m.name == name)
-                .unwrap_or_else(|| panic!("unknown method {name}"));
+            let apply_method = method_named(&name);
             let mut runs = Vec::new();
             for &seed in &seeds {
                 let mut config = base.clone();
                 (case.configure)(&mut config);
-                (method.apply)(&mut config);
+                apply_method(&mut config);
                 if let Some(apply) = apply {
                     config.mixer.apply = apply;
                 }

@@ -29,7 +29,10 @@
 //! order they run: every seed's proxy runs first, then the large runs candidate by
 //! candidate, so an interrupted bench has whole rows). Runs are cached under
 //! target/transfer/ (a finished run is reused; an unfinished one resumes from its last
-//! checkpoint, every 50 steps).
+//! checkpoint, every 50 steps). A candidate `oracle-<source><weight>` (e.g. `oracle-kdocs0.4`)
+//! is a static mixture with that weight on one source and the rest shared equally: the
+//! winner of a screen of static mixtures on the proxy, RegMix's way, not counted as a
+//! baseline.
 
 #[macro_use]
 mod report;
@@ -201,6 +204,11 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
             c.mixer.kind = setup.mixer;
             apply_settings(&mut c, setup.settings.as_deref());
         }
+        tilt if tilt.starts_with("oracle-") => {
+            let apply = report::static_tilt(tilt)
+                .unwrap_or_else(|| panic!("{tilt}: expected oracle-<source><weight>"));
+            apply(&mut c);
+        }
         other => panic!("unknown candidate {other} ({ALL_CANDIDATES}); mixer {mixer_name}"),
     }
     c.run.out_dir = run_dir(setup, candidate, model, seed);
@@ -231,7 +239,7 @@ fn run_dir(setup: &Setup, candidate: &str, model: Model, seed: u64) -> PathBuf {
         mixer = format!("{mixer}-{settings}");
     }
     let name = match candidate {
-        c if BASELINES.contains(&c) => candidate.to_string(),
+        c if BASELINES.contains(&c) || c.starts_with("oracle-") => candidate.to_string(),
         _ => format!("{mixer}-{candidate}"),
     };
     setup

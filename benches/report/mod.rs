@@ -47,6 +47,37 @@ pub fn add_nine_sources(base: &mut mixtrain::config::Config) {
     }
 }
 
+/// A change to a run's config (a method of a comparison).
+#[allow(dead_code)]
+pub type ConfigChange = Box<dyn Fn(&mut mixtrain::config::Config)>;
+
+/// `oracle-<source><weight>` (e.g. `oracle-kdocs0.4`): a static mixture with `weight` on
+/// `source` from step 0 and the rest shared equally by the other training sources, each
+/// rounded to 6 decimals as in the `--set "mixer.init={...}"` tables the first such runs were
+/// made with. A mixture known in advance (or found by screening static mixtures): the ceiling
+/// a target-directed mixer's speed is judged against. None for another name.
+#[allow(dead_code)] // The benches that compare mixtures use it.
+pub fn static_tilt(name: &str) -> Option<ConfigChange> {
+    let rest = name.strip_prefix("oracle-")?;
+    let split = rest.find(|c: char| c.is_ascii_digit())?;
+    let source = rest[..split].to_string();
+    let weight: f64 = rest[split..].parse().ok()?;
+    assert!(
+        (0.0..=1.0).contains(&weight),
+        "{name}: weight outside [0, 1]"
+    );
+    Some(Box::new(move |c: &mut mixtrain::config::Config| {
+        let names = c.source_names();
+        assert!(names.contains(&source), "{source}: not a training source");
+        let rest = ((1.0 - weight) / (names.len() - 1) as f64 * 1e6).round() / 1e6;
+        let table = names.into_iter().map(|n| {
+            let w = if n == source { weight } else { rest };
+            (n, w)
+        });
+        c.mixer.init = mixtrain::config::InitSpec::Explicit(table.collect());
+    }))
+}
+
 pub fn keep(line: String) {
     LINES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
 }
