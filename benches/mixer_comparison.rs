@@ -21,10 +21,10 @@
 //!     METHODS=tikmix-m,tikmix-m-extra-passes PAIR=tikmix-m-extra-passes cargo bench --bench mixer_comparison
 //!
 //! A method is a name from the list below or `oracle-<source><weight>` (a static mixture
-//! with that weight on one source, the rest shared equally), optionally `@sample`, `@reweight` or `@hybrid` to
-//! override `mixer.apply` (default: mixtrain's default apply). The static baselines always run
-//! (STATIC=uniform,temperature limits them; uniform always runs; "best static" is then the best
-//! of those run).
+//! with that weight on one source, the rest shared equally), optionally `@sample`,
+//! `@reweight` or `@hybrid` to override `mixer.apply` (default: mixtrain's default apply).
+//! The static baselines always run (STATIC=uniform,temperature limits them; uniform always
+//! runs; "best static" is then the best of those run).
 //! About 5 minutes a run on 2 cores (tikmix about 2x, doremi adds 100 reference steps).
 //!
 //! `RUNS=dir` puts (and reuses) the runs in dir instead: for comparing a version whose

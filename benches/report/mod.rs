@@ -48,7 +48,7 @@ pub fn add_nine_sources(base: &mut mixtrain::config::Config) {
 }
 
 /// A change to a run's config (a method of a comparison).
-#[allow(dead_code)]
+#[allow(dead_code)] // The benches that compare mixtures use it.
 pub type ConfigChange = Box<dyn Fn(&mut mixtrain::config::Config)>;
 
 /// `oracle-<source><weight>` (e.g. `oracle-kdocs0.4`): a static mixture with `weight` on
