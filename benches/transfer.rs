@@ -7,8 +7,9 @@
 //! statically on the proxy and on the large model (d_model 256, 6 layers, d_ff 1024: 6.7×
 //! the proxy's parameters, LARGE_STEPS = 2 × PROXY_STEPS), beside the baselines uniform,
 //! proportional, temperature (τ = 0.5; `temperature-0.3`, `temperature-0.7`), BiMix's
-//! entropy seed (`entropy`) and, as `online`, the mixer run directly on each
-//! model. Prints per model: final target loss (mean ± sd), its difference to uniform and to
+//! entropy seed (`entropy`), DeMix's merged-component seed (`demix`: one `mixtrain demix`
+//! search on the proxy at seed 1, under the scenario's `demix/`, shared by every seed) and,
+//! as `online`, the mixer run directly on each model. Prints per model: final target loss (mean ± sd), its difference to uniform and to
 //! the best baseline paired by seed, the first evaluated step reaching uniform's final target
 //! loss, the epochs the target source and the most repeated source went through, wall time;
 //! then the Spearman correlation between the proxy's and the large model's ordering of the
@@ -25,7 +26,7 @@
 //! texts to the quickstart's five (`python3 data/nine/build.py` builds them once), so a
 //! held-out target has a neighbour of its own domain among the other eight. CANDIDATES: a subset of
 //! uniform,final,average,schedule,online,proportional,temperature,temperature-0.3,
-//! temperature-0.7,entropy (the default, in the
+//! temperature-0.7,entropy,demix (the default, in the
 //! order they run: every seed's proxy runs first, then the large runs candidate by
 //! candidate, so an interrupted bench has whole rows). Runs are cached under
 //! target/transfer/ (a finished run is reused; an unfinished one resumes from its last
@@ -44,16 +45,17 @@ use mixtrain::train::{run, RunOptions};
 use mixtrain::trajectory::Trajectory;
 
 const ALL_CANDIDATES: &str =
-    "uniform,final,average,schedule,online,proportional,temperature,temperature-0.3,temperature-0.7,entropy";
-/// The static mixtures that need no proxy: `temperature` is τ = 0.5, `entropy` BiMix's
-/// conditional-entropy seed.
-const BASELINES: [&str; 6] = [
+    "uniform,final,average,schedule,online,proportional,temperature,temperature-0.3,temperature-0.7,entropy,demix";
+/// The static mixtures that need no online proxy run: `temperature` is τ = 0.5, `entropy`
+/// BiMix's conditional-entropy seed, `demix` DeMix's merged-component seed.
+const BASELINES: [&str; 7] = [
     "uniform",
     "proportional",
     "temperature",
     "temperature-0.3",
     "temperature-0.7",
     "entropy",
+    "demix",
 ];
 
 struct Setup {
@@ -188,6 +190,10 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
             c.mixer.init = InitSpec::Named(candidate.into())
         }
         "entropy" => c.mixer.init = InitSpec::Named("entropy:conditional".into()),
+        "demix" => {
+            let search = demix_dir(setup).join("demix");
+            c.mixer.init = InitSpec::Named(format!("demix:{}", search.display()));
+        }
         tau if tau.starts_with("temperature-") => {
             c.mixer.init = InitSpec::Named("temperature".into());
             c.mixer.temperature = tau["temperature-".len()..]
@@ -246,6 +252,27 @@ fn run_dir(setup: &Setup, candidate: &str, model: Model, seed: u64) -> PathBuf {
         .root
         .join(model.name())
         .join(format!("{name}-seed{seed}"))
+}
+
+/// Where the scenario's one DeMix search lives (its `demix/` holds mixture.json).
+fn demix_dir(setup: &Setup) -> PathBuf {
+    setup.root.join("demix")
+}
+
+/// Runs the scenario's DeMix search on the proxy (seed 1, `[demix]` defaults) unless it has
+/// finished: the seed mixture is a data decision made once, as in `mixer_comparison`.
+fn ensure_demix_search(setup: &Setup) -> mixtrain::Result<()> {
+    let mut config = configure(setup, "uniform", Model::Proxy, 1);
+    config.run.out_dir = demix_dir(setup);
+    if config.run.out_dir.join("demix/mixture.json").is_file() {
+        return Ok(());
+    }
+    eprintln!(
+        "running the DeMix search in {}",
+        config.run.out_dir.display()
+    );
+    mixtrain::demix::demix(config, mixtrain::demix::DemixOptions::default())?;
+    Ok(())
 }
 
 /// Runs (or reuses, or resumes) one run and reads what it measured.
@@ -320,6 +347,9 @@ fn main() -> mixtrain::Result<()> {
             .collect::<mixtrain::Result<Vec<_>>>()
     };
     run_all("online", Model::Proxy)?;
+    if candidates.iter().any(|c| c == "demix") {
+        ensure_demix_search(&setup)?;
+    }
     let mut proxy = Vec::new();
     for candidate in &candidates {
         proxy.push((candidate.clone(), run_all(candidate, Model::Proxy)?));

@@ -24,6 +24,7 @@ pub mod prepare;
 pub mod rng;
 pub mod run_lock;
 pub mod rundir;
+pub mod screen;
 pub mod target;
 pub mod tensor_file;
 pub mod train;

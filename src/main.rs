@@ -96,6 +96,19 @@ enum Command {
         #[arg(long, value_name = "M", default_value_t = 0)]
         validate: usize,
     },
+    /// Train static mixtures on the config's model (uniform, and for each source a tilt
+    /// putting --weight on it) and rank them by final target loss, into run.out_dir/screen/.
+    /// Reuses finished runs and resumes unfinished ones.
+    Screen {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The weight a tilt puts on its source; the other sources share the rest equally.
+        #[arg(long, default_value_t = 0.4)]
+        weight: f64,
+        /// Seeds, comma-separated: one run per candidate and seed.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        seeds: Vec<u64>,
+    },
     /// Write ratios.svg and val_loss.svg into a run directory; given several runs, draw them
     /// side by side (target loss against steps and tokens, each run's weights) into --out.
     Plot {
@@ -200,6 +213,11 @@ fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config, resume } => run(config, resume),
         Command::Demix { config, validate } => demix(config, validate),
+        Command::Screen {
+            config,
+            weight,
+            seeds,
+        } => screen(config, weight, seeds),
         Command::Prepare {
             config,
             train_bpe,
@@ -326,6 +344,19 @@ fn demix(config: ConfigArgs, validate: usize) -> anyhow::Result<()> {
         "use it with: --set mixer.init=\"demix:{}\"",
         summary.dir.display()
     );
+    Ok(())
+}
+
+/// `mixtrain screen`: the ranked static mixtures, and how to use the best.
+fn screen(config: ConfigArgs, weight: f64, seeds: Vec<u64>) -> anyhow::Result<()> {
+    let cfg = Config::load(&config.config, &config.set)?;
+    let options = mixtrain::screen::ScreenOptions { weight, seeds };
+    let report = mixtrain::screen::screen(cfg, &options)?;
+    print!("{}", report.to_table());
+    println!("wrote {}", report.report_path.display());
+    let best = report.best().run_dirs[0].display();
+    println!("export the best with: mixtrain mixture {best} --format megatron");
+    println!("start from it with: --set mixer.init=\"file:{best}/mixture.json\"");
     Ok(())
 }
 

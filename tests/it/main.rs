@@ -17,6 +17,7 @@ mod fuzz_readers;
 mod prepare;
 mod quickstart;
 mod resume;
+mod screen;
 mod single_pass;
 mod synthetic;
 mod target_sets;
