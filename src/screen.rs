@@ -72,8 +72,11 @@ fn validate(config: &Config, options: &ScreenOptions) -> Result<()> {
             format!("must lie in (0, 1) and differ from uniform's 1/{k} (got {w})"),
         ));
     }
-    if options.seeds.is_empty() {
-        return Err(Error::value("--seeds", "give at least one seed"));
+    let mut seeds = options.seeds.clone();
+    seeds.sort_unstable();
+    seeds.dedup();
+    if seeds.is_empty() || seeds.len() != options.seeds.len() {
+        return Err(Error::value("--seeds", "give one or more distinct seeds"));
     }
     Ok(())
 }

@@ -75,7 +75,7 @@ fn screen_ranks_tilts_and_reuses_finished_runs() {
 }
 
 #[test]
-fn screen_refuses_a_bad_weight_before_training() {
+fn screen_refuses_bad_options_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "");
     for weight in ["1.5", "0", "0.3333333333333333", "nan"] {
@@ -90,4 +90,12 @@ fn screen_refuses_a_bad_weight_before_training() {
         assert!(stderr.contains("--weight"), "--weight {weight}: {stderr}");
         assert!(!dir.path().join("run").exists(), "nothing created");
     }
+    let out = mixtrain()
+        .arg("screen")
+        .arg(&config)
+        .args(["--seeds", "1,1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a repeated seed accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seeds"));
 }
