@@ -101,6 +101,23 @@ impl RunDir {
         Self::open(path, lock)
     }
 
+    /// Whether the run in `config.run.out_dir` is the one `config` describes (its config.toml
+    /// has the same hash); the error names the keys that differ. For reusing a finished run.
+    pub(crate) fn check_same_config(config: &Config) -> Result<()> {
+        let path = config.run.out_dir.clone();
+        let saved = Config::load(&path.join(CONFIG_FILE), &[])?;
+        if saved.hash() == config.hash() {
+            return Ok(());
+        }
+        Err(Error::RunDir {
+            message: format!(
+                "holds a finished run of another config: {}; use another run.out_dir",
+                describe_differences(&saved, config)
+            ),
+            path,
+        })
+    }
+
     fn open(path: PathBuf, lock: RunLock) -> Result<RunDir> {
         let metrics = open_append(&path.join(METRICS_FILE))?;
         let ratios = open_append(&path.join(RATIOS_FILE))?;

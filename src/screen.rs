@@ -18,7 +18,7 @@ use crate::config::{Config, InitSpec, MixerConfig, MixerKind};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
 use crate::mixture_file::{by_name, MIXTURE_FILE};
-use crate::rundir::METRICS_FILE;
+use crate::rundir::{RunDir, METRICS_FILE};
 use crate::train::{run, RunOptions};
 
 /// What `mixtrain screen` varies.
@@ -144,11 +144,13 @@ fn read_evals(dir: &Path) -> Result<Vec<(u64, f64)>> {
     Ok(evals)
 }
 
-/// Trains one candidate's run unless it finished earlier (resuming an unfinished one), then
-/// reads its evaluations.
+/// Trains one candidate's run unless it finished earlier with the same config (resuming an
+/// unfinished one), then reads its evaluations.
 fn ensure_run(config: Config) -> Result<Vec<(u64, f64)>> {
     let dir = config.run.out_dir.clone();
-    if !dir.join(MIXTURE_FILE).is_file() {
+    if dir.join(MIXTURE_FILE).is_file() {
+        RunDir::check_same_config(&config)?;
+    } else {
         let resume = dir.join("checkpoints").is_dir();
         tracing::info!("screen: training {} (resume: {resume})", dir.display());
         run(

@@ -72,6 +72,28 @@ fn screen_ranks_tilts_and_reuses_finished_runs() {
         first.stdout, second.stdout,
         "the same table from the same runs"
     );
+
+    // A screen of another config in the same directory is refused, not served stale runs.
+    let out = mixtrain()
+        .arg("screen")
+        .arg(&config)
+        .args([
+            "--weight",
+            "0.6",
+            "--seeds",
+            "1,2",
+            "--set",
+            "train.steps=20",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a changed config reused the old runs"
+    );
+    assert!(stderr.contains("train.steps"), "{stderr}");
+    assert_eq!(std::fs::read(&metrics).unwrap(), before);
 }
 
 #[test]
