@@ -9,11 +9,11 @@
 //! proportional, temperature (τ = 0.5; `temperature-0.3`, `temperature-0.7`), BiMix's
 //! entropy seed (`entropy`), DeMix's merged-component seed (`demix`: one `mixtrain demix`
 //! search on the proxy at seed 1, under the scenario's `demix/`, shared by every seed) and,
-//! as `online`, the mixer run directly on each model. Prints per model: final target loss (mean ± sd), its difference to uniform and to
-//! the best baseline paired by seed, the first evaluated step reaching uniform's final target
-//! loss, the epochs the target source and the most repeated source went through, wall time;
-//! then the Spearman correlation between the proxy's and the large model's ordering of the
-//! candidates.
+//! as `online`, the mixer run directly on each model. Prints per model: final target loss
+//! (mean ± sd), its difference to uniform and to the best baseline paired by seed, the first
+//! evaluated step reaching uniform's final target loss, the epochs the target source and the
+//! most repeated source went through, wall time; then the Spearman correlation between the
+//! proxy's and the large model's ordering of the candidates.
 //!
 //!     cargo bench --bench transfer -- --out                      # one-source man, 3 seeds
 //!     SEEDS=1 CANDIDATES=uniform,final cargo bench --bench transfer

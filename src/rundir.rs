@@ -30,6 +30,18 @@ pub(crate) fn holds_run(dir: &Path) -> bool {
         .any(|f| dir.join(f).exists())
 }
 
+/// The records of a metrics.jsonl in order; a line that is not JSON is an error naming it.
+pub(crate) fn read_metrics(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| Error::data(path, format!("line {}: invalid JSON: {e}", i + 1)))
+        })
+        .collect()
+}
+
 fn open_append(path: &Path) -> Result<BufWriter<File>> {
     let file = OpenOptions::new().append(true).open(path).at(path)?;
     Ok(BufWriter::new(file))

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::config::{Config, InitSpec, MixerConfig, MixerKind};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::mixture_file::{by_name, MIXTURE_FILE};
-use crate::rundir::{RunDir, METRICS_FILE};
+use crate::rundir::{holds_run, read_metrics, RunDir, METRICS_FILE};
 use crate::train::{run, RunOptions};
 
 /// What `mixtrain screen` varies.
@@ -121,20 +121,12 @@ fn candidate_config(base: &Config, name: &str, weights: &[f64], seed: u64) -> Co
 }
 
 /// (step, target loss) at each evaluation of a finished run.
-fn read_evals(dir: &Path) -> Result<Vec<(u64, f64)>> {
+fn read_evals(dir: &Path) -> Result<Evals> {
     let path = dir.join(METRICS_FILE);
-    let text = std::fs::read_to_string(&path).at(&path)?;
-    let mut evals = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let record: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::data(&path, format!("line {}: invalid JSON: {e}", i + 1)))?;
-        if let (Some(step), Some(loss)) = (
-            record["step"].as_u64(),
-            record.get("target_val_loss").and_then(|v| v.as_f64()),
-        ) {
-            evals.push((step, loss));
-        }
-    }
+    let evals: Evals = read_metrics(&path)?
+        .iter()
+        .filter_map(|r| Some((r["step"].as_u64()?, r.get("target_val_loss")?.as_f64()?)))
+        .collect();
     if evals.is_empty() {
         return Err(Error::data(
             &path,
@@ -146,12 +138,14 @@ fn read_evals(dir: &Path) -> Result<Vec<(u64, f64)>> {
 
 /// Trains one candidate's run unless it finished earlier with the same config (resuming an
 /// unfinished one), then reads its evaluations.
-fn ensure_run(config: Config) -> Result<Vec<(u64, f64)>> {
+fn ensure_run(config: Config) -> Result<Evals> {
     let dir = config.run.out_dir.clone();
     if dir.join(MIXTURE_FILE).is_file() {
         RunDir::check_same_config(&config)?;
     } else {
-        let resume = dir.join("checkpoints").is_dir();
+        // Any part of a run here: `--resume` continues it, or restarts it from step 0 when no
+        // checkpoint is complete.
+        let resume = holds_run(&dir);
         tracing::info!("screen: training {} (resume: {resume})", dir.display());
         run(
             config,

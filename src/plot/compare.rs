@@ -8,7 +8,7 @@ use plotters::prelude::*;
 
 use super::{after_step_zero, draw_on, weight_range, weight_steps, Chart, Series};
 use crate::error::{Error, IoContext, Result};
-use crate::rundir::{METRICS_FILE, RATIOS_FILE};
+use crate::rundir::{read_metrics, METRICS_FILE, RATIOS_FILE};
 use crate::trajectory::read_ratios;
 
 /// One run's curves.
@@ -58,11 +58,8 @@ fn labels(run_dirs: &[PathBuf]) -> Vec<String> {
 
 fn read_run(dir: &Path, label: String) -> Result<RunCurves> {
     let metrics = dir.join(METRICS_FILE);
-    let text = std::fs::read_to_string(&metrics).at(&metrics)?;
     let (mut by_step, mut by_tokens, mut last_step) = (Vec::new(), Vec::new(), 0.0f64);
-    for (i, line) in text.lines().enumerate() {
-        let record: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::data(&metrics, format!("line {}: invalid JSON: {e}", i + 1)))?;
+    for record in read_metrics(&metrics)? {
         let step = record["step"].as_f64().unwrap_or(0.0);
         last_step = last_step.max(step);
         if let Some(loss) = record.get("target_val_loss").and_then(|v| v.as_f64()) {

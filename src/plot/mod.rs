@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::error::{Error, IoContext, Result};
-use crate::rundir::{METRICS_FILE, RATIOS_FILE};
+use crate::error::{Error, Result};
+use crate::rundir::{read_metrics, METRICS_FILE, RATIOS_FILE};
 use crate::trajectory::read_ratios;
 
 mod compare;
@@ -48,13 +48,10 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The last logged step and each source's (step, validation loss) points.
 fn read_val_losses(path: &Path, names: &[String]) -> Result<(f64, Series)> {
-    let text = std::fs::read_to_string(path).at(path)?;
     let mut series: Series = names.iter().map(|n| (n.clone(), Vec::new())).collect();
     let mut last_step = 0.0;
     let mut target_points = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let record: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::data(path, format!("line {}: invalid JSON: {e}", i + 1)))?;
+    for record in read_metrics(path)? {
         let step = record["step"].as_f64().unwrap_or(0.0);
         last_step = f64::max(last_step, step);
         if let Some(by_source) = record.get("val_loss_by_source") {
