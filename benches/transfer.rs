@@ -3,8 +3,9 @@
 //! For each seed: the online mixer (MIXER, default fastmix, at its defaults) runs on the
 //! proxy (the quickstart model, PROXY_STEPS = 150 steps), giving three mixtures: its final
 //! weights, their average over training, and its trajectory replayed as a schedule
-//! (`mixer.kind = "schedule"`, mapped by fraction of training). Each candidate then trains
-//! statically on the proxy and on the large model (d_model 256, 6 layers, d_ff 1024: 6.7×
+//! (`mixer.kind = "schedule"`, mapped by fraction of training); `final-capped` is the final
+//! mixture exported with `--max-epochs 1` for the large run's tokens (no source repeats).
+//! Each candidate then trains statically on the proxy and on the large model (d_model 256, 6 layers, d_ff 1024: 6.7×
 //! the proxy's parameters, LARGE_STEPS = 2 × PROXY_STEPS), beside the baselines uniform,
 //! proportional, temperature (τ = 0.5; `temperature-0.3`, `temperature-0.7`), BiMix's
 //! entropy seed (`entropy`), DeMix's merged-component seed (`demix`: one `mixtrain demix`
@@ -24,8 +25,10 @@
 //! `held-out` (TARGET is removed from training and becomes a validation-only target set) or
 //! `all` (the mean over every source). `CORPUS=nine` adds Rust, Go, kernel docs and licence
 //! texts to the quickstart's five (`python3 data/nine/build.py` builds them once), so a
-//! held-out target has a neighbour of its own domain among the other eight. CANDIDATES: a subset of
-//! uniform,final,average,schedule,online,proportional,temperature,temperature-0.3,
+//! held-out target has a neighbour of its own domain among the other eight; `CORPUS=nine-skewed`
+//! cuts those nine to shares from 1 to 1/8 of their files (`report::NINE_SKEWED_SHARES`), so
+//! proportional and temperature differ from uniform. CANDIDATES: a subset of
+//! uniform,final,final-capped,average,schedule,online,proportional,temperature,temperature-0.3,
 //! temperature-0.7,entropy,demix (the default, in the
 //! order they run: every seed's proxy runs first, then the large runs candidate by
 //! candidate, so an interrupted bench has whole rows). Runs are cached under
@@ -41,11 +44,13 @@ mod report;
 use std::path::{Path, PathBuf};
 
 use mixtrain::config::{Config, GuardKind, InitSpec, MixerConfig, MixerKind, TargetSetConfig};
+use mixtrain::mixture_export::{export_mixture, MixtureExport, MixtureFormat, MixtureUse};
+use mixtrain::repetition::{PlannedTokens, RepetitionCap};
 use mixtrain::train::{run, RunOptions};
 use mixtrain::trajectory::Trajectory;
 
 const ALL_CANDIDATES: &str =
-    "uniform,final,average,schedule,online,proportional,temperature,temperature-0.3,temperature-0.7,entropy,demix";
+    "uniform,final,final-capped,average,schedule,online,proportional,temperature,temperature-0.3,temperature-0.7,entropy,demix";
 /// The static mixtures that need no online proxy run: `temperature` is τ = 0.5, `entropy`
 /// BiMix's conditional-entropy seed, `demix` DeMix's merged-component seed.
 const BASELINES: [&str; 7] = [
@@ -106,8 +111,8 @@ fn setup() -> mixtrain::Result<Setup> {
     let corpus = env_or("CORPUS", "quickstart");
     match corpus.as_str() {
         "quickstart" => {}
-        "nine" => report::add_nine_sources(&mut base),
-        other => panic!("CORPUS={other}: expected quickstart or nine"),
+        "nine" | "nine-skewed" => report::add_nine_sources(&mut base),
+        other => panic!("CORPUS={other}: expected quickstart, nine or nine-skewed"),
     }
     let names = base.source_names();
     let scenario = env_or("SCENARIO", "one-source");
@@ -122,6 +127,11 @@ fn setup() -> mixtrain::Result<Setup> {
         hold_out(&mut base, &target[0]);
     } else if target.len() < names.len() {
         base.target.sources = Some(target.clone());
+    }
+    if corpus == "nine-skewed" {
+        // After the hold-out, so a held-out target is evaluated on its whole file.
+        report::skew_sources(&mut base, &report::NINE_SKEWED_SHARES)
+            .expect("writing target/corpora/nine-skewed/");
     }
     let mixer: MixerKind = serde_json::from_value(env_or("MIXER", "fastmix").into())
         .expect("MIXER: a mixer name (fastmix, tikmix, ...)");
@@ -171,8 +181,7 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
         c.model.d_model = 256;
         c.model.n_layers = 6;
         c.model.d_ff = 1024;
-        let large_steps = env_or("LARGE_STEPS", &(2 * setup.proxy_steps).to_string());
-        c.train.steps = large_steps.parse().expect("LARGE_STEPS");
+        c.train.steps = large_steps(setup);
     }
     let proxy_run = run_dir(setup, "online", Model::Proxy, seed);
     let mixer_name = format!("{:?}", setup.mixer).to_lowercase();
@@ -201,6 +210,7 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
                 .expect("temperature-TAU");
         }
         "final" => c.mixer.init = from_proxy(true),
+        "final-capped" => c.mixer.init = capped_final(setup, &proxy_run),
         "average" => c.mixer.init = from_proxy(false),
         "schedule" => {
             c.mixer.kind = MixerKind::Schedule;
@@ -219,6 +229,31 @@ fn configure(setup: &Setup, candidate: &str, model: Model, seed: u64) -> Config 
     }
     c.run.out_dir = run_dir(setup, candidate, model, seed);
     c
+}
+
+fn large_steps(setup: &Setup) -> usize {
+    let steps = env_or("LARGE_STEPS", &(2 * setup.proxy_steps).to_string());
+    steps.parse().expect("LARGE_STEPS")
+}
+
+/// The proxy's final mixture as `mixtrain mixture --max-epochs 1 --tokens Nx` exports it for
+/// the large run (N = its steps over the proxy's): no source repeats.
+fn capped_final(setup: &Setup, proxy_run: &Path) -> InitSpec {
+    let times = large_steps(setup) as f64 / setup.proxy_steps as f64;
+    let options = MixtureExport {
+        format: MixtureFormat::Json,
+        what: MixtureUse::Final,
+        steps: None,
+        round_steps: 1,
+        data_prefix: None,
+        repetition_cap: Some(RepetitionCap {
+            max_epochs: 1.0,
+            tokens: PlannedTokens::TimesRun(times),
+        }),
+    };
+    let text = export_mixture(proxy_run, &options).expect("the proxy's online run finished");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("JSON export");
+    InitSpec::Explicit(serde_json::from_value(json["weights"].clone()).expect("weights by name"))
 }
 
 /// MIXER_SETTINGS, checked: `None` for `defaults`.

@@ -21,6 +21,7 @@ pub mod optim;
 pub mod params;
 pub mod plot;
 pub mod prepare;
+pub mod repetition;
 pub mod rng;
 pub mod run_lock;
 pub mod rundir;

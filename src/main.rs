@@ -140,6 +140,14 @@ enum Command {
         /// is then named by its prefix DIR/NAME/train.
         #[arg(long, value_name = "DIR")]
         data_prefix: Option<PathBuf>,
+        /// Cap each source's weight so that it repeats at most E times over --tokens (the
+        /// rest goes to the other sources in proportion); sizes as this run measured them.
+        #[arg(long, value_name = "E", requires = "tokens")]
+        max_epochs: Option<f64>,
+        /// With --max-epochs: the tokens of the run the mixture is for, counted as this run
+        /// counts them, or a multiple of this run's own (`2x`).
+        #[arg(long, value_name = "T", requires = "max_epochs")]
+        tokens: Option<mixtrain::repetition::PlannedTokens>,
         /// Write to this file instead of printing.
         #[arg(long, short = 'o', value_name = "PATH")]
         out: Option<PathBuf>,
@@ -255,14 +263,20 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             steps,
             round_steps,
             data_prefix,
+            max_epochs,
+            tokens,
             out,
         } => {
+            let repetition_cap = max_epochs.zip(tokens).map(|(max_epochs, tokens)| {
+                mixtrain::repetition::RepetitionCap { max_epochs, tokens }
+            });
             let options = mixtrain::mixture_export::MixtureExport {
                 format,
                 what,
                 steps,
                 round_steps,
                 data_prefix,
+                repetition_cap,
             };
             let text = mixtrain::mixture_export::export_mixture(&run_dir, &options)?;
             match out {

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::repetition::{cap_run_mixture, RepetitionCap};
 use crate::trajectory::Trajectory;
 
 /// What to export from a run.
@@ -64,6 +65,8 @@ pub struct MixtureExport {
     /// `--format megatron`: the directory `prepare --megatron` wrote; sources are named by
     /// their prefixes DIR/NAME/train instead of their names.
     pub data_prefix: Option<std::path::PathBuf>,
+    /// Cap each source's weight so it repeats at most this often in the planned run.
+    pub repetition_cap: Option<RepetitionCap>,
 }
 
 /// The run's mixture in `options.format`.
@@ -76,17 +79,19 @@ pub fn export_mixture(run: &Path, options: &MixtureExport) -> Result<String> {
         return Err(Error::value("--data-prefix", message.to_lowercase()));
     }
     let trajectory = Trajectory::read(run)?;
-    let exported = match options.what {
+    let mut exported = match options.what {
         MixtureUse::Final => Exported::Weights(trajectory.final_weights().to_vec()),
         MixtureUse::Average => Exported::Weights(trajectory.average()),
         MixtureUse::Schedule => Exported::Stages(stages(&trajectory, options)?),
     };
     let names = &trajectory.names;
-    let header = format!(
-        "mixtrain mixture of {} ({})",
-        run.display(),
-        describe(options, &trajectory)
-    );
+    let mut header = describe(run, options, &trajectory);
+    if let Some(cap) = options.repetition_cap {
+        let Exported::Weights(weights) = &mut exported else {
+            return Err(crate::repetition::schedule_refused());
+        };
+        header += &cap_run_mixture(run, names, weights, cap)?;
+    }
     let by_step = |format: &str| needs_steps(&exported, format);
     Ok(match (options.format, &exported) {
         (MixtureFormat::Json, _) => json(names, &exported, options.what),
@@ -97,7 +102,7 @@ pub fn export_mixture(run: &Path, options: &MixtureExport) -> Result<String> {
             megatron(&prefixes, &exported, &header, by_step("megatron")?)
         }
         (MixtureFormat::Nanotron, _) => nanotron(names, &exported, &header, by_step("nanotron")?),
-        (MixtureFormat::Olmo, Exported::Weights(w)) => olmo(names, w, &header),
+        (MixtureFormat::Olmo, Exported::Weights(w)) => olmo(names, w, options, &header),
         (MixtureFormat::Hf, Exported::Weights(w)) => hf(names, w, &header),
         (MixtureFormat::Torchtitan, Exported::Weights(w)) => torchtitan(names, w, &header),
         (format, Exported::Stages(_)) => {
@@ -109,15 +114,17 @@ pub fn export_mixture(run: &Path, options: &MixtureExport) -> Result<String> {
     })
 }
 
-fn describe(options: &MixtureExport, trajectory: &Trajectory) -> String {
+/// The header line: the run and what was taken from it.
+fn describe(run: &Path, options: &MixtureExport, trajectory: &Trajectory) -> String {
     let what = format!("{:?}", options.what).to_lowercase();
-    match (options.what, options.steps) {
+    let taken = match (options.what, options.steps) {
         (MixtureUse::Schedule, Some(steps)) => format!(
             "{what}: its {} steps mapped onto {steps} by fraction of training",
             trajectory.total_steps
         ),
         _ => format!("{what}, {} training steps", trajectory.total_steps),
-    }
+    };
+    format!("mixtrain mixture of {} ({taken})", run.display())
 }
 
 /// The trajectory's rows as stages, placed on `options.steps` when given (rounded to
@@ -356,7 +363,8 @@ fn nanotron(names: &[String], exported: &Exported, header: &str, _: bool) -> Str
     out
 }
 
-fn olmo(names: &[String], weights: &[f64], header: &str) -> String {
+fn olmo(names: &[String], weights: &[f64], options: &MixtureExport, header: &str) -> String {
+    let max_repetition = options.repetition_cap.map_or(1.0, |cap| cap.max_epochs);
     let mut out = format!(
         "# {header}\n# OLMo-core olmo_core.data.source_mixture: SourceMixtureConfig entries \
          (`source_list.sources`; `source_configs` before 2025); replace each path with that \
@@ -365,10 +373,11 @@ fn olmo(names: &[String], weights: &[f64], header: &str) -> String {
     for (n, w) in names.iter().zip(weights) {
         let _ = write!(
             out,
-            "  - source_name: {}\n    target_ratio: {}\n    paths: [{}]\n    max_repetition_ratio: 1.0\n",
+            "  - source_name: {}\n    target_ratio: {}\n    paths: [{}]\n    max_repetition_ratio: {}\n",
             quoted(n),
             number(*w),
-            quoted(&format!("{n}/*.npy"))
+            quoted(&format!("{n}/*.npy")),
+            number(max_repetition)
         );
     }
     out

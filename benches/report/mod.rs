@@ -47,6 +47,60 @@ pub fn add_nine_sources(base: &mut mixtrain::config::Config) {
     }
 }
 
+/// `CORPUS=nine-skewed`: each source's share of its file (whole documents from its start), so
+/// the sources span 8× in size as in a real corpus (general text and code large, specialised
+/// sources small): proportional and temperature mixtures then differ from uniform, and the
+/// small sources repeat more in a longer run.
+#[allow(dead_code)] // The benches that compare mixtures use it.
+pub const NINE_SKEWED_SHARES: [(&str, f64); 9] = [
+    ("prose", 1.0),
+    ("code", 1.0),
+    ("rust", 0.5),
+    ("go", 0.5),
+    ("docs", 0.25),
+    ("kdocs", 0.25),
+    ("man", 0.25),
+    ("legal", 0.125),
+    ("licenses", 0.125),
+];
+
+/// Cuts every training source of `base` to its share in `shares` (the leading documents whose
+/// bytes reach it), written once into target/corpora/nine-skewed/ and pointed to. A file
+/// already holding the same cut is left alone, so runs of several processes can share it.
+#[allow(dead_code)] // The benches that compare mixtures use it.
+pub fn skew_sources(
+    base: &mut mixtrain::config::Config,
+    shares: &[(&str, f64)],
+) -> std::io::Result<()> {
+    let dir = std::path::Path::new("target/corpora/nine-skewed");
+    std::fs::create_dir_all(dir)?;
+    for source in &mut base.data.sources {
+        let (_, share) = shares
+            .iter()
+            .find(|(name, _)| *name == source.name)
+            .unwrap_or_else(|| panic!("no share for source {}", source.name));
+        let text = std::fs::read_to_string(&source.path)?;
+        let budget = (text.len() as f64 * share).ceil() as usize;
+        let mut kept = String::new();
+        for line in text.lines() {
+            if kept.len() >= budget {
+                break;
+            }
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        let path = dir.join(format!("{}.jsonl", source.name));
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(kept.as_str()) {
+            // Renamed into place, so a process reading the file never sees half of it.
+            let partial = path.with_extension(format!("jsonl.{}", std::process::id()));
+            std::fs::write(&partial, &kept)?;
+            std::fs::rename(&partial, &path)?;
+        }
+        source.path = path.display().to_string();
+    }
+    Ok(())
+}
+
 /// A change to a run's config (a method of a comparison).
 #[allow(dead_code)] // The benches that compare mixtures use it.
 pub type ConfigChange = Box<dyn Fn(&mut mixtrain::config::Config)>;

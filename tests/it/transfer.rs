@@ -162,6 +162,107 @@ fn static_exports_round_trip() {
     }
 }
 
+/// Each source's training tokens (tokens drawn over passes made) and the run's tokens, read
+/// from the last record of metrics.jsonl that has them.
+fn source_sizes(run: &Path, names: &[String]) -> (Vec<f64>, f64) {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| r.get("epochs_by_source").is_some())
+        .unwrap();
+    let size = |n: &String| {
+        last["tokens_by_source"][n].as_f64().unwrap()
+            / last["epochs_by_source"][n].as_f64().unwrap()
+    };
+    (
+        names.iter().map(size).collect(),
+        last["tokens"].as_f64().unwrap(),
+    )
+}
+
+/// `--max-epochs E --tokens 4x`: over four times the run's tokens no source repeats past E,
+/// the most repeated one sits exactly at E, the others keep their proportions; OLMo's
+/// `max_repetition_ratio` says E; impossible or unsupported caps are refused by name.
+#[test]
+fn repetition_cap_holds_each_source_to_its_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = proxy_run(dir.path());
+    let trajectory = Trajectory::read(&run).unwrap();
+    let (names, weights) = (&trajectory.names, trajectory.final_weights());
+    let (sizes, run_tokens) = source_sizes(&run, names);
+    let planned = 4.0 * run_tokens;
+    let epochs =
+        |w: &[f64]| -> Vec<f64> { w.iter().zip(&sizes).map(|(w, n)| w * planned / n).collect() };
+    let before = epochs(weights);
+    let top = (0..names.len())
+        .max_by(|&a, &b| before[a].total_cmp(&before[b]))
+        .unwrap();
+    let limit = 0.9 * before[top];
+    let args = ["--max-epochs", &limit.to_string(), "--tokens", "4x"];
+    let json: serde_json::Value =
+        serde_json::from_str(&export(&run, &[&args[..], &["--format", "json"]].concat())).unwrap();
+    let got = weights_of(&json["weights"]);
+    let capped: Vec<f64> = names.iter().map(|n| got[n]).collect();
+    assert!(
+        (capped.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+        "{capped:?}"
+    );
+    let after = epochs(&capped);
+    assert!(
+        (after[top] - limit).abs() < 1e-9 * limit,
+        "{after:?} vs {limit}"
+    );
+    assert!(
+        after.iter().all(|&e| e <= limit * (1.0 + 1e-9)),
+        "{after:?}"
+    );
+    let others: Vec<usize> = (0..names.len())
+        .filter(|&k| weights[k] > 0.0 && (after[k] - limit).abs() > 1e-9 * limit)
+        .collect();
+    let scale = capped[others[0]] / weights[others[0]];
+    for &k in &others {
+        assert!(
+            (capped[k] / weights[k] - scale).abs() < 1e-9,
+            "{} out of proportion",
+            names[k]
+        );
+    }
+    let olmo = python_reads(
+        &export(&run, &[&args[..], &["--format", "olmo"]].concat()),
+        "result = [s['max_repetition_ratio'] for s in yaml.safe_load(text)['sources']]",
+    );
+    assert_eq!(olmo, serde_json::json!(vec![limit; names.len()]));
+    for (bad, says) in [
+        (
+            vec!["--max-epochs", "1", "--tokens", "1e15"],
+            "--max-epochs",
+        ),
+        (
+            vec!["--max-epochs", "1", "--tokens", "2x", "--use", "schedule"],
+            "static mixture",
+        ),
+        (vec!["--max-epochs", "1"], "--tokens"),
+        (vec!["--max-epochs", "1", "--tokens", "lots"], "lots"),
+    ] {
+        let out = mixtrain()
+            .arg("mixture")
+            .arg(&run)
+            .args(&bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{bad:?}: {stderr}"
+        );
+    }
+}
+
 /// A schedule's stages keep the run's rows, placed by fraction on --steps and rounded.
 #[test]
 fn schedule_exports_round_trip() {
