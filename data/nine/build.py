@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -32,7 +33,11 @@ PYPI = "licensedcode-data==32.1.0"
 
 
 def fetch(work):
-    quickstart.run(["apt-get", "download", *DEBIAN], work)
+    try:
+        quickstart.run(["apt-get", "download", *DEBIAN], work)
+    except subprocess.CalledProcessError:
+        # A stale package index names versions the mirror no longer has (404).
+        sys.exit("error: apt-get download failed; run `apt-get update` first, then retry")
     for deb in sorted(glob.glob(os.path.join(work, "*.deb"))):
         quickstart.run(["dpkg-deb", "-x", deb, "ex"], work)
     quickstart.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", ".", PYPI], work)
