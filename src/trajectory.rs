@@ -78,12 +78,12 @@ impl Trajectory {
     }
 }
 
-/// (run directory, ratios.csv) of a path naming either.
 /// The run directory of `path` (a run directory, or a file in one).
 pub(crate) fn run_dir_of(path: &Path) -> PathBuf {
     locate(path).0
 }
 
+/// (run directory, ratios.csv) of a path naming either.
 fn locate(path: &Path) -> (PathBuf, PathBuf) {
     if path.is_dir() {
         return (path.to_path_buf(), path.join(RATIOS_FILE));

@@ -9,7 +9,7 @@ use std::process::Command;
 use mixtrain::config::{Config, InitSpec, MixerKind};
 use mixtrain::trajectory::Trajectory;
 
-use crate::common::{mixtrain, python, run_ok, tiny_config};
+use crate::common::{metrics_without_wall, mixtrain, python, run_ok, tiny_config};
 
 type Weights = BTreeMap<String, f64>;
 
@@ -165,11 +165,7 @@ fn static_exports_round_trip() {
 /// Each source's training tokens (tokens drawn over passes made) and the run's tokens, read
 /// from the last record of metrics.jsonl that has them.
 fn source_sizes(run: &Path, names: &[String]) -> (Vec<f64>, f64) {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = metrics_without_wall(&run.join("metrics.jsonl"));
     let last = records
         .iter()
         .rev()
