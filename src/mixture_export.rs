@@ -94,7 +94,7 @@ pub fn export_mixture(run: &Path, options: &MixtureExport) -> Result<String> {
     }
     let by_step = |format: &str| needs_steps(&exported, format);
     Ok(match (options.format, &exported) {
-        (MixtureFormat::Json, _) => json(names, &exported, options.what),
+        (MixtureFormat::Json, _) => json(names, &exported, options, &header),
         (MixtureFormat::Toml, _) => toml(names, &exported, &header),
         (MixtureFormat::Levanter, _) => levanter(names, &exported, &header, by_step("levanter")?),
         (MixtureFormat::Megatron, _) => {
@@ -188,12 +188,18 @@ fn flow_map(names: &[String], weights: &[f64]) -> String {
     format!("{{{}}}", pairs.join(", "))
 }
 
-fn json(names: &[String], exported: &Exported, what: MixtureUse) -> String {
+/// JSON has no comments: the header line is its `note`, and a capped mixture also says its
+/// limit as `max_epochs_per_source`.
+fn json(names: &[String], exported: &Exported, options: &MixtureExport, header: &str) -> String {
     let by_name = |w: &[f64]| crate::mixture_file::by_name(names, w.iter().copied());
     let mut value = serde_json::json!({
         "sources": names,
-        "use": format!("{what:?}").to_lowercase(),
+        "use": format!("{:?}", options.what).to_lowercase(),
+        "note": header,
     });
+    if let Some(cap) = options.repetition_cap {
+        value["max_epochs_per_source"] = cap.max_epochs.into();
+    }
     match exported {
         Exported::Weights(w) => value["weights"] = by_name(w),
         Exported::Stages(stages) => {
