@@ -188,8 +188,7 @@ fn flow_map(names: &[String], weights: &[f64]) -> String {
     format!("{{{}}}", pairs.join(", "))
 }
 
-/// JSON has no comments: the header line is its `note`, and a capped mixture also says its
-/// limit as `max_epochs_per_source`.
+/// JSON has no comments: the header line goes in `note`, a cap's limit in `max_epochs_per_source`.
 fn json(names: &[String], exported: &Exported, options: &MixtureExport, header: &str) -> String {
     let by_name = |w: &[f64]| crate::mixture_file::by_name(names, w.iter().copied());
     let mut value = serde_json::json!({
@@ -203,18 +202,15 @@ fn json(names: &[String], exported: &Exported, options: &MixtureExport, header: 
     match exported {
         Exported::Weights(w) => value["weights"] = by_name(w),
         Exported::Stages(stages) => {
-            let list: Vec<serde_json::Value> = stages
-                .iter()
-                .map(|s| {
-                    let mut stage =
-                        serde_json::json!({ "at": s.fraction, "weights": by_name(&s.weights) });
-                    if let Some(step) = s.step {
-                        stage["step"] = step.into();
-                    }
-                    stage
-                })
-                .collect();
-            value["stages"] = list.into();
+            let stage = |s: &Stage| {
+                let mut stage =
+                    serde_json::json!({ "at": s.fraction, "weights": by_name(&s.weights) });
+                if let Some(step) = s.step {
+                    stage["step"] = step.into();
+                }
+                stage
+            };
+            value["stages"] = stages.iter().map(stage).collect::<Vec<_>>().into();
         }
     }
     serde_json::to_string_pretty(&value).expect("JSON serialises") + "\n"

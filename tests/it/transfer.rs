@@ -204,7 +204,10 @@ fn repetition_cap_holds_each_source_to_its_epochs() {
         serde_json::from_str(&export(&run, &[&args[..], &["--format", "json"]].concat())).unwrap();
     assert_eq!(json["max_epochs_per_source"].as_f64(), Some(limit));
     let note = json["note"].as_str().unwrap_or_default();
-    assert!(note.contains(&names[top]), "{note}");
+    assert!(
+        note.contains(&format!("at that limit: {}", names[top])),
+        "{note}"
+    );
     let got = weights_of(&json["weights"]);
     let capped: Vec<f64> = names.iter().map(|n| got[n]).collect();
     assert!(
